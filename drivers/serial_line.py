@@ -1,0 +1,177 @@
+"""Text-line sensors on a serial port: ``key=value`` pairs, CSV with known columns, JSON lines.
+
+The :class:`LineDecoder` is pure (bytes in, values out) and never raises on
+input: a line that does not parse is counted as malformed and skipped, and a
+line longer than ``max_line`` bytes is dropped whole so a stream without
+newlines cannot grow memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edge_gateway.readings import Reading
+
+from .base import Driver
+from .serial_port import AsyncSerial
+
+Sample = tuple[str, float, "float | None"]
+
+
+@dataclass(frozen=True)
+class LineOptions:
+    """Options of a ``serial_line`` sensor."""
+
+    port: str
+    baudrate: int = 9600
+    format: Literal["kv", "csv", "json"] = "kv"
+    columns: tuple[str, ...] = ()
+    delimiter: str = ","
+    timestamp_field: str = ""
+    units: dict[str, str] = field(default_factory=dict)
+    max_line: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.format == "csv" and not self.columns:
+            raise ValueError("columns: the csv format needs the list of column names")
+        if self.format != "csv" and self.columns:
+            raise ValueError("columns: only the csv format takes columns")
+        if self.baudrate <= 0:
+            raise ValueError("baudrate: must be positive")
+
+
+class LineDecoder:
+    """Split a byte stream into lines and lines into ``(channel, value, ts)`` samples."""
+
+    def __init__(self, fmt: str = "kv", columns: tuple[str, ...] = (), delimiter: str = ",",
+                 timestamp_field: str = "", max_line: int = 4096) -> None:
+        if fmt == "csv" and not columns:
+            raise ValueError("csv format needs columns")
+        self.fmt = fmt
+        self.columns = tuple(columns)
+        self.delimiter = delimiter
+        self.timestamp_field = timestamp_field
+        self.max_line = max_line
+        self.lines = 0
+        self.malformed = 0
+        self._buf = b""
+        self._overlong = False
+
+    def feed(self, data: bytes) -> list[list[Sample]]:
+        """Decode every complete line in ``data``; one list of samples per good line."""
+        buf = self._buf + data
+        *lines, rest = buf.split(b"\n")
+        if len(rest) > self.max_line:
+            self._overlong = True
+            rest = b""
+        self._buf = rest
+        out: list[list[Sample]] = []
+        for raw in lines:
+            if self._overlong:
+                self._overlong = False
+                self.malformed += 1
+                continue
+            raw = raw.strip(b"\r \t")
+            if not raw:
+                continue
+            self.lines += 1
+            samples = self.parse_line(raw)
+            if samples is None:
+                self.malformed += 1
+            else:
+                out.append(samples)
+        return out
+
+    def parse_line(self, raw: bytes) -> list[Sample] | None:
+        """Parse one line; None when any part of it is not valid."""
+        if len(raw) > self.max_line:
+            return None
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        try:
+            if self.fmt == "kv":
+                pairs = [p.split("=") for p in text.split(self.delimiter)]
+                if any(len(p) != 2 for p in pairs):
+                    return None
+                items = [(k.strip(), _number(v)) for k, v in pairs]
+            elif self.fmt == "csv":
+                cells = text.split(self.delimiter)
+                if len(cells) != len(self.columns):
+                    return None
+                items = [(k, _number(v)) for k, v in zip(self.columns, cells)]
+            else:
+                obj = json.loads(text)
+                if not isinstance(obj, dict):
+                    return None
+                items = [(str(k), _json_number(v)) for k, v in obj.items()]
+        except (ValueError, TypeError):
+            return None
+        ts = None
+        samples: list[Sample] = []
+        seen = set()
+        for key, value in items:
+            if not key or key in seen:
+                return None
+            seen.add(key)
+            if key == self.timestamp_field:
+                ts = value
+            else:
+                samples.append((key, value, None))
+        if not samples or (self.timestamp_field and ts is None):
+            return None
+        if ts is not None:
+            samples = [(k, v, ts) for k, v, _ in samples]
+        return samples
+
+
+def _number(text: str) -> float:
+    value = float(text.strip())
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
+
+
+def _json_number(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("not a number")
+    return _number(repr(value))
+
+
+class SerialLineDriver(Driver):
+    """Reads a line-oriented sensor through pyserial."""
+
+    name = "serial_line"
+    Options = LineOptions
+
+    async def run(self) -> None:
+        opts: LineOptions = self.options
+        decoder = LineDecoder(opts.format, opts.columns, opts.delimiter, opts.timestamp_field, opts.max_line)
+        port = AsyncSerial(opts.port, opts.baudrate)
+        await port.open()
+        self.connected()
+        try:
+            while True:
+                data = await port.read()
+                if not data:
+                    continue
+                self.stats.bytes += len(data)
+                now = self.clock()
+                before = decoder.malformed
+                for samples in decoder.feed(data):
+                    for channel, value, ts in samples:
+                        self.sink(Reading(self.sensor_id, channel, value, now if ts is None else ts,
+                                          opts.units.get(channel, "")))
+                        self.stats.readings += 1
+                    self.stats.last_reading_ts = now
+                self.stats.malformed += decoder.malformed - before
+        finally:
+            await port.close()
+            port.shutdown()
+
+
+DRIVER = SerialLineDriver

@@ -1,0 +1,58 @@
+"""The ``edge-gateway`` command: one parser, subcommands contributed by their modules.
+
+Each module in ``_COMMAND_MODULES`` exposes ``add_to(subparsers)``, which adds
+its subcommand(s) with ``set_defaults(func=handler)``; a handler takes the parsed
+arguments and returns the exit status. Modules are imported lazily so that
+``edge-gateway config validate`` does not pay for Numba or paho.
+
+Exit statuses: 0 success, 1 the check or operation failed, 2 bad usage or an
+invalid config, 3 the daemon is not running (``status``/``tail``), 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+_COMMAND_MODULES = (
+    "edge_gateway.cmd_run",
+    "edge_gateway.cmd_config",
+    "edge_gateway.offline",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="edge-gateway",
+        description="Street-cabinet IoT gateway: drivers, edge analytics, durable MQTT uplink.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.add_to(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

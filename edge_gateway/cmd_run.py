@@ -1,0 +1,27 @@
+"""``edge-gateway run CONFIG``: what the service runs."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+
+def add_to(sub) -> None:
+    p = sub.add_parser("run", help="run the gateway daemon (what the service runs)",
+                       description="Run the gateway until SIGTERM or Ctrl-C. Exit 2 on an invalid config.")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override log_level")
+    p.set_defaults(func=handle)
+
+
+def handle(args) -> int:
+    from . import config, daemon, logs
+
+    try:
+        cfg = config.load(args.config)
+    except config.ConfigError as exc:
+        print(f"edge-gateway: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(args.log_level or cfg.log_level)
+    daemon.prepare_environment(cfg)
+    return asyncio.run(daemon.run(cfg))

@@ -1,0 +1,194 @@
+"""The gateway's one config schema, and loading it from YAML once at start-up.
+
+Everything after :func:`load` receives these frozen dataclasses, never dicts.
+``${NAME}`` and ``${NAME:-default}`` in the file are replaced from the
+environment before parsing (line numbers are kept). Relative paths are taken
+relative to the config file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .schema import ConfigError, Validator
+
+__all__ = ["ConfigError", "GatewayConfig", "load", "loads"]
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    id: str
+    topic_prefix: str = "city"
+    state_dir: str = "/var/lib/edge-gateway"
+    batch_interval_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.id):
+            raise ValueError("id: use 1-64 letters, digits, '.', '_' or '-' (it is part of MQTT topics)")
+        if not self.topic_prefix or any(c in self.topic_prefix for c in "+#"):
+            raise ValueError("topic_prefix: must be non-empty and hold no MQTT wildcards")
+        if self.batch_interval_s <= 0:
+            raise ValueError("batch_interval_s: must be positive")
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    ca_file: str
+    cert_file: str = ""
+    key_file: str = ""
+    check_hostname: bool = True
+
+
+@dataclass(frozen=True)
+class BrokerSection:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    max_inflight: int = 100
+    tls: TlsSection | None = None
+    secrets_file: str = field(default="", metadata={"secret_path": True})
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port: {self.port} is not a TCP port")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight: must be at least 1")
+
+
+@dataclass(frozen=True)
+class SensorSection:
+    id: str
+    driver: str
+    options: Any = field(default=None, metadata={"options_of": "driver"})
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.id):
+            raise ValueError("id: use 1-64 letters, digits, '.', '_' or '-'")
+
+
+@dataclass(frozen=True)
+class WindowSection:
+    seconds: float = 60.0
+    grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0:
+            raise ValueError("seconds: must be positive")
+
+
+@dataclass(frozen=True)
+class DetectorSection:
+    ewma_alpha: float = 0.05
+    threshold: float = 4.0
+    warmup: int = 30
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ewma_alpha <= 1:
+            raise ValueError("ewma_alpha: must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class QueueSection:
+    path: str = "queue.db"
+    max_bytes: int = 64 * 1024 * 1024
+    commit_interval_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    gateway: GatewaySection
+    broker: BrokerSection = BrokerSection()
+    sensors: tuple[SensorSection, ...] = ()
+    windows: WindowSection = WindowSection()
+    detector: DetectorSection = DetectorSection()
+    queue: QueueSection = QueueSection()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    source: str = field(default="<string>", metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        ids = [s.id for s in self.sensors]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"sensors: duplicate sensor id {sorted(dup)[0]!r}")
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.gateway.state_dir)
+
+    @property
+    def queue_path(self) -> Path:
+        return self.state_dir / self.queue.path
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, source: str, env: dict[str, str] | None = None) -> str:
+    """Replace ``${NAME}`` / ``${NAME:-default}``; an unset name without default is an error."""
+    env = os.environ if env is None else env
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(source, i + 1, m.start() + 1, "", f"environment variable {name} is not set")
+        if "${" in line and not line.lstrip().startswith("#"):
+            lines[i] = _ENV.sub(sub, line)
+    return "\n".join(lines)
+
+
+def _driver_options(name: str) -> type:
+    import drivers
+
+    try:
+        return drivers.get(name).Options
+    except KeyError:
+        near = difflib.get_close_matches(name, drivers.names(), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else f"; known drivers: {', '.join(drivers.names())}"
+        raise LookupError(f"unknown driver {name!r}{hint}") from None
+
+
+def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> GatewayConfig:
+    """Parse and validate a config held in a string."""
+    text = expand_env(text, source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise ConfigError(source, line, col, "", f"not valid YAML: {exc.problem}") from None
+    if root is None:
+        raise ConfigError(source, 1, 1, "", "the file is empty")
+    cfg = Validator(source, _driver_options).convert(root, GatewayConfig, "")
+    return _resolve_paths(cfg, base_dir, source)
+
+
+def load(path: str | os.PathLike) -> GatewayConfig:
+    """Read, expand, parse and validate a config file; raise ConfigError on any mistake."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), 0, 0, "", f"cannot read: {exc}") from None
+    return loads(text, str(p), p.resolve().parent)
+
+
+def _resolve_paths(cfg: GatewayConfig, base_dir: Path | None, source: str) -> GatewayConfig:
+    import dataclasses
+
+    base = base_dir or Path.cwd()
+    state = base / os.path.expanduser(cfg.gateway.state_dir)
+    gw = dataclasses.replace(cfg.gateway, state_dir=str(state))
+    return dataclasses.replace(cfg, gateway=gw, source=source)

@@ -1,0 +1,76 @@
+"""What the gateway publishes: topics and msgpack payloads (documented in README.md).
+
+Payload fields are plain msgpack maps with short, stable keys. ``seq`` is
+added when a message is committed to the durable queue, so it is the number the
+cloud uses to drop duplicates and see gaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from .analytics.windows import AGG_FIELDS
+from .batcher import ChannelKey
+
+KIND_AGG = "agg"
+KIND_EVENT = "event"
+_AGG_COL = {name: i for i, name in enumerate(AGG_FIELDS)}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message before it has a sequence number: where it goes and what it says."""
+
+    kind: str
+    topic: str
+    fields: dict[str, Any]
+
+
+class Topics:
+    def __init__(self, prefix: str, gateway_id: str) -> None:
+        self.base = f"{prefix}/{gateway_id}"
+        self.status = f"{self.base}/status"
+
+    def agg(self, sensor: str) -> str:
+        return f"{self.base}/agg/{sensor}"
+
+    def event(self, sensor: str) -> str:
+        return f"{self.base}/event/{sensor}"
+
+
+def encode(fields: dict[str, Any], seq: int) -> bytes:
+    """The wire payload of a committed message."""
+    return msgpack.packb({**fields, "seq": seq}, use_bin_type=True)
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    """Inverse of :func:`encode`, with size limits for untrusted input."""
+    return msgpack.unpackb(payload, raw=False, max_bin_len=1 << 20, max_str_len=1 << 16,
+                           max_array_len=1 << 16, max_map_len=1 << 12)
+
+
+def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics: Topics,
+               gateway_id: str) -> list[Message]:
+    """One message per closed window row (see :data:`AGG_FIELDS`)."""
+    out = []
+    for row in rows:
+        key = keys[int(row[0])]
+        start = float(row[_AGG_COL["start"]])
+        fields = {
+            "gw": gateway_id, "sensor": key.sensor, "channel": key.channel, "unit": key.unit,
+            "start": start, "end": start + window_s, "count": int(row[_AGG_COL["count"]]),
+            "min": float(row[_AGG_COL["min"]]), "max": float(row[_AGG_COL["max"]]),
+            "mean": float(row[_AGG_COL["mean"]]), "std": float(row[_AGG_COL["std"]]),
+            "first": float(row[_AGG_COL["first"]]), "last": float(row[_AGG_COL["last"]]),
+        }
+        out.append(Message(KIND_AGG, topics.agg(key.sensor), fields))
+    return out
+
+
+def event(topics: Topics, gateway_id: str, sensor: str, kind: str, **fields: Any) -> Message:
+    """An event (``kind`` names it: ``anomaly``, ``link_gap``, ``dropped``...)."""
+    return Message(KIND_EVENT, topics.event(sensor), {"gw": gateway_id, "sensor": sensor, "type": kind, **fields})

@@ -1,0 +1,114 @@
+"""Keeps every driver running: one task per sensor, reconnect with backoff and jitter.
+
+A driver only reads its device and raises when the link fails; this module owns
+what every driver needs around that: exponential backoff with full jitter,
+connection counters, and one ``link_gap`` per outage once the link is back, so
+the cloud sees how long a sensor was away. One failing sensor never stalls the
+others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from drivers.base import Driver, LinkLost
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter in [cap/2, cap] so a cabinet of sensors does not retry in step."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    factor: float = 2.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        cap = min(self.max_s, self.initial_s * self.factor ** max(0, attempt))
+        return rng.uniform(cap / 2, cap)
+
+
+@dataclass(frozen=True)
+class LinkGap:
+    """A sensor's link was down from ``start`` (last reading) to ``end`` (reconnected)."""
+
+    sensor: str
+    start: float
+    end: float
+    reason: str
+
+
+class _Link:
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+        self.reason = ""
+        self.attempt = 0
+
+
+class Supervisor:
+    """Runs drivers as tasks and restarts each one whose link fails."""
+
+    def __init__(self, on_gap: Callable[[LinkGap], None], backoff: Backoff = Backoff(),
+                 clock: Callable[[], float] = time.time, seed: int | None = None) -> None:
+        self.on_gap = on_gap
+        self.backoff = backoff
+        self.clock = clock
+        self._rng = random.Random(seed)
+        self._tasks: dict[str, asyncio.Task] = {}
+        self.drivers: dict[str, Driver] = {}
+
+    def start(self, driver: Driver) -> None:
+        self.drivers[driver.sensor_id] = driver
+        self._tasks[driver.sensor_id] = asyncio.create_task(self._keep_running(driver),
+                                                            name=f"driver:{driver.sensor_id}")
+
+    async def stop(self, sensor_id: str | None = None) -> None:
+        """Cancel one driver, or all of them, and wait until they have closed their links."""
+        ids = [sensor_id] if sensor_id else list(self._tasks)
+        tasks = [self._tasks.pop(i) for i in ids if i in self._tasks]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for i in ids:
+            self.drivers.pop(i, None)
+
+    async def _keep_running(self, driver: Driver) -> None:
+        link = _Link()
+
+        def on_connect() -> None:
+            link.attempt = 0
+            log.info("sensor %s: connected", driver.sensor_id)
+            if link.down_since is not None:
+                gap = LinkGap(driver.sensor_id, link.down_since, driver.stats.last_connect_ts, link.reason)
+                link.down_since = None
+                log.info("sensor %s: link back after %.1f s", gap.sensor, gap.end - gap.start)
+                self.on_gap(gap)
+
+        driver.on_connect = on_connect
+        while True:
+            try:
+                await driver.run()
+                raise LinkLost("driver stopped")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any driver failure is a link failure
+                reason = str(exc) or type(exc).__name__
+                driver.stats.link_errors += 1
+                driver.stats.last_error = reason
+                if link.down_since is None and driver.stats.connects:
+                    link.down_since = driver.stats.last_reading_ts or self.clock()
+                    link.reason = reason
+                    log.warning("sensor %s: link lost: %s", driver.sensor_id, reason)
+                elif not driver.stats.connects and link.attempt == 0:
+                    log.warning("sensor %s: cannot open link: %s", driver.sensor_id, reason)
+                if not isinstance(exc, (LinkLost, OSError)):
+                    log.error("sensor %s: driver failed: %r", driver.sensor_id, exc, exc_info=exc)
+            delay = self.backoff.delay(link.attempt, self._rng)
+            link.attempt += 1
+            await asyncio.sleep(delay)

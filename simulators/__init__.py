@@ -1,0 +1,1 @@
+"""Sensor simulators that speak the drivers' exact wire formats, from seeded scenarios."""

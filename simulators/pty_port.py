@@ -1,0 +1,92 @@
+"""A pseudo-terminal pair standing in for a serial device, optionally behind a stable link.
+
+The simulator writes to the master side; the gateway opens the slave path (or
+the symlink ``link``, as a ``/dev/serial/by-id/...`` name would be).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tty
+
+
+class PtyPort:
+    def __init__(self, link: str | None = None, nonblocking: bool = False) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.nonblocking = nonblocking
+        if nonblocking:
+            os.set_blocking(self.master, False)
+        self.slave_path = os.ttyname(self.slave)
+        self.link = link
+        if link:
+            tmp = f"{link}.tmp{os.getpid()}"
+            os.symlink(self.slave_path, tmp)
+            os.replace(tmp, link)
+
+    @property
+    def path(self) -> str:
+        return self.link or self.slave_path
+
+    def opened_by_other(self) -> bool:
+        """True once another process holds the slave open (pyserial flushes input at open)."""
+        me = os.getpid()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == me:
+                continue
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == self.slave_path:
+                        return True
+                except OSError:
+                    continue
+        return False
+
+    def wait_opened(self, timeout: float = 60.0, settle: float = 0.3) -> bool:
+        """Block until a reader has opened the port (and had time to flush it), or time out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.opened_by_other():
+                time.sleep(settle)
+                return True
+            time.sleep(0.05)
+        return False
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.master, view)
+            view = view[n:]
+
+    def try_write(self, data: bytes) -> int:
+        """Write what fits without blocking (a nonblocking port); bytes beyond are dropped, as a
+        UART nobody reads would lose them. Returns the number of bytes written."""
+        try:
+            return os.write(self.master, data)
+        except (BlockingIOError, OSError):
+            return 0
+
+    def read(self, max_bytes: int = 4096) -> bytes:
+        """What the gateway wrote to the device (b"" when nothing is waiting on a nonblocking port)."""
+        try:
+            return os.read(self.master, max_bytes)
+        except (BlockingIOError, OSError):
+            return b""
+
+    def close(self) -> None:
+        if self.link:
+            try:
+                if os.readlink(self.link) == self.slave_path:
+                    os.unlink(self.link)
+            except OSError:
+                pass
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

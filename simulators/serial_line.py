@@ -1,0 +1,91 @@
+"""Simulates a line-protocol air-quality/noise sensor on a pty.
+
+Writes ``pm25=12.5,pm10=20.1,noise_db=48.2`` lines (or CSV, or JSON lines) at a
+fixed rate from a seeded scenario, and prints the port path on stdout.
+``--t0`` with ``--timestamps`` adds a ``ts=`` field holding the simulated time,
+so a test knows exactly which window each sample falls in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from .pty_port import PtyPort
+from .signals import ChannelSignal, channel_values
+
+DEFAULT_CHANNELS = (
+    ChannelSignal("pm25", baseline=12.0, amplitude=4.0, noise=0.8),
+    ChannelSignal("pm10", baseline=20.0, amplitude=6.0, noise=1.2),
+    ChannelSignal("noise_db", baseline=48.0, amplitude=8.0, noise=1.5),
+)
+
+
+def format_line(fmt: str, names: list[str], values: list[float], ts: float | None) -> bytes:
+    """One line in the given wire format (``kv``, ``csv`` or ``json``)."""
+    if fmt == "json":
+        obj = dict(zip(names, values))
+        if ts is not None:
+            obj["ts"] = ts
+        return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    cells = [f"{v:g}" for v in values]
+    if fmt == "csv":
+        return (",".join(([repr(ts)] if ts is not None else []) + cells) + "\n").encode()
+    pairs = [f"{n}={c}" for n, c in zip(names, cells)]
+    if ts is not None:
+        pairs.insert(0, f"ts={ts!r}")
+    return (",".join(pairs) + "\n").encode()
+
+
+def scenario_lines(seed: int, t0: float, interval_s: float, count: int, fmt: str = "kv",
+                   timestamps: bool = False, start: int = 0):
+    """The exact lines the simulator writes for samples ``start .. start+count-1``."""
+    cols = [channel_values(c, seed, t0, interval_s, count, start) for c in DEFAULT_CHANNELS]
+    names = [c.name for c in DEFAULT_CHANNELS]
+    for i in range(count):
+        ts = round(t0 + (start + i) * interval_s, 6) if timestamps else None
+        yield format_line(fmt, names, [float(c[i]) for c in cols], ts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edge-gateway-sim serial-line", description=__doc__)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rate", type=float, default=10.0, help="lines per second")
+    ap.add_argument("--count", type=int, default=0, help="stop after N lines (0: run forever)")
+    ap.add_argument("--format", choices=("kv", "csv", "json"), default="kv")
+    ap.add_argument("--timestamps", action="store_true", help="add ts= with the simulated time")
+    ap.add_argument("--t0", type=float, default=None, help="simulated start time (default: now)")
+    ap.add_argument("--link", help="make this path a symlink to the pty")
+    ap.add_argument("--batch", type=int, default=1, help="lines per write")
+    ap.add_argument("--wait-open", action="store_true",
+                    help="start writing only once a reader has opened the port")
+    args = ap.parse_args(argv)
+    port = PtyPort(args.link)
+    print(port.path, flush=True)
+    if args.wait_open:
+        port.wait_opened()
+    interval = 1.0 / args.rate
+    t0 = time.time() if args.t0 is None else args.t0
+    chunk = max(1, args.batch)
+    started = time.monotonic()
+    k = 0
+    try:
+        while not args.count or k < args.count:
+            n = chunk if not args.count else min(chunk, args.count - k)
+            port.write(b"".join(scenario_lines(args.seed, t0, interval, n, args.format, args.timestamps, k)))
+            k += n
+            delay = started + k * interval - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        port.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

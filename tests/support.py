@@ -1,0 +1,210 @@
+"""Real parts for tests: a Mosquitto broker, an MQTT subscriber, the gateway as a subprocess.
+
+Everything listens on 127.0.0.1 ephemeral ports; every process started here is
+ended here, by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_gateway.messages import decode
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout: float, interval: float = 0.02, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Broker:
+    """A Mosquitto process on an ephemeral loopback port, restartable on the same port."""
+
+    def __init__(self, workdir: Path, persistence: bool = True, extra: str = "") -> None:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not os.path.exists(exe):
+            raise RuntimeError("mosquitto is not installed: run `make test` (installs it) or apt-get install mosquitto")
+        self.exe = exe
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.conf = workdir / "mosquitto.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+                 f"persistence {'true' if persistence else 'false'}",
+                 f"persistence_location {workdir}/", "max_queued_messages 1000000",
+                 "max_inflight_messages 0"]
+        if extra:
+            lines.append(extra)
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+        self.log = open(workdir / "mosquitto.log", "ab")
+
+    def start(self) -> "Broker":
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
+        wait_for(self._listening, 10, what=f"mosquitto on port {self.port}")
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: see {self.workdir}/mosquitto.log")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    @property
+    def data(self):
+        return decode(self.payload)
+
+
+class Subscriber:
+    """A persistent-session (MQTT 5, no expiry limit) QoS 1 subscriber collecting every message."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "test-sub") -> None:
+        self.port = port
+        self.topic = topic
+        self.messages: list[Received] = []
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.reconnect_delay_set(0.1, 0.5)
+
+    def _on_connect(self, client, userdata, flags, rc, props) -> None:
+        if not rc.is_failure:
+            client.subscribe(self.topic, qos=1)
+            self.connected.set()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, bytes(msg.payload), msg.retain))
+
+    def start(self) -> "Subscriber":
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0xFFFFFFFF
+        self.client.connect("127.0.0.1", self.port, keepalive=5, clean_start=False, properties=props)
+        self.client.loop_start()
+        wait_for(self.connected.is_set, 10, what="subscriber connected")
+        time.sleep(0.2)
+        return self
+
+    def snapshot(self) -> list[Received]:
+        with self._lock:
+            return list(self.messages)
+
+    def of(self, part: str) -> list[dict]:
+        """Decoded payloads of messages whose topic contains ``/part/``."""
+        return [m.data for m in self.snapshot() if f"/{part}/" in m.topic]
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass
+class GatewayProcess:
+    """``edge-gateway run CONFIG`` as a subprocess, with its log kept in a file."""
+
+    config: Path
+    log_path: Path
+    env: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "GatewayProcess":
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_gateway", "run", str(self.config)],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        wait_for(lambda: "running:" in self.log_text() or self._dead(), timeout, 0.05, "gateway ready")
+        assert self.proc is not None and self.proc.poll() is None, self.log_text()
+
+    def _dead(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._log.close()
+        return rc
+
+
+class Process:
+    """Any helper subprocess (a simulator) whose first stdout line is its port path."""
+
+    def __init__(self, args: list[str], env: dict | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     cwd=REPO, env={**os.environ, **(env or {})}, text=True)
+        self.first_line = self.proc.stdout.readline().strip()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for f in (self.proc.stdout, self.proc.stderr):
+            f.close()
