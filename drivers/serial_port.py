@@ -1,6 +1,15 @@
 """A pyserial port read from asyncio without blocking the event loop.
 
-Blocking reads run on one worker thread per port. The port name is resolved
+A local device (a tty with a file descriptor) is read with ``add_reader`` on
+its non-blocking descriptor: no thread, and the loop wakes only when bytes
+arrive, which keeps an idle gateway's CPU near zero. After each read it waits
+``coalesce_s`` before the next (unless the read was large: the data is flowing
+fast and waiting would only fill the kernel's buffer), so a sensor sending many
+short lines costs a few wake-ups a second instead of one per line (the pipeline batches every
+0.2 s anyway, so this adds no visible latency). Ports without one (pyserial
+URL handlers such as ``socket://`` or ``loop://``) are read on one worker thread
+per port with a short timeout. Opening, writing and closing always run on that
+worker thread, since they may block on a misbehaving driver. The port name is resolved
 again at every open, so a ``/dev/serial/by-id/...`` link (or a test's symlink)
 that now points at another ttyUSB number is followed. Any pyserial URL
 (``socket://``, ``loop://``, ``spy://``) works where a device path does.
@@ -29,12 +38,16 @@ def resolve(port: str) -> str:
 class AsyncSerial:
     """Open/read/write/close a serial port from coroutines."""
 
-    def __init__(self, port: str, baudrate: int = 9600, read_timeout: float = 0.2, **kwargs) -> None:
+    def __init__(self, port: str, baudrate: int = 9600, read_timeout: float = 0.2,
+                 coalesce_s: float = 0.05, **kwargs) -> None:
         self.port = port
+        self.coalesce_s = coalesce_s
+        self._last_data = 0.0
         self.baudrate = baudrate
         self.read_timeout = read_timeout
         self.kwargs = kwargs
         self._ser: serial.SerialBase | None = None
+        self._fd: int | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"serial:{port}")
 
     async def open(self) -> None:
@@ -46,12 +59,50 @@ class AsyncSerial:
             self._ser = await asyncio.get_running_loop().run_in_executor(self._pool, _open)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise LinkLost(f"{self.port}: {exc}") from exc
+        fd = getattr(self._ser, "fd", None)
+        self._fd = fd if isinstance(fd, int) and os.get_blocking(fd) is False else None
+
+    async def _readable(self) -> bool:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        fd = self._fd
+        loop.add_reader(fd, lambda: fut.done() or fut.set_result(True))
+        try:
+            await asyncio.wait_for(fut, self.read_timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
+
+    def _read_fd(self, max_bytes: int, ready: bool) -> bytes:
+        """Non-blocking read; empty when nothing is waiting. Readable-but-empty means the device is gone."""
+        try:
+            data = os.read(self._fd, max_bytes)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            raise LinkLost(f"{self.port}: {exc}") from exc
+        if not data and ready:
+            raise LinkLost(f"{self.port}: device reports readiness to read but returned no data")
+        return data
 
     async def read(self, max_bytes: int = 65536) -> bytes:
         """Whatever arrived within the read timeout (maybe nothing); LinkLost when gone."""
         ser = self._ser
         if ser is None:
             raise LinkLost(f"{self.port}: not open")
+        if self._fd is not None:
+            loop = asyncio.get_running_loop()
+            wait = self._last_data + self.coalesce_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            data = self._read_fd(max_bytes, False)
+            if not data and await self._readable():
+                data = self._read_fd(max_bytes, True)
+            if data:
+                self._last_data = loop.time() if len(data) < 1024 else 0.0
+            return data
 
         def _read() -> bytes:
             waiting = ser.in_waiting
@@ -72,7 +123,7 @@ class AsyncSerial:
             raise LinkLost(f"{self.port}: {exc}") from exc
 
     async def close(self) -> None:
-        ser, self._ser = self._ser, None
+        ser, self._ser, self._fd = self._ser, None, None
         if ser is not None:
             try:
                 await asyncio.get_running_loop().run_in_executor(self._pool, ser.close)
