@@ -30,7 +30,7 @@ system-deps:
 	  else echo "missing:$$missing (sudo apt-get install$$missing)"; exit 1; fi; fi
 
 demo: venv
-	$(PY) -m edge_gateway.demo configs/demo.yaml
+	$(PY) -m edge_gateway.demo configs/demo.yaml --scenario simulators/scenarios/city_block.yaml
 
 test: venv system-deps
 	$(PY) -m pytest -q

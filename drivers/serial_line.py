@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -95,38 +96,42 @@ class LineDecoder:
             return None
         try:
             if self.fmt == "kv":
-                pairs = [p.split("=") for p in text.split(self.delimiter)]
-                if any(len(p) != 2 for p in pairs):
+                fields: dict[str, str] = {}
+                parts = text.split(self.delimiter)
+                for pair in parts:
+                    key, sep, value = pair.partition("=")
+                    if not sep or "=" in value:
+                        return None
+                    fields[key.strip()] = value
+                if len(fields) != len(parts):
                     return None
-                items = [(k.strip(), _number(v)) for k, v in pairs]
-            elif self.fmt == "csv":
+                return self._samples(list(fields), list(map(float, fields.values())))
+            if self.fmt == "csv":
                 cells = text.split(self.delimiter)
-                if len(cells) != len(self.columns):
+                if len(cells) != len(self.columns) or len(set(self.columns)) != len(cells):
                     return None
-                items = [(k, _number(v)) for k, v in zip(self.columns, cells)]
-            else:
-                obj = json.loads(text)
-                if not isinstance(obj, dict):
-                    return None
-                items = [(str(k), _json_number(v)) for k, v in obj.items()]
-        except (ValueError, TypeError):
-            return None
-        ts = None
-        samples: list[Sample] = []
-        seen = set()
-        for key, value in items:
-            if not key or key in seen:
+                return self._samples(list(self.columns), list(map(float, cells)))
+            obj = json.loads(text)
+            if not isinstance(obj, dict):
                 return None
-            seen.add(key)
-            if key == self.timestamp_field:
-                ts = value
-            else:
-                samples.append((key, value, None))
-        if not samples or (self.timestamp_field and ts is None):
+            return self._samples([str(k) for k in obj], [_json_number(v) for v in obj.values()])
+        except (ValueError, TypeError, RecursionError):
             return None
-        if ts is not None:
-            samples = [(k, v, ts) for k, v, _ in samples]
-        return samples
+
+    def _samples(self, keys: list[str], values: list[float]) -> list[Sample] | None:
+        """Pair unique, non-empty keys with finite values; split off the timestamp field."""
+        if "" in keys or not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):
+            return None
+        tsf = self.timestamp_field
+        if not tsf:
+            return list(zip(keys, values, repeat(None))) if keys else None
+        try:
+            i = keys.index(tsf)
+        except ValueError:
+            return None
+        ts = values.pop(i)
+        del keys[i]
+        return list(zip(keys, values, repeat(ts))) if keys else None
 
 
 def _number(text: str) -> float:

@@ -1,8 +1,8 @@
 """``make demo``: a broker, the simulators of a config, the gateway, and a live view of what flows.
 
 Starts Mosquitto on a free loopback port (or, where Mosquitto is not installed,
-the pure-Python amqtt broker, which speaks MQTT 3.1.1 only), one simulator per
-sensor of the config, the gateway as a subprocess, and a subscriber that prints
+the pure-Python amqtt broker, which speaks MQTT 3.1.1 only), the city block
+simulator serving every sensor of the config, the gateway as a subprocess, and a subscriber that prints
 every aggregate and event the broker delivers. Runs until Ctrl-C, or for
 ``DEMO_SECONDS``; then prints a summary and exits 0 only if the broker delivered
 every aggregate the gateway published.
@@ -64,14 +64,33 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def simulator_commands(cfg) -> list[list[str]]:
-    """One simulator per sensor, speaking the wire format its driver expects."""
-    cmds = []
-    for s in cfg.sensors:
-        if s.driver == "serial_line":
-            cmds.append(["-m", "simulators.serial_line", "--rate", "20", "--seed", "1",
-                         "--format", s.options.format, "--link", s.options.port])
-    return cmds
+def free_udp_pair() -> int:
+    """A UDP port p with p + 1 also free (the city simulator's two CoAP nodes)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind(("127.0.0.1", 0))
+            p = a.getsockname()[1]
+            if p >= 65535:
+                continue
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b:
+                    b.bind(("127.0.0.1", p + 1))
+                    return p
+            except OSError:
+                continue
+    raise RuntimeError("no free pair of UDP ports on 127.0.0.1")
+
+
+def start_city(scenario: str, run_dir: Path, coap_port: int, env: dict) -> subprocess.Popen:
+    """The city block simulator; returns once it has printed ``ready``."""
+    proc = subprocess.Popen([sys.executable, "-m", "simulators.city", scenario, "--run-dir", str(run_dir),
+                             "--coap-port", str(coap_port)], stdout=subprocess.PIPE, cwd=REPO, env=env)
+    for raw in iter(proc.stdout.readline, b""):
+        line = raw.decode().strip()
+        if line == "ready":
+            return proc
+        print(f"demo: simulator {line}", flush=True)
+    raise RuntimeError(f"city simulator exited with {proc.wait()}")
 
 
 class Monitor:
@@ -128,6 +147,8 @@ def pump(stream, prefix: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edge_gateway.demo", description=__doc__)
     ap.add_argument("config", nargs="?", default=str(REPO / "configs" / "demo.yaml"))
+    ap.add_argument("--scenario", default=str(REPO / "simulators" / "scenarios" / "city_block.yaml"),
+                    help="city simulator scenario serving the config's sensors")
     ap.add_argument("--seconds", type=float, default=float(os.environ.get("DEMO_SECONDS") or 0))
     args = ap.parse_args(argv)
 
@@ -135,10 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     port = free_port()
+    coap = free_udp_pair()
     broker, broker_name, protocol = start_broker(run_dir, port)
-    env = {**os.environ, "EG_RUN_DIR": str(run_dir), "EG_STATE_DIR": str(run_dir / "state"),
-           "EG_BROKER_PORT": str(port), "EG_MQTT_PROTOCOL": protocol, "PYTHONUNBUFFERED": "1"}
-    os.environ.update({k: env[k] for k in ("EG_RUN_DIR", "EG_STATE_DIR", "EG_BROKER_PORT", "EG_MQTT_PROTOCOL")})
+    names = {"EG_RUN_DIR": str(run_dir), "EG_STATE_DIR": str(run_dir / "state"), "EG_BROKER_PORT": str(port),
+             "EG_MQTT_PROTOCOL": protocol, "EG_COAP_PORT": str(coap), "EG_COAP_PORT2": str(coap + 1)}
+    env = {**os.environ, **names, "PYTHONUNBUFFERED": "1"}
+    os.environ.update(names)
     procs: list[subprocess.Popen] = []
     monitor = None
     gateway = None
@@ -146,10 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_mod.load(args.config)
         wait_port(port)
         print(f"demo: broker {broker_name} on 127.0.0.1:{port}", flush=True)
-        for cmd in simulator_commands(cfg):
-            p = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.PIPE, cwd=REPO, env=env)
-            procs.append(p)
-            print(f"demo: simulator {' '.join(cmd[1:2])} serving {p.stdout.readline().decode().strip()}", flush=True)
+        procs.append(start_city(args.scenario, run_dir, coap, env))
         monitor = Monitor(port, f"{cfg.gateway.topic_prefix}/{cfg.gateway.id}", protocol)
         gateway = subprocess.Popen([sys.executable, "-m", "edge_gateway", "run", args.config], cwd=REPO, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

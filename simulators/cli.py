@@ -7,6 +7,8 @@ import sys
 
 SIMULATORS = {
     "serial-line": "simulators.serial_line",
+    "pms5003": "simulators.pms5003",
+    "city": "simulators.city",
 }
 
 

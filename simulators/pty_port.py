@@ -85,7 +85,10 @@ class PtyPort:
                     os.unlink(self.link)
             except OSError:
                 pass
-        for fd in (self.master, self.slave):
+        fds, self.master, self.slave = (self.master, self.slave), -1, -1
+        for fd in fds:
+            if fd < 0:
+                continue
             try:
                 os.close(fd)
             except OSError:

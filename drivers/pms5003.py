@@ -1,0 +1,180 @@
+"""Plantower PMS5003 particulate sensor: 32-byte binary frames on a 9600-baud UART.
+
+Frame layout (all words big-endian)::
+
+    0x42 0x4D | length=28 | 13 data words | checksum = sum of the first 30 bytes
+
+Data words: PM1.0/PM2.5/PM10 at CF=1, PM1.0/PM2.5/PM10 atmospheric, particle
+counts above 0.3/0.5/1.0/2.5/5.0/10 um per 0.1 L, reserved.
+
+:class:`Pms5003Decoder` is pure and never raises on input: garbage is skipped
+with ``bytes.find`` for the next ``BM`` header, and a header whose length or
+checksum is wrong is counted as a bad frame and resynchronised one byte later,
+so a corrupted frame costs that frame only.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from edge_gateway.readings import Quality, Reading
+
+from .base import Driver
+from .serial_port import AsyncSerial
+
+HEADER = b"BM"
+FRAME_LEN = 32
+LENGTH_FIELD = 28
+_BODY = struct.Struct(">H13HH")
+_MAX_BUFFER = 4096
+
+
+class Pms5003Frame(NamedTuple):
+    pm1_0_cf1: int
+    pm2_5_cf1: int
+    pm10_cf1: int
+    pm1_0: int
+    pm2_5: int
+    pm10: int
+    n0_3: int
+    n0_5: int
+    n1_0: int
+    n2_5: int
+    n5_0: int
+    n10: int
+    reserved: int
+
+
+ATMOSPHERIC = ("pm1_0", "pm2_5", "pm10")
+CF1 = ("pm1_0_cf1", "pm2_5_cf1", "pm10_cf1")
+COUNTS = ("n0_3", "n0_5", "n1_0", "n2_5", "n5_0", "n10")
+MASS_UNIT = "ug/m3"
+COUNT_UNIT = "1/0.1L"
+MAX_MASS = 1000  # the datasheet's maximum range; above it the value is not physical
+
+
+def encode_frame(frame: Pms5003Frame | tuple[int, ...]) -> bytes:
+    """The 32 bytes a sensor sends for ``frame`` (used by the simulator and tests)."""
+    body = HEADER + struct.pack(">H13H", LENGTH_FIELD, *frame)
+    return body + struct.pack(">H", sum(body) & 0xFFFF)
+
+
+class Pms5003Decoder:
+    """Bytes in, :class:`Pms5003Frame` objects out; counts what it had to throw away."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.frames = 0
+        self.bad_frames = 0
+        self.skipped_bytes = 0
+
+    def feed(self, data: bytes) -> list[Pms5003Frame]:
+        buf = self._buf
+        buf += data
+        n = len(buf)
+        out: list[Pms5003Frame] = []
+        unpack = _BODY.unpack_from
+        make = Pms5003Frame._make
+        view = memoryview(buf)
+        i = 0
+        try:
+            while True:
+                j = buf.find(HEADER, i)
+                if j < 0:
+                    keep = n - 1 if n > i and buf[n - 1] == 0x42 else n
+                    self.skipped_bytes += keep - i
+                    i = keep
+                    break
+                self.skipped_bytes += j - i
+                if n - j < 4:
+                    i = j
+                    break
+                if buf[j + 2] != 0 or buf[j + 3] != LENGTH_FIELD:
+                    self.bad_frames += 1
+                    self.skipped_bytes += 1
+                    i = j + 1
+                    continue
+                if n - j < FRAME_LEN:
+                    i = j
+                    break
+                fields = unpack(buf, j + 2)
+                if sum(view[j:j + 30]) != fields[14]:
+                    self.bad_frames += 1
+                    self.skipped_bytes += 1
+                    i = j + 1
+                    continue
+                out.append(make(fields[1:14]))
+                i = j + FRAME_LEN
+        finally:
+            view.release()
+        del buf[:i]
+        if len(buf) > _MAX_BUFFER:
+            self.skipped_bytes += len(buf)
+            buf.clear()
+        self.frames += len(out)
+        return out
+
+
+@dataclass(frozen=True)
+class Pms5003Options:
+    """Options of a ``pms5003`` sensor."""
+
+    port: str
+    baudrate: int = 9600
+    cf1: bool = False
+    counts: bool = False
+
+    def __post_init__(self) -> None:
+        if self.baudrate <= 0:
+            raise ValueError("baudrate: must be positive")
+
+    def channels(self) -> tuple[tuple[int, str, str], ...]:
+        """(index in the frame, channel name, unit) of every channel this sensor reports."""
+        names = ATMOSPHERIC + (CF1 if self.cf1 else ()) + (COUNTS if self.counts else ())
+        return tuple((Pms5003Frame._fields.index(n), n, COUNT_UNIT if n in COUNTS else MASS_UNIT)
+                     for n in names)
+
+
+class Pms5003Driver(Driver):
+    """Reads a PMS5003 in its default active mode (one frame about every second)."""
+
+    name = "pms5003"
+    Options = Pms5003Options
+
+    async def run(self) -> None:
+        opts: Pms5003Options = self.options
+        channels = opts.channels()
+        decoder = Pms5003Decoder()
+        port = AsyncSerial(opts.port, opts.baudrate)
+        await port.open()
+        self.connected()
+        try:
+            while True:
+                data = await port.read()
+                if not data:
+                    continue
+                self.stats.bytes += len(data)
+                before = decoder.bad_frames
+                frames = decoder.feed(data)
+                self.stats.malformed += decoder.bad_frames - before
+                if frames:
+                    self._emit(frames, channels)
+        finally:
+            await port.close()
+            port.shutdown()
+
+    def _emit(self, frames: list[Pms5003Frame], channels) -> None:
+        now = self.clock()
+        for frame in frames:
+            for index, channel, unit in channels:
+                value = frame[index]
+                bad = unit == MASS_UNIT and value > MAX_MASS
+                self.sink(Reading(self.sensor_id, channel, float(value), now, unit,
+                                  Quality.BAD if bad else Quality.GOOD))
+            self.stats.readings += len(channels)
+        self.stats.last_reading_ts = now
+
+
+DRIVER = Pms5003Driver

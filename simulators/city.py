@@ -1,0 +1,258 @@
+"""``edge-gateway-sim city SCENARIO.yaml``: every sensor of a city block, from one scenario.
+
+Serial sensors (``line``, ``pms5003``) and Modbus buses get a pty each behind
+a stable symlink ``RUN_DIR/<sensor>.tty``; CoAP nodes get an aiocoap server on
+``--coap-port`` + n (n counts CoAP sensors in file order, or the sensor's
+``port`` option). Sample ``k`` of a sensor is sent at ``t0 + k / rate_hz``
+with the scenario's faults applied; ``disconnect`` closes the pty (the symlink
+disappears) or stops the node, and brings a new one up afterwards.
+
+Standard output, one line each, fields separated by single spaces::
+
+    t0 1700000000.0
+    truth RUN_DIR/ground_truth.jsonl
+    serial air-1 RUN_DIR/air-1.tty
+    modbus meters RUN_DIR/meters.tty
+    coap bins-1 coap://127.0.0.1:5683/bins
+    ready
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+import cbor2
+
+from drivers import senml
+
+from . import scenario as sc
+from .coap_node import CONTENT_FORMATS, CoapNode
+from .modbus_slave import ModbusSlaveSim, RegisterBank
+from .pms5003 import corrupt as corrupt_frame
+from .pms5003 import frame_bytes
+from .pty_port import PtyPort
+from .serial_line import format_line
+
+
+def encode_line(sensor: sc.SensorSpec, names: list[str], vals: list[float], ts: float) -> bytes:
+    opts = sensor.options
+    return format_line(opts.get("format", "kv"), names, vals, ts if opts.get("timestamps", True) else None)
+
+
+def corrupt_line(line: bytes) -> bytes:
+    """A line no line decoder accepts: its separators and digits are damaged."""
+    return line.replace(b"=", b"#").replace(b",", b";").replace(b":", b"#").replace(b".", b"!")
+
+
+def encode_coap(fmt: str, prefix: str, chans: list[sc.Channel], vals: list[float], ts: float) -> bytes:
+    """One resource's payload for one sample in the given wire format."""
+    if fmt == "text":
+        return repr(vals[0]).encode()
+    if fmt in ("json", "cbor"):
+        obj = {c.name: v for c, v in zip(chans, vals)}
+        return json.dumps(obj).encode() if fmt == "json" else cbor2.dumps(obj)
+    recs = [{"n": c.name, "u": c.unit, "v": v} for c, v in zip(chans, vals)]
+    recs[0] = {"bn": prefix, "bt": ts, **recs[0]}
+    return senml.encode_json(recs) if fmt == "senml-json" else senml.encode_cbor(recs)
+
+
+class City:
+    """Runs the sensors of a scenario until ``count`` samples each (0: forever)."""
+
+    def __init__(self, scenario: sc.Scenario, run_dir: str, t0: float, count: int,
+                 coap_host: str = "127.0.0.1", coap_port: int = 5683) -> None:
+        self.scenario = scenario
+        self.run_dir = run_dir
+        self.t0 = t0
+        self.count = count
+        self.coap_host = coap_host
+        self.coap_port = coap_port
+        self.endpoints: list[tuple[str, str, str]] = []
+        self.sent: dict[str, int] = {}
+        self._closers: list = []
+
+    def link(self, sensor_id: str) -> str:
+        return os.path.join(self.run_dir, f"{sensor_id}.tty")
+
+    async def start(self) -> list:
+        """Open every port and node; returns the coroutines that then send the samples."""
+        os.makedirs(self.run_dir, exist_ok=True)
+        jobs = []
+        n_coap = 0
+        for s in self.scenario.sensors:
+            if s.kind in ("line", "pms5003"):
+                self.endpoints.append(("serial", s.id, self.link(s.id)))
+                jobs.append(self._serial(s))
+            elif s.kind == "modbus":
+                self.endpoints.append(("modbus", s.id, self.link(s.id)))
+                jobs.append(self._modbus(s))
+            else:
+                port = int(s.options.get("port", self.coap_port + n_coap))
+                n_coap += 1
+                node = CoapNode(self.coap_host, port)
+                groups = self._coap_groups(s)
+                for path in groups:
+                    node.add(path)
+                    self.endpoints.append(("coap", s.id, node.uri + path))
+                await node.start()
+                jobs.append(self._coap(s, node, groups))
+        return jobs
+
+    async def _ticks(self, sensor: sc.SensorSpec):
+        """Yield (k, values of sample k) at the sample's due time."""
+        loop = asyncio.get_running_loop()
+        start = loop.time() - (time.time() - self.t0)
+        names = [c.name for c in sensor.channels]
+        chunk = 256
+        k = 0
+        while not self.count or k < self.count:
+            n = chunk if not self.count else min(chunk, self.count - k)
+            vals = sc.values(sensor, self.scenario.seed, self.t0, k, n)
+            for i in range(n):
+                delay = start + (k + i) * sensor.interval_s - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                yield k + i, [float(vals[c][i]) for c in names]
+            k += n
+
+    async def _serial(self, s: sc.SensorSpec) -> None:
+        port: PtyPort | None = PtyPort(self.link(s.id), nonblocking=True)
+        self._closers.append(lambda: port and port.close())
+        names = [c.name for c in s.channels]
+        async for k, vals in self._ticks(s):
+            state = s.delivery(k)
+            if state == "disconnect":
+                if port is not None:
+                    port.close()
+                    port = None
+                continue
+            if port is None:
+                port = PtyPort(self.link(s.id), nonblocking=True)
+            if state == "dropout":
+                continue
+            ts = round(self.t0 + k * s.interval_s, 6)
+            if s.kind == "pms5003":
+                v = dict(zip(names, vals))
+                data = frame_bytes(v.get("pm1_0", 0.0), v.get("pm2_5", 0.0), v.get("pm10", 0.0))
+                data = corrupt_frame(data) if state == "corrupt" else data
+            else:
+                data = encode_line(s, names, vals, ts)
+                data = corrupt_line(data) if state == "corrupt" else data
+            port.try_write(data)
+            self.sent[s.id] = self.sent.get(s.id, 0) + 1
+        if port is not None:
+            port.close()
+
+    async def _modbus(self, s: sc.SensorSpec) -> None:
+        bank = RegisterBank()
+        for c in s.channels:
+            bank.add_slave(int(c.wire["slave"]))
+        sim = ModbusSlaveSim(bank)
+        sim.attach(PtyPort(self.link(s.id), nonblocking=True))
+        self._closers.append(sim.close)
+        async for k, vals in self._ticks(s):
+            state = s.delivery(k)
+            if state == "disconnect":
+                sim.close()
+                continue
+            if sim.port is None:
+                sim.attach(PtyPort(self.link(s.id), nonblocking=True))
+            sim.silent = state == "dropout"
+            sim.corrupt = state == "corrupt"
+            for c, v in zip(s.channels, vals):
+                bank.set_value(c.wire, v)
+            self.sent[s.id] = self.sent.get(s.id, 0) + 1
+        sim.close()
+
+    @staticmethod
+    def _coap_groups(s: sc.SensorSpec) -> dict[str, list[sc.Channel]]:
+        groups: dict[str, list[sc.Channel]] = {}
+        for c in s.channels:
+            groups.setdefault(str(c.wire.get("path", f"/{c.name}")), []).append(c)
+        return groups
+
+    async def _coap(self, s: sc.SensorSpec, node: CoapNode, groups: dict[str, list[sc.Channel]]) -> None:
+        self._closers.append(node.stop)
+        index = {c.name: i for i, c in enumerate(s.channels)}
+        prefix = str(s.options.get("senml_base_name", f"{s.id}:"))
+        async for k, vals in self._ticks(s):
+            state = s.delivery(k)
+            if state == "disconnect":
+                if node.running:
+                    await node.stop()
+                continue
+            if not node.running:
+                await node.start()
+            if state == "dropout":
+                continue
+            ts = round(self.t0 + k * s.interval_s, 6)
+            for path, chans in groups.items():
+                fmt = str(chans[0].wire.get("format", "text"))
+                payload = encode_coap(fmt, prefix, chans, [vals[index[c.name]] for c in chans], ts)
+                if state == "corrupt":
+                    payload = b"\xff\x00not a payload"
+                node.resources[path].publish(payload, CONTENT_FORMATS[fmt])
+            self.sent[s.id] = self.sent.get(s.id, 0) + 1
+        await node.stop()
+
+    async def close(self) -> None:
+        for close in self._closers:
+            result = close()
+            if asyncio.iscoroutine(result):
+                await result
+
+
+async def _run(args, scenario: sc.Scenario) -> int:
+    t0 = scenario.t0 if args.t0 is None else args.t0
+    t0 = time.time() if t0 is None else float(t0)
+    count = scenario.count if args.count is None else args.count
+    city = City(scenario, args.run_dir, t0, count, args.coap_host, args.coap_port)
+    truth = args.truth or os.path.join(args.run_dir, "ground_truth.jsonl")
+    os.makedirs(os.path.dirname(os.path.abspath(truth)), exist_ok=True)
+    sc.write_ground_truth(truth, scenario, t0)
+    try:
+        jobs = await city.start()
+        print(f"t0 {t0!r}")
+        print(f"truth {truth}")
+        for kind, sensor, where in city.endpoints:
+            print(f"{kind} {sensor} {where}")
+        print("ready", flush=True)
+        await asyncio.gather(*jobs)
+        await asyncio.sleep(args.linger)
+    finally:
+        await city.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="edge-gateway-sim city", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scenario", help="scenario YAML file")
+    ap.add_argument("--run-dir", default=os.environ.get("EG_RUN_DIR", "/tmp/edge-gateway-city"),
+                    help="where the pty symlinks and the ground truth go")
+    ap.add_argument("--coap-host", default="127.0.0.1")
+    ap.add_argument("--coap-port", type=int, default=int(os.environ.get("EG_COAP_PORT", "5683")),
+                    help="port of the first CoAP node; the next ones count up")
+    ap.add_argument("--t0", type=float, default=None, help="simulated start time (default: now)")
+    ap.add_argument("--count", type=int, default=None, help="samples per sensor (0: forever)")
+    ap.add_argument("--truth", default="", help="ground-truth JSON lines file")
+    ap.add_argument("--linger", type=float, default=1.0, help="seconds to stay up after the last sample")
+    args = ap.parse_args(argv)
+    try:
+        scenario = sc.load(args.scenario)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"edge-gateway-sim city: {args.scenario}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(args, scenario))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

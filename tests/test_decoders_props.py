@@ -1,0 +1,190 @@
+"""Property tests for every decoder: arbitrary bytes never raise, and valid frames embedded in
+garbage and split across arbitrary read boundaries are all recovered, in order."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import cbor2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from drivers import senml
+from drivers.coap import CoapResource, decode_payload
+from drivers.modbus_frames import TYPES, FieldLayout, FieldSpec, RtuResponseDecoder, encode_response, encode_value
+from drivers.pms5003 import Pms5003Decoder, Pms5003Frame, encode_frame
+from drivers.serial_line import LineDecoder
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+garbage = st.binary(max_size=80)
+
+
+def feed_in_pieces(decoder, stream: bytes, cuts: list[int]) -> list:
+    out = []
+    last = 0
+    for c in sorted(c % (len(stream) + 1) for c in cuts):
+        out += decoder.feed(stream[last:c])
+        last = max(last, c)
+    return out + decoder.feed(stream[last:])
+
+
+def is_subsequence(wanted: list, got: list) -> bool:
+    it = iter(got)
+    return all(any(w == g for g in it) for w in wanted)
+
+
+# ---- line
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=32, min_value=-1e6, max_value=1e6)
+names = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
+
+
+@SETTINGS
+@given(st.binary(max_size=400), st.sampled_from(["kv", "csv", "json"]), st.lists(st.integers(0, 400)))
+def test_line_decoder_never_raises(data, fmt, cuts):
+    d = LineDecoder(fmt, ("a", "b") if fmt == "csv" else (), max_line=64)
+    feed_in_pieces(d, data, cuts)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(garbage, st.dictionaries(names, finite, min_size=1, max_size=4)), max_size=6),
+       st.sampled_from(["kv", "json"]), st.lists(st.integers(0, 2000)))
+def test_line_frames_in_garbage_are_recovered(items, fmt, cuts):
+    stream = b""
+    wanted = []
+    for junk, values in items:
+        if fmt == "kv":
+            line = ",".join(f"{k}={v!r}" for k, v in values.items())
+        else:
+            line = json.dumps(values)
+        stream += junk + b"\n" + line.encode() + b"\n"
+        wanted.append([(k, float(v), None) for k, v in values.items()])
+    got = feed_in_pieces(LineDecoder(fmt), stream, cuts)
+    assert is_subsequence(wanted, got)
+
+
+# ---- pms5003
+
+words = st.tuples(*[st.integers(0, 0xFFFF)] * 13)
+
+
+@SETTINGS
+@given(st.binary(max_size=600), st.lists(st.integers(0, 600)))
+def test_pms5003_never_raises(data, cuts):
+    d = Pms5003Decoder()
+    for frame in feed_in_pieces(d, data, cuts):
+        assert len(frame) == 13
+
+
+@SETTINGS
+@given(st.lists(st.tuples(garbage, words), max_size=8), garbage, st.lists(st.integers(0, 2000)))
+def test_pms5003_frames_in_garbage_are_recovered(items, tail, cuts):
+    stream = b"".join(junk + encode_frame(w) for junk, w in items) + tail
+    got = feed_in_pieces(Pms5003Decoder(), stream, cuts)
+    assert is_subsequence([Pms5003Frame(*w) for _, w in items], got)
+
+
+# ---- modbus
+
+@SETTINGS
+@given(st.binary(max_size=400), st.integers(1, 247), st.sampled_from([3, 4]), st.integers(1, 125),
+       st.lists(st.integers(0, 400)))
+def test_modbus_response_decoder_never_raises(data, slave, fc, count, cuts):
+    for r in feed_in_pieces(RtuResponseDecoder(slave, fc, count), data, cuts):
+        assert len(r.data) == 2 * count or r.exception
+
+
+@SETTINGS
+@given(st.integers(1, 247), st.sampled_from([3, 4]), st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=20),
+       garbage, garbage, st.lists(st.integers(0, 500)))
+def test_modbus_response_in_garbage_is_recovered(slave, fc, regs, before, after, cuts):
+    stream = before + encode_response(slave, fc, regs) + after
+    got = feed_in_pieces(RtuResponseDecoder(slave, fc, len(regs)), stream, cuts)
+    assert any(r.data == struct.pack(f">{len(regs)}H", *regs) for r in got)
+
+
+field_types = st.sampled_from(sorted(TYPES))
+
+
+@SETTINGS
+@given(st.binary(max_size=40), st.lists(st.tuples(field_types, st.sampled_from(["big", "little"]),
+                                                  st.integers(0, 18)), max_size=6))
+def test_modbus_fields_never_raise(data, specs):
+    fields = [FieldSpec(f"f{i}", off, t, o, 0.1) for i, (t, o, off) in enumerate(specs)]
+    layout = FieldLayout(fields, 20)
+    for _, value, _ in layout.decode(data):
+        assert math.isfinite(value)
+
+
+@st.composite
+def typed_values(draw):
+    t = draw(field_types)
+    lo, hi = {"int16": (-2**15, 2**15 - 1), "uint16": (0, 2**16 - 1), "int32": (-2**31, 2**31 - 1),
+              "uint32": (0, 2**32 - 1)}.get(t, (None, None))
+    if t == "float32":
+        v = draw(st.floats(width=32, allow_nan=False, allow_infinity=False))
+    else:
+        v = draw(st.integers(lo, hi))
+    return t, draw(st.sampled_from(["big", "little"])), v
+
+
+@SETTINGS
+@given(st.lists(typed_values(), min_size=1, max_size=6))
+def test_modbus_register_fields_roundtrip(items):
+    regs: list[int] = []
+    fields = []
+    for i, (t, order, v) in enumerate(items):
+        fields.append(FieldSpec(f"f{i}", len(regs), t, order))
+        regs += encode_value(t, order, v)
+    data = struct.pack(f">{len(regs)}H", *regs)
+    assert FieldLayout(fields, len(regs)).decode(data) == [(f"f{i}", float(v), "") for i, (_, _, v) in
+                                                           enumerate(items)]
+
+
+# ---- senml and coap payloads
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                           lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
+                           max_leaves=20)
+senml_keys = st.sampled_from(["bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"])
+senml_like = st.lists(st.dictionaries(senml_keys, json_values, max_size=6) | json_values, max_size=6)
+cbor_labels = st.integers(-6, 8) | st.text(max_size=3)
+cbor_like = st.lists(st.dictionaries(cbor_labels, json_values | st.binary(max_size=4), max_size=6), max_size=6)
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_senml_arbitrary_bytes_never_raise(data):
+    for fmt in (senml.CT_SENML_JSON, senml.CT_SENML_CBOR):
+        records, errors = senml.decode(data, fmt, 1e9)
+        assert errors >= 0
+    for cf in (0, 50, 60, 110, 112, None):
+        decode_payload(data, cf, CoapResource("/x"), 1e9)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(senml_like, cbor_like)
+def test_senml_arbitrary_structures_never_raise(pack, cpack):
+    try:
+        payload = json.dumps(pack).encode()
+    except ValueError:
+        payload = b"[]"
+    for r in senml.decode_json(payload, 1e9)[0] + senml.decode_cbor(cbor2.dumps(cpack), 1e9)[0]:
+        assert isinstance(r.name, str) and r.name and math.isfinite(r.value) and math.isfinite(r.ts)
+
+
+records = st.lists(st.tuples(names, st.floats(-1e9, 1e9), st.floats(-1000, 1000), st.sampled_from(["", "Cel", "%"])),
+                   min_size=1, max_size=8)
+
+
+@SETTINGS
+@given(names, st.floats(1.5e9, 2e9), records, st.sampled_from(["json", "cbor"]))
+def test_senml_valid_packs_decode_exactly(base, bt, recs, fmt):
+    pack = [{"n": n, "v": v, "t": t, "u": u} for n, v, t, u in recs]
+    pack[0] = {"bn": base + ":", "bt": bt, **pack[0]}
+    payload = senml.encode_json(pack) if fmt == "json" else senml.encode_cbor(pack)
+    got, errors = senml.decode(payload, senml.CT_SENML_JSON if fmt == "json" else senml.CT_SENML_CBOR, 0.0)
+    assert errors == 0
+    assert got == [senml.Record(f"{base}:{n}", v, bt + t, u) for n, v, t, u in recs]

@@ -1,0 +1,149 @@
+"""coap + senml: the SenML resolver, and the driver against real aiocoap nodes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from driver_fixtures import by_channel, running, wait_until
+
+from drivers import senml
+from drivers.coap import CoapDriver, CoapOptions, CoapResource, decode_payload
+from edge_gateway.supervisor import Backoff, Supervisor
+from simulators.coap_node import CoapNode
+
+NOW = 1_700_000_000.0
+
+
+def test_senml_rfc8428_example_resolution():
+    pack = [{"bn": "urn:dev:ow:10e2073a01080063:", "bt": 1.320067464e9, "bu": "%RH", "v": 20.0},
+            {"u": "lon", "v": 24.30621}, {"n": "temp", "u": "Cel", "t": 60, "v": 23.1},
+            {"n": "door", "vb": True}, {"n": "label", "vs": "text"}]
+    records, errors = senml.decode_json(senml.encode_json(pack), NOW)
+    assert errors == 0
+    assert records == [
+        senml.Record("urn:dev:ow:10e2073a01080063:", 20.0, 1.320067464e9, "%RH"),
+        senml.Record("urn:dev:ow:10e2073a01080063:", 24.30621, 1.320067464e9, "lon"),
+        senml.Record("urn:dev:ow:10e2073a01080063:temp", 23.1, 1.320067524e9, "Cel"),
+        senml.Record("urn:dev:ow:10e2073a01080063:door", 1.0, 1.320067464e9, "%RH"),
+    ]
+    assert senml.decode_cbor(senml.encode_cbor(pack), NOW) == (records, 0)
+
+
+def test_senml_relative_time_base_value_and_sum():
+    pack = [{"bn": "m:", "bv": 100.0, "n": "a", "v": 1.5, "t": -10}, {"n": "b", "s": 7}, {"bs": 3, "n": "c", "s": 2}]
+    records, errors = senml.decode_json(senml.encode_json(pack), NOW)
+    assert errors == 0
+    assert records == [senml.Record("m:a", 101.5, NOW - 10, ""), senml.Record("m:b", 7.0, NOW, ""),
+                       senml.Record("m:c", 5.0, NOW, "")]
+
+
+@pytest.mark.parametrize("payload", [b"", b"{", b"[1, 2]", b'[{"n": 3, "v": 1}]', b'[{"n": "x", "v": "1"}]',
+                                     b'[{"n": "x"}]', b'{"n": "x", "v": 1}', b'[{"n": "x", "v": 1e999}]'])
+def test_senml_bad_input_is_counted_not_raised(payload):
+    records, errors = senml.decode_json(payload, NOW)
+    assert records == [] and errors >= 1
+
+
+def test_plain_and_json_payloads():
+    res = CoapResource("/traffic/speed", unit="km/h", units={"cars": "1/min"})
+    assert decode_payload(b" 42.5\n", 0, res, NOW) == ([("speed", 42.5, NOW, "km/h")], 0)
+    assert decode_payload(b'{"cars": 3, "x": "no"}', 50, res, NOW) == ([("cars", 3.0, NOW, "1/min")], 1)
+    assert decode_payload(b"nan", 0, res, NOW) == ([], 1)
+    assert decode_payload(b"\xff", 60, res, NOW) == ([], 1)
+
+
+async def _node(**paths) -> CoapNode:
+    node = CoapNode()
+    for path, (payload, cf) in paths.items():
+        node.add("/" + path).publish(payload, cf)
+    await node.start()
+    return node
+
+
+def _bins(values, t):
+    return senml.encode_cbor([{"bn": "bins-1:", "bt": t, "n": f"bin{i + 1}_fill", "u": "%", "v": v}
+                              for i, v in enumerate(values)])
+
+
+async def test_observe_senml_cbor_exact_values():
+    node = await _node(bins=(_bins([10.0, 20.0], NOW), senml.CT_SENML_CBOR))
+    out = []
+    opts = CoapOptions(uri=node.uri, resources=(CoapResource("/bins", strip_prefix="bins-1:"),),
+                       observe_timeout_s=30)
+    driver = CoapDriver("bins-1", opts, out.append)
+    try:
+        async with running(driver):
+            assert await wait_until(lambda: len(out) == 2)
+            for k in range(1, 6):
+                node.resources["/bins"].publish(_bins([10.0 + k, 20.0 - k], NOW + k), senml.CT_SENML_CBOR)
+                await asyncio.sleep(0.02)
+            assert await wait_until(lambda: len(out) == 12)
+    finally:
+        await node.stop()
+    got = by_channel(out)
+    assert [(r.value, r.ts) for r in got["bin1_fill"]] == [(10.0 + k, NOW + k) for k in range(6)]
+    assert [r.value for r in got["bin2_fill"]] == [20.0 - k for k in range(6)]
+    assert {r.unit for r in out} == {"%"} and driver.stats.connects == 1
+
+
+async def test_poll_json_text_and_senml_json():
+    node = await _node(counts=(b'{"vehicles": 12, "bikes": 3}', 50), speed=(b"31.5", 0),
+                       env=(senml.encode_json([{"bn": "e:", "n": "t", "u": "Cel", "v": 21.5}]), 110))
+    out = []
+    opts = CoapOptions(uri=node.uri, mode="poll", interval_s=0.05, resources=(
+        CoapResource("/counts", units={"vehicles": "1/min"}), CoapResource("/speed", channel="speed_kmh"),
+        CoapResource("/env")))
+    driver = CoapDriver("traffic-1", opts, out.append)
+    try:
+        async with running(driver):
+            assert await wait_until(lambda: len(out) >= 8)
+            node.resources["/speed"].publish(b"33", 0)
+            assert await wait_until(lambda: out[-1].channel == "e:t" and 33.0 in [r.value for r in out])
+    finally:
+        await node.stop()
+    got = by_channel(out)
+    assert {r.value for r in got["vehicles"]} == {12.0} and got["vehicles"][0].unit == "1/min"
+    assert {r.value for r in got["bikes"]} == {3.0}
+    assert {r.value for r in got["speed_kmh"]} == {31.5, 33.0}
+    assert {(r.value, r.unit) for r in got["e:t"]} == {(21.5, "Cel")}
+    assert node.resources["/speed"].gets >= 2
+
+
+async def test_silent_observation_is_registered_again():
+    node = await _node(level=(b"1", 0))
+    out = []
+    opts = CoapOptions(uri=node.uri, resources=(CoapResource("/level"),), observe_timeout_s=0.2)
+    driver = CoapDriver("n", opts, out.append)
+    try:
+        async with running(driver):
+            assert await wait_until(lambda: driver.reregistrations >= 2 and len(out) >= 3)
+    finally:
+        await node.stop()
+    assert driver.stats.connects == 1 and {r.value for r in out} == {1.0}
+
+
+async def test_node_restart_under_the_supervisor():
+    node = await _node(bins=(_bins([1.0], NOW), senml.CT_SENML_CBOR))
+    out, gaps = [], []
+    opts = CoapOptions(uri=node.uri, resources=(CoapResource("/bins", strip_prefix="bins-1:"),),
+                       observe_timeout_s=0.3, request_timeout_s=0.5)
+    driver = CoapDriver("bins-1", opts, out.append)
+    sup = Supervisor(gaps.append, Backoff(initial_s=0.05, max_s=0.2), seed=1)
+    sup.start(driver)
+    try:
+        assert await wait_until(lambda: len(out) == 1)
+        await node.stop()
+        await asyncio.sleep(0.5)
+        await node.start()
+        node.resources["/bins"].publish(_bins([2.0], NOW + 1), senml.CT_SENML_CBOR)
+        assert await wait_until(lambda: any(r.value == 2.0 for r in out), timeout=8)
+        for k in range(3, 6):
+            node.resources["/bins"].publish(_bins([float(k)], NOW + k), senml.CT_SENML_CBOR)
+            await asyncio.sleep(0.05)
+        assert await wait_until(lambda: any(r.value == 5.0 for r in out), timeout=8)
+    finally:
+        await sup.stop()
+        await node.stop()
+    assert [r.value for r in out if r.value > 1.0][-3:] == [3.0, 4.0, 5.0]
+    assert driver.stats.connects >= 1
