@@ -19,6 +19,12 @@ _COMMAND_MODULES = (
     "edge_gateway.cmd_run",
     "edge_gateway.cmd_config",
     "edge_gateway.offline",
+    "edge_gateway.cmd_status",
+    "edge_gateway.cmd_tail",
+    "edge_gateway.cmd_probe",
+    "edge_gateway.cmd_record",
+    "edge_gateway.cmd_doctor",
+    "edge_gateway.cmd_service",
 )
 
 

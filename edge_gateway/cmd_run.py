@@ -24,4 +24,10 @@ def handle(args) -> int:
         return 2
     logs.setup(args.log_level or cfg.log_level)
     daemon.prepare_environment(cfg)
-    return asyncio.run(daemon.run(cfg))
+    from .sdnotify import Notifier
+
+    notifier = Notifier()  # no-op unless systemd set $NOTIFY_SOCKET
+    try:
+        return asyncio.run(daemon.run(cfg, notifier))
+    finally:
+        notifier.close()

@@ -28,6 +28,7 @@ class GatewaySection:
     topic_prefix: str = "city"
     state_dir: str = "/var/lib/edge-gateway"
     batch_interval_s: float = 0.2
+    status_interval_s: float = 60.0  # retained status message on MQTT; 0 = only birth/will
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.id):
@@ -36,6 +37,8 @@ class GatewaySection:
             raise ValueError("topic_prefix: must be non-empty and hold no MQTT wildcards")
         if self.batch_interval_s <= 0:
             raise ValueError("batch_interval_s: must be positive")
+        if self.status_interval_s < 0:
+            raise ValueError("status_interval_s: must be 0 (off) or positive")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,15 @@ class TlsSection:
     cert_file: str = ""
     key_file: str = ""
     check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.ca_file:
+            raise ValueError("ca_file: a CA certificate file is required for TLS")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file: give both cert_file and key_file (mutual TLS) or neither")
+
+
+COMMANDS = ("ping", "status", "set", "reload")
 
 
 @dataclass(frozen=True)
@@ -56,12 +68,23 @@ class BrokerSection:
     max_inflight: int = 100
     tls: TlsSection | None = None
     secrets_file: str = field(default="", metadata={"secret_path": True})
+    strict_secrets: bool = False  # refuse (not just warn about) a group/world-readable secrets_file
+    reconnect_min_s: float = 1.0  # reconnect backoff: doubles from min to max, each delay jittered
+    reconnect_max_s: float = 60.0
+    commands: tuple[str, ...] = ("ping", "status")  # downlink commands accepted (see docs/uplink.md)
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port: {self.port} is not a TCP port")
         if self.max_inflight < 1:
             raise ValueError("max_inflight: must be at least 1")
+        if self.keepalive_s < 1:
+            raise ValueError("keepalive_s: must be at least 1")
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ValueError("reconnect_min_s: must be positive and at most reconnect_max_s")
+        unknown = [c for c in self.commands if c not in COMMANDS]
+        if unknown:
+            raise ValueError(f"commands: unknown command {unknown[0]!r}; known: {', '.join(COMMANDS)}")
 
 
 @dataclass(frozen=True)
@@ -99,8 +122,35 @@ class DetectorSection:
 @dataclass(frozen=True)
 class QueueSection:
     path: str = "queue.db"
-    max_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = 64 * 1024 * 1024  # backlog bound (sum of payload bytes); see docs/uplink.md
     commit_interval_s: float = 0.2
+    max_age_s: float = 7 * 24 * 3600.0  # older unsent messages are dropped (counted); 0 = no limit
+    high_water: float = 0.8  # above high_water * max_bytes, the oldest aggregates are rolled up
+    rollup_factor: int = 10  # a rollup merges up to this many windows of one channel into one
+    max_file_bytes: int = 0  # SQLite file cap (PRAGMA max_page_count); 0 = 2 * max_bytes + 4 MiB
+    reserve_bytes: int = 16 * 1024 * 1024  # free space left on the file system for WAL/checkpoints
+    synchronous: Literal["full", "normal"] = "full"
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 4096:
+            raise ValueError("max_bytes: must be at least 4096")
+        if not 0 < self.high_water <= 1:
+            raise ValueError("high_water: must be in (0, 1]")
+        if self.rollup_factor < 2:
+            raise ValueError("rollup_factor: must be at least 2")
+        if self.max_age_s < 0 or self.max_file_bytes < 0 or self.reserve_bytes < 0:
+            raise ValueError("max_age_s: max_age_s, max_file_bytes and reserve_bytes must not be negative")
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """Optional Prometheus text endpoint on 127.0.0.1 (same figures as ``edge-gateway status``)."""
+
+    prometheus_port: int = 0  # 0 = off
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.prometheus_port < 65536:
+            raise ValueError(f"prometheus_port: {self.prometheus_port} is not a TCP port (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -111,6 +161,7 @@ class GatewayConfig:
     windows: WindowSection = WindowSection()
     detector: DetectorSection = DetectorSection()
     queue: QueueSection = QueueSection()
+    metrics: MetricsSection = MetricsSection()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     source: str = field(default="<string>", metadata={"internal": True})
 

@@ -36,7 +36,7 @@ class Gateway:
         from . import messages
         from .analytics.engine import Engine, EngineSettings
         from .batcher import Batcher
-        from .queue import DurableQueue
+        from .queue import DurableQueue, QueueLimits
         from .supervisor import Supervisor
 
         self.cfg = cfg
@@ -47,7 +47,8 @@ class Gateway:
         self.batcher = Batcher()
         det = cfg.detector
         self.engine = Engine(EngineSettings(cfg.windows.seconds, det.ewma_alpha, det.threshold, det.warmup))
-        self.queue = DurableQueue(cfg.queue_path, messages.encode, clock)
+        self.queue = DurableQueue(cfg.queue_path, messages.encode, clock, QueueLimits.from_config(cfg.queue))
+        self.router = None  # downlink commands (see _start_uplink, docs/uplink.md)
         self.supervisor = Supervisor(self._on_gap, clock=clock)
         self.drivers = [
             drivers.get(s.driver)(s.id, s.options, self.batcher.add, clock=clock) for s in cfg.sensors
@@ -58,6 +59,15 @@ class Gateway:
         self.link = None
         self.forwarder = None
         self.counts = {"readings": 0, "aggregates": 0, "events": 0}
+        from .control import Tap
+        from .metrics import Telemetry
+
+        self.tap = Tap()  # readings/events for `edge-gateway tail`; never blocks
+        self.telemetry = Telemetry(clock)
+        self.control = None
+        self.prometheus = None
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
 
     # --- wiring -----------------------------------------------------------------------------
 
@@ -67,24 +77,22 @@ class Gateway:
         self._pending.append(messages.event(self.topics, self.cfg.gateway.id, gap.sensor, "link_gap",
                                             start=gap.start, end=gap.end, reason=gap.reason))
 
-    def _status_payload(self, state: str) -> bytes:
-        return msgpack.packb({"gw": self.cfg.gateway.id, "seq": self.queue.last_seq, "state": state,
-                              "ts": self.clock()})
+    def _status_payload(self, state: str, full: bool = False) -> bytes:
+        r = self.telemetry.reload
+        doc = {"gw": self.cfg.gateway.id, "seq": self.queue.last_seq, "state": state, "ts": self.clock(),
+               "reload": {k: r[k] for k in ("count", "ok", "failed", "last_ts", "last_ok")},
+               "last_reload_error": r["last_error"]}
+        if full and self.telemetry.cached:
+            c = self.telemetry.cached
+            doc.update({k: c[k] for k in ("uptime_s", "counts", "published", "queue", "link") if k in c})
+            doc["sensors"] = {sid: {k: v[k] for k in ("rate_per_s", "readings", "malformed", "link_errors")}
+                              for sid, v in c.get("sensors", {}).items()}
+        return msgpack.packb(doc)
 
     async def start(self) -> None:
-        from .forwarder import Forwarder
-        from .uplink import MqttLink
-
         await self.queue.open()
         await self._restore_checkpoint()
-        self.forwarder = Forwarder(self.queue, None, window=max(1, self.cfg.broker.max_inflight))  # type: ignore[arg-type]
-        self.link = MqttLink(self.cfg.broker, f"edge-gateway-{self.cfg.gateway.id}", self.topics.status,
-                             birth=lambda: self._status_payload("online"),
-                             will=msgpack.packb({"gw": self.cfg.gateway.id, "seq": -1, "state": "offline"}),
-                             on_ack=self.forwarder.on_ack, on_state=lambda up: self.forwarder.notify())
-        self.forwarder.link = self.link
-        self.forwarder.start()
-        self.link.start()
+        self._start_uplink()
         self.notify("STATUS=warming analytics kernels")
         t0 = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, self.engine.warm)
@@ -92,15 +100,34 @@ class Gateway:
         for d in self.drivers:
             self.supervisor.start(d)
         self.forwarder.notify()
+        await self._start_operations()
         log.info("gateway %s running: %d sensors, queue %s (%d queued)", self.cfg.gateway.id,
                  len(self.drivers), self.cfg.queue_path, self.queue.depth)
         self.notify("READY=1")
+
+    def _start_uplink(self) -> None:
+        from .forwarder import Forwarder
+        from .uplink import MqttLink
+
+        self.forwarder = Forwarder(self.queue, None, window=max(1, self.cfg.broker.max_inflight))  # type: ignore[arg-type]
+        self.router = self._command_router()
+        self.link = MqttLink(self.cfg.broker, f"edge-gateway-{self.cfg.gateway.id}", self.topics.status,
+                             birth=lambda: self._status_payload("online"),
+                             will=msgpack.packb({"gw": self.cfg.gateway.id, "seq": -1, "state": "offline"}),
+                             on_ack=self.forwarder.on_ack, on_state=self._on_link_state,
+                             credentials=self._credentials if self.cfg.broker.secrets_file else None,
+                             subscriptions=(self.topics.cmd("+"),) if self.cfg.broker.commands else (),
+                             on_message=self._on_command)
+        self.forwarder.link = self.link
+        self.forwarder.start()
+        self.link.start()
 
     async def run(self) -> None:
         await self.start()
         loop = asyncio.get_running_loop()
         next_ckpt = loop.time() + CHECKPOINT_EVERY_S
         next_stats = loop.time() + STATS_EVERY_S
+        next_status = next_cache = loop.time()
         try:
             while not self._stop.is_set():
                 try:
@@ -114,7 +141,18 @@ class Gateway:
                     next_ckpt = now + CHECKPOINT_EVERY_S
                 if now >= next_stats:
                     self._log_stats()
+                    c = self.telemetry.cached
+                    self.notify(f"STATUS=link {c.get('link')}, queue {c.get('queue_depth')}, "
+                                f"{c.get('counts', {}).get('readings')} readings")
                     next_stats = now + STATS_EVERY_S
+                if now >= next_cache:
+                    self.telemetry.sample_rates(self.drivers)
+                    self.telemetry.cached = await self.status()
+                    next_cache = now + 1.0
+                interval = self.cfg.gateway.status_interval_s
+                if interval and now >= next_status:
+                    self._publish_status()
+                    next_status = now + interval
         finally:
             await self.shutdown()
 
@@ -156,8 +194,11 @@ class Gateway:
                                        cfg.windows.seconds, self.topics, gw)
         out += self._pending
         self._pending = []
+        self._observe(batch, out)
         if out:
             await self.queue.append(out)
+            if self.queue.stats_now().dropped_pending and self.link is not None and self.link.connected:
+                await self._report_drops()
             for m in out:
                 self.counts["aggregates" if m.kind == messages.KIND_AGG else "events"] += 1
             if self.forwarder is not None:
@@ -196,8 +237,238 @@ class Gateway:
             "inflight": fw.inflight if fw else 0,
             "link": "up" if self.link is not None and self.link.connected else "down",
             "last_seq": self.queue.last_seq,
-            "sensors": {d.sensor_id: vars(d.stats).copy() for d in self.drivers},
+            "uplink": self.uplink_status(),
+            "sensors": self.telemetry.sensors(self.drivers, self.started),
+            "last_events": list(self.telemetry.events),
+            "reload": dict(self.telemetry.reload),
+            "last_reload_error": self.telemetry.reload["last_error"],
         }
+
+    # --- uplink: drops report, downlink commands (see docs/uplink.md) ---------------------------
+
+    def _credentials(self):
+        from . import secrets
+
+        return secrets.load(self.cfg.broker.secrets_file, strict=self.cfg.broker.strict_secrets)
+
+    def _on_link_state(self, up: bool) -> None:
+        if self.forwarder is not None:
+            self.forwarder.on_link(up)
+        if up and self.queue.stats_now().dropped_pending:
+            task = asyncio.get_running_loop().create_task(self._report_drops(), name="dropped-report")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _report_drops(self) -> None:
+        """Commit a ``dropped`` event with what the queue discarded since the last report."""
+        from . import messages
+
+        seq = await self.queue.take_dropped(lambda c: messages.dropped_event(self.topics, self.cfg.gateway.id, c))
+        if seq is not None:
+            log.warning("reported dropped messages (event seq %d)", seq)
+            self.counts["events"] += 1
+            if self.forwarder is not None:
+                self.forwarder.notify()
+
+    def uplink_status(self) -> dict:
+        """Queue bounds and link health for ``status`` (backlog size, age of the oldest unsent message)."""
+        q = self.queue.stats_now()
+        age = self.queue.oldest_age()
+        fw, link = self.forwarder, self.link
+        return {"backlog": q.depth, "backlog_bytes": q.bytes, "max_bytes": self.cfg.queue.max_bytes,
+                "oldest_age_s": None if age is None else round(age, 1), "queue_full": q.full,
+                "dropped": q.dropped_total, "dropped_unreported": q.dropped_pending, "rolled_up": q.rolled_up,
+                "file_cap_bytes": q.file_cap_bytes, "link_error": getattr(link, "last_error", ""),
+                "connects": getattr(link, "connects", 0),
+                "rejected": fw.stats.rejected if fw else 0, "rewinds": fw.stats.rewinds if fw else 0,
+                "commands": dict(self.router.counts) if self.router else {}}
+
+    def _command_router(self):
+        from .downlink import CommandRouter
+
+        router = CommandRouter(self.cfg.broker.commands)
+        router.register("ping", lambda args: {"pong": self.clock(), "last_seq": self.queue.last_seq})
+        router.register("status", lambda args: self.snapshot())
+        router.register("set", lambda args: self.set_parameter(args.get("name"), args.get("value")))
+        router.register("reload", lambda args: (self.request_reload(), {"reload": "requested"})[1])
+        return router
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        name = topic.rsplit("/", 1)[-1]
+        if self.router is None or self.link is None:
+            return
+
+        async def run() -> None:
+            reply = await self.router.handle(name, payload)
+            try:
+                self.link.publish(self.topics.cmd_res(name), reply)
+            except RuntimeError as exc:
+                log.warning("command reply not sent: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"cmd:{name[:32]}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def set_parameter(self, name, value) -> dict:
+        """Downlink ``set``: change one detector parameter (a ``DetectorSection`` field) at run time."""
+        import dataclasses
+
+        from .config import DetectorSection
+
+        fields = {f.name: f.type for f in dataclasses.fields(DetectorSection)}
+        if not isinstance(name, str) or name not in fields:
+            raise ValueError(f"name: must be one of {', '.join(fields)}")
+        want_int = fields[name] in (int, "int")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (want_int and not isinstance(value, int)):
+            raise ValueError(f"value: {name} needs {'an integer' if want_int else 'a number'}")
+        det = dataclasses.replace(self.cfg.detector, **{name: value if want_int else float(value)})
+        self.cfg = dataclasses.replace(self.cfg, detector=det)
+        self.engine.settings = dataclasses.replace(self.engine.settings, ewma_alpha=det.ewma_alpha,
+                                                   ewma_threshold=det.threshold, ewma_warmup=det.warmup)
+        log.info("detector parameter %s set to %r (downlink)", name, value)
+        return {name: getattr(det, name)}
+
+    # --- operations: control socket, metrics, status, reload (see docs/operations.md) --------
+
+    async def status(self) -> dict:
+        """The ``edge-gateway status`` document: :meth:`snapshot` plus queue age and config source."""
+        s = self.snapshot()
+        q = await self.queue.stats()
+        s["pid"] = os.getpid()
+        s["config"] = self.cfg.source
+        s["queue"] = {"depth": q.depth, "bytes": q.bytes, "last_seq": q.last_seq,
+                      "oldest_age_s": round(self.clock() - q.oldest_created, 1) if q.oldest_created else None}
+        s["link_error"] = getattr(self.link, "last_error", "") if s["link"] == "down" else ""
+        s["tail_dropped"] = self.tap.dropped
+        return s
+
+    def _observe(self, batch, out: list) -> None:
+        from . import messages
+
+        self.telemetry.observe_batch(batch.chan, batch.ts, batch.val, self.batcher.keys)
+        tap = self.tap
+        if tap.active and len(batch):
+            keys = self.batcher.keys
+            for c, t, v in zip(batch.chan.tolist(), batch.ts.tolist(), batch.val.tolist()):
+                k = keys[c]
+                if tap.wants(k.sensor):
+                    tap.publish({"type": "reading", "sensor": k.sensor, "channel": k.channel,
+                                 "value": v, "ts": t, "unit": k.unit})
+        for m in out:
+            if m.kind == messages.KIND_EVENT:
+                self.telemetry.observe_event(m.fields)
+                if tap.active:
+                    tap.publish({**m.fields, "event": m.fields.get("type"), "type": "event"})
+
+    def _publish_status(self) -> None:
+        """The retained status message (state ``online`` plus the figures of ``status``)."""
+        if self.link is not None and self.link.connected:
+            try:
+                self.link.publish(self.topics.status, self._status_payload("online", full=True), retain=True)
+            except RuntimeError as exc:
+                log.warning("status message not sent: %s", exc)
+
+    async def _start_operations(self) -> None:
+        from .control import ControlServer
+        from .metrics import PrometheusEndpoint
+
+        self.control = ControlServer(self.cfg.state_dir / "control.sock", self.status, self.tap,
+                                     commands={"reload": lambda req: self.reload_from_file()})
+        await self.control.start()
+        self.telemetry.cached = await self.status()
+        if self.cfg.metrics.prometheus_port:
+            self.prometheus = PrometheusEndpoint(self.cfg.metrics.prometheus_port, lambda: self.telemetry.cached)
+            self.prometheus.start()
+
+    async def _stop_operations(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
+            self.control = None
+        if self.prometheus is not None:
+            self.prometheus.stop()
+            self.prometheus = None
+
+    def request_reload(self) -> None:
+        """Reload the config file in the background (SIGHUP, MQTT ``reload``); see :meth:`reload`."""
+        async def _reload() -> None:
+            try:
+                await self.reload_from_file()
+            except ValueError:
+                pass  # logged and reported on the status topic by reload()
+
+        task = asyncio.get_running_loop().create_task(_reload(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reload_from_file(self) -> dict:
+        """Read ``cfg.source`` again and :meth:`reload` it; raise ValueError if it is refused."""
+        from . import config
+
+        try:
+            new_cfg = await asyncio.get_running_loop().run_in_executor(None, config.load, self.cfg.source)
+        except config.ConfigError as exc:
+            self._reload_refused(str(exc), None)
+            raise ValueError(str(exc)) from None
+        return await self.reload(new_cfg)
+
+    def _reload_refused(self, reason: str, plan: dict | None) -> None:
+        log.error("reload refused, the running config stays: %s", reason)
+        self.telemetry.reload_done(False, reason, plan)
+        self._publish_status()
+
+    async def reload(self, new_cfg: GatewayConfig) -> dict:
+        """Apply a validated config: restart only the sensors that changed, keep queue and analytics state.
+
+        Refused (ValueError; the old config keeps running) when the change needs a restart.
+        """
+        import dataclasses
+
+        from . import reload as reload_planning
+
+        async with self._reload_lock:
+            plan = reload_planning.plan(self.cfg, new_cfg)
+            if not plan.ok:
+                self._reload_refused(plan.reason(), plan.summary())
+                raise ValueError(plan.reason())
+            import drivers
+
+            new_sensors = {s.id: s for s in new_cfg.sensors}
+            for sid in plan.stop:
+                await self.supervisor.stop(sid)
+            self.drivers = [d for d in self.drivers if d.sensor_id not in plan.stop]
+            for sid in plan.start:
+                s = new_sensors[sid]
+                d = drivers.get(s.driver)(s.id, s.options, self.batcher.add, clock=self.clock)
+                self.drivers.append(d)
+                self.supervisor.start(d)
+            order = {s.id: i for i, s in enumerate(new_cfg.sensors)}
+            self.drivers.sort(key=lambda d: order.get(d.sensor_id, 0))
+            if plan.detector_changed:
+                det = new_cfg.detector
+                self.engine.settings = dataclasses.replace(self.engine.settings, ewma_alpha=det.ewma_alpha,
+                                                           ewma_threshold=det.threshold, ewma_warmup=det.warmup)
+            if new_cfg.log_level != self.cfg.log_level:
+                logging.getLogger().setLevel(new_cfg.log_level.upper())
+            old_cfg, self.cfg = self.cfg, new_cfg
+            if plan.broker_changed:
+                await self._replace_uplink(old_cfg)
+            summary = plan.summary()
+            log.info("config reloaded from %s: %s", new_cfg.source, json.dumps(summary))
+            self.telemetry.reload_done(True, "", summary)
+            self._publish_status()
+            return summary
+
+    async def _replace_uplink(self, old_cfg: GatewayConfig) -> None:
+        """New broker settings: a new link and forwarder; the queue resends what was not acknowledged."""
+        old_fw, old_link = self.forwarder, self.link
+        if old_fw is not None:
+            await old_fw.stop()
+        if old_link is not None:
+            await old_link.stop(None)
+        self._start_uplink()
+        if old_fw is not None and self.forwarder is not None:
+            self.forwarder.stats = old_fw.stats
+        self.forwarder.notify()
 
     def _log_stats(self) -> None:
         s = self.snapshot()
@@ -207,6 +478,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         self.notify("STOPPING=1")
+        await self._stop_operations()
         await self.supervisor.stop()
         await self.tick()
         await self._save_checkpoint()
@@ -228,7 +500,15 @@ async def run(cfg: GatewayConfig, notify: Callable[[str], None] = lambda s: None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gw.request_stop)
-    await gw.run()
+    loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
+    watchdog = getattr(notify, "watchdog_task", None)  # sdnotify.Notifier: pings from this loop
+    pinger = loop.create_task(watchdog(), name="watchdog") if watchdog else None
+    try:
+        await gw.run()
+    finally:
+        if pinger is not None:
+            pinger.cancel()
+            await asyncio.gather(pinger, return_exceptions=True)
     return 0
 
 

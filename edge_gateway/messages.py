@@ -7,6 +7,7 @@ cloud uses to drop duplicates and see gaps.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,12 @@ class Topics:
     def event(self, sensor: str) -> str:
         return f"{self.base}/event/{sensor}"
 
+    def cmd(self, name: str = "+") -> str:
+        return f"{self.base}/cmd/{name}"
+
+    def cmd_res(self, name: str) -> str:
+        return f"{self.base}/cmd-res/{name}"
+
 
 def encode(fields: dict[str, Any], seq: int) -> bytes:
     """The wire payload of a committed message."""
@@ -74,3 +81,32 @@ def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics
 def event(topics: Topics, gateway_id: str, sensor: str, kind: str, **fields: Any) -> Message:
     """An event (``kind`` names it: ``anomaly``, ``link_gap``, ``dropped``...)."""
     return Message(KIND_EVENT, topics.event(sensor), {"gw": gateway_id, "sensor": sensor, "type": kind, **fields})
+
+
+def merge_aggregates(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Roll decoded aggregates of one sensor/channel up into one coarser window (see docs/uplink.md).
+
+    ``count``/``min``/``max`` are exact, ``mean`` is the count-weighted mean and ``std`` the pooled
+    population std; ``first``/``last`` come from the earliest/latest window. The result keeps the
+    ``seq`` of its first member and lists every original ``seq`` in ``merged_seqs`` (``seq_last``
+    is the largest), so the cloud can tell a rolled-up message from a gap.
+    """
+    ms = sorted(members, key=lambda m: (m["start"], m["seq"]))
+    full = [m for m in ms if m.get("count", 0) > 0]
+    n = sum(int(m["count"]) for m in full)
+    seqs = sorted({s for m in ms for s in (m.get("merged_seqs") or [m["seq"]])})
+    out = {k: v for k, v in ms[0].items() if k not in ("merged_seqs", "seq_last")}
+    out.update(start=ms[0]["start"], end=max(m["end"] for m in ms), count=n,
+               seq=seqs[0], seq_last=seqs[-1], merged_seqs=seqs)
+    if n:
+        mean = math.fsum(m["count"] * m["mean"] for m in full) / n
+        var = math.fsum(m["count"] * (m["std"] ** 2 + (m["mean"] - mean) ** 2) for m in full) / n
+        out.update(min=min(m["min"] for m in full), max=max(m["max"] for m in full), mean=mean,
+                   std=math.sqrt(max(var, 0.0)), first=full[0]["first"], last=full[-1]["last"])
+    return out
+
+
+def dropped_event(topics: Topics, gateway_id: str, counts: dict[str, Any]) -> Message:
+    """The ``dropped`` event: what the queue discarded since the last report (see docs/uplink.md)."""
+    return Message(KIND_EVENT, topics.event("_gateway"), {"gw": gateway_id, "sensor": "_gateway",
+                                                          "type": "dropped", **counts})

@@ -1,28 +1,47 @@
 """The durable store-and-forward queue: SQLite in WAL mode, one writer thread.
 
 A message counts as produced only once its transaction has committed; it leaves
-the queue only when the broker has acknowledged it. Sequence numbers are the
-table's ``seq`` and a ``meta`` row remembers the last one, so they keep
-increasing across restarts even when the queue was drained empty.
+the queue only when the broker has acknowledged it (or a documented bound drops
+it, counted). Sequence numbers are the table's ``seq`` and a ``meta`` row
+remembers the last one, so they keep increasing across restarts even when the
+queue was drained empty.
 
-``synchronous=FULL``: a committed batch survives power loss (see README). Batches
-are grouped into one transaction per pipeline tick, so the SD card sees one
-fsync per tick, not one per message. All SQLite calls run on one worker thread,
-never on the event loop.
+``synchronous=FULL`` (default): a committed batch survives power loss;
+``normal`` keeps the file consistent but may roll back the last commits on power
+loss (docs/uplink.md). Batches are grouped into one transaction per pipeline
+tick, so the SD card sees one fsync per tick, not one per message. All SQLite
+calls run on one worker thread, never on the event loop.
+
+Bounds (:class:`QueueLimits`): past ``high_water * max_bytes`` the oldest
+aggregates of each channel are rolled up into coarser windows; past
+``max_bytes`` (or ``max_age_s``) messages are dropped, oldest aggregates first,
+anomaly and ``dropped`` events last. Drops are counted in ``meta`` in the same
+transaction, so the count a ``dropped`` event reports is exact. The file itself
+is capped with ``PRAGMA max_page_count`` below the free space, so a full disk
+fails an insert cleanly instead of breaking deletes and checkpoints.
+
+Rows once handed out by :meth:`DurableQueue.peek` (in this process) are never
+rolled up or dropped, since paho or the broker may already hold them; after a
+restart nothing is in flight, so the whole backlog is eligible again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import math
 import os
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .messages import Message
+from .messages import KIND_AGG, Message, decode, merge_aggregates
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -35,6 +54,29 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS checkpoint (name TEXT PRIMARY KEY, blob BLOB NOT NULL, saved REAL NOT NULL);
 """
+PRIO_AGG, PRIO_EVENT, PRIO_KEEP = 0, 1, 2  # drop order: aggregates, other events, anomaly/dropped events
+_KEEP_TYPES = ("anomaly", "dropped")
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    max_bytes: int = 64 * MiB
+    max_age_s: float = 0.0
+    high_water: float = 0.8
+    rollup_factor: int = 10
+    max_file_bytes: int = 0
+    reserve_bytes: int = 16 * MiB
+    synchronous: str = "full"
+
+    @classmethod
+    def from_config(cls, q) -> "QueueLimits":
+        return cls(q.max_bytes, q.max_age_s, q.high_water, q.rollup_factor, q.max_file_bytes,
+                   q.reserve_bytes, q.synchronous)
+
+    @property
+    def file_cap(self) -> int:
+        return self.max_file_bytes or 2 * self.max_bytes + 4 * MiB
 
 
 @dataclass(frozen=True)
@@ -52,21 +94,41 @@ class QueueStats:
     bytes: int
     oldest_created: float | None
     last_seq: int
+    dropped_total: dict = field(default_factory=dict)
+    dropped_pending: int = 0
+    rolled_up: int = 0
+    full: bool = False
+    file_cap_bytes: int = 0
+
+
+def _empty_counts() -> dict:
+    return {"count": 0, "agg": 0, "event": 0, "anomaly": 0, "reasons": {}, "first_seq": 0, "last_seq": 0}
 
 
 class DurableQueue:
     """Append in batches, read in order after a cursor, delete on acknowledgement."""
 
     def __init__(self, path: str | os.PathLike, encode: Callable[[dict, int], bytes],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, limits: QueueLimits | None = None) -> None:
         self.path = Path(path)
         self.encode = encode
         self.clock = clock
+        self.limits = limits or QueueLimits()
         self._db: sqlite3.Connection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue")
         self._last_seq = 0
         self._depth = 0
         self._bytes = 0
+        self._oldest: float | None = None
+        self._pending = _empty_counts()
+        self._total = _empty_counts()
+        self._rolled_up = 0
+        self._rollup_mark = 0  # bytes at the last rollup scan: rescan only after real growth
+        self.full = False  # the last insert hit the file cap / a full disk
+        self._cap_checked = 0.0
+        self.page_cap = 0
+        self._handed_out = 0  # highest seq ever returned by peek in this process
+        self._page_size = 4096
 
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -78,23 +140,86 @@ class DurableQueue:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={'NORMAL' if self.limits.synchronous == 'normal' else 'FULL'}")
+        db.execute("PRAGMA journal_size_limit=4194304")
         db.executescript(SCHEMA)
-        row = db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        cols = [r[1] for r in db.execute("PRAGMA table_info(outbox)")]
+        if "prio" not in cols:
+            db.execute("ALTER TABLE outbox ADD COLUMN prio INTEGER NOT NULL DEFAULT 0")
+            db.execute("UPDATE outbox SET prio = 1 WHERE kind != 'agg'")
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         max_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
-        self._last_seq = max(int(row[0]) if row else 0, max_seq)
+        self._last_seq = max(int(meta.get("last_seq", 0)), max_seq)
+        self._pending = json.loads(meta["dropped_pending"]) if "dropped_pending" in meta else _empty_counts()
+        self._total = json.loads(meta["dropped_total"]) if "dropped_total" in meta else _empty_counts()
         self._depth, self._bytes = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
         self._db = db
+        self._set_page_cap(force=True)
+        self._refresh_oldest()
 
-    async def append(self, messages: Iterable[Message]) -> list[int]:
-        """Commit messages in one transaction; return their sequence numbers."""
+    # --- file cap -----------------------------------------------------------------------------
+
+    def _set_page_cap(self, force: bool = False) -> None:
+        """``max_page_count`` = min(file cap, current size + free space - reserve), in pages."""
+        now = time.monotonic()
+        if not force and now - self._cap_checked < 1.0:
+            return
+        self._cap_checked = now
+        db = self._db
+        assert db is not None
+        page = self._page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        used = db.execute("PRAGMA page_count").fetchone()[0]
+        try:
+            st = os.statvfs(self.path.parent)
+            room = used * page + st.f_bavail * st.f_frsize - self.limits.reserve_bytes
+        except OSError:
+            room = self.limits.file_cap
+        cap = max(used, min(self.limits.file_cap, room) // page)
+        if cap != self.page_cap:
+            self.page_cap = db.execute(f"PRAGMA max_page_count={int(cap)}").fetchone()[0]
+
+    # --- append -------------------------------------------------------------------------------
+
+    async def append(self, messages: Iterable[Message], protect: int = 0) -> list[int]:
+        """Commit messages in one transaction; return their sequence numbers ([] if the disk is full).
+
+        ``protect``: the highest seq that may be in flight (never rolled up or dropped).
+        """
         msgs = list(messages)
         if not msgs:
             return []
-        return await self._call(self._append, msgs)
+        return await self._call(self._append, msgs, protect)
 
-    def _append(self, msgs: list[Message]) -> list[int]:
+    def _append(self, msgs: list[Message], protect: int) -> list[int]:
+        self._set_page_cap()
+        try:
+            seqs = self._insert(msgs)
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            if not self.full:
+                log.error("queue full (file cap %d bytes or disk full): dropping oldest to make room",
+                          self.page_cap * self._page_size)
+            self.full = True
+            protect = max(protect, self._handed_out)
+            need = sum(len(self.encode(m.fields, 0)) for m in msgs) * 2 + 64 * 1024
+            self._drop_to(max(0, self._bytes - need), protect, "disk_full")
+            self._set_page_cap(force=True)
+            try:
+                seqs = self._insert(msgs)
+            except sqlite3.OperationalError as exc2:
+                if not _is_full(exc2):
+                    raise
+                log.error("queue full: %d new messages could not be stored", len(msgs))
+                self._count_unstored(msgs)
+                return []
+        else:
+            self.full = False
+        self._enforce(protect)
+        return seqs
+
+    def _insert(self, msgs: list[Message]) -> list[int]:
         db = self._db
         assert db is not None
         now = self.clock()
@@ -104,20 +229,208 @@ class DurableQueue:
         for i, m in enumerate(msgs):
             payload = self.encode(m.fields, first + i)
             size += len(payload)
-            rows.append((first + i, m.kind, m.topic, payload, now))
+            rows.append((first + i, m.kind, m.topic, payload, now, _prio(m.kind, m.fields)))
         last = first + len(msgs) - 1
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("INSERT INTO outbox(seq, kind, topic, payload, created) VALUES (?,?,?,?,?)", rows)
+            db.executemany("INSERT INTO outbox(seq, kind, topic, payload, created, prio) VALUES (?,?,?,?,?,?)",
+                           rows)
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?)", (last,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._last_seq = last
         self._depth += len(rows)
         self._bytes += size
+        if self._oldest is None:
+            self._oldest = now
         return list(range(first, last + 1))
+
+    def _count_unstored(self, msgs: list[Message]) -> None:
+        """New messages refused by a full disk: counted (no seq was assigned), not stored."""
+        for m in msgs:
+            p = _prio(m.kind, m.fields)
+            for c in (self._pending, self._total):
+                _bump(c, p, 0, "disk_full")
+        self._save_counts_quietly()
+
+    def _save_counts_quietly(self) -> None:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._save_counts()
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError:
+            self.__rollback(db)
+
+    # --- bounds -------------------------------------------------------------------------------
+
+    def _enforce(self, protect: int) -> None:
+        lim = self.limits
+        protect = max(protect, self._handed_out)
+        if lim.max_age_s and self._oldest is not None and self._oldest < self.clock() - lim.max_age_s:
+            self._drop_where("created < ?", (self.clock() - lim.max_age_s,), protect, "max_age")
+        high = int(lim.high_water * lim.max_bytes)
+        if self._bytes > high and self._bytes >= self._rollup_mark + lim.max_bytes // 20:
+            self._rollup(protect, high)
+            self._rollup_mark = self._bytes
+        if self._bytes > lim.max_bytes:
+            self._drop_to(lim.max_bytes, protect, "max_bytes")
+        if self._bytes < high:
+            self._rollup_mark = 0
+
+    async def enforce(self, protect: int = 0) -> None:
+        """Apply the age bound without an append (called periodically)."""
+        await self._call(self._enforce, protect)
+
+    def _rollup(self, protect: int, target: int) -> None:
+        """Merge the oldest aggregates of each channel into coarser windows until under ``target``.
+
+        A window of width w goes into the aligned bucket of width ``factor * w`` (``rollup_s``);
+        a rolled-up message stays in its bucket, and when a whole pass is not enough, the next
+        pass coarsens every bucket by ``factor`` again (at most 4 levels per call)."""
+        factor = self.limits.rollup_factor
+        for level in range(4):
+            if self._bytes <= target or not self._rollup_pass(protect, target, factor ** level, factor):
+                return
+
+    def _rollup_pass(self, protect: int, target: int, coarsen: int, factor: int) -> bool:
+        """One pass over the backlog; False when there was nothing left to look at."""
+        db = self._db
+        assert db is not None
+        after = protect
+        seen = False
+        while self._bytes > target:
+            rows = db.execute("SELECT seq, topic, payload FROM outbox WHERE prio = 0 AND seq > ? "
+                              "ORDER BY seq LIMIT 4000", (after,)).fetchall()
+            if not rows:
+                return seen
+            seen = True
+            after = rows[-1][0]
+            groups: dict[tuple, list] = {}
+            for seq, topic, payload in rows:
+                try:
+                    d = decode(payload)
+                    base = float(d.get("rollup_s") or round((float(d["end"]) - float(d["start"])) * factor, 6))
+                    bucket_w = base * coarsen
+                    key = (topic, d.get("channel"), d.get("unit"), bucket_w,
+                           math.floor(round(float(d["start"]) / bucket_w, 6)))
+                    d["rollup_s"] = bucket_w
+                except Exception:
+                    continue
+                groups.setdefault(key, []).append((seq, len(payload), d))
+            merges = [g for g in groups.values() if len(g) > 1]
+            if not merges:
+                continue
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                freed = 0
+                for g in merges:
+                    merged = merge_aggregates([d for _, _, d in g])
+                    seq0 = merged["seq"]
+                    payload = self.encode({k: v for k, v in merged.items() if k != "seq"}, seq0)
+                    others = [s for s, _, _ in g if s != seq0]
+                    db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq0))
+                    db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(others))})", others)
+                    freed += sum(n for _, n, _ in g) - len(payload)
+                db.execute("COMMIT")
+            except BaseException:
+                _rollback(db)
+                raise
+            self._bytes -= freed
+            self._depth -= sum(len(g) - 1 for g in merges)
+            self._rolled_up += sum(len(g) for g in merges)
+
+    def _drop_to(self, target: int, protect: int, reason: str) -> None:
+        """Drop oldest-first by priority (aggregates, other events, anomaly/dropped events) to ``target``."""
+        db = self._db
+        assert db is not None
+        for prio in (PRIO_AGG, PRIO_EVENT, PRIO_KEEP):
+            while self._bytes > target:
+                rows = db.execute("SELECT seq, LENGTH(payload) FROM outbox WHERE prio = ? AND seq > ? "
+                                  "ORDER BY seq LIMIT 2000", (prio, protect)).fetchall()
+                if not rows:
+                    break
+                excess, chosen = self._bytes - target, []
+                for seq, n in rows:
+                    chosen.append(seq)
+                    excess -= n
+                    if excess <= 0:
+                        break
+                self._delete_counted(chosen, reason)
+
+    def _drop_where(self, cond: str, args: tuple, protect: int, reason: str) -> None:
+        rows = self._db.execute(f"SELECT seq FROM outbox WHERE {cond} AND seq > ? ORDER BY seq",
+                                (*args, protect)).fetchall()
+        for i in range(0, len(rows), 2000):
+            self._delete_counted([r[0] for r in rows[i:i + 2000]], reason)
+
+    def _delete_counted(self, seqs: list[int], reason: str) -> None:
+        db = self._db
+        old = self._pending, self._total
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(seqs))}) "
+                             "RETURNING seq, prio, LENGTH(payload), payload", seqs)
+            gone = cur.fetchall()
+            pending, total = json.loads(json.dumps(self._pending)), json.loads(json.dumps(self._total))
+            for seq, prio, _, payload in gone:
+                carried = _dropped_report(payload) if prio == PRIO_KEEP else None
+                if carried:  # a dropped `dropped` event: its counts go back to pending, not lost
+                    _merge_counts(pending, carried)
+                    continue
+                members = _members(payload) if prio == PRIO_AGG else [seq]
+                for c in (pending, total):  # a rolled-up message counts as all the windows it holds
+                    for s_ in members:
+                        _bump(c, prio, s_, reason)
+            self._pending, self._total = pending, total
+            self._save_counts()
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            self._pending, self._total = old
+            raise
+        self._depth -= len(gone)
+        self._bytes -= sum(r[2] for r in gone)
+        self._refresh_oldest()
+
+    def _save_counts(self) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                             [("dropped_pending", json.dumps(self._pending)),
+                              ("dropped_total", json.dumps(self._total))])
+
+    async def take_dropped(self, make: Callable[[dict], Message]) -> int | None:
+        """If anything was dropped since the last report, commit ``make(counts)`` and reset the count
+        in the same transaction; return its seq (None when there was nothing to report)."""
+        return await self._call(self._take_dropped, make)
+
+    def _take_dropped(self, make: Callable[[dict], Message]) -> int | None:
+        if not self._pending["count"]:
+            return None
+        counts, self._pending = self._pending, _empty_counts()
+        msg = make(counts)
+        db = self._db
+        seq = self._last_seq + 1
+        payload = self.encode(msg.fields, seq)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT INTO outbox(seq, kind, topic, payload, created, prio) VALUES (?,?,?,?,?,?)",
+                       (seq, msg.kind, msg.topic, payload, self.clock(), PRIO_KEEP))
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?)", (seq,))
+            self._save_counts()
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            self._pending = counts
+            raise
+        self._last_seq = seq
+        self._depth += 1
+        self._bytes += len(payload)
+        if self._oldest is None:
+            self._oldest = self.clock()
+        return seq
+
+    # --- read and acknowledge -----------------------------------------------------------------
 
     async def peek(self, after_seq: int, limit: int) -> list[Row]:
         """Up to ``limit`` rows with ``seq > after_seq``, oldest first."""
@@ -127,7 +440,10 @@ class DurableQueue:
         assert self._db is not None
         cur = self._db.execute("SELECT seq, kind, topic, payload, created FROM outbox WHERE seq > ? "
                                "ORDER BY seq LIMIT ?", (after_seq, limit))
-        return [Row(*r) for r in cur]
+        rows = [Row(*r) for r in cur]
+        if rows:  # handed out: may be in flight from now on, so never rolled up or dropped
+            self._handed_out = max(self._handed_out, rows[-1].seq)
+        return rows
 
     async def ack(self, seqs: list[int]) -> None:
         """Delete acknowledged messages (one transaction)."""
@@ -149,22 +465,42 @@ class DurableQueue:
                 size += sum(lengths)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         self._depth -= count
         self._bytes -= size
+        self._refresh_oldest()
+
+    def _refresh_oldest(self) -> None:
+        row = self._db.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        self._oldest = row[0] if row else None
+
+    async def drop(self, seqs: list[int], reason: str) -> None:
+        """Drop given messages, counted (e.g. rejected by the broker as permanently invalid)."""
+        if seqs:
+            await self._call(self._delete_counted, seqs, reason)
+
+    # --- state --------------------------------------------------------------------------------
 
     async def stats(self) -> QueueStats:
-        return await self._call(self._stats)
+        return self.stats_now()
 
-    def _stats(self) -> QueueStats:
-        assert self._db is not None
-        oldest = self._db.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
-        return QueueStats(self._depth, self._bytes, oldest[0] if oldest else None, self._last_seq)
+    def stats_now(self) -> QueueStats:
+        """Counters kept in memory by the worker thread; safe to read from the event loop."""
+        return QueueStats(self._depth, self._bytes, self._oldest, self._last_seq, dict(self._total),
+                          self._pending["count"], self._rolled_up, self.full, self.page_cap * self._page_size)
+
+    def oldest_age(self) -> float | None:
+        oldest = self._oldest
+        return None if oldest is None else max(0.0, self.clock() - oldest)
 
     @property
     def depth(self) -> int:
         return self._depth
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
     @property
     def last_seq(self) -> int:
@@ -175,8 +511,13 @@ class DurableQueue:
 
     def _save_checkpoint(self, name: str, blob: bytes) -> None:
         assert self._db is not None
-        self._db.execute("INSERT OR REPLACE INTO checkpoint(name, blob, saved) VALUES (?,?,?)",
-                         (name, blob, self.clock()))
+        try:
+            self._db.execute("INSERT OR REPLACE INTO checkpoint(name, blob, saved) VALUES (?,?,?)",
+                             (name, blob, self.clock()))
+        except sqlite3.OperationalError as exc:
+            if not _is_full(exc):
+                raise
+            log.error("queue full: analytics checkpoint %r not saved", name)
 
     async def load_checkpoint(self, name: str) -> bytes | None:
         return await self._call(self._load_checkpoint, name)
@@ -195,3 +536,53 @@ class DurableQueue:
         assert self._db is not None
         self._db.close()
         self._db = None
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """SQLite rolls back by itself on SQLITE_FULL; roll back only what is still open."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
+def _is_full(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+
+
+def _prio(kind: str, fields: dict) -> int:
+    if kind == KIND_AGG:
+        return PRIO_AGG
+    return PRIO_KEEP if fields.get("type") in _KEEP_TYPES else PRIO_EVENT
+
+
+def _bump(c: dict, prio: int, seq: int, reason: str) -> None:
+    c["count"] += 1
+    c[("agg", "event", "anomaly")[prio]] += 1
+    c["reasons"][reason] = c["reasons"].get(reason, 0) + 1
+    if seq:
+        c["first_seq"] = min(c["first_seq"] or seq, seq)
+        c["last_seq"] = max(c["last_seq"], seq)
+
+
+def _merge_counts(into: dict, other: dict) -> None:
+    for k in ("count", "agg", "event", "anomaly"):
+        into[k] += int(other.get(k, 0))
+    for r, n in (other.get("reasons") or {}).items():
+        into["reasons"][r] = into["reasons"].get(r, 0) + int(n)
+    for k, fn in (("first_seq", min), ("last_seq", max)):
+        v = int(other.get(k) or 0)
+        if v:
+            into[k] = fn(into[k] or v, v)
+
+
+def _members(payload: bytes) -> list[int]:
+    """The original seqs inside a (possibly rolled-up) aggregate payload."""
+    d = decode(payload)
+    return list(d.get("merged_seqs") or [d["seq"]])
+
+
+def _dropped_report(payload: bytes) -> dict | None:
+    try:
+        d = decode(payload)
+    except Exception:
+        return None
+    return d if d.get("type") == "dropped" else None

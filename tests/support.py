@@ -59,6 +59,8 @@ class Broker:
                  f"persistence {'true' if persistence else 'false'}",
                  f"persistence_location {workdir}/", "max_queued_messages 1000000",
                  "max_inflight_messages 0"]
+        if os.geteuid() == 0:  # else Mosquitto drops to user `mosquitto`, which cannot save persistence here
+            lines.append("user root")
         if extra:
             lines.append(extra)
         self.conf.write_text("\n".join(lines) + "\n")

@@ -100,3 +100,104 @@ def tumbling_flush(watermark, window_s, state, out):
             _emit(c, s, out, m)
             m += 1
     return m
+
+
+def new_hopping_state(n_channels: int, window_s: float, hop_s: float) -> np.ndarray:
+    """State for hopping windows: ``ceil(window_s / hop_s)`` window slots per channel.
+
+    Each slot has the tumbling layout (``S_*`` columns); the late count lives in
+    slot 0 and the last column holds the newest timestamp seen (it closes windows).
+    """
+    if not (window_s > 0 and hop_s > 0):
+        raise ValueError("window_s and hop_s must be > 0")
+    k = int(math.ceil(window_s / hop_s - 1e-9))
+    state = np.zeros((n_channels, k * STATE_WIDTH + 1), dtype=np.float64)
+    for j in range(k):
+        state[:, j * STATE_WIDTH + S_START] = np.nan
+    state[:, -1] = -np.inf
+    return state
+
+
+@kernel
+def _emit_due(c, row, limit, window_s, out, m):
+    """Emit the channel's open windows ending at or before ``limit``, oldest first."""
+    k = (row.shape[0] - 1) // STATE_WIDTH
+    while True:
+        best = -1
+        for j in range(k):
+            o = j * STATE_WIDTH
+            if row[o + S_COUNT] > 0 and row[o + S_START] + window_s <= limit:
+                if best < 0 or row[o + S_START] < row[best * STATE_WIDTH + S_START]:
+                    best = j
+        if best < 0:
+            return m
+        _emit(c, row[best * STATE_WIDTH : (best + 1) * STATE_WIDTH], out, m)
+        m += 1
+
+
+@kernel
+def hopping_update(chan, ts, val, window_s, hop_s, state, out):
+    """Fold a batch into hopping windows (length ``window_s``, a new one every ``hop_s``).
+
+    Windows start at multiples of ``hop_s``; a reading joins every window with
+    ``start <= ts < start + window_s``. Windows close on event time, like
+    :func:`tumbling_update`; ``out`` needs ``len(chan) * ceil(window_s / hop_s)``
+    rows. A reading whose window was already closed is counted late (once).
+    """
+    m = 0
+    k = (state.shape[1] - 1) // STATE_WIDTH
+    for i in range(chan.shape[0]):
+        x = val[i]
+        if x != x:
+            continue
+        c = chan[i]
+        row = state[c]
+        t = ts[i]
+        m = _emit_due(c, row, t, window_s, out, m)
+        newest = max(row[-1], t)
+        row[-1] = newest
+        first = math.floor((t - window_s) / hop_s) + 1
+        last = math.floor(t / hop_s)
+        late = False
+        for b in range(first, last + 1):
+            start = b * hop_s
+            if start + window_s <= newest:
+                late = True
+                continue
+            j = b % k
+            s = row[j * STATE_WIDTH : (j + 1) * STATE_WIDTH]
+            if s[S_COUNT] > 0 and s[S_START] != start:
+                late = True
+                continue
+            if s[S_COUNT] == 0:
+                s[S_START] = start
+                s[S_COUNT] = 1.0
+                s[S_MIN] = x
+                s[S_MAX] = x
+                s[S_MEAN] = x
+                s[S_M2] = 0.0
+                s[S_FIRST] = x
+                s[S_LAST] = x
+                continue
+            n = s[S_COUNT] + 1.0
+            d = x - s[S_MEAN]
+            s[S_MEAN] += d / n
+            s[S_M2] += d * (x - s[S_MEAN])
+            s[S_COUNT] = n
+            if x < s[S_MIN]:
+                s[S_MIN] = x
+            if x > s[S_MAX]:
+                s[S_MAX] = x
+            s[S_LAST] = x
+        if late:
+            row[S_LATE] += 1.0
+    return m
+
+
+@kernel
+def hopping_flush(watermark, window_s, state, out):
+    """Close every hopping window ending at or before ``watermark``; return rows written."""
+    m = 0
+    for c in range(state.shape[0]):
+        m = _emit_due(c, state[c], watermark, window_s, out, m)
+    return m

@@ -1,0 +1,260 @@
+"""Uplink benchmark: durable queue + forwarder into a local Mosquitto, against a naive forwarder.
+
+Prints ONE JSON object:
+- ``publish_msgs_per_s``: steady flow, batches of 100 committed per transaction, forwarded with a
+  window of outstanding QoS 1 publishes, until every PUBACK is in and deleted;
+- ``drain_msgs_per_s``: a 100,000-message backlog (left by an outage) drained to empty;
+- ``baseline_*``: the naive way in the same run: one SQLite commit per message, then
+  ``publish`` + ``wait_for_publish`` one by one (steady), and read/publish/wait/delete one by
+  one (drain), measured on fewer messages;
+- ``lost``: messages of our runs that a QoS 1 subscriber did not receive (distinct seqs);
+- ``flash_bytes_per_hour``: write_bytes of an ``edge-gateway run`` process (psutil io_counters)
+  fed 1,000 readings/s by the serial simulator (demo windows of 10 s), scaled to an hour.
+
+Usage: .venv/bin/python bench/uplink.py [--quick]   (bounded: about 1-2 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from edge_gateway import messages  # noqa: E402
+from edge_gateway.config import BrokerSection  # noqa: E402
+from edge_gateway.forwarder import Forwarder  # noqa: E402
+from edge_gateway.queue import DurableQueue, QueueLimits  # noqa: E402
+from edge_gateway.uplink import MqttLink  # noqa: E402
+
+TOPICS = messages.Topics("bench", "gw")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
+             "max_queued_messages 1000000", "max_inflight_messages 0"]
+    if os.geteuid() == 0:
+        lines.append("user root")
+    conf.write_text("\n".join(lines) + "\n")
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError("mosquitto did not start")
+
+
+class Counter:
+    """A QoS 1 subscriber recording the distinct seqs it received."""
+
+    def __init__(self, port: int) -> None:
+        self.seqs: set[int] = set()
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub", protocol=mqtt.MQTTv5)
+        self.c.on_connect = lambda c, u, f, rc, p: (c.subscribe("bench/gw/agg/#", qos=1), self.ready.set())
+        self.c.on_message = self._msg
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        self.ready.wait(10)
+        time.sleep(0.3)
+
+    def _msg(self, c, u, m) -> None:
+        seq = messages.decode(m.payload)["seq"]
+        with self.lock:
+            self.seqs.add(seq)
+
+    def stop(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def make_msgs(n: int, start: int = 0) -> list[messages.Message]:
+    return [messages.Message("agg", TOPICS.agg(f"s{i % 8}"), {
+        "gw": "gw", "sensor": f"s{i % 8}", "channel": "pm25", "unit": "ug/m3", "start": 1.7e9 + i,
+        "end": 1.7e9 + i + 10, "count": 100, "min": 1.0, "max": 9.5, "mean": 5.25, "std": 1.5,
+        "first": 2.0, "last": 3.0}) for i in range(start, start + n)]
+
+
+async def ours(port: int, work: Path, steady_n: int, backlog_n: int) -> dict:
+    q = DurableQueue(work / "ours.db", messages.encode, limits=QueueLimits(max_bytes=1 << 30))
+    await q.open()
+    fw = Forwarder(q, None, window=100)  # type: ignore[arg-type]
+    link = MqttLink(BrokerSection(port=port, max_inflight=100, reconnect_min_s=0.1, reconnect_max_s=0.5),
+                    "bench-gw", "bench/gw/status", birth=lambda: b"on", will=b"off", on_ack=fw.on_ack,
+                    on_state=fw.on_link)
+    fw.link = link
+    fw.start()
+    link.start()
+    while not link.connected:
+        await asyncio.sleep(0.01)
+
+    async def drained() -> None:
+        while q.depth or fw.inflight:
+            await asyncio.sleep(0.005)
+
+    t0 = time.perf_counter()
+    for i in range(0, steady_n, 100):  # one transaction per tick of 100 messages
+        await q.append(make_msgs(100, i))
+        fw.notify()
+        await asyncio.sleep(0)
+    await drained()
+    steady = steady_n / (time.perf_counter() - t0)
+    # outage: the link is down while a backlog builds up, then it drains
+    await link.stop()
+    await fw.stop()
+    for i in range(0, backlog_n, 5000):
+        await q.append(make_msgs(5000, steady_n + i))
+    fw2 = Forwarder(q, None, window=100)  # type: ignore[arg-type]
+    link2 = MqttLink(BrokerSection(port=port, max_inflight=100, reconnect_min_s=0.1, reconnect_max_s=0.5),
+                     "bench-gw", "bench/gw/status", birth=lambda: b"on", will=b"off", on_ack=fw2.on_ack,
+                     on_state=fw2.on_link)
+    fw2.link = link2
+    fw, link = fw2, link2
+    t0 = time.perf_counter()
+    fw.start()
+    link.start()
+    await drained()
+    drain = backlog_n / (time.perf_counter() - t0)
+    total = q.last_seq
+    await fw.stop()
+    await link.stop()
+    await q.close()
+    return {"publish": steady, "drain": drain, "total": total}
+
+
+def naive(port: int, work: Path, n_steady: int, n_drain: int) -> dict:
+    db = sqlite3.connect(work / "naive.db", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY, topic TEXT, payload BLOB)")
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-naive", protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    base = 10_000_000
+    t0 = time.perf_counter()
+    for i, m in enumerate(make_msgs(n_steady)):  # commit each message, then publish and wait
+        payload = messages.encode(m.fields, base + i)
+        db.execute("INSERT INTO outbox VALUES (?,?,?)", (base + i, m.topic, payload))
+        c.publish(m.topic, payload, qos=1).wait_for_publish(5)
+        db.execute("DELETE FROM outbox WHERE seq = ?", (base + i,))
+    steady = n_steady / (time.perf_counter() - t0)
+    db.execute("BEGIN")
+    for i, m in enumerate(make_msgs(n_drain)):
+        db.execute("INSERT INTO outbox VALUES (?,?,?)", (base + n_steady + i, m.topic,
+                                                         messages.encode(m.fields, base + n_steady + i)))
+    db.execute("COMMIT")
+    t0 = time.perf_counter()
+    while True:  # drain one by one: read, publish, wait for PUBACK, delete
+        row = db.execute("SELECT seq, topic, payload FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        if row is None:
+            break
+        c.publish(row[1], row[2], qos=1).wait_for_publish(5)
+        db.execute("DELETE FROM outbox WHERE seq = ?", (row[0],))
+    drain = n_drain / (time.perf_counter() - t0)
+    c.disconnect()
+    c.loop_stop()
+    db.close()
+    return {"publish": steady, "drain": drain}
+
+
+def flash_per_hour(port: int, work: Path, seconds: float) -> tuple[float, float]:
+    """write_bytes/h of a real gateway process at 1,000 readings/s (333.3 lines/s x 3 channels)."""
+    link = work / "air.tty"
+    cfg = work / "gw.yaml"
+    cfg.write_text(f"""gateway: {{id: flash-gw, topic_prefix: bench, state_dir: {work}/state}}
+broker: {{host: 127.0.0.1, port: {port}, keepalive_s: 10}}
+sensors:
+  - id: air-1
+    driver: serial_line
+    options: {{port: {link}, format: kv}}
+windows: {{seconds: 10, grace_s: 1}}
+detector: {{ewma_alpha: 0.05, threshold: 5.0, warmup: 30}}
+""")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(REPO / ".pytest_cache" / "numba")}
+    gw = subprocess.Popen([sys.executable, "-m", "edge_gateway", "run", str(cfg)], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sim = subprocess.Popen([sys.executable, "-m", "simulators.serial_line", "--rate", "333.3333", "--link",
+                            str(link), "--batch", "20", "--wait-open"], cwd=REPO, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        p = psutil.Process(gw.pid)
+        deadline = time.time() + 60
+        while not (work / "state" / "queue.db").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(8)  # kernels warm, flow steady
+        w0, t0 = p.io_counters().write_bytes, time.perf_counter()
+        time.sleep(seconds)
+        w1, t1 = p.io_counters().write_bytes, time.perf_counter()
+        readings = None
+    finally:
+        for proc in (sim, gw):
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return (w1 - w0) / (t1 - t0) * 3600, readings or 1000.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller runs (CI smoke)")
+    args = ap.parse_args()
+    steady_n, backlog_n = (5_000, 20_000) if args.quick else (20_000, 100_000)
+    work = Path(tempfile.mkdtemp(prefix="bench-uplink-", dir=REPO / "run" if (REPO / "run").is_dir() else None))
+    broker, port = start_broker(work)
+    try:
+        sub = Counter(port)
+        r = asyncio.run(ours(port, work, steady_n, backlog_n))
+        b = naive(port, work, 1000 if args.quick else 2000, 1000 if args.quick else 3000)
+        deadline = time.time() + 30
+        while len(sub.seqs) < r["total"] and time.time() < deadline:
+            time.sleep(0.1)
+        with sub.lock:
+            lost = sum(1 for s in range(1, r["total"] + 1) if s not in sub.seqs)
+        sub.stop()
+        flash, _ = flash_per_hour(port, work, 10 if args.quick else 30)
+    finally:
+        broker.terminate()
+        broker.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({
+        "publish_msgs_per_s": round(r["publish"]), "drain_msgs_per_s": round(r["drain"]),
+        "baseline_publish_msgs_per_s": round(b["publish"]), "baseline_drain_msgs_per_s": round(b["drain"]),
+        "lost": lost, "messages": r["total"], "backlog": backlog_n,
+        "flash_bytes_per_hour": round(flash), "flash_readings_per_s": 1000, "window_s": 10,
+        "queue_synchronous": "FULL", "cpus": os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Helpers shared by the technician's subcommands: tables, JSON output, finding the control socket.
+
+Not a subcommand itself (it is not in ``cli._COMMAND_MODULES``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "/etc/edge-gateway/gateway.yaml"
+DEFAULT_STATE_DIR = "/var/lib/edge-gateway"
+
+
+def add_socket_args(p) -> None:
+    p.add_argument("--socket", metavar="PATH",
+                   help="control socket (default: <state_dir>/control.sock of --config, "
+                        "$EG_CONTROL_SOCKET, or /var/lib/edge-gateway/control.sock)")
+    p.add_argument("--config", "-c", metavar="FILE", help=f"config file to find the state directory in")
+
+
+def socket_path(args) -> Path:
+    """Where the daemon's control socket is, from --socket, --config, $EG_CONTROL_SOCKET or the default."""
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    if getattr(args, "config", None):
+        from . import config
+
+        return config.load(args.config).state_dir / "control.sock"
+    env = os.environ.get("EG_CONTROL_SOCKET")
+    if env:
+        return Path(env)
+    if os.path.exists(DEFAULT_CONFIG):
+        from . import config
+
+        try:
+            return config.load(DEFAULT_CONFIG).state_dir / "control.sock"
+        except config.ConfigError:
+            pass
+    return Path(DEFAULT_STATE_DIR) / "control.sock"
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def table(rows: list[list], headers: list[str], out=None) -> None:
+    """A plain left-aligned table for people (scripts use --json)."""
+    out = out or sys.stdout
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, r in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+        if n == 0:
+            print("  ".join("-" * w for w in widths), file=out)
+
+
+def fmt_age(seconds) -> str:
+    if seconds is None:
+        return "-"
+    s = float(seconds)
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    if s < 172800:
+        return f"{s / 3600:.1f}h"
+    return f"{s / 86400:.1f}d"
+
+
+def error(message: str) -> None:
+    print(f"edge-gateway: {message}", file=sys.stderr)

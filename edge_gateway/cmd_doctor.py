@@ -1,0 +1,297 @@
+"""``edge-gateway doctor``: check what a gateway in a street cabinet needs, and say how to fix what fails.
+
+Checks, each ``ok``, ``warn``, ``fail`` or ``unknown``:
+
+* config: the file parses and validates;
+* serial: every configured serial port exists, is a character device or pty,
+  and the service user (``--user``, default the current one) may read and
+  write it: owner, group membership (``dialout``) and mode;
+* state dir: exists or can be created, is writable, and has free space for
+  the queue (``queue.max_bytes`` plus 50 MB);
+* broker: the host name resolves (DNS), a TCP connection opens, and with
+  ``broker.tls`` the TLS handshake verifies against the configured CA;
+* clock: synchronised? from ``timedatectl``, ``chronyc``, or the kernel's
+  ``adjtimex`` state; ``unknown`` when none can tell (a warning, not a failure);
+* daemon: whether a gateway answers on the control socket (information only).
+
+``--skip broker`` (repeatable) leaves checks out, e.g. before the broker exists.
+
+``--json`` prints ``{"ok": bool, "checks": [{"name", "status", "detail", "fix"}]}``.
+
+Exit statuses: 0 no check failed (warnings and unknowns allowed); 1 at least
+one check failed; 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import grp
+import json
+import os
+import pwd
+import shutil
+import socket
+import ssl
+import stat
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | warn | fail | unknown
+    detail: str
+    fix: str = ""
+
+
+def add_to(sub) -> None:
+    from .cmd_common import DEFAULT_CONFIG
+
+    p = sub.add_parser("doctor", help="check ports, broker, clock, disk and config; print fixes",
+                       description=__doc__.split("\n\n")[1])
+    p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--user", help="the user the service runs as (default: the current user)")
+    p.add_argument("--timeout", type=float, default=3.0, help="network timeout in seconds")
+    p.add_argument("--skip", action="append", default=[], metavar="CHECK",
+                   help="leave out checks whose name starts with CHECK (serial, state, broker, clock, daemon)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=handle)
+
+
+def handle(args) -> int:
+    from . import config
+
+    checks: list[Check] = []
+    try:
+        cfg = config.load(args.config)
+        checks.append(Check("config", "ok", f"{args.config}: valid, {len(cfg.sensors)} sensors"))
+    except config.ConfigError as exc:
+        cfg = None
+        checks.append(Check("config", "fail", str(exc), f"edit the file and run `edge-gateway config validate {args.config}`"))
+    user = args.user or pwd.getpwuid(os.geteuid()).pw_name
+    if cfg is not None:
+        for s in cfg.sensors:
+            port = getattr(s.options, "port", None)
+            if isinstance(port, str) and port and "://" not in port:
+                checks.append(check_serial(s.id, port, user))
+        checks.append(check_state_dir(cfg.state_dir, cfg.queue.max_bytes))
+        checks.extend(check_broker(cfg.broker, args.timeout))
+    checks.append(check_clock())
+    if cfg is not None:
+        checks.append(check_daemon(cfg.state_dir / "control.sock"))
+    checks = [c for c in checks if not any(c.name.startswith(s) for s in args.skip)]
+    failed = any(c.status == "fail" for c in checks)
+    if args.json:
+        print(json.dumps({"ok": not failed, "user": user, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        from .cmd_common import table
+
+        table([[c.status.upper(), c.name, c.detail] for c in checks], ["STATUS", "CHECK", "DETAIL"])
+        fixes = [c for c in checks if c.fix and c.status in ("fail", "warn")]
+        if fixes:
+            print("\nto fix:")
+            for c in fixes:
+                print(f"  {c.name}: {c.fix}")
+        print(f"\n{'FAILED' if failed else 'OK'}: {sum(c.status == 'fail' for c in checks)} failed, "
+              f"{sum(c.status in ('warn', 'unknown') for c in checks)} warnings, "
+              f"{sum(c.status == 'ok' for c in checks)} ok")
+    return 1 if failed else 0
+
+
+# --- serial -----------------------------------------------------------------------------------
+
+def user_groups(user: str) -> tuple[int, set[int]]:
+    """(uid, every gid of ``user``: primary and supplementary)."""
+    pw = pwd.getpwnam(user)
+    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    return pw.pw_uid, gids
+
+
+def check_serial(sensor: str, port: str, user: str) -> Check:
+    name = f"serial {sensor}"
+    try:
+        real = os.path.realpath(port)
+        st = os.stat(real)
+    except FileNotFoundError:
+        return Check(name, "fail", f"{port}: no such device",
+                     "plug the sensor in; check `ls -l /dev/serial/by-id/` and the port in the config")
+    except OSError as exc:
+        return Check(name, "fail", f"{port}: {exc.strerror}", "check the path and its parent directories")
+    if not stat.S_ISCHR(st.st_mode):
+        return Check(name, "fail", f"{port} -> {real} is not a character device", "point the sensor at the tty device")
+    mode = stat.S_IMODE(st.st_mode)
+    try:
+        gname = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        gname = str(st.st_gid)
+    detail = f"{port} -> {real} mode {mode:04o} group {gname}"
+    try:
+        uid, gids = user_groups(user)
+    except KeyError:
+        return Check(name, "fail", f"{detail}; user {user!r} does not exist",
+                     f"useradd --system --no-create-home --groups dialout {user}")
+    if uid == 0:
+        ok = True
+    elif st.st_uid == uid:
+        ok = mode & 0o600 == 0o600
+    elif st.st_gid in gids:
+        ok = mode & 0o060 == 0o060
+    else:
+        ok = mode & 0o006 == 0o006
+    if ok:
+        return Check(name, "ok", f"{detail}; {user} may read and write it")
+    if st.st_gid not in gids and mode & 0o060 == 0o060:
+        return Check(name, "fail", f"{detail}; {user} is not in group {gname}",
+                     f"usermod -aG {gname} {user} (then restart the service / log in again)")
+    return Check(name, "fail", f"{detail}; {user} may not read and write it",
+                 f"fix the udev rule so the device is group {gname} mode 0660, e.g. "
+                 f'SUBSYSTEM=="tty", GROUP="dialout", MODE="0660"')
+
+
+# --- state dir --------------------------------------------------------------------------------
+
+def check_state_dir(state_dir: Path, queue_max: int) -> Check:
+    probe = state_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        usage = shutil.disk_usage(probe)
+    except OSError as exc:
+        return Check("state dir", "fail", f"{state_dir}: {exc.strerror}", "create it or fix gateway.state_dir")
+    writable = os.access(probe, os.W_OK)
+    need = queue_max + 50 * 1024 * 1024
+    free_mb = usage.free / 1e6
+    detail = f"{state_dir}{'' if probe == state_dir else ' (not yet created)'}: {free_mb:.0f} MB free, " \
+             f"queue may use {queue_max / 1e6:.0f} MB"
+    if not writable:
+        return Check("state dir", "fail", detail + "; not writable",
+                     f"chown the directory to the service user, or use StateDirectory= (the unit does)")
+    if usage.free < need:
+        return Check("state dir", "fail", detail,
+                     "free space on that file system, or lower queue.max_bytes")
+    if usage.free < 2 * need:
+        return Check("state dir", "warn", detail, "little headroom: consider lowering queue.max_bytes")
+    return Check("state dir", "ok", detail)
+
+
+# --- broker -----------------------------------------------------------------------------------
+
+def check_broker(broker, timeout: float) -> list[Check]:
+    host, port = broker.host, broker.port
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return [Check("broker dns", "fail", f"{host}: {exc.strerror}",
+                      "check broker.host and the DNS servers (/etc/resolv.conf, `resolvectl status`)")]
+    addrs = sorted({i[4][0] for i in infos})
+    checks = [Check("broker dns", "ok", f"{host} -> {', '.join(addrs)}")]
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        checks.append(Check("broker tcp", "fail", f"{host}:{port}: {exc.strerror or exc}",
+                            "is the broker up? a firewall or APN blocking the port? try `nc -vz HOST PORT`"))
+        return checks
+    with sock:
+        checks.append(Check("broker tcp", "ok", f"{host}:{port} accepts connections"))
+        tls = getattr(broker, "tls", None)
+        if tls is not None:
+            checks.append(_check_tls(sock, host, tls, timeout))
+    return checks
+
+
+def _check_tls(sock, host: str, tls, timeout: float) -> Check:
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        ctx.check_hostname = bool(tls.check_hostname)
+        if tls.cert_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file or None)
+        sock.settimeout(timeout)
+        with ctx.wrap_socket(sock, server_hostname=host) as s:
+            return Check("broker tls", "ok", f"{s.version()}, server certificate verified against {tls.ca_file}")
+    except ssl.SSLCertVerificationError as exc:
+        return Check("broker tls", "fail", f"certificate not trusted: {exc.verify_message}",
+                     "check broker.tls.ca_file, the broker's certificate chain and the clock (expiry)")
+    except (ssl.SSLError, OSError) as exc:
+        return Check("broker tls", "fail", f"TLS handshake failed: {exc}",
+                     "check the port is the TLS listener and the client certificate/key files")
+
+
+# --- clock ------------------------------------------------------------------------------------
+
+def check_clock() -> Check:
+    for probe in (_timedatectl, _chronyc, _adjtimex):
+        result = probe()
+        if result is not None:
+            return result
+    return Check("clock", "unknown", "no way to tell whether the clock is synchronised here",
+                 "install and enable systemd-timesyncd or chrony")
+
+
+def _run(cmd: list[str]) -> str | None:
+    if not shutil.which(cmd[0]):
+        return None
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def _timedatectl() -> Check | None:
+    out = _run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"])
+    if out is None or out.strip() not in ("yes", "no"):
+        return None
+    if out.strip() == "yes":
+        return Check("clock", "ok", "synchronised (timedatectl)")
+    return Check("clock", "fail", "not synchronised (timedatectl)",
+                 "timedatectl set-ntp true; check that UDP 123 reaches an NTP server")
+
+
+def _chronyc() -> Check | None:
+    out = _run(["chronyc", "-n", "tracking"])
+    if out is None:
+        return None
+    status = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Leap status")), "")
+    if status == "Normal":
+        return Check("clock", "ok", "synchronised (chronyc tracking)")
+    return Check("clock", "fail", f"chrony leap status {status or 'unknown'}", "check `chronyc sources -v`")
+
+
+class _Timex(ctypes.Structure):  # struct timex, enough of it to read status and maxerror; padded
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("_rest", ctypes.c_byte * 256)]
+
+
+def _adjtimex() -> Check | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        tx = _Timex()
+        state = libc.adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError):
+        return None
+    if state < 0:
+        return None
+    sta_unsync = 0x0040
+    if state == 5 or tx.status & sta_unsync:  # TIME_ERROR
+        return Check("clock", "fail", "kernel clock not synchronised (adjtimex: TIME_ERROR/STA_UNSYNC)",
+                     "enable systemd-timesyncd or chrony; a gateway without RTC needs network time at boot")
+    return Check("clock", "ok", f"kernel clock synchronised (adjtimex, max error {tx.maxerror / 1000:.0f} ms)")
+
+
+# --- daemon -----------------------------------------------------------------------------------
+
+def check_daemon(sock_path: Path) -> Check:
+    from . import control
+
+    try:
+        reply = control.request(sock_path, {"cmd": "status"}, timeout=3.0)
+    except control.DaemonNotRunning:
+        return Check("daemon", "unknown", f"not running (nothing on {sock_path})",
+                     "systemctl start edge-gateway; `journalctl -u edge-gateway` says why it stopped")
+    except OSError as exc:
+        return Check("daemon", "unknown", f"{sock_path}: {exc}")
+    s = reply.get("status", {})
+    return Check("daemon", "ok", f"running, pid {s.get('pid')}, link {s.get('link')}, queue {s.get('queue_depth')}")

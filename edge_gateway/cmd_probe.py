@@ -1,0 +1,184 @@
+"""``edge-gateway probe PORT``: what is talking on this serial port, at which speed, in which protocol?
+
+For each baud rate (9600, 19200, 38400, 57600, 115200 unless ``--baud``) the
+port is opened 8N1 and listened to for ``--listen`` seconds; the bytes are
+tried against our decoders: PMS5003 frames (:mod:`drivers.pms5003`), text
+lines in ``kv``, ``json`` or ``csv`` (:class:`drivers.serial_line.LineDecoder`).
+Modbus RTU devices speak only when asked, so ``--modbus-slave N`` also sends a
+read-holding-registers request (address 0, 1 register) to slave N at each speed
+and looks for a valid answer; without it probe never writes to the port.
+
+Prints e.g. ``9600 8N1, PMS5003 frames, PM2.5=12`` and a config snippet;
+``--json`` prints every attempt. Probing stops at the first speed that decodes
+cleanly (``--all`` tries every one). A pty (simulator, ``replay``) ignores the
+baud rate, so the first speed tried wins there.
+
+Exit statuses: 0 a known protocol was found; 1 nothing recognised, or the port
+cannot be opened (the message says why: missing, permission, busy); 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+BAUDS = (9600, 19200, 38400, 57600, 115200)
+
+
+def add_to(sub) -> None:
+    p = sub.add_parser("probe", help="find the speed and protocol of a serial device",
+                       description=__doc__.split("\n\n")[1])
+    p.add_argument("port", help="device path (/dev/ttyUSB0, /dev/serial/by-id/...) or pyserial URL")
+    p.add_argument("--baud", type=int, action="append", help="try only this speed (repeatable)")
+    p.add_argument("--listen", type=float, default=2.5, metavar="S", help="seconds to listen at each speed")
+    p.add_argument("--modbus-slave", type=int, metavar="N", help="also query Modbus RTU slave N (writes!)")
+    p.add_argument("--all", action="store_true", help="try every speed, do not stop at the first match")
+    p.add_argument("--json", action="store_true", help="machine-readable result")
+    p.set_defaults(func=handle)
+
+
+def analyse(data: bytes) -> dict | None:
+    """The protocol these bytes are in, with a sample of values; None if none of ours fits."""
+    pms = _pms(data)
+    if pms:
+        return pms
+    return _lines(data)
+
+
+def _pms(data: bytes) -> dict | None:
+    try:
+        from drivers.pms5003 import Pms5003Decoder
+    except ImportError:  # pragma: no cover - the PMS5003 driver is optional
+        return None
+    dec = Pms5003Decoder()
+    frames = dec.feed(data)
+    if not frames or dec.bad_frames > len(frames):
+        return None
+    f = frames[-1]
+    return {"protocol": "pms5003", "driver": "pms5003", "frames": len(frames), "bad_frames": dec.bad_frames,
+            "summary": f"PMS5003 frames, PM1.0={f.pm1_0} PM2.5={f.pm2_5} PM10={f.pm10}",
+            "values": {"pm1_0": f.pm1_0, "pm2_5": f.pm2_5, "pm10": f.pm10}, "options": {}}
+
+
+def _lines(data: bytes) -> dict | None:
+    from drivers.serial_line import LineDecoder
+
+    nl = data.find(b"\n")
+    if nl < 0:
+        return None
+    body = data[nl + 1:]  # the first line is probably cut: we started listening mid-line
+    raw_lines = [ln.strip(b"\r \t") for ln in body.split(b"\n")[:-1]]
+    raw_lines = [ln for ln in raw_lines if ln]
+    if not raw_lines:
+        return None
+    candidates = [("json", ()), ("kv", ())]
+    first = raw_lines[-1].split(b",")
+    if len(first) > 1:
+        candidates.append(("csv", tuple(f"col{i + 1}" for i in range(len(first)))))
+    for fmt, columns in candidates:
+        dec = LineDecoder(fmt, columns)
+        samples = [s for ln in raw_lines if (s := dec.parse_line(ln)) is not None]
+        if samples and len(samples) >= 0.8 * len(raw_lines):
+            last = samples[-1]
+            values = {ch: v for ch, v, _ in last}
+            shown = ", ".join(f"{ch}={v:g}" for ch, v in list(values.items())[:4])
+            opts = {"format": fmt}
+            if columns:
+                opts["columns"] = list(columns)
+            return {"protocol": f"line-{fmt}", "driver": "serial_line", "lines": len(raw_lines),
+                    "good_lines": len(samples), "channels": list(values),
+                    "summary": f"text lines ({fmt}, channels {', '.join(values)}), {shown}",
+                    "values": values, "options": opts}
+    return None
+
+
+def _modbus(ser, slave: int, listen: float) -> dict | None:
+    try:
+        from drivers.modbus_frames import RtuResponseDecoder, build_request
+    except ImportError:  # pragma: no cover
+        return None
+    ser.reset_input_buffer()
+    ser.write(build_request(slave, "holding", 0, 1))
+    dec = RtuResponseDecoder(slave, 3, 1)
+    deadline = time.monotonic() + min(listen, 1.0)
+    while time.monotonic() < deadline:
+        for resp in dec.feed(ser.read(256)):
+            what = f"exception {resp.exception}" if resp.exception else f"register 0 = {int.from_bytes(resp.data, 'big')}"
+            return {"protocol": "modbus-rtu", "driver": "modbus_rtu", "summary": f"Modbus RTU slave {slave}, {what}",
+                    "values": {}, "options": {"slave": slave}}
+    return None
+
+
+def probe(port: str, bauds, listen: float, modbus_slave: int | None = None, stop_at_first: bool = True) -> list[dict]:
+    import serial
+
+    from drivers.serial_port import resolve
+
+    attempts = []
+    for baud in bauds:
+        attempt = {"baud": baud, "framing": "8N1", "bytes": 0, "found": None}
+        try:
+            ser = serial.serial_for_url(resolve(port), baudrate=baud, bytesize=8, parity="N", stopbits=1,
+                                        timeout=0.1)
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            attempt["error"] = _open_error(port, exc)
+            attempts.append(attempt)
+            break
+        try:
+            ser.reset_input_buffer()
+            buf = bytearray()
+            deadline = time.monotonic() + listen
+            while time.monotonic() < deadline and len(buf) < 65536:
+                buf += ser.read(max(1, min(ser.in_waiting, 4096)))
+                if len(buf) >= 256 and analyse(bytes(buf)):
+                    break
+            attempt["bytes"] = len(buf)
+            attempt["found"] = analyse(bytes(buf))
+            if attempt["found"] is None and modbus_slave is not None:
+                attempt["found"] = _modbus(ser, modbus_slave, listen)
+        except Exception as exc:  # noqa: BLE001
+            attempt["error"] = str(exc)
+        finally:
+            ser.close()
+        attempts.append(attempt)
+        if attempt["found"] and stop_at_first:
+            break
+    return attempts
+
+
+def _open_error(port: str, exc: Exception) -> str:
+    import errno
+    import os
+
+    text = str(exc)
+    err = getattr(exc, "errno", None)
+    if err == errno.EACCES or "Permission denied" in text:
+        return f"{text} (add the user to the device's group, e.g. `usermod -aG dialout $USER`, then log in again)"
+    if err == errno.ENOENT or not (os.path.exists(port) or "://" in port):
+        return f"{port}: no such device (is it plugged in? see `ls -l /dev/serial/by-id/`)"
+    if err == errno.EBUSY or "busy" in text.lower():
+        return f"{text} (another program holds the port: stop it, e.g. `systemctl stop edge-gateway`)"
+    return text
+
+
+def handle(args) -> int:
+    bauds = tuple(args.baud) if args.baud else BAUDS
+    attempts = probe(args.port, bauds, args.listen, args.modbus_slave, stop_at_first=not args.all)
+    found = [a for a in attempts if a["found"]]
+    if args.json:
+        print(json.dumps({"port": args.port, "found": found[0] if found else None, "attempts": attempts},
+                         indent=2, default=str))
+    else:
+        for a in attempts:
+            if a.get("error"):
+                print(f"{a['baud']} {a['framing']}: cannot open: {a['error']}")
+            elif a["found"]:
+                print(f"{a['baud']} {a['framing']}, {a['found']['summary']}")
+            else:
+                print(f"{a['baud']} {a['framing']}: {a['bytes']} bytes, no known protocol")
+        if found:
+            f = found[0]
+            opts = {"port": args.port, "baudrate": f["baud"], **f["found"]["options"]}
+            print("\nsuggested sensor config:\n  - id: CHANGE-ME\n"
+                  f"    driver: {f['found']['driver']}\n    options: {json.dumps(opts)}")
+    return 0 if found else 1

@@ -1,0 +1,131 @@
+"""``edge-gateway status`` and ``edge-gateway reload``: ask the running daemon through its control socket.
+
+``status`` prints uptime, broker link, queue depth and the age of its oldest
+message, one row per sensor (rate, last values, error counts), the last
+anomaly events and the outcome of the last reload. ``--json`` prints the
+daemon's whole status document (stable keys) for scripts.
+
+``reload`` asks the daemon to read its config file again (as SIGHUP does) and
+prints what changed, or why the new config was refused.
+
+Exit statuses: 0 ok; 1 the daemon refused the reload / answered with an error;
+2 bad usage or an unreadable ``--config``; 3 the daemon is not running
+(nothing listens on the control socket); 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+
+
+def add_to(sub) -> None:
+    from .cmd_common import add_socket_args
+
+    p = sub.add_parser("status", help="show the running daemon's state (exit 3 if not running)",
+                       description=__doc__.split("\n\n")[1])
+    add_socket_args(p)
+    p.add_argument("--json", action="store_true", help="print the whole status document as JSON")
+    p.set_defaults(func=status)
+    r = sub.add_parser("reload", help="make the daemon reload its config file (like SIGHUP)",
+                       description="Reload the config; a refused config leaves the old one running (exit 1).")
+    add_socket_args(r)
+    r.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    r.set_defaults(func=reload)
+
+
+def _ask(args, req: dict):
+    from . import config, control
+    from .cmd_common import error, socket_path
+
+    try:
+        path = socket_path(args)
+    except config.ConfigError as exc:
+        error(str(exc))
+        return None, 2
+    try:
+        return control.request(path, req), 0
+    except control.DaemonNotRunning as exc:
+        error(f"the daemon is not running: {exc}")
+        error("start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`")
+        return None, 3
+    except PermissionError:
+        error(f"{path}: permission denied (run as root or as a member of the service's group)")
+        return None, 1
+    except (OSError, ValueError) as exc:
+        error(f"{path}: {exc}")
+        return None, 1
+
+
+def status(args) -> int:
+    from .cmd_common import error, print_json
+
+    reply, rc = _ask(args, {"cmd": "status"})
+    if reply is None:
+        return rc
+    if not reply.get("ok"):
+        error(reply.get("error", "the daemon answered with an error"))
+        return 1
+    s = reply["status"]
+    if args.json:
+        print_json(s)
+    else:
+        render(s)
+    return 0
+
+
+def render(s: dict) -> None:
+    from .cmd_common import fmt_age, table
+
+    q = s.get("queue", {})
+    print(f"gateway   {s.get('gateway')}   pid {s.get('pid')}   up {fmt_age(s.get('uptime_s'))}")
+    link = s.get("link")
+    print(f"broker    {link}" + (f" ({s['link_error']})" if link != "up" and s.get("link_error") else ""))
+    print(f"queue     {q.get('depth', s.get('queue_depth'))} messages, oldest {fmt_age(q.get('oldest_age_s'))}, "
+          f"in flight {s.get('inflight')}, last seq {s.get('last_seq')}")
+    c = s.get("counts", {})
+    print(f"produced  {c.get('readings', 0)} readings, {c.get('aggregates', 0)} aggregates, "
+          f"{c.get('events', 0)} events; published {s.get('published', {})}")
+    r = s.get("reload", {})
+    if r.get("count"):
+        when = _dt.datetime.fromtimestamp(r["last_ts"]).strftime("%H:%M:%S") if r.get("last_ts") else "?"
+        outcome = "ok" if r.get("last_ok") else f"REFUSED: {r.get('last_error')}"
+        print(f"reload    {r['count']} ({r.get('failed', 0)} refused), last at {when}: {outcome}")
+    print()
+    rows = []
+    for sid, st in sorted(s.get("sensors", {}).items()):
+        values = ", ".join(f"{ch}={v['value']:g}{v.get('unit') and ' ' + v['unit'] or ''}"
+                           for ch, v in sorted(st.get("last_values", {}).items()))
+        rows.append([sid, st.get("driver"), f"{st.get('rate_per_s', 0):.2f}/s", fmt_age(st.get("last_reading_age_s")),
+                     st.get("malformed", 0), st.get("link_errors", 0), values or "-",
+                     (st.get("last_error") or "")[:40]])
+    table(rows, ["SENSOR", "DRIVER", "RATE", "LAST", "BAD", "LINK ERR", "LAST VALUES", "LAST ERROR"])
+    events = s.get("last_events", [])
+    if events:
+        print()
+        erows = [[time.strftime("%H:%M:%S", time.localtime(e.get("start", 0))), e.get("sensor"), e.get("type"),
+                  e.get("channel", ""), _g(e.get("peak_value")), _g(e.get("peak_score")), e.get("reason", "")]
+                 for e in events]
+        table(erows, ["TIME", "SENSOR", "EVENT", "CHANNEL", "VALUE", "SCORE", "REASON"])
+
+
+def _g(x) -> str:
+    return "" if x is None else f"{x:g}"
+
+
+def reload(args) -> int:
+    from .cmd_common import error, print_json
+
+    reply, rc = _ask(args, {"cmd": "reload"})
+    if reply is None:
+        return rc
+    if args.json:
+        print_json(reply)
+    if not reply.get("ok"):
+        error(f"reload refused, the running config stays: {reply.get('error')}")
+        return 1
+    if not args.json:
+        plan = reply.get("reload", {})
+        print(f"reloaded: started {plan.get('start') or '-'}, stopped {plan.get('stop') or '-'}, "
+              f"kept {plan.get('keep') or '-'}, broker {'changed' if plan.get('broker_changed') else 'unchanged'}")
+    return 0

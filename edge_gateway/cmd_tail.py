@@ -1,0 +1,84 @@
+"""``edge-gateway tail [SENSOR]``: live readings and events as they flow, until Ctrl-C.
+
+Streams through the daemon's control socket. One line per reading
+(``TIME SENSOR CHANNEL VALUE UNIT``) and per event (``TIME SENSOR EVENT ...``);
+``--json`` prints the daemon's JSON lines unchanged; ``--events`` shows events
+only; ``--count N`` stops after N lines (for scripts and tests). When the
+terminal cannot keep up, the daemon drops lines for this client only and a
+``(N lines dropped)`` note says so; the gateway itself never waits.
+
+Exit statuses: 0 stopped by --count or the daemon closed the stream; 1 error;
+2 bad usage; 3 the daemon is not running; 130 Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def add_to(sub) -> None:
+    from .cmd_common import add_socket_args
+
+    p = sub.add_parser("tail", help="follow live readings and events (Ctrl-C to stop)",
+                       description=__doc__.split("\n\n")[1])
+    p.add_argument("sensor", nargs="?", help="only this sensor")
+    add_socket_args(p)
+    p.add_argument("--json", action="store_true", help="JSON lines as the daemon sends them")
+    p.add_argument("--events", action="store_true", help="events only")
+    p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N lines")
+    p.set_defaults(func=handle)
+
+
+def handle(args) -> int:
+    from . import config, control
+    from .cmd_common import error, socket_path
+
+    try:
+        path = socket_path(args)
+    except config.ConfigError as exc:
+        error(str(exc))
+        return 2
+    shown = 0
+    try:
+        items = control.stream(path, {"cmd": "tail", "sensor": args.sensor})
+        first = next(items, None)
+        if first is None or not first.get("ok"):
+            error((first or {}).get("error", "the daemon closed the connection"))
+            return 1
+        for item in items:
+            if args.events and item.get("type") == "reading":
+                continue
+            print(json.dumps(item, separators=(",", ":")) if args.json else format_item(item), flush=True)
+            shown += 1
+            if args.count and shown >= args.count:
+                break
+    except control.DaemonNotRunning as exc:
+        error(f"the daemon is not running: {exc}")
+        return 3
+    except PermissionError:
+        error(f"{path}: permission denied (run as root or as a member of the service's group)")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError) as exc:
+        error(f"{path}: {exc}")
+        return 1
+    finally:
+        sys.stdout.flush()
+    return 0
+
+
+def format_item(item: dict) -> str:
+    kind = item.get("type")
+    if kind == "reading":
+        t = time.strftime("%H:%M:%S", time.localtime(item["ts"])) + f".{int(item['ts'] * 1000) % 1000:03d}"
+        return f"{t} {item['sensor']:<12} {item['channel']:<12} {item['value']:>12g} {item.get('unit', '')}".rstrip()
+    if kind == "dropped":
+        return f"({item['count']} lines dropped: this terminal was too slow)"
+    ts = item.get("start") or item.get("ts") or time.time()
+    t = time.strftime("%H:%M:%S", time.localtime(ts))
+    rest = " ".join(f"{k}={v}" for k, v in item.items()
+                    if k not in ("type", "event", "sensor", "start", "seq") and v not in (None, ""))
+    return f"{t} {item.get('sensor', ''):<12} EVENT {item.get('event', '')} {rest}".rstrip()

@@ -1,0 +1,114 @@
+"""Downlink commands: ``<prefix>/<gw>/cmd/<name>`` in, ``<prefix>/<gw>/cmd-res/<name>`` out.
+
+A request is a msgpack map or a JSON object ``{"id": ..., "args": {...}}``
+(``id``: string or integer, echoed back; ``args``: optional map). The reply is
+``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error"}``, in the
+encoding of the request (JSON for JSON, msgpack otherwise). Only commands listed
+in ``broker.commands`` are accepted; anything malformed, unknown or not allowed
+gets an error reply and changes nothing. Handlers are plain or async callables
+the daemon registers: ``handler(args: dict) -> result``; a ``CommandError`` (or
+``ValueError``) they raise becomes the error text. Nothing here raises to the caller.
+
+Not here: the MQTT side (``uplink.py`` subscribes and delivers) and what the
+commands do (``daemon.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from typing import Any, Callable, Iterable
+
+import msgpack
+
+log = logging.getLogger(__name__)
+MAX_REQUEST = 8 * 1024
+
+
+class CommandError(Exception):
+    """A command failed in a way its caller should be told about."""
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, bytes):
+        return x.hex()
+    if x is None or isinstance(x, (str, int, float, bool)):
+        return x
+    return str(x)
+
+
+def parse_request(payload: bytes) -> tuple[Any, dict, bool]:
+    """``(id, args, is_json)``; raise CommandError on anything malformed."""
+    if len(payload) > MAX_REQUEST:
+        raise CommandError(f"request larger than {MAX_REQUEST} bytes")
+    is_json = payload.lstrip()[:1] == b"{"
+    try:
+        if is_json:
+            req = json.loads(payload.decode("utf-8"))
+        else:
+            req = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_bin_len=MAX_REQUEST,
+                                  max_str_len=MAX_REQUEST, max_array_len=256, max_map_len=64)
+    except Exception as exc:
+        raise CommandError(f"not a msgpack map or JSON object: {type(exc).__name__}") from None
+    if not isinstance(req, dict):
+        raise CommandError("request must be a map {id, args}")
+    unknown = set(req) - {"id", "args"}
+    if unknown:
+        raise CommandError(f"unknown request key {sorted(map(str, unknown))[0]!r}")
+    rid = req.get("id")
+    if isinstance(rid, bool) or not (isinstance(rid, int) or (isinstance(rid, str) and len(rid) <= 128)):
+        raise CommandError("id: must be a string (at most 128 characters) or an integer")
+    args = req.get("args", {})
+    if args is None:
+        args = {}
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise CommandError("args: must be a map with string keys")
+    return rid, args, is_json
+
+
+class CommandRouter:
+    """Validates requests, dispatches them to registered handlers, encodes replies."""
+
+    def __init__(self, allowed: Iterable[str]) -> None:
+        self.allowed = frozenset(allowed)
+        self._handlers: dict[str, Callable[[dict], Any]] = {}
+        self.counts = {"ok": 0, "error": 0}
+
+    def register(self, name: str, handler: Callable[[dict], Any]) -> None:
+        self._handlers[name] = handler
+
+    async def handle(self, name: str, payload: bytes) -> bytes:
+        """Run one command; return the encoded reply (never raises, except on cancellation)."""
+        rid, is_json = None, payload.lstrip()[:1] == b"{"
+        try:
+            rid, args, is_json = parse_request(payload)
+            if name not in self.allowed or name not in self._handlers:
+                raise CommandError(f"command {name[:64]!r} is not enabled (broker.commands)")
+            result = self._handlers[name](args)
+            if inspect.isawaitable(result):
+                result = await result
+            reply = {"id": rid, "ok": True, "result": result}
+            self.counts["ok"] += 1
+        except (CommandError, ValueError, TypeError, KeyError) as exc:
+            reply = {"id": rid, "ok": False, "error": str(exc)[:300]}
+            self.counts["error"] += 1
+        except Exception as exc:  # a handler bug: reported, never raised into the MQTT loop
+            log.exception("command %r failed", name[:64])
+            reply = {"id": rid, "ok": False, "error": f"internal error: {type(exc).__name__}"}
+            self.counts["error"] += 1
+        return encode_reply(reply, is_json)
+
+
+def encode_reply(reply: dict, as_json: bool) -> bytes:
+    safe = _jsonable(reply)
+    if as_json:
+        return json.dumps(safe, separators=(",", ":"), allow_nan=False).encode()
+    return msgpack.packb(safe, use_bin_type=True)

@@ -1,0 +1,193 @@
+"""The figures a technician and a scraper see: rates, last values, recent events, reload outcome.
+
+:class:`Telemetry` is fed by the daemon (every batch, every event) and turns
+that into the ``status`` document served on the control socket, the retained
+status message on MQTT, and, when ``metrics.prometheus_port`` is set, a
+Prometheus text endpoint on 127.0.0.1. All three show the same figures: the
+exporter reads the last document the event loop assembled (refreshed every
+second), never the live objects from its own thread.
+
+Not here: the socket protocol (:mod:`edge_gateway.control`) or when a status
+message is sent (:mod:`edge_gateway.daemon`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+RECENT_EVENTS = 10
+
+
+class RateMeter:
+    """Per-key rate between the last two samples (counts that only grow)."""
+
+    def __init__(self) -> None:
+        self._prev: tuple[float, dict[str, int]] | None = None
+        self._last: tuple[float, dict[str, int]] | None = None
+
+    def sample(self, now: float, counts: dict[str, int]) -> None:
+        self._prev, self._last = self._last, (now, dict(counts))
+
+    def rate(self, key: str, now: float, count: int, since: float) -> float:
+        """Readings per second: over the last sampling interval, or since ``since`` before that."""
+        if self._prev is not None and self._last is not None and self._last[0] > self._prev[0]:
+            (t0, c0), (t1, c1) = self._prev, self._last
+            if key in c0 and key in c1 and c1[key] >= c0[key]:
+                return (c1[key] - c0[key]) / (t1 - t0)
+        return count / (now - since) if now > since else 0.0
+
+
+class Telemetry:
+    """Observes the pipeline; assembles the status document."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.rates = RateMeter()
+        self.last_values: dict[tuple[str, str], tuple[float, float, str]] = {}
+        self.events: collections.deque = collections.deque(maxlen=RECENT_EVENTS)
+        self.reload: dict[str, Any] = {"count": 0, "ok": 0, "failed": 0, "last_ts": None,
+                                       "last_ok": None, "last_error": "", "last_plan": None}
+        self.cached: dict = {}
+
+    # --- fed by the daemon --------------------------------------------------------------------
+
+    def observe_batch(self, chan: np.ndarray, ts: np.ndarray, val: np.ndarray, keys: list) -> None:
+        """Remember the newest value of every channel in a batch (one vectorised pass)."""
+        if not len(chan):
+            return
+        rev = chan[::-1]
+        uniq, first = np.unique(rev, return_index=True)
+        last = len(chan) - 1 - first
+        for c, i in zip(uniq.tolist(), last.tolist()):
+            k = keys[c]
+            self.last_values[(k.sensor, k.channel)] = (float(val[i]), float(ts[i]), k.unit)
+
+    def observe_event(self, fields: dict) -> None:
+        self.events.append({k: v for k, v in fields.items() if k != "gw"})
+
+    def reload_done(self, ok: bool, error: str = "", plan: dict | None = None) -> None:
+        r = self.reload
+        r["count"] += 1
+        r["ok" if ok else "failed"] += 1
+        r["last_ts"] = self.clock()
+        r["last_ok"] = ok
+        r["last_error"] = "" if ok else error
+        r["last_plan"] = plan
+
+    # --- read by status, MQTT and Prometheus --------------------------------------------------
+
+    def sensors(self, drivers: list, started: float) -> dict:
+        now = self.clock()
+        out = {}
+        for d in drivers:
+            st = d.stats
+            values = {ch: {"value": v, "ts": ts, "unit": unit}
+                      for (sid, ch), (v, ts, unit) in self.last_values.items() if sid == d.sensor_id}
+            out[d.sensor_id] = {
+                **vars(st),
+                "driver": getattr(d, "name", type(d).__name__),
+                "rate_per_s": round(self.rates.rate(d.sensor_id, now, st.readings, started), 3),
+                "readings": st.readings, "malformed": st.malformed, "link_errors": st.link_errors,
+                "connects": st.connects, "last_error": st.last_error,
+                "last_reading_age_s": round(now - st.last_reading_ts, 1) if st.last_reading_ts else None,
+                "last_values": values,
+            }
+        return out
+
+    def sample_rates(self, drivers: list) -> None:
+        self.rates.sample(self.clock(), {d.sensor_id: d.stats.readings for d in drivers})
+
+
+# --- Prometheus -------------------------------------------------------------------------------
+
+def _collector(get_status: Callable[[], dict]):
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class StatusCollector:
+        def collect(self):
+            s = get_status() or {}
+            if not s:
+                return
+            gw = str(s.get("gateway", ""))
+            g = GaugeMetricFamily("edge_gateway_up", "1 while the gateway runs", labels=["gateway"])
+            g.add_metric([gw], 1)
+            yield g
+            g = GaugeMetricFamily("edge_gateway_uptime_seconds", "seconds since start", labels=["gateway"])
+            g.add_metric([gw], float(s.get("uptime_s", 0)))
+            yield g
+            g = GaugeMetricFamily("edge_gateway_link_up", "1 when connected to the broker", labels=["gateway"])
+            g.add_metric([gw], 1.0 if s.get("link") == "up" else 0.0)
+            yield g
+            q = s.get("queue", {})
+            g = GaugeMetricFamily("edge_gateway_queue_depth", "messages waiting in the durable queue",
+                                  labels=["gateway"])
+            g.add_metric([gw], float(q.get("depth", s.get("queue_depth", 0))))
+            yield g
+            g = GaugeMetricFamily("edge_gateway_queue_oldest_age_seconds",
+                                  "age of the oldest queued message (0 when empty)", labels=["gateway"])
+            g.add_metric([gw], float(q.get("oldest_age_s") or 0.0))
+            yield g
+            c = CounterMetricFamily("edge_gateway_messages", "messages produced", labels=["gateway", "kind"])
+            for kind, n in s.get("counts", {}).items():
+                c.add_metric([gw, kind], float(n))
+            yield c
+            c = CounterMetricFamily("edge_gateway_published", "messages acknowledged by the broker",
+                                    labels=["gateway", "kind"])
+            for kind, n in s.get("published", {}).items():
+                c.add_metric([gw, kind], float(n))
+            yield c
+            sensors = s.get("sensors", {})
+            rate = GaugeMetricFamily("edge_gateway_sensor_rate", "readings per second", labels=["gateway", "sensor"])
+            readings = CounterMetricFamily("edge_gateway_sensor_readings", "readings", labels=["gateway", "sensor"])
+            errors = CounterMetricFamily("edge_gateway_sensor_errors", "errors by kind",
+                                         labels=["gateway", "sensor", "kind"])
+            last = GaugeMetricFamily("edge_gateway_sensor_last_value", "newest value",
+                                     labels=["gateway", "sensor", "channel", "unit"])
+            for sid, st in sensors.items():
+                rate.add_metric([gw, sid], float(st.get("rate_per_s", 0)))
+                readings.add_metric([gw, sid], float(st.get("readings", 0)))
+                errors.add_metric([gw, sid, "malformed"], float(st.get("malformed", 0)))
+                errors.add_metric([gw, sid, "link"], float(st.get("link_errors", 0)))
+                for ch, v in st.get("last_values", {}).items():
+                    last.add_metric([gw, sid, ch, v.get("unit", "")], float(v["value"]))
+            yield from (rate, readings, errors, last)
+            r = s.get("reload", {})
+            c = CounterMetricFamily("edge_gateway_reloads", "config reloads", labels=["gateway", "result"])
+            c.add_metric([gw, "ok"], float(r.get("ok", 0)))
+            c.add_metric([gw, "failed"], float(r.get("failed", 0)))
+            yield c
+
+    return StatusCollector()
+
+
+class PrometheusEndpoint:
+    """``/metrics`` on 127.0.0.1:port, served by prometheus_client's own thread."""
+
+    def __init__(self, port: int, get_status: Callable[[], dict], host: str = "127.0.0.1") -> None:
+        self.port = port
+        self.host = host
+        self.get_status = get_status
+        self._server = None
+        self._thread = None
+
+    def start(self) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_collector(self.get_status))
+        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=registry)
+        self.port = self._server.server_address[1]
+        log.info("prometheus metrics on http://%s:%d/metrics", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,49 @@
+"""Helpers for the operations tests (CLI, control socket, reload, service): run the CLI, write configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from support import REPO, free_port
+
+
+def cli(*args, env: dict | None = None, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m edge_gateway ARGS`` as a subprocess; returns the completed process (text)."""
+    return subprocess.run([sys.executable, "-m", "edge_gateway", *map(str, args)], cwd=REPO, text=True,
+                          capture_output=True, timeout=timeout, input=input,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def write_config(tmp_path: Path, *, broker_port: int | None = None, sensors: str = "", extra: str = "",
+                 name: str = "gw.yaml", gw_id: str = "ops-gw") -> Path:
+    """A small gateway config in ``tmp_path`` (broker on a dead port unless given)."""
+    port = broker_port or free_port()
+    cfg = tmp_path / name
+    cfg.write_text(textwrap.dedent(f"""\
+        # operations test gateway
+        gateway: {{id: {gw_id}, topic_prefix: city, state_dir: {tmp_path}/state, batch_interval_s: 0.05,
+                  status_interval_s: 0.5}}
+        broker: {{host: 127.0.0.1, port: {port}, keepalive_s: 5}}  # the test's broker
+        windows: {{seconds: 0.5, grace_s: 0.2}}
+        """) + (f"sensors:\n{textwrap.indent(textwrap.dedent(sensors), '  ')}" if sensors else "")
+        + textwrap.dedent(extra))
+    return cfg
+
+
+def serial_sensor(sid: str, port: Path, fmt: str = "kv") -> str:
+    return f"""\
+    - id: {sid}
+      driver: serial_line
+      options: {{port: {port}, format: {fmt}, units: {{pm25: ug/m3}}}}
+    """
+
+
+def status_json(sock: Path) -> dict:
+    r = cli("status", "--socket", sock, "--json", timeout=30)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)

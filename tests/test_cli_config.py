@@ -1,0 +1,128 @@
+"""``edge-gateway config validate|show|get|set`` through the CLI subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from dataclasses import dataclass, field
+
+from edge_gateway.cmd_config import MASK, effective
+from ops_support import cli
+
+CONFIG = textwrap.dedent("""\
+    # Cabinet 17, Rue de la Gare.  Keep this comment!
+    gateway:
+      id: cab-17            # as printed on the door
+      state_dir: ${EG_TEST_STATE:-state}
+
+    broker:
+      host: mqtt.example.net
+      port: 8883
+      protocol: "5"
+      secrets_file: secrets.txt   # username/password, mode 0600
+
+    sensors:
+      # the PM sensor behind the grille
+      - id: air-1
+        driver: serial_line
+        options:
+          port: /dev/ttyUSB0
+          baudrate: 9600
+          units: {pm25: ug/m3, pm10: ug/m3}
+      - id: noise-1
+        driver: serial_line
+        options: {port: /dev/ttyUSB1, format: json}
+    """)
+
+
+def setup(tmp_path):
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(CONFIG)
+    os.chmod(cfg, 0o640)
+    secret = tmp_path / "secrets.txt"
+    secret.write_text("username: cab-17\npassword: hunter2-very-secret\n")
+    os.chmod(secret, 0o600)
+    return cfg
+
+
+def test_validate_show_masks_secrets_and_fills_defaults(tmp_path):
+    cfg = setup(tmp_path)
+    r = cli("config", "validate", cfg)
+    assert r.returncode == 0 and r.stdout.strip() == f"{cfg}: valid (2 sensors, gateway cab-17)"
+    for fmt in ([], ["--json"]):
+        r = cli("config", "show", cfg, *fmt)
+        assert r.returncode == 0, r.stderr
+        assert "hunter2" not in r.stdout and "hunter2" not in r.stderr
+    data = json.loads(r.stdout)
+    assert data["gateway"]["state_dir"] == str(tmp_path / "state")  # env default expanded, path resolved
+    assert data["gateway"]["batch_interval_s"] == 0.2  # a default filled in
+    assert data["broker"]["secrets_file"] == "secrets.txt"  # the path, never the contents
+    assert data["sensors"][1]["options"]["format"] == "json"
+    r = cli("config", "show", cfg)
+    assert "state_dir: " + str(tmp_path / "state") in r.stdout and "id: cab-17" in r.stdout
+
+
+def test_masking_of_secret_named_values():
+    @dataclass(frozen=True)
+    class Opts:
+        port: str = "/dev/ttyUSB0"
+        password: str = "pw-123"
+        api_token: str = "tok-456"
+        key_file: str = "/etc/eg/key.pem"
+        psk: str = ""
+
+    @dataclass(frozen=True)
+    class Conf:
+        options: Opts = field(default_factory=Opts)
+
+    out = effective(Conf())["options"]
+    assert out == {"port": "/dev/ttyUSB0", "password": MASK, "api_token": MASK, "key_file": "/etc/eg/key.pem",
+                   "psk": ""}
+
+
+def test_get_by_index_and_by_id(tmp_path):
+    cfg = setup(tmp_path)
+    assert cli("config", "get", cfg, "sensors[0].options.port").stdout == "/dev/ttyUSB0\n"
+    assert cli("config", "get", cfg, "sensors.noise-1.options.port").stdout == "/dev/ttyUSB1\n"
+    assert cli("config", "get", cfg, "broker.port").stdout == "8883\n"
+    assert json.loads(cli("config", "get", cfg, "sensors.air-1.options.units").stdout) == {"pm25": "ug/m3",
+                                                                                           "pm10": "ug/m3"}
+    r = cli("config", "get", cfg, "sensors.air-2.options.port")
+    assert r.returncode == 2 and "did you mean 'air-1'?" in r.stderr
+    r = cli("config", "get", cfg, "broker.hots")
+    assert r.returncode == 2 and "did you mean 'host'?" in r.stderr
+
+
+def test_set_keeps_comments_and_layout_and_changes_one_line(tmp_path):
+    cfg = setup(tmp_path)
+    r = cli("config", "set", cfg, "sensors.air-1.options.baudrate", "19200")
+    assert r.returncode == 0, r.stderr
+    assert "sensors.air-1.options.baudrate = 19200 (was 9600)" in r.stdout
+    new = cfg.read_text()
+    assert new == CONFIG.replace("baudrate: 9600", "baudrate: 19200")  # comments, quotes, flow maps all kept
+    assert oct(cfg.stat().st_mode & 0o777) == "0o640"  # mode kept through the atomic rename
+    assert cli("config", "set", cfg, "sensors[1].options.format", "kv").returncode == 0
+    assert "options: {port: /dev/ttyUSB1, format: kv}" in cfg.read_text()
+    assert cli("config", "set", cfg, "broker.protocol", "3.1.1").returncode == 0
+    assert 'protocol: "3.1.1"' in cfg.read_text()  # a quoted string stays quoted
+    assert cli("config", "set", cfg, "metrics.prometheus_port", "9108").returncode == 0  # a new section
+    assert cli("config", "get", cfg, "metrics.prometheus_port").stdout == "9108\n"
+    assert "# Cabinet 17, Rue de la Gare.  Keep this comment!" in cfg.read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gw.yaml.")], "no temporary file left"
+
+
+def test_set_refuses_an_invalid_result_and_leaves_the_file_alone(tmp_path):
+    cfg = setup(tmp_path)
+    before = cfg.read_bytes()
+    for key, value, message in (("broker.port", "99999", "broker.port: 99999 is not a TCP port"),
+                                ("sensors.air-1.driver", "serial_lines", "did you mean 'serial_line'?"),
+                                ("gateway.batch_interval_s", "soon", "expected a number"),
+                                ("gateway.colour", "red", "unknown key")):
+        r = cli("config", "set", cfg, key, value)
+        assert r.returncode == 2, (key, r.stdout)
+        assert "refused" in r.stderr and message in r.stderr and f"{cfg}:" in r.stderr
+        assert cfg.read_bytes() == before
+    r = cli("config", "set", cfg, "sensors.air-9.options.port", "/dev/x")
+    assert r.returncode == 2 and cfg.read_bytes() == before
+    assert cli("config", "set", "--help").returncode == 0

@@ -1,0 +1,135 @@
+"""Field tools through the CLI: ``probe`` and ``record``/``replay`` on pty simulators, and ``doctor``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+
+from ops_support import cli, serial_sensor, write_config
+from simulators.serial_line import scenario_lines
+from support import REPO, Process, free_port
+
+
+def test_probe_finds_line_protocol_and_pms5003(tmp_path):
+    sim = Process(["-m", "simulators.serial_line", "--rate", "20", "--link", str(tmp_path / "line.tty")])
+    pms = Process(["-m", "simulators.pms5003", "--rate", "10", "--link", str(tmp_path / "pm.tty")])
+    try:
+        r = cli("probe", tmp_path / "line.tty")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith("9600 8N1, text lines (kv, channels pm25, pm10, noise_db), pm25=")
+        assert "driver: serial_line" in r.stdout
+        r = cli("probe", tmp_path / "pm.tty", "--json")
+        assert r.returncode == 0, r.stderr
+        found = json.loads(r.stdout)["found"]
+        assert found["baud"] == 9600 and found["framing"] == "8N1"
+        assert found["found"]["protocol"] == "pms5003" and found["found"]["bad_frames"] == 0
+        assert 0 < found["found"]["values"]["pm2_5"] < 100
+        r = cli("probe", tmp_path / "pm.tty")
+        assert r.stdout.startswith("9600 8N1, PMS5003 frames, PM1.0=")
+    finally:
+        sim.stop()
+        pms.stop()
+    r = cli("probe", tmp_path / "nothing.tty", "--listen", "0.2")
+    assert r.returncode == 1 and "no such device" in r.stdout
+
+
+def test_probe_says_when_nothing_is_recognised(tmp_path):
+    from simulators.pty_port import PtyPort
+
+    port = PtyPort(str(tmp_path / "quiet.tty"))
+    try:
+        r = cli("probe", tmp_path / "quiet.tty", "--listen", "0.2", "--baud", "9600", "--baud", "115200")
+        assert r.returncode == 1
+        assert r.stdout.splitlines() == ["9600 8N1: 0 bytes, no known protocol",
+                                         "115200 8N1: 0 bytes, no known protocol"]
+    finally:
+        port.close()
+
+
+def test_record_then_replay_round_trips_the_exact_bytes(tmp_path):
+    count = 40
+    expected = b"".join(scenario_lines(3, 1_700_000_000.0, 0.01, count, timestamps=True))
+    sim = Process(["-m", "simulators.serial_line", "--seed", "3", "--t0", "1700000000", "--timestamps", "--rate", "100",
+                   "--count", str(count), "--batch", "7", "--wait-open", "--link", str(tmp_path / "dev.tty")])
+    capture = tmp_path / "field.jsonl"
+    try:
+        r = cli("record", tmp_path / "dev.tty", capture, "--max-bytes", len(expected), "--duration", "30")
+    finally:
+        sim.stop()
+    assert r.returncode == 0, r.stderr
+    lines = capture.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["format"] == "edge-gateway-capture" and header["version"] == 1 and header["baudrate"] == 9600
+    chunks = [json.loads(ln) for ln in lines[1:]]
+    assert b"".join(base64.b64decode(c["data"]) for c in chunks) == expected
+    ts = [c["t"] for c in chunks]
+    assert ts == sorted(ts) and ts[0] >= 0
+
+    link = tmp_path / "replay.tty"
+    replay = subprocess.Popen([sys.executable, "-m", "edge_gateway", "replay", str(capture), "--link", str(link),
+                               "--speed", "4"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert replay.stdout.readline().strip() == str(link)
+        fd = os.open(link, os.O_RDONLY | os.O_NOCTTY)
+        got = b""
+        try:
+            for _ in range(2000):  # bounded: 2000 x 50 ms at most
+                if len(got) >= len(expected):
+                    break
+                got += _read_more(fd)
+        finally:
+            os.close(fd)
+        assert got == expected
+        assert replay.wait(30) == 0
+    finally:
+        if replay.poll() is None:
+            replay.terminate()
+            replay.wait(10)
+        replay.stdout.close()
+        replay.stderr.close()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"hello": 1}\n')
+    r = cli("replay", bad, "--no-wait")
+    assert r.returncode == 1 and "not an edge-gateway capture" in r.stderr
+
+
+def _read_more(fd: int) -> bytes:
+    import select
+
+    ready, _, _ = select.select([fd], [], [], 0.05)
+    return os.read(fd, 65536) if ready else b""
+
+
+def test_doctor_passes_then_fails_with_fixes(tmp_path, broker):
+    from simulators.pty_port import PtyPort
+
+    port = PtyPort(str(tmp_path / "air-1.tty"))
+    try:
+        cfg = write_config(tmp_path, broker_port=broker.port, sensors=serial_sensor("air-1", tmp_path / "air-1.tty"))
+        r = cli("doctor", cfg, "--skip", "clock", "--json")
+        report = json.loads(r.stdout)
+        assert r.returncode == 0 and report["ok"], r.stdout
+        by_name = {c["name"]: c for c in report["checks"]}
+        assert by_name["config"]["status"] == "ok"
+        assert by_name["serial air-1"]["status"] == "ok" and "mode" in by_name["serial air-1"]["detail"]
+        assert by_name["broker dns"]["status"] == "ok" and by_name["broker tcp"]["status"] == "ok"
+        assert by_name["state dir"]["status"] in ("ok", "warn")
+        assert by_name["daemon"]["status"] == "unknown" and "clock" not in by_name
+        r = cli("doctor", cfg, "--json")  # the clock check says what it can, or "unknown"
+        clock = [c for c in json.loads(r.stdout)["checks"] if c["name"] == "clock"][0]
+        assert clock["status"] in ("ok", "fail", "unknown") and clock["detail"]
+    finally:
+        port.close()
+    cfg = write_config(tmp_path, broker_port=free_port(), sensors=serial_sensor("air-1", tmp_path / "gone.tty"),
+                       name="bad.yaml")
+    r = cli("doctor", cfg, "--skip", "clock")
+    assert r.returncode == 1
+    assert "FAIL     serial air-1" in r.stdout and "FAIL     broker tcp" in r.stdout
+    assert "to fix:" in r.stdout and "plug the sensor in" in r.stdout
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("gateway: {id: x, colour: red}\n")
+    r = cli("doctor", bad, "--json", "--skip", "clock")
+    assert r.returncode == 1 and json.loads(r.stdout)["checks"][0]["status"] == "fail"

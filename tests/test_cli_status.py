@@ -1,0 +1,96 @@
+"""``status``, ``tail``, ``reload`` against a running gateway subprocess; Prometheus; journald log lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+
+from ops_support import cli, serial_sensor, status_json, write_config
+from support import REPO, GatewayProcess, Process, free_port, wait_for
+
+
+def test_not_running_exits_3(tmp_path):
+    sock = tmp_path / "control.sock"
+    for cmd in (["status"], ["status", "--json"], ["tail"], ["reload"]):
+        r = cli(*cmd, "--socket", sock)
+        assert r.returncode == 3, (cmd, r.stderr)
+        assert "not running" in r.stderr
+    cfg = write_config(tmp_path)
+    assert cli("status", "--config", cfg).returncode == 3
+
+
+def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
+    link = tmp_path / "air-1.tty"
+    secret = tmp_path / "secrets.txt"
+    secret.write_text("username: gw\npassword: pw-never-logged-42\n")
+    os.chmod(secret, 0o600)
+    prom = free_port()
+    cfg = write_config(tmp_path, sensors=serial_sensor("air-1", link),
+                       extra=f"metrics: {{prometheus_port: {prom}}}\n")
+    cfg.write_text(cfg.read_text().replace("keepalive_s: 5}", f"keepalive_s: 5, secrets_file: {secret}}}"))
+    sim = Process(["-m", "simulators.serial_line", "--rate", "50", "--link", str(link)])
+    gw = GatewayProcess(cfg, tmp_path / "gw.log", env={"JOURNAL_STREAM": "8:12345"}).start()
+    sock = tmp_path / "state" / "control.sock"
+    try:
+        gw.wait_ready()
+        wait_for(lambda: status_json(sock)["sensors"]["air-1"]["readings"] > 20, 20, 0.2, "readings")
+        s = status_json(sock)
+        assert s["gateway"] == "ops-gw" and s["link"] == "down" and s["pid"] == gw.proc.pid
+        air = s["sensors"]["air-1"]
+        assert set(air["last_values"]) == {"pm25", "pm10", "noise_db"}
+        assert air["last_values"]["pm25"]["unit"] == "ug/m3"
+        assert air["malformed"] == 0 and air["link_errors"] == 0 and air["rate_per_s"] > 0
+        assert {"depth", "oldest_age_s", "bytes", "last_seq"} <= set(s["queue"])
+        assert s["reload"]["count"] == 0 and s["last_reload_error"] == ""
+
+        r = cli("status", "--config", cfg)
+        assert r.returncode == 0, r.stderr
+        assert re.search(r"^air-1\s+serial_line\s+\d+\.\d+/s", r.stdout, re.M), r.stdout
+        assert "broker    down" in r.stdout and "queue     " in r.stdout
+
+        r = cli("tail", "--socket", sock, "--count", "6")
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert len(lines) == 6 and all(" air-1 " in ln for ln in lines)
+        r = cli("tail", "air-1", "--socket", sock, "--count", "3", "--json")
+        items = [json.loads(ln) for ln in r.stdout.splitlines()]
+        assert [i["type"] for i in items] == ["reading"] * 3 and {i["sensor"] for i in items} == {"air-1"}
+
+        body = urllib.request.urlopen(f"http://127.0.0.1:{prom}/metrics", timeout=10).read().decode()
+        assert 'edge_gateway_sensor_readings_total{gateway="ops-gw",sensor="air-1"}' in body
+        assert 'edge_gateway_link_up{gateway="ops-gw"} 0.0' in body
+        assert "edge_gateway_queue_oldest_age_seconds" in body
+
+        r = cli("reload", "--socket", sock)
+        assert r.returncode == 0 and "kept ['air-1']" in r.stdout, r.stdout + r.stderr
+        cfg.write_text(cfg.read_text().replace("id: ops-gw", "id: renamed"))
+        r = cli("reload", "--socket", sock)
+        assert r.returncode == 1 and "needs a restart to change gateway.id" in r.stderr
+        s = status_json(sock)
+        assert s["reload"]["count"] == 2 and s["reload"]["failed"] == 1
+        assert "gateway.id" in s["last_reload_error"] and s["gateway"] == "ops-gw"
+    finally:
+        sim.stop()
+        rc = gw.stop()
+    assert rc == 0
+    log = gw.log_text()
+    assert "pw-never-logged-42" not in log
+    lines = [ln for ln in log.splitlines() if ln.strip()]
+    assert lines and all(re.match(r"<[0-7]>", ln) for ln in lines), lines[:5]  # journald priority prefixes
+    assert any(ln.startswith("<3>edge_gateway.daemon: reload refused") for ln in lines)
+    assert any(ln.startswith("<6>edge_gateway.daemon: gateway ops-gw running") for ln in lines)
+
+
+def test_logs_without_journal_have_timestamps():
+    code = ("import logging, sys; from edge_gateway import logs; logs.setup('info', sys.stdout); "
+            "logging.getLogger('x').warning('hello')")
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO).stdout
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING x: hello", out), out
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={**env, "JOURNAL_STREAM": "1:2"}).stdout
+    assert out == "<4>x: hello\n"

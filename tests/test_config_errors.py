@@ -1,0 +1,101 @@
+"""Config mistakes are reported as ``file:line:column: key.path: what``, with a suggestion where one exists."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge_gateway import config
+from ops_support import cli
+from support import REPO
+
+GOOD = textwrap.dedent("""\
+    gateway:
+      id: gw-1
+    sensors:
+      - id: air-1
+        driver: serial_line
+        options:
+          port: /dev/ttyUSB0
+    """)
+
+
+def error_of(text: str, source: str = "site.yaml") -> config.ConfigError:
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(text, source)
+    return info.value
+
+
+def test_the_good_one_loads():
+    cfg = config.loads(GOOD)
+    assert cfg.sensors[0].options.port == "/dev/ttyUSB0"
+    assert cfg.metrics.prometheus_port == 0 and cfg.gateway.status_interval_s == 60.0
+
+
+def test_unknown_key_with_suggestion():
+    e = error_of(GOOD.replace("  id: gw-1", "  id: gw-1\n  topic_prefx: city"))
+    assert (e.line, e.column, e.path) == (3, 3, "gateway.topic_prefx")
+    assert "did you mean 'topic_prefix'?" in str(e)
+    assert str(e).startswith("site.yaml:3:3: gateway.topic_prefx: unknown key")
+
+
+def test_unknown_option_key_of_a_driver():
+    e = error_of(GOOD + "      baudrat: 9600\n")
+    assert e.path == "sensors[0].options.baudrat" and e.line == 8 and "did you mean 'baudrate'?" in str(e)
+
+
+def test_wrong_type_names_what_was_expected():
+    e = error_of(GOOD.replace("  id: gw-1", "  id: gw-1\n  batch_interval_s: fast"))
+    assert (e.line, e.path) == (3, "gateway.batch_interval_s")
+    assert "expected a number, got a string 'fast'" in str(e)
+    e = error_of("gateway: {id: g}\nmetrics: {prometheus_port: 70000}\n")
+    assert e.path == "metrics.prometheus_port" and "not a TCP port" in str(e)
+
+
+def test_missing_required_key():
+    e = error_of(GOOD.replace("    options:\n      port: /dev/ttyUSB0\n", "    options: {baudrate: 9600}\n"))
+    assert e.path == "sensors[0].options.port" and "required key is missing" in str(e)
+    e = error_of("broker: {host: h}\n")
+    assert e.path == "gateway" and "required key is missing" in str(e)
+
+
+def test_bad_yaml_is_located():
+    e = error_of("gateway:\n  id: [gw-1\nsensors: []\n")
+    assert e.line >= 2 and "not valid YAML" in str(e)
+    assert str(e).startswith(f"site.yaml:{e.line}:{e.column}: ")
+
+
+def test_unknown_driver_suggests_the_near_one():
+    e = error_of(GOOD.replace("driver: serial_line", "driver: serial_lines"))
+    assert (e.line, e.path) == (5, "sensors[0].driver")
+    assert "unknown driver 'serial_lines'; did you mean 'serial_line'?" in str(e)
+
+
+def test_unset_environment_variable(monkeypatch):
+    monkeypatch.delenv("EG_TEST_UNSET_PORT", raising=False)
+    e = error_of(GOOD.replace("/dev/ttyUSB0", "${EG_TEST_UNSET_PORT}"))
+    assert (e.line, e.column) == (7, 13)
+    assert "environment variable EG_TEST_UNSET_PORT is not set" in str(e)
+    assert config.loads(GOOD.replace("/dev/ttyUSB0", "${EG_TEST_UNSET_PORT:-/dev/ttyACM0}")).sensors[0].options.port \
+        == "/dev/ttyACM0"
+
+
+def test_cli_reports_errors_with_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("driver: serial_line", "driver: serial_lines"))
+    r = cli("config", "validate", bad)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"edge-gateway: {bad}:5:13: sensors[0].driver: unknown driver 'serial_lines'; "
+                                "did you mean 'serial_line'?")
+    assert cli("config", "validate", tmp_path / "missing.yaml").returncode == 2
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates_through_the_cli(path: Path, tmp_path):
+    env = {"EG_RUN_DIR": str(tmp_path / "run"), "EG_STATE_DIR": str(tmp_path / "state"),
+           "EG_BROKER_PORT": "1883", "EG_COAP_PORT": "5683", "EG_MQTT_PROTOCOL": "5"}
+    r = cli("config", "validate", path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{path}: valid (")

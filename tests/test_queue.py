@@ -1,0 +1,202 @@
+"""DurableQueue: append/peek/ack, seq across reopen, rollup math, drop policy, file cap, age bound."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_gateway import messages
+from edge_gateway.messages import Message, Topics, decode, encode, merge_aggregates
+from edge_gateway.queue import DurableQueue, QueueLimits
+
+TOPICS = Topics("city", "q-gw")
+
+
+class Clock:
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def agg(sensor: str, channel: str, start: float, vals: list[float], width: float = 1.0) -> Message:
+    a = np.array(vals)
+    return Message(messages.KIND_AGG, TOPICS.agg(sensor), {
+        "gw": "q-gw", "sensor": sensor, "channel": channel, "unit": "u", "start": start, "end": start + width,
+        "count": len(vals), "min": float(a.min()), "max": float(a.max()), "mean": float(a.mean()),
+        "std": float(a.std()), "first": vals[0], "last": vals[-1]})
+
+
+def ev(kind: str, i: int) -> Message:
+    return messages.event(TOPICS, "q-gw", "air-1", kind, start=float(i), end=float(i), note="x" * 40)
+
+
+async def open_queue(path, limits=None, clock=None) -> DurableQueue:
+    q = DurableQueue(path, encode, clock or Clock(), limits)
+    await q.open()
+    return q
+
+
+def rows_of(path) -> list[dict]:
+    db = sqlite3.connect(path)
+    try:
+        return [decode(p) for (p,) in db.execute("SELECT payload FROM outbox ORDER BY seq")]
+    finally:
+        db.close()
+
+
+async def test_append_peek_ack_and_seq_across_reopen(tmp_path):
+    path = tmp_path / "q.db"
+    q = await open_queue(path)
+    assert await q.append([agg("a", "x", i, [1.0, 2.0]) for i in range(5)]) == [1, 2, 3, 4, 5]
+    rows = await q.peek(0, 3)
+    assert [r.seq for r in rows] == [1, 2, 3] and decode(rows[0].payload)["seq"] == 1
+    assert [r.seq for r in await q.peek(3, 10)] == [4, 5]
+    await q.ack([1, 2, 3, 4, 5])
+    st_ = await q.stats()
+    assert (st_.depth, st_.bytes, st_.oldest_created, st_.last_seq) == (0, 0, None, 5)
+    await q.close()
+    q = await open_queue(path)  # drained empty: seq still continues
+    assert q.last_seq == 5
+    assert await q.append([ev("link_gap", 1)]) == [6]
+    assert q.oldest_age() == 0.0 and q.depth == 1
+    await q.close()
+
+
+async def test_rollup_merges_oldest_aggregates_exactly(tmp_path):
+    # Values are multiples of 1/8 so every sum is exact in binary floating point.
+    rng = np.random.default_rng(5)
+    raw = {(ch, w): list(rng.integers(0, 800, size=8) / 8) for ch in ("pm25", "pm10") for w in range(40)}
+    msgs = [agg("air-1", ch, float(w), raw[ch, w]) for w in range(40) for ch in ("pm25", "pm10")]
+    one = len(encode(msgs[0].fields, 10))
+    limits = QueueLimits(max_bytes=max(4096, one * 60), high_water=0.5, rollup_factor=10)
+    q = await open_queue(tmp_path / "q.db", limits)
+    seqs = await q.append(msgs)
+    st_ = await q.stats()
+    assert st_.rolled_up > 0 and st_.dropped_total["count"] == 0 and st_.bytes <= limits.high_water * limits.max_bytes
+    got = rows_of(tmp_path / "q.db")
+    assert st_.depth == len(got) < len(msgs)
+    covered = sorted(s for d in got for s in (d.get("merged_seqs") or [d["seq"]]))
+    assert covered == seqs  # nothing lost: every original seq is in exactly one message
+    merged = [d for d in got if "merged_seqs" in d]
+    assert merged
+    for d in merged:
+        assert d["seq"] == d["merged_seqs"][0] and d["seq_last"] == d["merged_seqs"][-1]
+        windows = range(int(d["start"]), int(d["end"]))
+        vals = [v for w in windows for v in raw[d["channel"], w]]
+        assert int(d["end"] - d["start"]) == len(d["merged_seqs"]) and d["start"] % 10 == 0
+        assert (d["count"], d["min"], d["max"]) == (len(vals), min(vals), max(vals))
+        assert d["mean"] == sum(vals) / len(vals)
+        assert math.isclose(d["std"], float(np.std(vals)), rel_tol=1e-12)
+        assert d["first"] == raw[d["channel"], windows[0]][0] and d["last"] == raw[d["channel"], windows[-1]][-1]
+    await q.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=12), min_size=2, max_size=8))
+def test_merge_aggregates_equals_stats_of_the_union(windows):
+    members = [dict(agg("s", "c", float(i), w).fields, seq=10 + i) for i, w in enumerate(windows)]
+    m = merge_aggregates(members)
+    allv = [v for w in windows for v in w]
+    assert (m["count"], m["min"], m["max"]) == (len(allv), min(allv), max(allv))
+    assert math.isclose(m["mean"], float(np.mean(allv)), rel_tol=1e-9, abs_tol=1e-9)
+    assert math.isclose(m["std"], float(np.std(allv)), rel_tol=1e-6, abs_tol=1e-6)
+    assert (m["first"], m["last"]) == (windows[0][0], windows[-1][-1])
+    assert m["merged_seqs"] == list(range(10, 10 + len(windows))) and m["seq"] == 10
+    again = merge_aggregates([m, dict(agg("s", "c", 99.0, [5.0]).fields, seq=99)])  # merging merged ones
+    assert again["merged_seqs"] == m["merged_seqs"] + [99] and again["count"] == len(allv) + 1
+
+
+async def test_drop_policy_aggregates_then_events_then_anomalies(tmp_path):
+    path = tmp_path / "q.db"
+    limits = QueueLimits(max_bytes=4096, high_water=1.0, rollup_factor=2)  # windows 1000 s apart: no rollup
+    q = await open_queue(path, limits)
+    # distinct channels/windows far apart: nothing can be rolled up
+    first = await q.append([ev("anomaly", 0), ev("link_gap", 1)] +
+                           [agg("a", f"c{i}", i * 1000.0, [1.0]) for i in range(10)])
+    assert q.stats_now().dropped_total["count"] == 0
+    n_agg = 0
+    while q.bytes + 200 <= limits.max_bytes:
+        await q.append([agg("a", "cx", 1e6 + n_agg * 1000.0, [float(n_agg)])])
+        n_agg += 1
+    await q.append([ev("anomaly", 2) for _ in range(3)])
+    st_ = q.stats_now()
+    assert st_.bytes <= limits.max_bytes
+    left = rows_of(path)
+    kinds = [(d.get("type") or "agg") for d in left]
+    assert kinds.count("anomaly") == 4 and kinds.count("link_gap") == 1  # events kept, oldest aggs gone
+    assert 1 in [d["seq"] for d in left] and first[2] not in [d["seq"] for d in left]
+    d = st_.dropped_total
+    assert d["count"] == d["agg"] > 0 and d["event"] == d["anomaly"] == 0 and d["reasons"] == {"max_bytes": d["count"]}
+    assert d["first_seq"] == first[2]
+    # more anomalies than fit: now the link_gap goes, then the oldest anomalies
+    await q.append([ev("anomaly", 10 + i) for i in range(60)])
+    left = rows_of(path)
+    assert all(x.get("type") == "anomaly" for x in left) and left[-1]["start"] == 69.0
+    total = q.stats_now().dropped_total
+    assert total["event"] == 1 and total["anomaly"] > 0
+    expected = total["count"]
+    assert q.depth + expected == len(first) + n_agg + 3 + 60
+    await q.close()
+    # the count survives a restart and is reported once, exactly, in a `dropped` event
+    q = await open_queue(path, limits)
+    assert q.stats_now().dropped_pending == expected
+    seq = await q.take_dropped(lambda c: messages.dropped_event(TOPICS, "q-gw", c))
+    assert seq == q.last_seq and await q.take_dropped(lambda c: None) is None
+    rep = decode((await q.peek(seq - 1, 1))[0].payload)
+    assert rep["type"] == "dropped" and rep["count"] == expected and rep["seq"] == seq
+    await q.close()
+
+
+async def test_in_flight_rows_are_never_rolled_up_or_dropped(tmp_path):
+    limits = QueueLimits(max_bytes=4096, high_water=0.5, rollup_factor=10)
+    q = await open_queue(tmp_path / "q.db", limits)
+    await q.append([agg("a", "c", float(i), [1.0, 2.0]) for i in range(5)])
+    handed = await q.peek(0, 5)  # the forwarder has published these
+    for k in range(60):
+        await q.append([agg("a", "c", 5.0 + k, [3.0])])
+    left = {d["seq"]: d for d in rows_of(tmp_path / "q.db")}
+    for r in handed:
+        assert r.seq in left and "merged_seqs" not in left[r.seq] and left[r.seq]["count"] == 2
+    await q.close()
+
+
+async def test_file_cap_full_disk_keeps_queue_working(tmp_path, caplog):
+    path = tmp_path / "q.db"
+    limits = QueueLimits(max_bytes=64 * 1024 * 1024, max_file_bytes=96 * 1024, reserve_bytes=0)
+    q = await open_queue(path, limits)
+    stored = 0
+    for k in range(400):
+        stored += len(await q.append([agg("a", f"c{k}", k * 1000.0 + j, [float(j)]) for j in range(10)]))
+    st_ = q.stats_now()
+    assert st_.dropped_total["count"] > 0 and st_.dropped_total["reasons"].get("disk_full")
+    assert q.depth + st_.dropped_total["count"] == 4000 and stored == 4000
+    assert "queue full" in caplog.text
+    await q.ack([r.seq for r in await q.peek(0, 100)])  # deletes still work at the cap
+    assert len(await q.append([ev("anomaly", 1)])) == 1
+    await q.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == q.depth
+    db.close()
+    assert path.stat().st_size <= 96 * 1024 + 4096
+
+
+async def test_max_age_drops_expired(tmp_path):
+    clock = Clock()
+    q = await open_queue(tmp_path / "q.db", QueueLimits(max_age_s=100.0), clock)
+    await q.append([agg("a", "c", 0.0, [1.0]), ev("anomaly", 0)])
+    clock.t += 50
+    await q.append([agg("a", "c", 1.0, [1.0])])
+    assert q.oldest_age() == 50.0
+    clock.t += 60
+    await q.append([agg("a", "c", 2.0, [1.0])])
+    st_ = q.stats_now()
+    assert st_.depth == 2 and st_.dropped_total["reasons"] == {"max_age": 2} and st_.dropped_total["anomaly"] == 1
+    assert q.oldest_age() == 60.0
+    await q.close()

@@ -1,0 +1,142 @@
+"""The systemd unit: shipped file == generated, exposure score <= 2.0, and Numba under its syscall filter.
+
+systemd is not PID 1 on the test machines (``systemd-run`` cannot start a
+transient unit there), so the system-call filter is shown with an equivalent
+seccomp filter applied by libseccomp (through ctypes) in a child process: the
+allow-list is what ``systemd-analyze syscall-filter`` says @system-service
+holds, minus @privileged and @resources, native architecture only, and every
+other system call fails with EPERM, as ``SystemCallErrorNumber=EPERM`` makes it
+in the unit. The child then runs the whole daemon (``edge-gateway run``) with
+an empty Numba cache, so the kernels are compiled and run under the filter.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edge_gateway import cmd_service
+from ops_support import cli, status_json, write_config
+from support import REPO, wait_for
+
+UNIT = REPO / "configs" / "edge-gateway.service"
+
+
+def test_shipped_unit_is_the_generated_one_and_has_the_required_settings():
+    text = UNIT.read_text()
+    assert text == cmd_service.render(), "regenerate configs/edge-gateway.service from cmd_service.render()"
+    lines = set(text.splitlines())
+    for needed in ("Type=notify", "WatchdogSec=30", "Restart=on-failure", "User=edge-gateway",
+                   "SupplementaryGroups=dialout", "StateDirectory=edge-gateway", "ProtectSystem=strict",
+                   "DeviceAllow=char-ttyUSB rw", "DeviceAllow=char-ttyACM rw", "DeviceAllow=char-ttyAMA rw",
+                   "NoNewPrivileges=yes", "CapabilityBoundingSet=", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+                   "SystemCallFilter=@system-service", "SystemCallFilter=~@privileged @resources",
+                   "SystemCallErrorNumber=EPERM", "SystemCallArchitectures=native", "UMask=0077",
+                   "StandardOutput=journal", "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert needed in lines, needed
+    assert not any(ln.startswith(("MemoryDenyWriteExecute", "IPAddressAllow", "IPAddressDeny", "PrivateDevices"))
+                   for ln in lines)
+    assert any(ln.startswith("LoadCredential=") for ln in lines)
+
+
+def test_service_install_writes_the_unit(tmp_path):
+    r = cli("service", "install", "--unit-dir", tmp_path, "--config", "/etc/eg/site.yaml", "--user", "eg",
+            "--exec", "/opt/eg/bin/edge-gateway")
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "edge-gateway.service").read_text()
+    assert "ExecStart=/opt/eg/bin/edge-gateway run /etc/eg/site.yaml" in text
+    assert "User=eg\n" in text and "Group=eg\n" in text
+    assert oct((tmp_path / "edge-gateway.service").stat().st_mode & 0o777) == "0o644"
+    r = cli("service", "install", "--stdout")
+    assert r.returncode == 0 and r.stdout.startswith("# edge-gateway")
+    assert cli("service", "--help").returncode == 0
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_exposure_score_is_ok(tmp_path):
+    probe = subprocess.run(["systemd-analyze", "security", "--help"], capture_output=True, text=True)
+    if "--offline" not in probe.stdout:
+        pytest.skip("this systemd-analyze has no --offline (needs systemd 250+)")
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(UNIT)], capture_output=True,
+                       text=True, timeout=60)
+    m = re.search(r"Overall exposure level for edge-gateway\.service: (\d+\.\d+) (\w+)", r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr
+    score, verdict = float(m.group(1)), m.group(2)
+    print(f"systemd-analyze security --offline=yes: {score} {verdict}")
+    assert score <= 2.0 and verdict == "OK", r.stdout
+
+
+# --- the system-call filter -------------------------------------------------------------------
+
+def _expand(group: str) -> set[str]:
+    out = subprocess.run(["systemd-analyze", "syscall-filter", group], capture_output=True, text=True,
+                         check=True).stdout
+    names: set[str] = set()
+    for line in out.splitlines()[1:]:
+        t = line.strip()
+        if t and not t.startswith("#"):
+            names |= _expand(t) if t.startswith("@") else {t}
+    return names
+
+
+WRAPPER = textwrap.dedent("""\
+    import ctypes, os, sys
+    allowed = open(sys.argv[1]).read().split()
+    lib = ctypes.CDLL(sys.argv[2], use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    SCMP_ACT_ALLOW, SCMP_ACT_ERRNO_EPERM = 0x7FFF0000, 0x00050000 | 1
+    ctx = lib.seccomp_init(SCMP_ACT_ERRNO_EPERM)   # SystemCallErrorNumber=EPERM; native arch only
+    for name in allowed:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr >= 0:
+            assert lib.seccomp_rule_add(ctx, SCMP_ACT_ALLOW, nr, 0) == 0, name
+    assert lib.seccomp_load(ctx) == 0, "seccomp_load failed"   # sets no_new_privs, as NoNewPrivileges=yes
+    try:
+        os.sched_setaffinity(0, {0})          # @resources: must now fail
+        sys.exit("filter not in force: sched_setaffinity worked")
+    except PermissionError:
+        print("filter in force: sched_setaffinity -> EPERM", file=sys.stderr, flush=True)
+    os.execv(sys.executable, [sys.executable, "-m", "edge_gateway", *sys.argv[3:]])
+    """)
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze lists the syscall groups")
+def test_daemon_and_numba_kernels_run_under_the_units_syscall_filter(tmp_path):
+    lib = ctypes.util.find_library("seccomp")
+    if not lib:
+        pytest.skip("libseccomp is not installed (apt-get install libseccomp2)")
+    allowed = _expand("@system-service") - _expand("@privileged") - _expand("@resources")
+    assert "execve" in allowed and "mbind" not in allowed and "setrlimit" not in allowed
+    (tmp_path / "allowed.txt").write_text("\n".join(sorted(allowed)))
+    (tmp_path / "wrapper.py").write_text(WRAPPER)
+    cfg = write_config(tmp_path)
+    log = tmp_path / "gw.log"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "fresh-numba-cache"), "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(tmp_path / "wrapper.py"), str(tmp_path / "allowed.txt"), lib,
+                                 "run", str(cfg)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "running:" in log.read_text() or proc.poll() is not None, 120, 0.1, "daemon running")
+        assert proc.poll() is None, log.read_text()
+        text = log.read_text()
+        assert "filter in force" in text and "kernels ready" in text
+        s = status_json(tmp_path / "state" / "control.sock")
+        assert s["gateway"] == "ops-gw" and s["pid"] == proc.pid
+        assert any((tmp_path / "fresh-numba-cache").rglob("*.nbi")), "kernels were compiled under the filter"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        rc = proc.wait(30)
+    assert rc == 0, log.read_text()
