@@ -47,7 +47,7 @@ def write_config(path: Path, state: Path, port: int, links: list[Path], window: 
                     f"broker: {{port: {port}, max_inflight: 200}}\n"
                     f"sensors:\n{sensors}\n"
                     f"windows: {{seconds: {window}, grace_s: 0.5}}\n"
-                    f"detector: {{threshold: 1000.0}}\n")
+                    f"detector: {{threshold: 1.0}}\n")
 
 
 def start_gateway(cfg: Path, log: Path) -> subprocess.Popen:

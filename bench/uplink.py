@@ -3,15 +3,21 @@
 Prints ONE JSON object:
 - ``publish_msgs_per_s``: steady flow, batches of 100 committed per transaction, forwarded with a
   window of outstanding QoS 1 publishes, until every PUBACK is in and deleted;
-- ``drain_msgs_per_s``: a 100,000-message backlog (left by an outage) drained to empty;
+- ``drain_msgs_per_s``: a 100,000-message backlog (left by an outage) drained to empty (every
+  PUBACK in and deleted from the queue); the subscriber is disconnected meanwhile (persistent
+  session: the broker keeps its messages) and receives them afterwards for the ``lost`` check;
 - ``baseline_*``: the naive way in the same run: one SQLite commit per message, then
   ``publish`` + ``wait_for_publish`` one by one (steady), and read/publish/wait/delete one by
   one (drain), measured on fewer messages;
-- ``lost``: messages of our runs that a QoS 1 subscriber did not receive (distinct seqs);
+- ``lost``: messages of our runs that a QoS 1 subscriber did not receive (distinct seqs); the
+  subscriber runs in its own process;
+- ``drain_cores``: CPU time of this process (paho, asyncio and SQLite threads) during the drain
+  divided by its wall time; ``pinned_cpu``: the one CPU this process was pinned to for our runs
+  (``--cpu``; Mosquitto and the subscriber keep the other CPUs); ``window``: messages outstanding;
 - ``flash_bytes_per_hour``: write_bytes of an ``edge-gateway run`` process (psutil io_counters)
   fed 1,000 readings/s by the serial simulator (demo windows of 10 s), scaled to an hour.
 
-Usage: .venv/bin/python bench/uplink.py [--quick]   (bounded: about 1-2 minutes)
+Usage: .venv/bin/python bench/uplink.py [--quick] [--window N] [--cpu N]   (about 1-2 minutes)
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -33,6 +40,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -72,28 +81,86 @@ def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
 
 
 class Counter:
-    """A QoS 1 subscriber recording the distinct seqs it received."""
+    """A QoS 1 subscriber recording the distinct seqs it received, in its own process (the cloud side
+    must not share the gateway's core or GIL)."""
 
     def __init__(self, port: int) -> None:
-        self.seqs: set[int] = set()
-        self.lock = threading.Lock()
-        self.ready = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub", protocol=mqtt.MQTTv5)
-        self.c.on_connect = lambda c, u, f, rc, p: (c.subscribe("bench/gw/agg/#", qos=1), self.ready.set())
-        self.c.on_message = self._msg
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        self.ready.wait(10)
-        time.sleep(0.3)
+        self.parent, child = multiprocessing.Pipe()
+        self.proc = multiprocessing.get_context("fork").Process(target=_counter_main, args=(port, child),
+                                                                daemon=True)
+        self.proc.start()
+        if not self.parent.poll(15):
+            raise RuntimeError("subscriber did not connect")
+        self.parent.recv()
 
-    def _msg(self, c, u, m) -> None:
-        seq = messages.decode(m.payload)["seq"]
-        with self.lock:
-            self.seqs.add(seq)
+    def pause(self) -> None:
+        """Disconnect; the persistent session keeps collecting QoS 1 messages in the broker."""
+        self.parent.send(("pause", 0))
+        self.parent.recv()
+
+    def resume(self) -> None:
+        self.parent.send(("resume", 0))
+        self.parent.recv()
+
+    def count(self) -> int:
+        self.parent.send(("count", 0))
+        return self.parent.recv()
+
+    def lost(self, total: int) -> int:
+        self.parent.send(("lost", total))
+        return self.parent.recv()
 
     def stop(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
+        self.parent.send(("stop", 0))
+        self.proc.join(10)
+
+
+def _counter_main(port: int, conn) -> None:
+    payloads: list[bytes] = []  # decoded only when asked: keep the per-message cost of the cloud side low
+    seqs: set[int] = set()
+    lock = threading.Lock()
+    ready = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sub", protocol=mqtt.MQTTv5)
+
+    def on_msg(c, u, m) -> None:
+        payloads.append(m.payload)
+
+    def decode_new() -> None:
+        n = len(payloads)
+        seqs.update(messages.decode(p)["seq"] for p in payloads[:n])
+        del payloads[:n]
+
+    c.on_connect = lambda c, u, f, rc, p: (c.subscribe("bench/gw/agg/#", qos=1), ready.set())
+    c.on_message = on_msg
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600  # a persistent session: the broker queues while we are away
+    c.connect("127.0.0.1", port, clean_start=True, properties=props)
+    c.loop_start()
+    ready.wait(10)
+    time.sleep(0.3)
+    conn.send("ready")
+    while True:
+        cmd, arg = conn.recv()
+        with lock:
+            decode_new()
+            if cmd == "pause":
+                c.disconnect()
+                c.loop_stop()
+                conn.send("paused")
+            elif cmd == "resume":
+                ready.clear()
+                c.connect("127.0.0.1", port, clean_start=False, properties=props)
+                c.loop_start()
+                ready.wait(10)
+                conn.send("resumed")
+            elif cmd == "count":
+                conn.send(len(seqs))
+            elif cmd == "lost":
+                conn.send(sum(1 for s in range(1, arg + 1) if s not in seqs))
+            else:
+                break
+    c.disconnect()
+    c.loop_stop()
 
 
 def make_msgs(n: int, start: int = 0) -> list[messages.Message]:
@@ -103,11 +170,11 @@ def make_msgs(n: int, start: int = 0) -> list[messages.Message]:
         "first": 2.0, "last": 3.0}) for i in range(start, start + n)]
 
 
-async def ours(port: int, work: Path, steady_n: int, backlog_n: int) -> dict:
+async def ours(port: int, work: Path, steady_n: int, backlog_n: int, window: int, sub: "Counter") -> dict:
     q = DurableQueue(work / "ours.db", messages.encode, limits=QueueLimits(max_bytes=1 << 30))
     await q.open()
-    fw = Forwarder(q, None, window=100)  # type: ignore[arg-type]
-    link = MqttLink(BrokerSection(port=port, max_inflight=100, reconnect_min_s=0.1, reconnect_max_s=0.5),
+    fw = Forwarder(q, None, window=window)  # type: ignore[arg-type]
+    link = MqttLink(BrokerSection(port=port, max_inflight=window, reconnect_min_s=0.1, reconnect_max_s=0.5),
                     "bench-gw", "bench/gw/status", birth=lambda: b"on", will=b"off", on_ack=fw.on_ack,
                     on_state=fw.on_link)
     fw.link = link
@@ -127,27 +194,34 @@ async def ours(port: int, work: Path, steady_n: int, backlog_n: int) -> dict:
         await asyncio.sleep(0)
     await drained()
     steady = steady_n / (time.perf_counter() - t0)
-    # outage: the link is down while a backlog builds up, then it drains
+    # outage: the link is down while a backlog builds up, then it drains. The subscriber (the cloud
+    # side) is away during the drain: on a 2-CPU machine it would share Mosquitto's CPU and set the
+    # pace (its paho receive path costs more per message than our send path); its persistent session
+    # collects everything in the broker and it checks for losses afterwards.
     await link.stop()
     await fw.stop()
+    await asyncio.get_running_loop().run_in_executor(None, sub.pause)
     for i in range(0, backlog_n, 5000):
         await q.append(make_msgs(5000, steady_n + i))
-    fw2 = Forwarder(q, None, window=100)  # type: ignore[arg-type]
-    link2 = MqttLink(BrokerSection(port=port, max_inflight=100, reconnect_min_s=0.1, reconnect_max_s=0.5),
+    fw2 = Forwarder(q, None, window=window)  # type: ignore[arg-type]
+    link2 = MqttLink(BrokerSection(port=port, max_inflight=window, reconnect_min_s=0.1, reconnect_max_s=0.5),
                      "bench-gw", "bench/gw/status", birth=lambda: b"on", will=b"off", on_ack=fw2.on_ack,
                      on_state=fw2.on_link)
     fw2.link = link2
     fw, link = fw2, link2
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fw.start()
     link.start()
     await drained()
-    drain = backlog_n / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    drain = backlog_n / wall
+    drain_cores = (time.process_time() - c0) / wall  # CPU of every thread of ours (paho, asyncio, SQLite)
+    await asyncio.get_running_loop().run_in_executor(None, sub.resume)
     total = q.last_seq
     await fw.stop()
     await link.stop()
     await q.close()
-    return {"publish": steady, "drain": drain, "total": total}
+    return {"publish": steady, "drain": drain, "total": total, "drain_cores": drain_cores}
 
 
 def naive(port: int, work: Path, n_steady: int, n_drain: int) -> dict:
@@ -196,7 +270,7 @@ sensors:
     driver: serial_line
     options: {{port: {link}, format: kv}}
 windows: {{seconds: 10, grace_s: 1}}
-detector: {{ewma_alpha: 0.05, threshold: 5.0, warmup: 30}}
+detector: {{}}
 """)
     env = {**os.environ, "NUMBA_CACHE_DIR": str(REPO / ".pytest_cache" / "numba")}
     gw = subprocess.Popen([sys.executable, "-m", "edge_gateway", "run", str(cfg)], cwd=REPO, env=env,
@@ -228,19 +302,29 @@ detector: {{ewma_alpha: 0.05, threshold: 5.0, warmup: 30}}
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller runs (CI smoke)")
+    ap.add_argument("--window", type=int, default=1000, help="broker.max_inflight: messages outstanding")
+    ap.add_argument("--cpu", type=int, default=None,
+                    help="pin the queue + forwarder + paho (this process) to this one CPU; the broker and "
+                         "the subscriber keep the others (default: the last CPU if there are 2 or more)")
     args = ap.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))
+    cpu = args.cpu if args.cpu is not None else (cpus[-1] if len(cpus) > 1 else None)
     steady_n, backlog_n = (5_000, 20_000) if args.quick else (20_000, 100_000)
     work = Path(tempfile.mkdtemp(prefix="bench-uplink-", dir=REPO / "run" if (REPO / "run").is_dir() else None))
     broker, port = start_broker(work)
     try:
         sub = Counter(port)
-        r = asyncio.run(ours(port, work, steady_n, backlog_n))
+        if cpu is not None:  # broker and subscriber were started before: they keep every CPU
+            os.sched_setaffinity(0, {cpu})
+        try:
+            r = asyncio.run(ours(port, work, steady_n, backlog_n, args.window, sub))
+        finally:
+            os.sched_setaffinity(0, set(cpus))
         b = naive(port, work, 1000 if args.quick else 2000, 1000 if args.quick else 3000)
-        deadline = time.time() + 30
-        while len(sub.seqs) < r["total"] and time.time() < deadline:
+        deadline = time.time() + 60
+        while sub.count() < r["total"] and time.time() < deadline:
             time.sleep(0.1)
-        with sub.lock:
-            lost = sum(1 for s in range(1, r["total"] + 1) if s not in sub.seqs)
+        lost = sub.lost(r["total"])
         sub.stop()
         flash, _ = flash_per_hour(port, work, 10 if args.quick else 30)
     finally:
@@ -250,7 +334,8 @@ def main() -> None:
     print(json.dumps({
         "publish_msgs_per_s": round(r["publish"]), "drain_msgs_per_s": round(r["drain"]),
         "baseline_publish_msgs_per_s": round(b["publish"]), "baseline_drain_msgs_per_s": round(b["drain"]),
-        "lost": lost, "messages": r["total"], "backlog": backlog_n,
+        "lost": lost, "messages": r["total"], "backlog": backlog_n, "window": args.window,
+        "drain_cores": round(r["drain_cores"], 2), "pinned_cpu": cpu,
         "flash_bytes_per_hour": round(flash), "flash_readings_per_s": 1000, "window_s": 10,
         "queue_synchronous": "FULL", "cpus": os.cpu_count(),
     }))

@@ -130,6 +130,7 @@ def _dump_yaml(data, stream) -> None:
     y = YAML(typ="safe", pure=True)
     y.default_flow_style = False
     y.sort_base_mapping_type_on_output = False
+    y.width = 1 << 16  # a long path stays on its key's line, where a technician greps for it
     y.dump(data, stream)
 
 

@@ -110,20 +110,44 @@ class WindowSection:
 
 @dataclass(frozen=True)
 class DetectorSection:
-    ewma_alpha: float = 0.05
-    threshold: float = 4.0
-    warmup: int = 30
+    """Anomaly events from the detector ensemble (``edge_gateway/analytics/chain.py``).
+
+    ``threshold`` is the event threshold on the combined score in [0, 1] (default:
+    the NAB-tuned one); ``params`` overrides any ``DetectorSettings`` field by name
+    (e.g. ``range_hi``, ``flat_min_run``, ``nov_hold``).
+    """
+
+    threshold: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not 0 < self.ewma_alpha <= 1:
-            raise ValueError("ewma_alpha: must be in (0, 1]")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise ValueError("threshold: the combined score is in [0, 1]; give a value in (0, 1]")
+        if self.params:
+            from .analytics.chain import DetectorSettings
+
+            try:
+                DetectorSettings().with_overrides(self.overrides())
+            except ValueError as exc:
+                raise ValueError(f"params: {exc}") from None
+
+    def overrides(self) -> dict[str, str]:
+        """``params`` as the ``key=value`` strings ``DetectorSettings.with_overrides`` takes."""
+        out = {}
+        for k, v in self.params.items():
+            if isinstance(v, (list, tuple)):
+                out[k] = ",".join(repr(float(x)) for x in v)
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = repr(float(v))
+            else:
+                raise ValueError(f"params: {k}: expected a number or a list of numbers, got {v!r}")
+        return out
 
 
 @dataclass(frozen=True)
 class QueueSection:
     path: str = "queue.db"
     max_bytes: int = 64 * 1024 * 1024  # backlog bound (sum of payload bytes); see docs/uplink.md
-    commit_interval_s: float = 0.2
     max_age_s: float = 7 * 24 * 3600.0  # older unsent messages are dropped (counted); 0 = no limit
     high_water: float = 0.8  # above high_water * max_bytes, the oldest aggregates are rolled up
     rollup_factor: int = 10  # a rollup merges up to this many windows of one channel into one

@@ -16,7 +16,6 @@ import time
 from typing import Callable
 
 import msgpack
-import numpy as np
 
 from .config import GatewayConfig
 
@@ -34,8 +33,8 @@ class Gateway:
         import drivers
 
         from . import messages
-        from .analytics.engine import Engine, EngineSettings
         from .batcher import Batcher
+        from .pipeline import Pipeline
         from .queue import DurableQueue, QueueLimits
         from .supervisor import Supervisor
 
@@ -45,8 +44,7 @@ class Gateway:
         self.started = clock()
         self.topics = messages.Topics(cfg.gateway.topic_prefix, cfg.gateway.id)
         self.batcher = Batcher()
-        det = cfg.detector
-        self.engine = Engine(EngineSettings(cfg.windows.seconds, det.ewma_alpha, det.threshold, det.warmup))
+        self.pipeline = Pipeline(cfg, self.topics, self.batcher)
         self.queue = DurableQueue(cfg.queue_path, messages.encode, clock, QueueLimits.from_config(cfg.queue))
         self.router = None  # downlink commands (see _start_uplink, docs/uplink.md)
         self.supervisor = Supervisor(self._on_gap, clock=clock)
@@ -54,7 +52,6 @@ class Gateway:
             drivers.get(s.driver)(s.id, s.options, self.batcher.add, clock=clock) for s in cfg.sensors
         ]
         self._pending: list = []
-        self._last_arrival = np.zeros(0)
         self._stop = asyncio.Event()
         self.link = None
         self.forwarder = None
@@ -95,7 +92,7 @@ class Gateway:
         self._start_uplink()
         self.notify("STATUS=warming analytics kernels")
         t0 = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.warm)
+        await asyncio.get_running_loop().run_in_executor(None, self.pipeline.warm)
         log.info("kernels ready in %.2f s", time.perf_counter() - t0)
         for d in self.drivers:
             self.supervisor.start(d)
@@ -165,33 +162,9 @@ class Gateway:
         """Batch -> kernels -> messages -> one committed transaction."""
         from . import messages
 
-        cfg = self.cfg
-        gw = cfg.gateway.id
-        out: list = []
         batch = self.batcher.drain()
-        n_keys = len(self.batcher.keys)
-        if n_keys > self._last_arrival.shape[0]:
-            grown = np.full(n_keys, self.clock())
-            grown[: self._last_arrival.shape[0]] = self._last_arrival
-            self._last_arrival = grown
-        self.engine.ensure_channels(n_keys)
-        now = self.clock()
-        if len(batch):
-            self.counts["readings"] += len(batch)
-            rows, score = self.engine.process(batch.chan, batch.ts, batch.val)
-            out += messages.aggregates(rows, self.batcher.keys, cfg.windows.seconds, self.topics, gw)
-            self._last_arrival[np.unique(batch.chan)] = now
-            for i in np.nonzero(score > cfg.detector.threshold)[0]:
-                key = self.batcher.keys[int(batch.chan[i])]
-                out.append(messages.event(self.topics, gw, key.sensor, "anomaly", channel=key.channel,
-                                          unit=key.unit, detector="ewma_z", start=float(batch.ts[i]),
-                                          end=float(batch.ts[i]), peak_value=float(batch.val[i]),
-                                          peak_score=float(min(score[i], 1e9))))
-        idle = np.nonzero(self.engine.open_mask()
-                          & (now - self._last_arrival[:n_keys] >= cfg.windows.seconds + cfg.windows.grace_s))[0]
-        if idle.size:
-            out += messages.aggregates(self.engine.flush_channels(idle), self.batcher.keys,
-                                       cfg.windows.seconds, self.topics, gw)
+        self.counts["readings"] += len(batch)
+        out = self.pipeline.process(batch, self.clock())
         out += self._pending
         self._pending = []
         self._observe(batch, out)
@@ -207,24 +180,13 @@ class Gateway:
     # --- state -------------------------------------------------------------------------------
 
     async def _save_checkpoint(self) -> None:
-        st = self.engine.state()
-        blob = msgpack.packb({
-            "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys],
-            "arrays": {name: [a.shape, a.tobytes()] for name, a in st.items()},
-        })
-        await self.queue.save_checkpoint("analytics", blob)
+        await self.queue.save_checkpoint("analytics", self.pipeline.checkpoint())
 
     async def _restore_checkpoint(self) -> None:
         blob = await self.queue.load_checkpoint("analytics")
-        if not blob:
-            return
-        data = msgpack.unpackb(blob)
-        for sensor, channel, unit in data["keys"]:
-            self.batcher.index_of(sensor, channel, unit)
-        arrays = {name: np.frombuffer(raw, dtype=np.float64).reshape(shape).copy()
-                  for name, (shape, raw) in data["arrays"].items()}
-        self.engine.load_state(arrays)
-        log.info("restored analytics state of %d channels", len(data["keys"]))
+        if blob:
+            n = self.pipeline.restore(blob)
+            log.info("restored analytics state of %d channels", n)
 
     def snapshot(self) -> dict:
         fw = self.forwarder
@@ -310,23 +272,22 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     def set_parameter(self, name, value) -> dict:
-        """Downlink ``set``: change one detector parameter (a ``DetectorSection`` field) at run time."""
+        """Downlink ``set``: the event ``threshold`` or one detector parameter, at run time."""
         import dataclasses
 
-        from .config import DetectorSection
-
-        fields = {f.name: f.type for f in dataclasses.fields(DetectorSection)}
-        if not isinstance(name, str) or name not in fields:
-            raise ValueError(f"name: must be one of {', '.join(fields)}")
-        want_int = fields[name] in (int, "int")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (want_int and not isinstance(value, int)):
-            raise ValueError(f"value: {name} needs {'an integer' if want_int else 'a number'}")
-        det = dataclasses.replace(self.cfg.detector, **{name: value if want_int else float(value)})
+        if not isinstance(name, str) or not name:
+            raise ValueError("name: give the detector parameter to set")
+        if isinstance(value, bool) or not isinstance(value, (int, float, list)):
+            raise ValueError(f"value: {name} needs a number")
+        det = self.cfg.detector
+        if name == "threshold":
+            det = dataclasses.replace(det, threshold=float(value))
+        else:
+            det = dataclasses.replace(det, params={**det.params, name: value})
+        self.pipeline.set_detector(det)
         self.cfg = dataclasses.replace(self.cfg, detector=det)
-        self.engine.settings = dataclasses.replace(self.engine.settings, ewma_alpha=det.ewma_alpha,
-                                                   ewma_threshold=det.threshold, ewma_warmup=det.warmup)
         log.info("detector parameter %s set to %r (downlink)", name, value)
-        return {name: getattr(det, name)}
+        return {name: value}
 
     # --- operations: control socket, metrics, status, reload (see docs/operations.md) --------
 
@@ -444,9 +405,7 @@ class Gateway:
             order = {s.id: i for i, s in enumerate(new_cfg.sensors)}
             self.drivers.sort(key=lambda d: order.get(d.sensor_id, 0))
             if plan.detector_changed:
-                det = new_cfg.detector
-                self.engine.settings = dataclasses.replace(self.engine.settings, ewma_alpha=det.ewma_alpha,
-                                                           ewma_threshold=det.threshold, ewma_warmup=det.warmup)
+                self.pipeline.set_detector(new_cfg.detector)
             if new_cfg.log_level != self.cfg.log_level:
                 logging.getLogger().setLevel(new_cfg.log_level.upper())
             old_cfg, self.cfg = self.cfg, new_cfg

@@ -1,14 +1,14 @@
 """Moves committed messages from the durable queue to the broker, in order, with a bounded window.
 
-At most ``window`` messages are outstanding (published, not yet acknowledged).
-When the link drops, the outstanding ones stay with paho, which resends them on
-reconnect (paho 2.2 does, for the same client object, session or not);
-nothing new is published until the link is back, so paho's memory holds a
-bounded amount. The forwarder does not rely on that resend: on every link-up it
-asks the link which of its outstanding message ids paho still holds, and
-rewinds the cursor to the oldest one paho forgot, so no message stays
+At most ``window`` messages are outstanding (handed to the link, not yet
+acknowledged); the link (uplink.py) publishes them in order from its own network
+thread and keeps every un-acknowledged one, publishing them again, oldest first,
+on each reconnect before anything new, so first transmissions never go out of
+order. The forwarder does not rely on that alone: on every link-up it asks the
+link which of its outstanding tokens it still holds, and rewinds the cursor to
+the oldest one the link lost (none, unless it is a bug), so no message stays
 un-acknowledged in memory forever. A stall (connected, nothing acknowledged for
-``ack_timeout_s``) forces a reconnect, which makes paho resend.
+``ack_timeout_s``) forces a reconnect, which resends.
 
 Acknowledged messages are deleted from the queue in batched transactions. After
 a restart the cursor starts at zero, so what was sent but not acknowledged
@@ -53,7 +53,7 @@ class Forwarder:
         self.stats = ForwarderStats()
         self._cursor = 0
         self._sent_max = 0  # highest seq handed to paho by this process
-        self._inflight: dict[int, tuple[int, str, float]] = {}  # mid -> (seq, kind, sent at)
+        self._inflight: dict[int, tuple[int, str, float]] = {}  # link token -> (seq, kind, sent at)
         self._inflight_seqs: set[int] = set()
         self._acked: list[int] = []
         self._acked_set: set[int] = set()
@@ -82,12 +82,12 @@ class Forwarder:
         self._wake.set()
 
     def _reconcile(self) -> None:
-        """After a reconnect: whatever paho no longer holds is sent again from the queue."""
+        """After a reconnect: whatever the link no longer holds is sent again from the queue."""
         held = self.link.pending_mids()
         lost = [mid for mid in self._inflight if held is None or mid not in held]
         if lost:
             self._forget(lost)
-            log.warning("paho no longer holds %d un-acknowledged messages: resending from the queue", len(lost))
+            log.warning("the link no longer holds %d un-acknowledged messages: resending from the queue", len(lost))
 
     def _forget(self, mids: list[int]) -> None:
         seqs = [self._inflight.pop(mid)[0] for mid in mids]
@@ -180,22 +180,30 @@ class Forwarder:
                 if not rows or self._hold_until > loop.time():
                     break
                 now = loop.time()
+                items, metas = [], []
+                inflight_seqs, acked_set = self._inflight_seqs, self._acked_set
                 for row in rows:
-                    self._cursor = max(self._cursor, row.seq)
-                    if row.seq in self._inflight_seqs or row.seq in self._acked_set:
+                    if row.seq in inflight_seqs or row.seq in acked_set:
                         continue  # after a rewind: still outstanding, or acknowledged and being deleted
-                    try:
-                        mid = self.link.publish(row.topic, row.payload)
-                    except Exception as exc:  # never let the send loop die: retry this row shortly
-                        log.warning("publish of seq %d failed: %s; retrying", row.seq, exc)
-                        self._cursor = row.seq - 1
-                        self._hold_until = loop.time() + 0.2
-                        self._wake.set()
-                        break
-                    self._inflight[mid] = (row.seq, row.kind, now)
-                    self._inflight_seqs.add(row.seq)
-                    self._sent_max = max(self._sent_max, row.seq)
-                    self.stats.published += 1
+                    items.append((row.topic, row.payload))
+                    metas.append((row.seq, row.kind))
+                self._cursor = max(self._cursor, rows[-1].seq)
+                if not items:
+                    continue
+                try:
+                    tokens = self.link.publish_many(items)
+                except Exception as exc:  # never let the send loop die: retry these rows shortly
+                    log.warning("publish of seq %d.. failed: %s; retrying", metas[0][0], exc)
+                    self._cursor = metas[0][0] - 1
+                    self._hold_until = loop.time() + 0.2
+                    self._wake.set()
+                    break
+                inflight = self._inflight
+                for token, (seq, kind) in zip(tokens, metas):
+                    inflight[token] = (seq, kind, now)
+                    inflight_seqs.add(seq)
+                self._sent_max = max(self._sent_max, metas[-1][0])
+                self.stats.published += len(items)
 
     async def _ack_loop(self) -> None:
         while True:

@@ -1,18 +1,36 @@
 """The only module that talks to paho-mqtt: connect, publish, subscribe, report acks to asyncio.
 
-The network loop runs on a thread of ours (not ``loop_start``), so that
-reconnects back off exponentially *with jitter* (paho's own backoff has none:
-a street of gateways behind one failed uplink would reconnect in lockstep),
-credentials are read from the secrets file at each connect (never held in
-config objects), and TLS/connection errors reach the log and the status.
+One thread of ours owns the paho client and is the *only* thread that calls it.
+It drives paho through its external-loop API (``socket()``, ``loop_read()``,
+``loop_write()``, ``loop_misc()``; not ``loop_start``), so that:
 
-Every callback is handed to the event loop with ``call_soon_threadsafe``.
+- reconnects back off exponentially *with jitter* (paho's own backoff has none:
+  a street of gateways behind one failed uplink would reconnect in lockstep),
+  credentials are read from the secrets file at each connect (never held in
+  config objects), and TLS/connection errors reach the log and the status;
+- messages leave in the order they were handed over, across reconnects. paho 2.2
+  is not safe for that when ``publish()`` is called from another thread: without
+  ``loop_start`` its ``publish()`` writes to the socket from the caller's thread
+  (two threads then pop paho's unlocked packet deque), and a publish made while
+  it reconnects (after ``connect()``, before or during the CONNACK) goes out at
+  once, ahead of the un-acknowledged messages paho resends only at the CONNACK.
+  Both reorder first transmissions (docs/uplink.md, "Order").
+
+:meth:`MqttLink.publish` (any thread) only queues the message and returns a
+*token*; the network thread publishes queued messages only while the session
+is up (after the CONNACK), in order, in bursts, and writes the packets once per
+burst. Every message not yet acknowledged stays in the link's own table (token
+order); on each CONNACK the link takes paho's copies back
+(``drop_out_messages()``, meant for use in ``on_connect``) and publishes them
+again itself, oldest first, before anything new, so what paho did or did not
+keep no longer matters. Nothing of it survives the process: the forwarder
+resends from the durable queue after a restart.
+
 Acknowledgements are tracked through ``on_publish`` only (see
-/work/shared/RELIABILITY.md: ``publish()`` returns NO_CONN for messages paho
-still queues and resends). paho 2.2 keeps un-acknowledged QoS 1 messages in
-memory and resends them on *every* reconnect of the same client object, whether
-or not the broker kept the session (MQTT 5 and 3.1.1 alike);
-:meth:`MqttLink.pending_mids` lets the forwarder check that instead of trusting it.
+/work/shared/RELIABILITY.md) and handed to the event loop in bursts (one
+``call_soon_threadsafe`` per loop pass). paho's in-flight limit is off
+(``max_inflight_messages_set(0)``: with a limit, paho scans its whole outgoing
+table on every PUBACK); the forwarder bounds what is outstanding.
 
 The status topic carries a retained birth ``online`` and a retained last will ``offline``.
 """
@@ -20,16 +38,21 @@ The status topic carries a retained birth ``online`` and a retained last will ``
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
+import select
+import socket
 import ssl
 import threading
+from collections import deque
 from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from .config import BrokerSection
 
@@ -38,10 +61,39 @@ log = logging.getLogger(__name__)
 # MQTT 5 PUBACK reason codes that a resend can never fix (the message itself is refused).
 PERMANENT_REJECTS = frozenset({0x90, 0x95, 0x99})  # topic name invalid, packet too large, payload format invalid
 
+_OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+
 
 def backoff_delay(attempt: int, lo: float, hi: float, rand: Callable[[], float] = random.random) -> float:
     """Exponential backoff with jitter: ``min(hi, lo * 2**attempt)`` scaled by a random 0.5..1."""
     return min(hi, lo * (2 ** min(attempt, 30))) * (0.5 + 0.5 * rand())
+
+
+class _Client(mqtt.Client):
+    """paho's client with one shortcut: a successful PUBACK without properties (reason code below
+    0x80, no property bytes) reuses one ReasonCode and one empty Properties object per reason code
+    instead of building new ones per packet (paho 2.2 fills two dozen-entry dicts for each: about a
+    third of the network thread's time in a drain). Anything else (failure reason codes, properties,
+    PUBCOMP) goes through paho unchanged; paho still owns the connection, the session and its
+    outgoing table, and calls ``on_publish`` as usual."""
+
+    _NO_PROPS = Properties(PacketTypes.PUBACK)
+    _REASONS: dict[int, ReasonCode] = {}
+
+    def _handle_pubackcomp(self, cmd):  # noqa: ANN001 - paho 2.2 internal hook
+        packet = self._in_packet["packet"]
+        n = len(packet)
+        if cmd != "PUBACK" or n > 4 or n < 2 or (n >= 3 and packet[2] >= 0x80) or (n == 4 and packet[3]):
+            return super()._handle_pubackcomp(cmd)
+        code = packet[2] if n >= 3 else 0
+        reason = self._REASONS.get(code)
+        if reason is None:
+            reason = self._REASONS[code] = ReasonCode(PacketTypes.PUBACK, identifier=code)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            if mid in self._out_messages:
+                return self._do_on_publish(mid, reason, self._NO_PROPS)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 class MqttLink:
@@ -66,26 +118,43 @@ class MqttLink:
         self._stopping = threading.Event()
         self._tls_ready = False
         self._attempt = 0
-        self._acks: list[tuple[int, int]] = []
-        self._acks_lock = threading.Lock()
+        self._tokens = itertools.count(1)
+        # handed over by publish(), not yet given to paho: (token, topic, payload, retain); any thread appends
+        self._submitted: deque[tuple[int, str, bytes, bool]] = deque()
+        # given to paho, not acknowledged: token -> (topic, payload, retain), in publish order (network thread)
+        self._unacked: dict[int, tuple[str, bytes, bool]] = {}
+        self._mid_token: dict[int, int] = {}  # paho mid -> token, for the current connection
+        self._acks: list[tuple[int, int]] = []  # (token, reason) acknowledged, not yet on the event loop
+        self._lock = threading.Lock()  # guards _unacked/_acks against pending_mids() from other threads
+        self._acks_posted = False
+        self._calls: deque[Callable[[], None]] = deque()  # run on the network thread (kick, stop)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._woken = False
         self.connected = False
         self.last_error = ""
         self.connects = 0
         self.disconnects = 0
         self._v5 = cfg.protocol == "5"
-        self.client = mqtt.Client(
+        self.client = _Client(
             CallbackAPIVersion.VERSION2, client_id=client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
             clean_session=None if self._v5 else False,
         )
-        self.client.max_inflight_messages_set(cfg.max_inflight)
+        self.client.max_inflight_messages_set(0)  # unlimited: the forwarder bounds what is outstanding
         self.client.max_queued_messages_set(0)
         self.client.will_set(status_topic, will, qos=1, retain=True)
         self.client.on_connect = self._cb_connect
         self.client.on_disconnect = self._cb_disconnect
         self.client.on_publish = self._cb_publish
         self.client.on_message = self._cb_message
-        self.client.on_log = self._cb_log
+        # paho formats every debug line when on_log is set; a logger that only passes errors costs
+        # one level check per line instead (errors reach the log and the status as before)
+        self.client.enable_logger(_PahoErrors(self._error))
+        # With a write-interest callback set, paho queues packets instead of writing each one at once;
+        # the network thread writes them after every burst (loop_write).
+        self.client.on_socket_register_write = lambda client, userdata, sock: None
         self.client.suppress_exceptions = True
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -120,25 +189,115 @@ class MqttLink:
         self.client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, **kwargs)
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        try:
+            while not self._stopping.is_set():
+                self._run_calls()
+                try:
+                    self._prepare()
+                    self._connect()
+                except Exception as exc:  # OSError, ssl.SSLError, SecretsError, bad cert files...
+                    self._error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {exc}")
+                else:
+                    self._serve()
+                    if self._stopping.is_set():
+                        break  # the disconnect() queued by stop() runs below
+                    if self.connected:  # paho did not report it (e.g. a refused CONNACK)
+                        self._cb_disconnect(self.client, None, None, "connection lost", None)
+                self._flush_acks()
+                if self._stopping.is_set():
+                    break
+                delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+                self._attempt += 1
+                log.debug("reconnecting in %.2f s (attempt %d)", delay, self._attempt)
+                self._stopping.wait(delay)
+        finally:  # a disconnect() queued by stop(): write it, so that the broker does not fire the will
+            self._run_calls()
             try:
-                self._prepare()
-                self._connect()
-            except Exception as exc:  # OSError, ssl.SSLError, SecretsError, bad cert files...
-                self._error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {exc}")
-            else:
-                while not self._stopping.is_set():
-                    rc = self.client.loop(timeout=0.5)
-                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        break
-                if self.connected:  # paho did not report it (e.g. a refused CONNACK)
-                    self._cb_disconnect(self.client, None, None, "connection lost", None)
-            if self._stopping.is_set():
-                break
-            delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
-            self._attempt += 1
-            log.debug("reconnecting in %.2f s (attempt %d)", delay, self._attempt)
-            self._stopping.wait(delay)
+                if self.client.socket() is not None and self.client.want_write():
+                    self.client.loop_write()
+            except Exception:  # noqa: BLE001
+                pass
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _serve(self) -> None:
+        """One connection: select on paho's socket and our wake-up pipe until it ends."""
+        c = self.client
+        wake = self._wake_r
+        while not self._stopping.is_set():
+            self._run_calls()
+            if self.connected and self._submitted:
+                self._publish_submitted()
+            sock = c.socket()
+            if sock is None:
+                return
+            if c.want_write():
+                if c.loop_write() != _OK or c.socket() is None:
+                    return
+            pending = sock.pending() if hasattr(sock, "pending") else 0
+            try:
+                r, w, _ = select.select([sock, wake], [sock] if c.want_write() else [], [],
+                                        0.0 if pending else 0.5)
+            except (OSError, ValueError, TypeError):
+                return
+            if wake in r:
+                self._woken = False
+                try:
+                    wake.recv(4096)
+                except BlockingIOError:
+                    pass
+            if sock in r or pending:
+                if c.loop_read() != _OK or c.socket() is None:
+                    return
+                self._flush_acks()
+            if sock in w:
+                if c.loop_write() != _OK or c.socket() is None:
+                    return
+            if c.loop_misc() != _OK:
+                return
+
+    def _wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            try:
+                self._wake_w.send(b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            fn = self._calls.popleft()
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a failed disconnect must not end the network thread
+                log.exception("mqtt: call on the network thread failed")
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the network thread (the only thread that touches paho once started)."""
+        if self._thread is None or not self._thread.is_alive():
+            fn()
+            return
+        self._calls.append(fn)
+        self._wake()
+
+    def _publish_submitted(self) -> None:
+        """Network thread, session up: give queued messages to paho, oldest first, then write them."""
+        c = self.client
+        sub = self._submitted
+        unacked = self._unacked
+        mid_token = self._mid_token
+        queued = c._out_packet  # noqa: SLF001 - paho's packet deque, see _coalesce
+        before = len(queued)
+        with self._lock:
+            while sub:
+                token, topic, payload, retain = sub.popleft()
+                info = c.publish(topic, payload, qos=1, retain=retain)
+                unacked[token] = (topic, payload, retain)
+                mid_token[info.mid] = token
+                if info.rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):  # e.g. payload too large
+                    log.error("publish refused by paho: %s", mqtt.error_string(info.rc))
+        _coalesce(queued, before)
+        c.loop_write()
 
     def _error(self, text: str) -> None:
         if text != self.last_error:
@@ -146,43 +305,53 @@ class MqttLink:
         self.last_error = text
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
-        """Queue a QoS 1 publish; return its message id (the ack arrives via ``on_ack``)."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            raise RuntimeError(f"publish refused: {mqtt.error_string(info.rc)}")
-        return info.mid
+        """Queue a QoS 1 publish (any thread); return its token (the ack arrives via ``on_ack``).
+
+        Sent in the order of the calls, while the session is up; kept and sent again on every
+        reconnect until the broker acknowledges it (or the process ends)."""
+        token = next(self._tokens)
+        self._submitted.append((token, topic, bytes(payload), retain))
+        self._wake()
+        return token
+
+    def publish_many(self, items: list[tuple[str, bytes]]) -> list[int]:
+        """:meth:`publish` for a burst (not retained), one wake-up of the network thread."""
+        tokens = []
+        sub = self._submitted
+        for topic, payload in items:
+            token = next(self._tokens)
+            sub.append((token, topic, payload, False))
+            tokens.append(token)
+        self._wake()
+        return tokens
 
     def pending_mids(self) -> set[int] | None:
-        """Message ids paho still holds (and will resend on reconnect); None if it cannot tell."""
-        try:
-            with self.client._out_message_mutex:  # noqa: SLF001 - the one place that looks inside paho
-                held = set(self.client._out_messages)  # noqa: SLF001
-                with self._acks_lock:  # acknowledged, not yet handed to the event loop: not lost
-                    held.update(mid for mid, _ in self._acks)
-                return held
-        except AttributeError:
-            return None
+        """Tokens of messages not yet acknowledged to the event loop (the link keeps them all)."""
+        with self._lock:
+            held = set(self._unacked)
+            held.update(t for t, _ in self._acks)
+            held.update(t for t, _, _, _ in list(self._submitted))
+        return held
 
     def kick(self) -> None:
-        """Drop the connection so that it reconnects and paho resends what is un-acknowledged."""
+        """Drop the connection so that it reconnects and sends the un-acknowledged again."""
         log.warning("forcing a reconnect (acknowledgements stalled)")
-        self.client.disconnect()
+        self._call(self.client.disconnect)
 
     async def stop(self, offline_payload: bytes | None = None, timeout: float = 2.0) -> None:
         """Publish ``offline`` (a clean disconnect does not fire the will) and disconnect."""
         loop = asyncio.get_running_loop()
         if offline_payload is not None and self.connected:
-            info = self.client.publish(self.status_topic, offline_payload, qos=1, retain=True)
+            token = self.publish(self.status_topic, offline_payload, retain=True)
             deadline = loop.time() + timeout
             while self.connected and loop.time() < deadline:
-                try:
-                    if info.is_published():
-                        break
-                except RuntimeError:
+                with self._lock:
+                    done = token not in self._unacked and all(t != token for t, _, _, _ in self._submitted)
+                if done:
                     break
                 await asyncio.sleep(0.01)
+        self._call(self.client.disconnect)  # queued before stopping: the thread runs it on its way out
         self._stopping.set()
-        self.client.disconnect()
         if self._thread is not None:
             await loop.run_in_executor(None, self._thread.join, 5.0)
 
@@ -204,11 +373,18 @@ class MqttLink:
         self.connects += 1
         self._attempt = 0
         self.last_error = ""
+        # Take the resend over from paho (before its own resend, which runs after this callback):
+        # every message not acknowledged goes again, oldest first, before anything new.
+        client.drop_out_messages()
         client.publish(self.status_topic, self._birth(), qos=1, retain=True)
+        with self._lock:
+            self._mid_token.clear()
+            for token, (topic, payload, retain) in self._unacked.items():
+                self._mid_token[client.publish(topic, payload, qos=1, retain=retain).mid] = token
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
-        log.info("connected to %s:%d (session present: %s)", self.cfg.host, self.cfg.port,
-                 flags.session_present)
+        log.info("connected to %s:%d (session present: %s, resending %d)", self.cfg.host, self.cfg.port,
+                 flags.session_present, len(self._unacked))
         self._post(self._on_state, True)
 
     def _cb_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -221,23 +397,64 @@ class MqttLink:
             self._post(self._on_state, False)
 
     def _cb_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        rc = getattr(reason_code, "value", 0) if getattr(reason_code, "is_failure", False) else 0
-        with self._acks_lock:  # acks are handed over in bursts: one loop wake-up per burst
-            self._acks.append((mid, rc))
-            if len(self._acks) > 1:
-                return
-        self._post(self._deliver_acks)
+        token = self._mid_token.pop(mid, None)
+        if token is None:  # the birth message
+            return
+        rc = reason_code.value if reason_code.is_failure else 0
+        with self._lock:
+            self._unacked.pop(token, None)
+            self._acks.append((token, rc))
+
+    def _flush_acks(self) -> None:
+        """Network thread: hand the acknowledgements of this pass to the event loop in one call."""
+        if self._acks and not self._acks_posted:
+            self._acks_posted = True
+            self._post(self._deliver_acks)
 
     def _deliver_acks(self) -> None:
-        with self._acks_lock:
+        with self._lock:
             acks, self._acks = self._acks, []
-        for mid, rc in acks:
-            self._on_ack(mid, rc)
+            self._acks_posted = False
+        on_ack = self._on_ack
+        for token, rc in acks:
+            on_ack(token, rc)
 
     def _cb_message(self, client, userdata, msg) -> None:
         if self._on_message is not None:
             self._post(self._on_message, msg.topic, bytes(msg.payload))
 
-    def _cb_log(self, client, userdata, level, buf) -> None:
-        if level == mqtt.MQTT_LOG_ERR:
-            self._error(f"mqtt: {buf}")
+
+
+def _coalesce(queued: deque, start: int) -> None:
+    """Merge the QoS 1 PUBLISH packets paho just queued (``queued[start:]``) into one write.
+
+    paho 2.2 writes each queued packet with its own ``send()``; for a burst that is one system call
+    per message. Its writer does nothing per packet for QoS 1 PUBLISH once written (acks come with
+    PUBACK), so the same bytes as one entry go out identically, in one call. Only packets that were
+    queued by our own publish() calls just now, untouched (pos 0), are merged; otherwise nothing."""
+    n = len(queued) - start
+    if n < 2:
+        return
+    tail = [queued[i] for i in range(start, len(queued))]
+    for p in tail:
+        if (p.get("command", 0) & 0xF0) != 0x30 or p.get("qos") != 1 or p.get("pos") != 0:
+            return
+    buf = bytearray().join(p["packet"] for p in tail)
+    for _ in range(n):
+        queued.pop()
+    queued.append({**tail[-1], "pos": 0, "to_process": len(buf), "packet": buf})
+
+
+class _PahoErrors(logging.Logger):
+    """paho's logger for one link: only errors, handed to ``MqttLink._error`` (not registered globally)."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        super().__init__("edge_gateway.uplink.paho", logging.ERROR)
+        self.propagate = False
+        self._report = report
+
+    def handle(self, record: logging.LogRecord) -> None:
+        try:
+            self._report(f"mqtt: {record.getMessage()}")
+        except Exception:  # noqa: BLE001 - a log line must never break the network thread
+            pass

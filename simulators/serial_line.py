@@ -39,11 +39,26 @@ def format_line(fmt: str, names: list[str], values: list[float], ts: float | Non
     return (",".join(pairs) + "\n").encode()
 
 
+def parse_spike(text: str) -> tuple[int, str, float]:
+    """``K:CHANNEL:MAGNITUDE`` (sample index, channel name, value added)."""
+    k, channel, magnitude = text.split(":")
+    if channel not in {c.name for c in DEFAULT_CHANNELS}:
+        raise ValueError(f"unknown channel {channel!r}")
+    return int(k), channel, float(magnitude)
+
+
 def scenario_lines(seed: int, t0: float, interval_s: float, count: int, fmt: str = "kv",
-                   timestamps: bool = False, start: int = 0):
-    """The exact lines the simulator writes for samples ``start .. start+count-1``."""
+                   timestamps: bool = False, start: int = 0, spikes: tuple = ()):
+    """The exact lines the simulator writes for samples ``start .. start+count-1``.
+
+    ``spikes`` holds ``(sample, channel, magnitude)`` faults added to the clean signal.
+    """
     cols = [channel_values(c, seed, t0, interval_s, count, start) for c in DEFAULT_CHANNELS]
     names = [c.name for c in DEFAULT_CHANNELS]
+    for k, channel, magnitude in spikes:
+        if start <= k < start + count:
+            col = cols[names.index(channel)]
+            col[k - start] = round(col[k - start] + magnitude, 6)
     for i in range(count):
         ts = round(t0 + (start + i) * interval_s, 6) if timestamps else None
         yield format_line(fmt, names, [float(c[i]) for c in cols], ts)
@@ -59,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--t0", type=float, default=None, help="simulated start time (default: now)")
     ap.add_argument("--link", help="make this path a symlink to the pty")
     ap.add_argument("--batch", type=int, default=1, help="lines per write")
+    ap.add_argument("--spike", type=parse_spike, action="append", default=[], metavar="K:CHANNEL:MAG",
+                    help="add MAG to CHANNEL at sample K (repeatable)")
     ap.add_argument("--wait-open", action="store_true",
                     help="start writing only once a reader has opened the port")
     args = ap.parse_args(argv)
@@ -74,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not args.count or k < args.count:
             n = chunk if not args.count else min(chunk, args.count - k)
-            port.write(b"".join(scenario_lines(args.seed, t0, interval, n, args.format, args.timestamps, k)))
+            port.write(b"".join(scenario_lines(args.seed, t0, interval, n, args.format, args.timestamps, k,
+                                                    tuple(args.spike))))
             k += n
             delay = started + k * interval - time.monotonic()
             if delay > 0:

@@ -128,9 +128,9 @@ def test_commands_through_the_broker(broker, tmp_path):
         assert rep["ok"] and rep["result"]["gateway"] == "cmd-gw"
         up = rep["result"]["uplink"]
         assert up["backlog"] == 0 and up["oldest_age_s"] is None and up["queue_full"] is False
-        rep = cmd.call("set", msgpack.packb({"id": 3, "args": {"name": "threshold", "value": 6}}))
-        assert rep == {"id": 3, "ok": True, "result": {"threshold": 6.0}}
-        for bad in ({"id": 4, "args": {"name": "warmup", "value": 1.5}},
+        rep = cmd.call("set", msgpack.packb({"id": 3, "args": {"name": "threshold", "value": 0.7}}))
+        assert rep == {"id": 3, "ok": True, "result": {"threshold": 0.7}}
+        for bad in ({"id": 4, "args": {"name": "threshold", "value": 1.5}},
                     {"id": 5, "args": {"name": "ewma_alpha", "value": 7.0}},
                     {"id": 6, "args": {"name": "nonsense", "value": 1}}):
             rep = cmd.call("set", msgpack.packb(bad))
@@ -143,4 +143,4 @@ def test_commands_through_the_broker(broker, tmp_path):
         if cmd:
             cmd.stop()
         assert gw.stop() == 0
-    assert "threshold set to 6" in gw.log_text()
+    assert "threshold set to 0.7" in gw.log_text()

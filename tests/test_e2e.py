@@ -8,30 +8,38 @@ import textwrap
 import numpy as np
 
 from drivers.serial_line import LineDecoder
-from edge_gateway.analytics import ewma
+from edge_gateway.analytics.chain import Detector
+from edge_gateway.config import DetectorSection
+from edge_gateway.pipeline import detector_settings
 from simulators.serial_line import scenario_lines
 from support import GatewayProcess, Process, Subscriber, wait_for
 
 SEED, T0, RATE, COUNT, WINDOW = 7, 1_700_000_000.0, 100.0, 500, 1.0
-THRESHOLD, ALPHA, WARMUP = 3.0, 0.1, 20
+SPIKES = ((260, "pm25", 60.0), (420, "noise_db", -30.0))
+THRESHOLD = 0.9
+WEIGHTS = (0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0)  # robust z-score and the guards: 500 samples is no NAB warm-up
 
 
 def expected_from_scenario():
-    """Aggregates and anomaly flags recomputed from the simulator's own scenario, without the gateway."""
+    """Aggregates and anomaly events recomputed from the simulator's own scenario, without the gateway.
+
+    The detector runs in this process over all readings at once; the gateway sees
+    them in many small batches: the kernels are streaming, so events must be equal.
+    """
     dec = LineDecoder(timestamp_field="ts")
-    samples = [s for line in scenario_lines(SEED, T0, 1 / RATE, COUNT, timestamps=True) for s in dec.feed(line)[0]]
-    aggs, events = {}, {}
-    for name in ("pm25", "pm10", "noise_db"):
-        pts = [(ts, v) for ch, v, ts in samples if ch == name]
+    samples = [s for line in scenario_lines(SEED, T0, 1 / RATE, COUNT, timestamps=True, spikes=SPIKES) for s in dec.feed(line)[0]]
+    aggs = {}
+    names = ("pm25", "pm10", "noise_db")
+    for name in names:
         by_window: dict[float, list[float]] = {}
-        for ts, v in pts:
-            by_window.setdefault(math.floor(ts / WINDOW) * WINDOW, []).append(v)
+        for ch, v, ts in samples:
+            if ch == name:
+                by_window.setdefault(math.floor(ts / WINDOW) * WINDOW, []).append(v)
         aggs[name] = by_window
-        vals = np.array([v for _, v in pts])
-        score = np.empty(len(vals))
-        ewma.ewma_zscore.py_func(np.zeros(len(vals), dtype=np.int64), vals, ALPHA, float(WARMUP),
-                                 ewma.new_state(1), score)
-        events[name] = [pts[i] for i in np.nonzero(score > THRESHOLD)[0]]
+    det = Detector(detector_settings(DetectorSection(threshold=THRESHOLD, params={"weights": list(WEIGHTS)})))
+    chan = np.array([names.index(ch) for ch, _, _ in samples], dtype=np.int64)
+    _, found = det.process(chan, np.array([ts for *_, ts in samples]), np.array([v for _, v, _ in samples]))
+    events = [(names[e["channel"]], e["start"], e["end"], e["peak_value"], e["detector"]) for e in found]
     return aggs, events
 
 
@@ -47,18 +55,20 @@ def test_serial_reading_reaches_broker_exactly(broker, tmp_path):
             driver: serial_line
             options: {{port: {link}, format: kv, timestamp_field: ts, units: {{pm25: ug/m3}}}}
         windows: {{seconds: {WINDOW}, grace_s: 0.5}}
-        detector: {{ewma_alpha: {ALPHA}, threshold: {THRESHOLD}, warmup: {WARMUP}}}
+        detector: {{threshold: {THRESHOLD}, params: {{weights: {list(WEIGHTS)}}}}}
         """))
     gw = GatewayProcess(cfg, tmp_path / "gateway.log").start()
     sim = None
     try:
         gw.wait_ready()
         sim = Process(["-m", "simulators.serial_line", "--seed", str(SEED), "--rate", str(RATE), "--count",
-                       str(COUNT), "--timestamps", "--t0", str(T0), "--link", str(link), "--batch", "10", "--wait-open"])
+                       str(COUNT), "--timestamps", "--t0", str(T0), "--link", str(link), "--batch", "10", "--wait-open",
+                       *[f"--spike={k}:{ch}:{m}" for k, ch, m in SPIKES]])
         assert sim.first_line == str(link)
         expected_aggs, expected_events = expected_from_scenario()
         n_aggs = sum(len(w) for w in expected_aggs.values())
-        n_events = sum(len(e) for e in expected_events.values())
+        n_events = len(expected_events)
+        assert [(ch, v) for ch, _, _, v, _ in sorted(expected_events)] == [("noise_db", 14.0), ("pm25", 70.1)]
         assert n_aggs == 15
         wait_for(lambda: len(sub.of("agg")) >= n_aggs and len(sub.of("event")) >= n_events, 30,
                  what=f"{n_aggs} aggregates: {gw.log_text()[-2000:]}")
@@ -88,8 +98,8 @@ def test_serial_reading_reaches_broker_exactly(broker, tmp_path):
 
     events = sub.of("event")
     assert {e["type"] for e in events} <= {"anomaly"}
-    assert sorted((e["channel"], e["start"], e["peak_value"]) for e in events) == sorted(
-        (ch, ts, v) for ch, pts in expected_events.items() for ts, v in pts)
+    assert sorted((e["channel"], e["start"], e["end"], e["peak_value"], e["detector"]) for e in events) == sorted(
+        expected_events)
 
     seqs = [m.data["seq"] for m in sub.snapshot() if "/agg/" in m.topic or "/event/" in m.topic]
     assert sorted(set(seqs)) == list(range(1, n_aggs + n_events + 1))

@@ -24,7 +24,7 @@ def test_plan_sensors_broker_detector():
     new = config.loads(BASE.replace("ttyUSB1", "ttyACM0").replace("  - {id: c, driver: serial_line, options: "
                                                                   "{port: /dev/ttyUSB2}}\n", "")
                        + "  - {id: d, driver: serial_line, options: {port: /dev/ttyUSB3}}\n"
-                       + "detector: {threshold: 6}\n")
+                       + "detector: {threshold: 0.6}\n")
     p = reload.plan(old, new)
     assert p.ok and p.changed
     assert p.keep == ("a",) and p.stop == ("c", "b") and p.start == ("b", "d")
@@ -81,7 +81,7 @@ def test_sighup_valid_then_invalid_config(tmp_path, broker):
 
         # an invalid config: refused, the old one keeps running, the reason is on the status topic
         good_text = cfg.read_text()
-        cfg.write_text(good_text.replace("detector: {threshold: 6.5}", "detector: {treshold: 6.5}"))
+        cfg.write_text(good_text.replace("detector: {threshold: 0.65}", "detector: {treshold: 0.65}"))
         gw.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: status_json(sock)["reload"]["failed"] == 1, 20, 0.1, "reload refused")
         s = status_json(sock)
@@ -103,7 +103,7 @@ def test_sighup_valid_then_invalid_config(tmp_path, broker):
 
 def _add_sensor(text: str, dead_port: int, port: int, link) -> str:
     text = text.replace(f"port: {dead_port}", f"port: {port}")
-    text = text.replace("sensors:\n", "detector: {threshold: 6.5}\nsensors:\n")
+    text = text.replace("sensors:\n", "detector: {threshold: 0.65}\nsensors:\n")
     return text + f"  - id: air-2\n    driver: serial_line\n    options: {{port: {link}, format: kv}}\n"
 
 

@@ -33,6 +33,8 @@ class TcpProxy:
         self.pairs: dict[socket.socket, socket.socket] = {}
         self.forwarding = True
         self.accepted = 0
+        self.sent: list[tuple[int, str, int, bool]] = []  # PUBLISHes gateway -> broker: (conn, topic, seq, dup)
+        self._taps: dict[socket.socket, _PublishTap] = {}
         self._lock = threading.Lock()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
@@ -66,6 +68,7 @@ class TcpProxy:
         for s in (client, upstream):
             s.setblocking(False)
         self.pairs[client], self.pairs[upstream] = upstream, client
+        self._taps[client] = _PublishTap(self.accepted, self.sent)
         self.sel.register(client, selectors.EVENT_READ, "c")
         self.sel.register(upstream, selectors.EVENT_READ, "u")
 
@@ -82,6 +85,9 @@ class TcpProxy:
         if not data:
             self._close_pair(s)
             return
+        tap = self._taps.get(s)
+        if tap is not None:
+            tap.feed(data)
         try:
             other.setblocking(True)
             other.sendall(data)
@@ -95,6 +101,7 @@ class TcpProxy:
             if x is None:
                 continue
             self.pairs.pop(x, None)
+            self._taps.pop(x, None)
             try:
                 self.sel.unregister(x)
             except (KeyError, ValueError):
@@ -138,6 +145,75 @@ class TcpProxy:
         self.listener.close()
 
 
+class _PublishTap:
+    """Parses the gateway -> broker byte stream of one connection and records its PUBLISH packets."""
+
+    def __init__(self, conn: int, out: list) -> None:
+        self.conn, self.out, self.buf, self.v5 = conn, out, bytearray(), True
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= 2:
+            n, mult, i = 0, 1, 1
+            while True:
+                if i >= len(self.buf):
+                    return
+                b = self.buf[i]
+                n += (b & 0x7F) * mult
+                mult *= 128
+                i += 1
+                if not b & 0x80:
+                    break
+            if len(self.buf) < i + n:
+                return
+            first, body = self.buf[0], bytes(self.buf[i:i + n])
+            del self.buf[:i + n]
+            try:
+                self._packet(first, body)
+            except Exception:  # noqa: BLE001 - a diagnostic only
+                pass
+
+    def _packet(self, first: int, body: bytes) -> None:
+        kind = first >> 4
+        if kind == 1:  # CONNECT: protocol level tells whether PUBLISH carries properties
+            name_len = int.from_bytes(body[:2], "big")
+            self.v5 = body[2 + name_len] == 5
+        if kind != 3:
+            return
+        qos = (first >> 1) & 3
+        tlen = int.from_bytes(body[:2], "big")
+        topic = body[2:2 + tlen].decode()
+        pos = 2 + tlen + (2 if qos else 0)
+        if self.v5:
+            plen, mult = 0, 1
+            while True:
+                b = body[pos]
+                pos += 1
+                plen += (b & 0x7F) * mult
+                mult *= 128
+                if not b & 0x80:
+                    break
+            pos += plen
+        if "/agg/" in topic or "/event/" in topic:
+            from edge_gateway.messages import decode
+            self.out.append((self.conn, topic, int(decode(body[pos:])["seq"]), bool(first & 0x08)))
+
+
+def sent_order_report(proxy: TcpProxy) -> list[tuple[int, str, int, int]]:
+    """First transmissions the gateway sent out of order per topic: (connection, topic, after seq, seq)."""
+    seen: set[int] = set()
+    last: dict[str, int] = {}
+    bad = []
+    for conn, topic, seq, _dup in list(proxy.sent):
+        if seq in seen:
+            continue
+        seen.add(seq)
+        if seq < last.get(topic, 0):
+            bad.append((conn, topic, last[topic], seq))
+        last[topic] = max(seq, last.get(topic, 0))
+    return bad
+
+
 def gateway_config(tmp_path: Path, port: int, gw_id: str, *, broker_extra: str = "", queue: str = "",
                    sensors: str = "", window: float = 0.2, keepalive: int = 2) -> Path:
     """A gateway config with a serial_line sensor at ``tmp_path/air-1.tty`` (unless ``sensors`` given)."""
@@ -153,7 +229,7 @@ def gateway_config(tmp_path: Path, port: int, gw_id: str, *, broker_extra: str =
         broker: {{host: 127.0.0.1, port: {port}, keepalive_s: {keepalive}, reconnect_min_s: 0.1,
                   reconnect_max_s: 0.8{", " + broker_extra if broker_extra else ""}}}
         windows: {{seconds: {window}, grace_s: 0.2}}
-        detector: {{ewma_alpha: 0.1, threshold: 3.0, warmup: 20}}
+        detector: {{threshold: 0.5}}
         """) + (f"queue: {{{queue}}}\n" if queue else "") + textwrap.dedent(sensors) + "\n")
     return cfg
 
@@ -226,5 +302,5 @@ def tls_listener(port: int, certs: dict[str, Path]) -> str:
                       "require_certificate true", "use_identity_as_username true"])
 
 
-__all__ = ["TcpProxy", "gateway_config", "simulator_args", "committed_last_seq", "seq_report", "make_certs",
+__all__ = ["TcpProxy", "sent_order_report", "gateway_config", "simulator_args", "committed_last_seq", "seq_report", "make_certs",
            "tls_listener", "free_port"]

@@ -1,0 +1,192 @@
+"""Scoring by the Numenta Anomaly Benchmark method, written from its published description.
+
+A detection is a row whose score is at or above the threshold. Rows of the
+probationary period (first 15% of a file, at most 750 rows) are not scored.
+In a window only the earliest detection counts, worth ``tp * S(x) / S(-1)``
+with ``S(x) = 2 / (1 + exp(5x)) - 1`` and ``x = -(right - i + 1) / width``;
+a missed window costs ``fn``; a detection outside windows costs
+``fp * S(|i - prev_right| / (prev_width - 1))`` (``S = -1`` past ``x = 3``)
+after a window and ``-fp`` before any. The threshold is chosen per profile to
+maximise the corpus total, which is normalised to 100 * (raw - null) / (perfect - null).
+
+Because earlier detections in a window are worth more, a window's value as the
+threshold falls is a running maximum; one descending sweep over all rows of the
+corpus therefore gives the exact optimum (see :func:`_sweep`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .analytics._jit import kernel
+
+PROFILES_DEFAULT = {
+    "standard": {"tp": 1.0, "fp": 0.11, "fn": 1.0},
+    "reward_low_FP_rate": {"tp": 1.0, "fp": 0.22, "fn": 1.0},
+    "reward_low_FN_rate": {"tp": 1.0, "fp": 0.11, "fn": 2.0},
+}
+
+
+def scaled_sigmoid(x: float) -> float:
+    """NAB's S(x): 1 well before a window's end, 0 at it, -1 from 3 widths after it."""
+    if x > 3.0:
+        return -1.0
+    return 2.0 / (1.0 + math.exp(5.0 * x)) - 1.0
+
+
+def probation_length(n_rows: int, percent: float = 0.15) -> int:
+    return int(min(math.floor(percent * n_rows), percent * 5000))
+
+
+def to_epoch(stamps) -> np.ndarray:
+    """``2014-04-01 00:00:00`` (optionally with fractions) -> float64 epoch seconds, UTC."""
+    return np.array(list(stamps), dtype="datetime64[us]").astype(np.int64) / 1e6
+
+
+def read_series(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A NAB CSV (``timestamp,value``) as (epoch seconds, values)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    body = [r for r in rows[1:] if r]
+    ts = to_epoch(r[0] for r in body)
+    val = np.array([float(r[1]) if r[1] != "" else math.nan for r in body], dtype=np.float64)
+    return ts, val
+
+
+def load_profiles(path: str | Path | None = None) -> dict[str, dict[str, float]]:
+    """Profiles as ``{name: {tp, fp, fn}}`` from NAB's ``profiles.json`` (or the defaults)."""
+    if path is None:
+        return dict(PROFILES_DEFAULT)
+    raw = json.loads(Path(path).read_text())
+    return {
+        name: {"tp": p["CostMatrix"]["tpWeight"], "fp": p["CostMatrix"]["fpWeight"],
+               "fn": p["CostMatrix"]["fnWeight"]}
+        for name, p in raw.items()
+    }
+
+
+def load_windows(path: str | Path) -> dict[str, list[tuple[float, float]]]:
+    raw = json.loads(Path(path).read_text())
+    return {k: [tuple(to_epoch([a, b])) for a, b in v] for k, v in raw.items()}
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Per-row scoring weights of one file, independent of the profile.
+
+    ``window`` is the window index of each row (-1 outside); ``unit`` is S(x)/S(-1)
+    inside a window and the (negative) unweighted false-positive cost outside.
+    """
+
+    window: np.ndarray
+    unit: np.ndarray
+    probation: int
+    n_windows: int
+
+
+def label_rows(ts: np.ndarray, windows: list[tuple[float, float]], probation_percent: float = 0.15) -> Labels:
+    n = ts.shape[0]
+    win = np.full(n, -1, dtype=np.int64)
+    unit = np.full(n, -1.0)
+    bounds = []
+    for k, (a, b) in enumerate(windows):
+        idx = np.flatnonzero((ts >= a) & (ts <= b))
+        if idx.size == 0:
+            continue
+        left, right = int(idx[0]), int(idx[-1])
+        width = right - left + 1
+        bounds.append((left, right, width))
+        win[left : right + 1] = k
+        s1 = scaled_sigmoid(-1.0)
+        for i in range(left, right + 1):
+            unit[i] = scaled_sigmoid(-(right - i + 1) / width) / s1
+    bounds.sort()
+    for j, (left, right, width) in enumerate(bounds):
+        stop = bounds[j + 1][0] if j + 1 < len(bounds) else n
+        for i in range(right + 1, stop):
+            unit[i] = scaled_sigmoid(abs(i - right) / (width - 1)) if width > 1 else -1.0
+    return Labels(win, unit, probation_length(n, probation_percent), len(windows))
+
+
+@kernel
+def _sweep(score, win, unit, n_windows, tp, fp, fn):
+    """Rows sorted by descending score -> (best threshold, best raw total).
+
+    Lowering the threshold past a row adds its FP cost, or raises its window's
+    value to ``tp * unit`` if that beats the best detection seen in the window.
+    """
+    cur = np.full(n_windows, -fn)
+    total = -fn * n_windows
+    best = total
+    best_thr = math.inf
+    n = score.shape[0]
+    i = 0
+    while i < n:
+        s = score[i]
+        while i < n and score[i] == s:
+            w = win[i]
+            if w < 0:
+                total += fp * unit[i]
+            else:
+                v = tp * unit[i]
+                if v > cur[w]:
+                    total += v - cur[w]
+                    cur[w] = v
+            i += 1
+        if total > best:
+            best = total
+            best_thr = s
+    return best_thr, best
+
+
+def raw_score(score: np.ndarray, labels: Labels, threshold: float, profile: dict[str, float]) -> float:
+    """One file's raw score at a fixed threshold (the direct, row-by-row definition)."""
+    total = 0.0
+    seen: dict[int, float] = {}
+    for i in range(labels.probation, score.shape[0]):
+        if not score[i] >= threshold:
+            continue
+        w = int(labels.window[i])
+        if w < 0:
+            total += profile["fp"] * labels.unit[i]
+        elif w not in seen:
+            seen[w] = profile["tp"] * labels.unit[i]
+    total += sum(seen.values()) - profile["fn"] * (labels.n_windows - len(seen))
+    return total
+
+
+def optimise(items: list[tuple[np.ndarray, Labels]], profile: dict[str, float]) -> dict[str, float]:
+    """Best corpus threshold for one profile: ``{threshold, raw, null, perfect, score}``."""
+    scores, wins, units = [], [], []
+    offset = 0
+    for score, lab in items:
+        p = lab.probation
+        w = lab.window[p:].copy()
+        w[w >= 0] += offset
+        offset += lab.n_windows
+        scores.append(np.asarray(score[p:], dtype=np.float64))
+        wins.append(w)
+        units.append(lab.unit[p:])
+    s = np.concatenate(scores) if scores else np.zeros(0)
+    s = np.where(np.isnan(s), -math.inf, s)
+    order = np.argsort(-s, kind="stable")
+    thr, raw = _sweep(s[order], np.concatenate(wins)[order] if wins else np.zeros(0, np.int64),
+                      np.concatenate(units)[order] if units else np.zeros(0), offset,
+                      profile["tp"], profile["fp"], profile["fn"])
+    null = -profile["fn"] * offset
+    perfect = profile["tp"] * offset
+    norm = 100.0 * (raw - null) / (perfect - null) if perfect > null else 0.0
+    return {"threshold": float(thr), "raw": float(raw), "null": null, "perfect": perfect, "score": norm}
+
+
+def score_corpus(scores: dict[str, np.ndarray], labels: dict[str, Labels],
+                 profiles: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Optimise and normalise each profile over the files in ``scores``."""
+    items = [(scores[k], labels[k]) for k in sorted(scores)]
+    return {name: optimise(items, prof) for name, prof in profiles.items()}
