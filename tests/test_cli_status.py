@@ -32,7 +32,7 @@ def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
     cfg = write_config(tmp_path, sensors=serial_sensor("air-1", link),
                        extra=f"metrics: {{prometheus_port: {prom}}}\n")
     cfg.write_text(cfg.read_text().replace("keepalive_s: 5}", f"keepalive_s: 5, secrets_file: {secret}}}"))
-    sim = Process(["-m", "simulators.serial_line", "--rate", "50", "--link", str(link)])
+    sim = Process(["-m", "simulators.serial_line", "--rate", "50", "--link", str(link), "--wait-open"])
     gw = GatewayProcess(cfg, tmp_path / "gw.log", env={"JOURNAL_STREAM": "8:12345"}).start()
     sock = tmp_path / "state" / "control.sock"
     try:
