@@ -21,8 +21,7 @@ from typing import NamedTuple
 
 from edge_gateway.readings import Quality, Reading
 
-from .base import Driver
-from .serial_port import AsyncSerial
+from .serial_port import StreamDriver
 
 HEADER = b"BM"
 FRAME_LEN = 32
@@ -137,36 +136,24 @@ class Pms5003Options:
                      for n in names)
 
 
-class Pms5003Driver(Driver):
+class Pms5003Driver(StreamDriver):
     """Reads a PMS5003 in its default active mode (one frame about every second)."""
 
     name = "pms5003"
     Options = Pms5003Options
 
-    async def run(self) -> None:
-        opts: Pms5003Options = self.options
-        channels = opts.channels()
-        decoder = Pms5003Decoder()
-        port = AsyncSerial(opts.port, opts.baudrate)
-        await port.open()
-        self.connected()
-        try:
-            while True:
-                data = await port.read()
-                if not data:
-                    continue
-                self.stats.bytes += len(data)
-                before = decoder.bad_frames
-                frames = decoder.feed(data)
-                self.stats.malformed += decoder.bad_frames - before
-                if frames:
-                    self._emit(frames, channels)
-        finally:
-            await port.close()
-            port.shutdown()
+    def on_open(self) -> None:
+        self._channels = self.options.channels()
+        self._decoder = Pms5003Decoder()
 
-    def _emit(self, frames: list[Pms5003Frame], channels) -> None:
-        now = self.clock()
+    def on_bytes(self, data: bytes, now: float) -> None:
+        before = self._decoder.bad_frames
+        frames = self._decoder.feed(data)
+        self.stats.malformed += self._decoder.bad_frames - before
+        if frames:
+            self._emit(frames, self._channels, now)
+
+    def _emit(self, frames: list[Pms5003Frame], channels, now: float) -> None:
         for frame in frames:
             for index, channel, unit in channels:
                 value = frame[index]

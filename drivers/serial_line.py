@@ -16,8 +16,7 @@ from typing import Literal
 
 from edge_gateway.readings import Reading
 
-from .base import Driver
-from .serial_port import AsyncSerial
+from .serial_port import StreamDriver
 
 Sample = tuple[str, float, "float | None"]
 
@@ -147,36 +146,26 @@ def _json_number(value) -> float:
     return _number(repr(value))
 
 
-class SerialLineDriver(Driver):
+class SerialLineDriver(StreamDriver):
     """Reads a line-oriented sensor through pyserial."""
 
     name = "serial_line"
     Options = LineOptions
 
-    async def run(self) -> None:
+    def on_open(self) -> None:
         opts: LineOptions = self.options
-        decoder = LineDecoder(opts.format, opts.columns, opts.delimiter, opts.timestamp_field, opts.max_line)
-        port = AsyncSerial(opts.port, opts.baudrate)
-        await port.open()
-        self.connected()
-        try:
-            while True:
-                data = await port.read()
-                if not data:
-                    continue
-                self.stats.bytes += len(data)
-                now = self.clock()
-                before = decoder.malformed
-                for samples in decoder.feed(data):
-                    for channel, value, ts in samples:
-                        self.sink(Reading(self.sensor_id, channel, value, now if ts is None else ts,
-                                          opts.units.get(channel, "")))
-                        self.stats.readings += 1
-                    self.stats.last_reading_ts = now
-                self.stats.malformed += decoder.malformed - before
-        finally:
-            await port.close()
-            port.shutdown()
+        self._decoder = LineDecoder(opts.format, opts.columns, opts.delimiter, opts.timestamp_field, opts.max_line)
+
+    def on_bytes(self, data: bytes, now: float) -> None:
+        decoder = self._decoder
+        units = self.options.units
+        before = decoder.malformed
+        for samples in decoder.feed(data):
+            for channel, value, ts in samples:
+                self.sink(Reading(self.sensor_id, channel, value, now if ts is None else ts, units.get(channel, "")))
+                self.stats.readings += 1
+            self.stats.last_reading_ts = now
+        self.stats.malformed += decoder.malformed - before
 
 
 DRIVER = SerialLineDriver

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import serial
 
-from .base import LinkLost
+from .base import Driver, LinkLost
 
 
 def resolve(port: str) -> str:
@@ -132,3 +132,34 @@ class AsyncSerial:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class StreamDriver(Driver):
+    """A sensor that streams bytes on a serial port: the loop every such driver shares.
+
+    A subclass says only how to decode: :meth:`on_open` makes a fresh decoder for
+    each connection (a reconnect never sees half a frame from the last one) and
+    :meth:`on_bytes` turns a chunk into readings. Its ``Options`` need ``port``
+    and ``baudrate``.
+    """
+
+    def on_open(self) -> None:
+        """Called once the port is open, before the first read."""
+
+    def on_bytes(self, data: bytes, now: float) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        port = AsyncSerial(self.options.port, self.options.baudrate)
+        await port.open()
+        self.on_open()
+        self.connected()
+        try:
+            while True:
+                data = await port.read()
+                if data:
+                    self.stats.bytes += len(data)
+                    self.on_bytes(data, self.clock())
+        finally:
+            await port.close()
+            port.shutdown()

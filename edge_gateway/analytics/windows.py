@@ -45,6 +45,31 @@ def _emit(c, s, out, m):
 
 
 @kernel
+def _fold(s, start, x):
+    """Add ``x`` to the window slot ``s`` (Welford's update), opening it at ``start`` when empty."""
+    if s[S_COUNT] == 0:
+        s[S_START] = start
+        s[S_COUNT] = 1.0
+        s[S_MIN] = x
+        s[S_MAX] = x
+        s[S_MEAN] = x
+        s[S_M2] = 0.0
+        s[S_FIRST] = x
+        s[S_LAST] = x
+        return
+    n = s[S_COUNT] + 1.0
+    d = x - s[S_MEAN]
+    s[S_MEAN] += d / n
+    s[S_M2] += d * (x - s[S_MEAN])
+    s[S_COUNT] = n
+    if x < s[S_MIN]:
+        s[S_MIN] = x
+    if x > s[S_MAX]:
+        s[S_MAX] = x
+    s[S_LAST] = x
+
+
+@kernel
 def tumbling_update(chan, ts, val, window_s, state, out):
     """Fold a batch into the open windows; write each window it closes to ``out``.
 
@@ -67,26 +92,7 @@ def tumbling_update(chan, ts, val, window_s, state, out):
             if start > s[S_START]:
                 _emit(c, s, out, m)
                 m += 1
-        if s[S_COUNT] == 0:
-            s[S_START] = start
-            s[S_COUNT] = 1.0
-            s[S_MIN] = x
-            s[S_MAX] = x
-            s[S_MEAN] = x
-            s[S_M2] = 0.0
-            s[S_FIRST] = x
-            s[S_LAST] = x
-            continue
-        n = s[S_COUNT] + 1.0
-        d = x - s[S_MEAN]
-        s[S_MEAN] += d / n
-        s[S_M2] += d * (x - s[S_MEAN])
-        s[S_COUNT] = n
-        if x < s[S_MIN]:
-            s[S_MIN] = x
-        if x > s[S_MAX]:
-            s[S_MAX] = x
-        s[S_LAST] = x
+        _fold(s, start, x)
     return m
 
 
@@ -169,26 +175,7 @@ def hopping_update(chan, ts, val, window_s, hop_s, state, out):
             if s[S_COUNT] > 0 and s[S_START] != start:
                 late = True
                 continue
-            if s[S_COUNT] == 0:
-                s[S_START] = start
-                s[S_COUNT] = 1.0
-                s[S_MIN] = x
-                s[S_MAX] = x
-                s[S_MEAN] = x
-                s[S_M2] = 0.0
-                s[S_FIRST] = x
-                s[S_LAST] = x
-                continue
-            n = s[S_COUNT] + 1.0
-            d = x - s[S_MEAN]
-            s[S_MEAN] += d / n
-            s[S_M2] += d * (x - s[S_MEAN])
-            s[S_COUNT] = n
-            if x < s[S_MIN]:
-                s[S_MIN] = x
-            if x > s[S_MAX]:
-                s[S_MAX] = x
-            s[S_LAST] = x
+            _fold(s, start, x)
         if late:
             row[S_LATE] += 1.0
     return m
