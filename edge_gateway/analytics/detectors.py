@@ -5,10 +5,19 @@ Every detector is a per-sample *step* (state table and channel in, score out;
 ``chan``/``ts``/``val``. Steps are inlined into their callers at Numba-IR level
 (:func:`hot`) and index the 2-D table directly: a row view would cost two
 atomic reference-count updates per reading. :func:`detect` fuses every
-detector, the weighted maximum and the event hysteresis in one pass; it calls
-the very same step functions, so the fused path and the one-detector path
-cannot drift apart. A reading is always scored against the state *before* it
-is folded in. NaN readings score 0 and leave the state untouched.
+detector, the weighted maximum and the event hysteresis in one pass. It walks
+the batch as runs of consecutive readings of one channel and keeps that
+channel's novelty, flatline, dropout, event and deadband state in local
+variables over the run (written back once per run), through the scalar forms
+of the steps (:func:`novelty_local`, :func:`flat_local`, :func:`drop_local`,
+:func:`range_novelty_local`, :func:`phase_bin_local`: state in, ``(score,
+state)`` out) that the table forms wrap, so the fused path and the
+one-detector path cannot drift apart. The scalar forms take no array on
+purpose: an inlined helper with an array argument inside a branch left an
+``NRT_incref``/``NRT_decref`` call pair per reading in the fused loop (Numba's
+reference-count pruning does not remove it). A reading is always scored
+against the state *before* it is folded in. NaN readings score 0 and leave the
+state untouched.
 
 All hot code (steps, batch kernels, :func:`detect`) lives in this one module on
 purpose: Numba's ``cache=True`` keys a compiled kernel on its own source file
@@ -234,50 +243,48 @@ def range_step(x, lo, hi):
 
 
 @hot
+def flat_local(last, run, rate, n, x, eps, min_run, alpha):
+    """:func:`flat_step` on state held in scalars: returns ``(score, last, run, rate, n)``."""
+    if n == 0.0:
+        return 0.0, x, run, rate, 1.0
+    same = 1.0 if abs(x - last) <= eps else 0.0
+    run = run + 1.0 if same > 0.0 else 0.0
+    score = 1.0 - rate if run >= min_run else 0.0
+    return score, x, run, rate + alpha * (same - rate), n + 1.0
+
+
+@hot
 def flat_step(s, c, x, eps, min_run, alpha):
     """Stuck sensor: run of readings within ``eps`` of the previous; s = [last, run, repeat_rate, n].
 
     Scores ``1 - repeat_rate`` once the run reaches ``min_run``, so a channel
     that normally repeats itself (counters, quantised values) never alarms.
     """
-    if s[c, 3] == 0.0:
-        s[c, 0] = x
-        s[c, 3] = 1.0
-        return 0.0
-    same = 1.0 if abs(x - s[c, 0]) <= eps else 0.0
-    rate = s[c, 2]
-    run = s[c, 1] + 1.0 if same > 0.0 else 0.0
-    s[c, 0] = x
-    s[c, 1] = run
-    s[c, 2] = rate + alpha * (same - rate)
-    s[c, 3] += 1.0
-    if run >= min_run:
-        return 1.0 - rate
-    return 0.0
+    g, s[c, 0], s[c, 1], s[c, 2], s[c, 3] = flat_local(s[c, 0], s[c, 1], s[c, 2], s[c, 3], x, eps, min_run, alpha)
+    return g
+
+
+@hot
+def drop_local(last, typ, n, t, k, eta, clip):
+    """:func:`drop_step` on state held in scalars: returns ``(score, last_t, typ, n)``."""
+    if n == 0.0:
+        return 0.0, t, typ, 1.0
+    gap = t - last
+    if gap <= 0.0:
+        return 0.0, last, typ, n
+    if n == 1.0:
+        return 0.0, t, gap, n + 1.0
+    score = 0.0
+    if gap > k * typ:
+        score = 1.0 - k * typ / gap
+    return score, t, typ + eta * (min(gap, clip * typ) - typ), n + 1.0
 
 
 @hot
 def drop_step(s, c, t, k, eta, clip):
     """Dropout: gap since the last reading vs ``k`` times the typical interval; s = [last_t, typ, n]."""
-    n = s[c, 2]
-    if n == 0.0:
-        s[c, 0] = t
-        s[c, 2] = 1.0
-        return 0.0
-    gap = t - s[c, 0]
-    if gap <= 0.0:
-        return 0.0
-    s[c, 0] = t
-    s[c, 2] = n + 1.0
-    typ = s[c, 1]
-    if n == 1.0:
-        s[c, 1] = gap
-        return 0.0
-    score = 0.0
-    if gap > k * typ:
-        score = 1.0 - k * typ / gap
-    s[c, 1] = typ + eta * (min(gap, clip * typ) - typ)
-    return score
+    g, s[c, 0], s[c, 1], s[c, 2] = drop_local(s[c, 0], s[c, 1], s[c, 2], t, k, eta, clip)
+    return g
 
 
 @kernel
@@ -334,16 +341,14 @@ def drop_score(chan, ts, val, k, eta, clip, state, score):
 
 
 @hot
-def _range_novelty(s, c, o, f, ok, w, half, decay):
-    """How far ``f`` falls outside the range ``s[o:o+2]`` = [lo, hi] seen so far, weighted and squashed.
+def range_novelty_local(lo, hi, f, ok, w, half, decay):
+    """How far ``f`` falls outside the range [lo, hi] seen so far, weighted and squashed.
 
-    Returns ``w * e / (e + half)`` with ``e`` the excess over the range width
-    (``w`` for any excess of an empty range), 0 inside it or when not ``ok``.
-    Then widens the range to include ``f`` and shrinks it by ``decay`` of its
+    Returns ``(w * e / (e + half), lo, hi)`` with ``e`` the excess over the range
+    width (``w`` for any excess of an empty range), 0 inside it or when not ``ok``,
+    and the range widened to include ``f`` then shrunk by ``decay`` of its
     width (toward its centre), so old extremes fade.
     """
-    lo = s[c, o]
-    hi = s[c, o + 1]
     e = max(f - hi, lo - f)
     v = 0.0
     if e > 0.0 and ok:
@@ -352,28 +357,75 @@ def _range_novelty(s, c, o, f, ok, w, half, decay):
     lo = min(lo, f)
     hi = max(hi, f)
     shrink = decay * 0.5 * (hi - lo)
-    s[c, o] = lo + shrink
-    s[c, o + 1] = hi - shrink
+    return v, lo + shrink, hi - shrink
+
+
+@hot
+def _range_novelty(s, c, o, f, ok, w, half, decay):
+    """:func:`range_novelty_local` on the range ``s[o:o+2]`` = [lo, hi]."""
+    v, s[c, o], s[c, o + 1] = range_novelty_local(s[c, o], s[c, o + 1], f, ok, w, half, decay)
     return v
 
 
 @hot
-def _phase_bin(s, c, t, bins):
+def phase_bin_local(b0, lo, hi, t, bins):
     """Phase-of-day bin of epoch seconds ``t`` (UTC), in [0, bins): ``int((t mod 86400) * bins / 86400)``.
 
-    The bin and its [start, end) times are cached in ``s[NS_BIN:NS_BIN_HI+1]``:
-    consecutive readings mostly fall in the same bin, and the divisions and
-    rounding of the full computation cost more than the rest of the detector.
+    ``b0`` is the cached bin and [lo, hi) its times: consecutive readings mostly
+    fall in the same bin, and the divisions and rounding of the full computation
+    cost more than the rest of the detector. Returns ``(bin, cached bin, lo, hi)``.
     """
-    if s[c, NS_BIN_LO] <= t < s[c, NS_BIN_HI]:
-        return int(s[c, NS_BIN])
+    if lo <= t < hi:
+        return int(b0), b0, lo, hi
     nb = int(bins)
     day = math.floor(t / 86400.0) * 86400.0
     b = min(max(int((t - day) * nb / 86400.0), 0), nb - 1)
-    s[c, NS_BIN] = b
-    s[c, NS_BIN_LO] = day + b * 86400.0 / nb
-    s[c, NS_BIN_HI] = day + (b + 1) * 86400.0 / nb
+    return b, float(b), day + b * 86400.0 / nb, day + (b + 1) * 86400.0 / nb
+
+
+@hot
+def _phase_bin(s, c, t, bins):
+    """:func:`phase_bin_local` cached in ``s[NS_BIN:NS_BIN_HI+1]``."""
+    b, s[c, NS_BIN], s[c, NS_BIN_LO], s[c, NS_BIN_HI] = phase_bin_local(s[c, NS_BIN], s[c, NS_BIN_LO],
+                                                                        s[c, NS_BIN_HI], t, bins)
     return b
+
+
+@hot
+def novelty_load(s, c):
+    """The scalar part of a channel's novelty state, ``s[c, :NS_SEAS]``, as a tuple (:func:`novelty_local`)."""
+    return (s[c, 0], s[c, 1], s[c, 2], s[c, 3], s[c, 4], s[c, 5],
+            s[c, 6], s[c, 7], s[c, 8], s[c, 9], s[c, 10], s[c, 11],
+            s[c, 12], s[c, 13], s[c, 14], s[c, 15], s[c, 16], s[c, 17],
+            s[c, 18], s[c, 19], s[c, 20], s[c, 21], s[c, 22])
+
+
+@hot
+def novelty_store(s, c, q):
+    """Write a :func:`novelty_load` tuple back to ``s[c, :NS_SEAS]``."""
+    s[c, 0] = q[0]
+    s[c, 1] = q[1]
+    s[c, 2] = q[2]
+    s[c, 3] = q[3]
+    s[c, 4] = q[4]
+    s[c, 5] = q[5]
+    s[c, 6] = q[6]
+    s[c, 7] = q[7]
+    s[c, 8] = q[8]
+    s[c, 9] = q[9]
+    s[c, 10] = q[10]
+    s[c, 11] = q[11]
+    s[c, 12] = q[12]
+    s[c, 13] = q[13]
+    s[c, 14] = q[14]
+    s[c, 15] = q[15]
+    s[c, 16] = q[16]
+    s[c, 17] = q[17]
+    s[c, 18] = q[18]
+    s[c, 19] = q[19]
+    s[c, 20] = q[20]
+    s[c, 21] = q[21]
+    s[c, 22] = q[22]
 
 
 @hot
@@ -398,94 +450,147 @@ def novelty_step(s, c, t, x, p):
     s = [n, prev, short, hold, n_residuals, vol, long, bin, bin start, bin end, (lo, hi) x 6,
     bin means, bin counts, bin spreads].
     """
-    n = s[c, NS_N]
+    q = novelty_load(s, c)
+    b = 0
+    if p[P_NOV_W0 + 3] > 0.0:
+        b, q = novelty_bin(q, t, p)
+    mi = NS_SEAS + b
+    cnt = mi + NOV_MAX_BINS
+    sp = cnt + NOV_MAX_BINS
+    v, q, s[c, mi], s[c, cnt], s[c, sp] = novelty_local(t, x, p, q, s[c, mi], s[c, cnt], s[c, sp])
+    novelty_store(s, c, q)
+    return v
+
+
+@hot
+def novelty_bin(q, t, p):
+    """The phase-of-day bin of ``t`` and the novelty state tuple ``q`` with its bin cache updated."""
+    (n, prev, short, hold, nres, vol, lng, b0, blo, bhi, peak,
+     f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11) = q
+    b, b0, blo, bhi = phase_bin_local(b0, blo, bhi, t, p[P_NOV_BINS])
+    return b, (n, prev, short, hold, nres, vol, lng, b0, blo, bhi, peak,
+            f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11)
+
+
+@hot
+def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
+    """:func:`novelty_step` on scalars: ``q`` is the state ``s[c, :NS_SEAS]`` (:func:`novelty_load`, its
+    phase bin already updated by :func:`novelty_bin` when the season feature is on) and ``s_*`` the day
+    profile's mean, count and spread in that bin. Returns ``(score, q, s_mean, s_cnt, s_spread)``.
+    Taking no array, it lets :func:`detect` keep a channel's state in registers over a run of its
+    readings (an array argument of an inlined helper costs reference-count calls per reading).
+    """
+    (n, prev, short, hold, nres, vol, lng, b0, blo, bhi, peak,
+     f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11) = q
     if n == 0.0:
-        s[c, NS_N] = 1.0
-        s[c, NS_PREV] = x
-        s[c, NS_SHORT] = x
-        s[c, NS_LONG] = x
-        s[c, NS_F0] = x
-        s[c, NS_F0 + 1] = x
-        s[c, NS_F0 + 4] = x
-        s[c, NS_F0 + 5] = x
-        s[c, NS_F0 + 10] = x
-        s[c, NS_F0 + 11] = x
+        n = 1.0
+        prev = x
+        short = x
+        lng = x
+        f0 = x
+        f1 = x
+        f4 = x
+        f5 = x
+        f10 = x
+        f11 = x
         if p[P_NOV_W0 + 3] > 0.0:
-            b = _phase_bin(s, c, t, p[P_NOV_BINS])
-            s[c, NS_SEAS + b] = x
-            s[c, NS_SEAS + NOV_MAX_BINS + b] = 1.0
-        return 0.0
-    d = x - s[c, NS_PREV]
-    s[c, NS_PREV] = x
+            s_mean = x
+            s_cnt = 1.0
+        return 0.0, (n, prev, short, hold, nres, vol, lng, b0, blo, bhi, peak,
+            f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11), s_mean, s_cnt, s_spread
+    d = x - prev
+    prev = x
     ok = n >= p[P_NOV_WARMUP]
     half = p[P_NOV_HALF]
     out = 0.0
     w = p[P_NOV_W0]
     if w > 0.0:
-        out = _range_novelty(s, c, NS_F0, x, ok, w, half, p[P_NOV_DECAY0])
+        out, f0, f1 = range_novelty_local(f0, f1, x, ok, w, half, p[P_NOV_DECAY0])
     w = p[P_NOV_W0 + 1]
     if w > 0.0:
-        out = max(out, _range_novelty(s, c, NS_F0 + 2, d, ok, w, half, p[P_NOV_DECAY0 + 1]))
+        v, f2, f3 = range_novelty_local(f2, f3, d, ok, w, half, p[P_NOV_DECAY0 + 1])
+        out = max(out, v)
     w = p[P_NOV_W0 + 2]
     if w > 0.0:
-        sh = s[c, NS_SHORT] + p[P_NOV_A_SHORT] * (x - s[c, NS_SHORT])
-        s[c, NS_SHORT] = sh
-        out = max(out, _range_novelty(s, c, NS_F0 + 4, sh, ok, w, half, p[P_NOV_DECAY0 + 2]))
+        short = short + p[P_NOV_A_SHORT] * (x - short)
+        v, f4, f5 = range_novelty_local(f4, f5, short, ok, w, half, p[P_NOV_DECAY0 + 2])
+        out = max(out, v)
     w = p[P_NOV_W0 + 3]
     if w > 0.0:
-        b = _phase_bin(s, c, t, p[P_NOV_BINS])
-        mi = NS_SEAS + b
-        cnt = NS_SEAS + NOV_MAX_BINS + b
-        sp = NS_SEAS + 2 * NOV_MAX_BINS + b
-        nb_seen = s[c, cnt]
+        nb_seen = s_cnt
         if nb_seen > 0.0:
-            r = x - s[c, mi]
+            r = x - s_mean
             f = r
             if p[P_NOV_SEASON_NORM] > 0.0:
-                scale = max(s[c, sp], p[P_NOV_SPREAD_FLOOR] * (s[c, NS_F0 + 1] - s[c, NS_F0]))
+                scale = max(s_spread, p[P_NOV_SPREAD_FLOOR] * (f1 - f0))
                 f = r / scale if scale > 0.0 else 0.0
-                s[c, sp] += p[P_NOV_A_SPREAD] * (abs(r) - s[c, sp])
-            s[c, mi] += p[P_NOV_A_SEASON] * r
-            s[c, cnt] = nb_seen + 1.0
+                s_spread += p[P_NOV_A_SPREAD] * (abs(r) - s_spread)
+            s_mean += p[P_NOV_A_SEASON] * r
+            s_cnt = nb_seen + 1.0
             if nb_seen >= p[P_NOV_BIN_WARMUP]:
-                nr = s[c, NS_NR]
-                s[c, NS_NR] = nr + 1.0
+                nr = nres
+                nres = nr + 1.0
                 if nr == 0.0:
-                    s[c, NS_F0 + 6] = f
-                    s[c, NS_F0 + 7] = f
+                    f6 = f
+                    f7 = f
                 else:
-                    out = max(out, _range_novelty(s, c, NS_F0 + 6, f, nr >= p[P_NOV_SEASON_WARMUP], w, half,
-                                                  p[P_NOV_DECAY0 + 3]))
+                    v, f6, f7 = range_novelty_local(f6, f7, f, nr >= p[P_NOV_SEASON_WARMUP], w, half,
+                                                    p[P_NOV_DECAY0 + 3])
+                    out = max(out, v)
         else:
-            s[c, mi] = x
-            s[c, cnt] = 1.0
+            s_mean = x
+            s_cnt = 1.0
     w = p[P_NOV_W0 + 4]
     if w > 0.0:
-        vol = s[c, NS_VOL] + p[P_NOV_A_VOL] * (abs(d) - s[c, NS_VOL])
-        s[c, NS_VOL] = vol
-        out = max(out, _range_novelty(s, c, NS_F0 + 8, vol, ok, w, half, p[P_NOV_DECAY0 + 4]))
+        vol = vol + p[P_NOV_A_VOL] * (abs(d) - vol)
+        v, f8, f9 = range_novelty_local(f8, f9, vol, ok, w, half, p[P_NOV_DECAY0 + 4])
+        out = max(out, v)
     w = p[P_NOV_W0 + 5]
     if w > 0.0:
-        lg = s[c, NS_LONG] + p[P_NOV_A_LONG] * (x - s[c, NS_LONG])
-        s[c, NS_LONG] = lg
-        out = max(out, _range_novelty(s, c, NS_F0 + 10, lg, ok, w, half, p[P_NOV_DECAY0 + 5]))
-    s[c, NS_N] = n + 1.0
-    if s[c, NS_HOLD] > 0.0:
-        s[c, NS_HOLD] -= 1.0
-        if not out > p[P_NOV_BYPASS] * s[c, NS_PEAK]:
-            return 0.0
+        lng = lng + p[P_NOV_A_LONG] * (x - lng)
+        v, f10, f11 = range_novelty_local(f10, f11, lng, ok, w, half, p[P_NOV_DECAY0 + 5])
+        out = max(out, v)
+    n = n + 1.0
+    if hold > 0.0:
+        hold -= 1.0
+        if not out > p[P_NOV_BYPASS] * peak:
+            return 0.0, (n, prev, short, hold, nres, vol, lng, b0, blo, bhi, peak,
+            f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11), s_mean, s_cnt, s_spread
     if out >= p[P_NOV_LEVEL]:
-        s[c, NS_HOLD] = p[P_NOV_HOLD]
-        s[c, NS_PEAK] = out
-    return out
+        hold = p[P_NOV_HOLD]
+        peak = out
+    return out, (n, prev, short, hold, nres, vol, lng, b0, blo, bhi, peak,
+            f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11), s_mean, s_cnt, s_spread
 
 
 @kernel
 def novelty_score(chan, ts, val, p, state, score):
-    """:func:`novelty_step` over a batch (``p`` in the fused ``P_*`` layout)."""
-    for i in range(chan.shape[0]):
-        x = val[i]
-        score[i] = 0.0 if x != x else novelty_step(state, chan[i], ts[i], x, p)
+    """:func:`novelty_step` over a batch (``p`` in the fused ``P_*`` layout).
+
+    Like :func:`detect`, it keeps a channel's scalar state in locals over a run of its readings.
+    """
+    n = chan.shape[0]
+    w_season = p[P_NOV_W0 + 3]
+    i = 0
+    while i < n:
+        c = chan[i]
+        q = novelty_load(state, c)
+        while i < n and chan[i] == c:
+            x = val[i]
+            if x != x:
+                score[i] = 0.0
+            else:
+                t = ts[i]
+                b = 0
+                if w_season > 0.0:
+                    b, q = novelty_bin(q, t, p)
+                mi = NS_SEAS + b
+                cnt = mi + NOV_MAX_BINS
+                sp = cnt + NOV_MAX_BINS
+                score[i], q, state[c, mi], state[c, cnt], state[c, sp] = novelty_local(
+                    t, x, p, q, state[c, mi], state[c, cnt], state[c, sp])
+            i += 1
+        novelty_store(state, c, q)
 
 
 @kernel
@@ -502,7 +607,8 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
     it also runs the deadband filter on the raw value (``st_db``/``emit`` as in
     :func:`.filters.deadband`), saving the chain a second pass. Returns
     ``(next_row, n_events)``: it stops early when ``events`` is full, so the
-    caller resumes from ``next_row`` with an emptied buffer.
+    caller resumes from ``next_row`` with an emptied buffer. Readings are processed in
+    order; only the write-back of state is batched per run of one channel.
     """
     m = 0
     cap = events.shape[0]
@@ -517,117 +623,151 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
     w_flat = p[P_W0 + D_FLAT]
     w_drop = p[P_W0 + D_DROP]
     w_nov = p[P_W0 + D_NOV]
+    w_season = p[P_NOV_W0 + 3]
     i = start
     n = chan.shape[0]
     while i < n:
-        x = val[i]
+        # one run of readings of channel c: its state stays in locals (registers) over the run
         c = chan[i]
-        if x != x:
-            out[i] = 0.0
-            dominant[i] = -1
-            if emit is not None:
-                emit[i] = False
-            i += 1
-            continue
-        t = ts[i]
+        q_nov = novelty_load(st_nov, c)
+        fl_last, fl_run, fl_rate, fl_n = st_flat[c, 0], st_flat[c, 1], st_flat[c, 2], st_flat[c, 3]
+        dr_last, dr_typ, dr_n = st_drop[c, 0], st_drop[c, 1], st_drop[c, 2]
+        e_open, e_start, e_end = st_ev[c, E_OPEN], st_ev[c, E_START], st_ev[c, E_END]
+        e_peak, e_peak_val, e_dom, e_below = st_ev[c, E_PEAK], st_ev[c, E_PEAK_VAL], st_ev[c, E_DOM], st_ev[c, E_BELOW]
+        db_x = 0.0
+        db_t = 0.0
+        db_seen = 0.0
         if emit is not None:
-            send = st_db[c, 2] == 0.0 or abs(x - st_db[c, 0]) > db_band or t - st_db[c, 1] >= db_heartbeat
-            emit[i] = send
-            if send:
-                st_db[c, 0] = x
-                st_db[c, 1] = t
-                st_db[c, 2] = 1.0
-        best = 0.0
-        arg = -1
-        if w_ewma > 0.0:
-            v = w_ewma * ewma_step(st_ewma, c, x, p[P_EWMA_ALPHA], p[P_EWMA_WARMUP], p[P_EWMA_HALF])
-            if v > best:
-                best = v
-                arg = D_EWMA
-        if w_rob > 0.0:
-            z = huber_step(st_rob, c, 0, x, p[P_ROB_ETA], p[P_ROB_CLIP], p[P_ROB_WARMUP], p[P_ROB_FLOOR])
-            v = w_rob * squash(z, p[P_ROB_HALF])
-            if v > best:
-                best = v
-                arg = D_ROBUST
-        if w_rate > 0.0:
-            v = w_rate * rate_step(st_rate, c, t, x, p[P_RATE_ETA], p[P_RATE_CLIP], p[P_RATE_WARMUP],
-                                   p[P_RATE_HALF])
-            if v > best:
-                best = v
-                arg = D_RATE
-        if w_cusum > 0.0:
-            v = w_cusum * cusum_step(st_cusum, c, x, p[P_CUSUM_ETA], p[P_CUSUM_CLIP], p[P_CUSUM_WARMUP],
-                                     p[P_CUSUM_K], p[P_CUSUM_H])
-            if v > best:
-                best = v
-                arg = D_CUSUM
-        if w_nov > 0.0:
-            v = w_nov * novelty_step(st_nov, c, t, x, p)
-            if v > best:
-                best = v
-                arg = D_NOV
-        # guards: always run; their raw score can open an event by itself
-        g = range_step(x, p[P_RANGE_LO], p[P_RANGE_HI])
-        gbest = g
-        garg = D_RANGE
-        v = w_range * g
-        if v > best:
-            best = v
-            arg = D_RANGE
-        g = flat_step(st_flat, c, x, p[P_FLAT_EPS], p[P_FLAT_MIN_RUN], p[P_FLAT_ALPHA])
-        if g > gbest:
+            db_x, db_t, db_seen = st_db[c, 0], st_db[c, 1], st_db[c, 2]
+        full = False
+        while i < n and chan[i] == c:
+            x = val[i]
+            if x != x:
+                out[i] = 0.0
+                dominant[i] = -1
+                if emit is not None:
+                    emit[i] = False
+                i += 1
+                continue
+            t = ts[i]
+            if emit is not None:
+                send = db_seen == 0.0 or abs(x - db_x) > db_band or t - db_t >= db_heartbeat
+                emit[i] = send
+                if send:
+                    db_x = x
+                    db_t = t
+                    db_seen = 1.0
+            best = 0.0
+            arg = -1
+            if w_ewma > 0.0:
+                v = w_ewma * ewma_step(st_ewma, c, x, p[P_EWMA_ALPHA], p[P_EWMA_WARMUP], p[P_EWMA_HALF])
+                if v > best:
+                    best = v
+                    arg = D_EWMA
+            if w_rob > 0.0:
+                z = huber_step(st_rob, c, 0, x, p[P_ROB_ETA], p[P_ROB_CLIP], p[P_ROB_WARMUP], p[P_ROB_FLOOR])
+                v = w_rob * squash(z, p[P_ROB_HALF])
+                if v > best:
+                    best = v
+                    arg = D_ROBUST
+            if w_rate > 0.0:
+                v = w_rate * rate_step(st_rate, c, t, x, p[P_RATE_ETA], p[P_RATE_CLIP], p[P_RATE_WARMUP],
+                                       p[P_RATE_HALF])
+                if v > best:
+                    best = v
+                    arg = D_RATE
+            if w_cusum > 0.0:
+                v = w_cusum * cusum_step(st_cusum, c, x, p[P_CUSUM_ETA], p[P_CUSUM_CLIP], p[P_CUSUM_WARMUP],
+                                         p[P_CUSUM_K], p[P_CUSUM_H])
+                if v > best:
+                    best = v
+                    arg = D_CUSUM
+            if w_nov > 0.0:
+                b = 0
+                if w_season > 0.0:
+                    b, q_nov = novelty_bin(q_nov, t, p)
+                mi = NS_SEAS + b
+                cnt = mi + NOV_MAX_BINS
+                sp = cnt + NOV_MAX_BINS
+                g, q_nov, st_nov[c, mi], st_nov[c, cnt], st_nov[c, sp] = novelty_local(
+                    t, x, p, q_nov, st_nov[c, mi], st_nov[c, cnt], st_nov[c, sp])
+                v = w_nov * g
+                if v > best:
+                    best = v
+                    arg = D_NOV
+            # guards: always run; their raw score can open an event by itself
+            g = range_step(x, p[P_RANGE_LO], p[P_RANGE_HI])
             gbest = g
-            garg = D_FLAT
-        v = w_flat * g
-        if v > best:
-            best = v
-            arg = D_FLAT
-        g = drop_step(st_drop, c, t, p[P_DROP_K], p[P_DROP_ETA], p[P_DROP_CLIP])
-        if g > gbest:
-            gbest = g
-            garg = D_DROP
-        v = w_drop * g
-        if v > best:
-            best = v
-            arg = D_DROP
-        out[i] = best
-        dominant[i] = arg
-        # event hysteresis
-        ev = -1.0
-        evarg = -1
-        if best >= thr:
-            ev = best
-            evarg = arg
-        if gbest >= glevel and gbest > ev:
-            ev = gbest
-            evarg = garg
-        i += 1
-        if ev >= 0.0:
-            if st_ev[c, E_OPEN] == 0.0:
-                st_ev[c, E_OPEN] = 1.0
-                st_ev[c, E_START] = t
-                st_ev[c, E_PEAK] = -1.0
-            st_ev[c, E_END] = t
-            st_ev[c, E_BELOW] = 0.0
-            if ev > st_ev[c, E_PEAK]:
-                st_ev[c, E_PEAK] = ev
-                st_ev[c, E_PEAK_VAL] = x
-                st_ev[c, E_DOM] = evarg
-        elif st_ev[c, E_OPEN] != 0.0:
-            st_ev[c, E_BELOW] += 1.0
-            if st_ev[c, E_BELOW] >= close_after:
-                events[m, 0] = c
-                events[m, 1] = st_ev[c, E_START]
-                events[m, 2] = st_ev[c, E_END]
-                events[m, 3] = st_ev[c, E_PEAK]
-                events[m, 4] = st_ev[c, E_PEAK_VAL]
-                events[m, 5] = st_ev[c, E_DOM]
-                m += 1
-                st_ev[c, E_OPEN] = 0.0
-                st_ev[c, E_BELOW] = 0.0
-                if m == cap:
-                    return i, m
+            garg = D_RANGE
+            v = w_range * g
+            if v > best:
+                best = v
+                arg = D_RANGE
+            g, fl_last, fl_run, fl_rate, fl_n = flat_local(fl_last, fl_run, fl_rate, fl_n, x, p[P_FLAT_EPS],
+                                                           p[P_FLAT_MIN_RUN], p[P_FLAT_ALPHA])
+            if g > gbest:
+                gbest = g
+                garg = D_FLAT
+            v = w_flat * g
+            if v > best:
+                best = v
+                arg = D_FLAT
+            g, dr_last, dr_typ, dr_n = drop_local(dr_last, dr_typ, dr_n, t, p[P_DROP_K], p[P_DROP_ETA],
+                                                  p[P_DROP_CLIP])
+            if g > gbest:
+                gbest = g
+                garg = D_DROP
+            v = w_drop * g
+            if v > best:
+                best = v
+                arg = D_DROP
+            out[i] = best
+            dominant[i] = arg
+            # event hysteresis
+            ev = -1.0
+            evarg = -1
+            if best >= thr:
+                ev = best
+                evarg = arg
+            if gbest >= glevel and gbest > ev:
+                ev = gbest
+                evarg = garg
+            i += 1
+            if ev >= 0.0:
+                if e_open == 0.0:
+                    e_open = 1.0
+                    e_start = t
+                    e_peak = -1.0
+                e_end = t
+                e_below = 0.0
+                if ev > e_peak:
+                    e_peak = ev
+                    e_peak_val = x
+                    e_dom = float(evarg)
+            elif e_open != 0.0:
+                e_below += 1.0
+                if e_below >= close_after:
+                    events[m, 0] = c
+                    events[m, 1] = e_start
+                    events[m, 2] = e_end
+                    events[m, 3] = e_peak
+                    events[m, 4] = e_peak_val
+                    events[m, 5] = e_dom
+                    m += 1
+                    e_open = 0.0
+                    e_below = 0.0
+                    if m == cap:
+                        full = True
+                        break
+        novelty_store(st_nov, c, q_nov)
+        st_flat[c, 0], st_flat[c, 1], st_flat[c, 2], st_flat[c, 3] = fl_last, fl_run, fl_rate, fl_n
+        st_drop[c, 0], st_drop[c, 1], st_drop[c, 2] = dr_last, dr_typ, dr_n
+        st_ev[c, E_OPEN], st_ev[c, E_START], st_ev[c, E_END] = e_open, e_start, e_end
+        st_ev[c, E_PEAK], st_ev[c, E_PEAK_VAL], st_ev[c, E_DOM], st_ev[c, E_BELOW] = e_peak, e_peak_val, e_dom, e_below
+        if emit is not None:
+            st_db[c, 0], st_db[c, 1], st_db[c, 2] = db_x, db_t, db_seen
+        if full:
+            return i, m
     return i, m
 
 
