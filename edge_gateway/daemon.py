@@ -21,7 +21,7 @@ from .config import GatewayConfig
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_EVERY_S = 10.0
+CHECKPOINT_EVERY_S = 60.0  # written with the next append, and only when changed (docs/uplink.md)
 STATS_EVERY_S = 5.0
 
 

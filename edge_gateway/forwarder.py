@@ -10,7 +10,9 @@ the oldest one the link lost (none, unless it is a bug), so no message stays
 un-acknowledged in memory forever. A stall (connected, nothing acknowledged for
 ``ack_timeout_s``) forces a reconnect, which resends.
 
-Acknowledged messages are deleted from the queue in batched transactions. After
+Acknowledged messages are collected for ``ack_batch_s`` and handed to the queue (no write), which
+deletes them with its next write transaction (an append, usually: no commit and fsync of their
+own) or after ``DurableQueue.ack_defer_s`` at the latest (docs/uplink.md, "Flash writes"). After
 a restart the cursor starts at zero, so what was sent but not acknowledged
 before a crash is sent again (a duplicate with the same ``seq``, never a gap).
 An MQTT 5 PUBACK with a failure reason code is not an acknowledgement: the
@@ -207,10 +209,27 @@ class Forwarder:
 
     async def _ack_loop(self) -> None:
         while True:
-            await self._acks_pending.wait()
+            try:
+                await self._ack_loop_body()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a queue error must not stop deleting for good (a restart resends)
+                log.exception("forwarder ack loop failed; restarting it")
+                await asyncio.sleep(1.0)
+
+    async def _ack_loop_body(self) -> None:
+        while True:
+            if self.queue.deferred:  # nothing written for a while: delete them on their own, at the latest
+                try:
+                    await asyncio.wait_for(self._acks_pending.wait(), self.queue.ack_defer_s)
+                except asyncio.TimeoutError:
+                    await self.queue.flush()
+                    continue
+            else:
+                await self._acks_pending.wait()
             await asyncio.sleep(self.ack_batch_s)
             self._acks_pending.clear()
-            await self._flush_acks()
+            await self._flush_acks(defer=True)
 
     async def _watch_loop(self) -> None:
         """Connected, messages outstanding, and no acknowledgement for ack_timeout_s: reconnect."""
@@ -227,10 +246,12 @@ class Forwarder:
                 since = now
                 self.link.kick()
 
-    async def _flush_acks(self) -> None:
+    async def _flush_acks(self, defer: bool = False) -> None:
         acked, self._acked = self._acked, []
         if acked:
             try:
-                await self.queue.ack(acked)
+                await self.queue.ack(acked, defer=defer)
             finally:
                 self._acked_set.difference_update(acked)
+        elif not defer:
+            await self.queue.flush()

@@ -9,8 +9,10 @@ queue was drained empty.
 ``synchronous=FULL`` (default): a committed batch survives power loss;
 ``normal`` keeps the file consistent but may roll back the last commits on power
 loss (docs/uplink.md). Batches are grouped into one transaction per pipeline
-tick, so the SD card sees one fsync per tick, not one per message. All SQLite
-calls run on one worker thread, never on the event loop.
+tick, so the SD card sees one fsync per tick, not one per message. Deferred
+acknowledgements (``ack(defer=True)``) and checkpoints ride along in the next such
+transaction instead of committing on their own (docs/uplink.md, "Flash writes"). All
+SQLite calls run on one worker thread, never on the event loop.
 
 Bounds (:class:`QueueLimits`): past ``high_water * max_bytes`` the oldest
 aggregates of each channel are rolled up into coarser windows; past
@@ -51,12 +53,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     created REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoint (name TEXT PRIMARY KEY, blob BLOB NOT NULL, saved REAL NOT NULL);
 """
 PRIO_AGG, PRIO_EVENT, PRIO_KEEP = 0, 1, 2  # drop order: aggregates, other events, anomaly/dropped events
 _KEEP_TYPES = ("anomaly", "dropped")
 MiB = 1024 * 1024
+ACK_DEFER_S = 30.0  # acknowledged rows are deleted with the next write, or at the latest after this
+PAGE_SIZE = 1024  # a commit of a few small messages writes ~2 KB to the WAL instead of ~8 KB
+ACK_DEFER_ROWS = 1000  # ... or as soon as this many are waiting (a drain)
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,10 @@ class DurableQueue:
     """Append in batches, read in order after a cursor, delete on acknowledgement."""
 
     def __init__(self, path: str | os.PathLike, encode: Callable[[dict, int], bytes],
-                 clock: Callable[[], float] = time.time, limits: QueueLimits | None = None) -> None:
+                 clock: Callable[[], float] = time.time, limits: QueueLimits | None = None,
+                 page_size: int = PAGE_SIZE) -> None:
         self.path = Path(path)
+        self.page_size = page_size  # for a new file: every commit writes whole pages to the WAL
         self.encode = encode
         self.clock = clock
         self.limits = limits or QueueLimits()
@@ -129,6 +136,15 @@ class DurableQueue:
         self.page_cap = 0
         self._handed_out = 0  # highest seq ever returned by peek in this process
         self._page_size = 4096
+        # flash writes (docs/uplink.md "Flash writes"): acknowledged rows and checkpoints wait for the
+        # next write transaction (an append, usually) instead of committing (and fsyncing) on their own
+        self.ack_defer_s = ACK_DEFER_S
+        self.ack_defer_rows = ACK_DEFER_ROWS
+        self._deferred: dict[int, int] = {}  # acknowledged seq -> payload length, not yet deleted
+        self._deferred_since = 0.0
+        self._ckpt_pending: dict[str, bytes] = {}
+        self._ckpt_saved: dict[str, bytes] = {}  # last blob committed per name: unchanged ones are skipped
+        self.commits: dict[str, int] = {}  # committed write transactions by cause (bench/uplink.py)
 
     async def _call(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -139,10 +155,13 @@ class DurableQueue:
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if self.page_size and not db.execute("PRAGMA page_count").fetchone()[0]:
+            db.execute(f"PRAGMA page_size={int(self.page_size)}")  # a new file only (WAL cannot change it)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'NORMAL' if self.limits.synchronous == 'normal' else 'FULL'}")
         db.execute("PRAGMA journal_size_limit=4194304")
         db.executescript(SCHEMA)
+        _meta_without_rowid(db)
         cols = [r[1] for r in db.execute("PRAGMA table_info(outbox)")]
         if "prio" not in cols:
             db.execute("ALTER TABLE outbox ADD COLUMN prio INTEGER NOT NULL DEFAULT 0")
@@ -201,6 +220,9 @@ class DurableQueue:
             if not self.full:
                 log.error("queue full (file cap %d bytes or disk full): dropping oldest to make room",
                           self.page_cap * self._page_size)
+            for name in self._ckpt_pending:
+                log.error("queue full: analytics checkpoint %r not saved", name)
+            self._ckpt_pending.clear()
             self.full = True
             protect = max(protect, self._handed_out)
             need = sum(len(self.encode(m.fields, 0)) for m in msgs) * 2 + 64 * 1024
@@ -233,6 +255,7 @@ class DurableQueue:
         last = first + len(msgs) - 1
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._write_deferred()
             db.executemany("INSERT INTO outbox(seq, kind, topic, payload, created, prio) VALUES (?,?,?,?,?,?)",
                            rows)
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?)", (last,))
@@ -240,6 +263,7 @@ class DurableQueue:
         except BaseException:
             _rollback(db)
             raise
+        self._deferred_written("append")
         self._last_seq = last
         self._depth += len(rows)
         self._bytes += size
@@ -261,7 +285,7 @@ class DurableQueue:
             self._save_counts()
             self._db.execute("COMMIT")
         except sqlite3.OperationalError:
-            self.__rollback(db)
+            _rollback(self._db)
 
     # --- bounds -------------------------------------------------------------------------------
 
@@ -423,6 +447,7 @@ class DurableQueue:
             _rollback(db)
             self._pending = counts
             raise
+        self._count_commit("dropped_event")
         self._last_seq = seq
         self._depth += 1
         self._bytes += len(payload)
@@ -438,24 +463,81 @@ class DurableQueue:
 
     def _peek(self, after_seq: int, limit: int) -> list[Row]:
         assert self._db is not None
+        deferred = self._deferred
         cur = self._db.execute("SELECT seq, kind, topic, payload, created FROM outbox WHERE seq > ? "
-                               "ORDER BY seq LIMIT ?", (after_seq, limit))
+                               "ORDER BY seq LIMIT ?", (after_seq, limit + len(deferred)))
         rows = [Row(*r) for r in cur]
+        if deferred:  # acknowledged, deleted with the next write: gone already as far as anyone can see
+            rows = [r for r in rows if r.seq not in deferred][:limit]
         if rows:  # handed out: may be in flight from now on, so never rolled up or dropped
             self._handed_out = max(self._handed_out, rows[-1].seq)
         return rows
 
-    async def ack(self, seqs: list[int]) -> None:
-        """Delete acknowledged messages (one transaction)."""
+    async def ack(self, seqs: list[int], defer: bool = False) -> None:
+        """Delete acknowledged messages (one transaction).
+
+        ``defer``: they leave the queue at once (depth, bytes, peek), but the rows are deleted in the
+        next write transaction (an append, usually), or on their own once ``ack_defer_rows`` wait or
+        the oldest waited ``ack_defer_s``. A crash meanwhile only sends them again (duplicates)."""
         if seqs:
-            await self._call(self._ack, seqs)
+            await self._call(self._ack_deferred if defer else self._ack, seqs)
+
+    async def flush(self) -> None:
+        """Commit deferred deletes and checkpoints now (if there are any)."""
+        await self._call(self._flush)
+
+    @property
+    def deferred(self) -> int:
+        """Acknowledged rows not deleted yet."""
+        return len(self._deferred)
+
+    def _ack_deferred(self, seqs: list[int]) -> None:
+        db = self._db
+        assert db is not None
+        deferred = self._deferred
+        count = size = 0
+        for i in range(0, len(seqs), 500):
+            chunk = [s for s in seqs[i:i + 500] if s not in deferred]
+            if not chunk:
+                continue
+            for seq, n in db.execute(f"SELECT seq, LENGTH(payload) FROM outbox WHERE seq IN "
+                                     f"({','.join('?' * len(chunk))})", chunk):
+                deferred[seq] = n
+                count += 1
+                size += n
+        if not count:
+            return
+        if len(deferred) == count:
+            self._deferred_since = time.monotonic()
+        self._depth -= count
+        self._bytes -= size
+        self._refresh_oldest()
+        if len(deferred) >= self.ack_defer_rows or time.monotonic() - self._deferred_since >= self.ack_defer_s:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._deferred or self._ckpt_pending:
+            self._ack([])
 
     def _ack(self, seqs: list[int]) -> None:
+        try:
+            self._ack_once(seqs)
+        except sqlite3.OperationalError as exc:
+            if not (_is_full(exc) and self._ckpt_pending):
+                raise
+            for name in self._ckpt_pending:  # deletes must keep working on a full disk
+                log.error("queue full: analytics checkpoint %r not saved", name)
+            self._ckpt_pending.clear()
+            self._ack_once(seqs)
+
+    def _ack_once(self, seqs: list[int]) -> None:
         db = self._db
         assert db is not None
         count = size = 0
+        seqs = [s for s in seqs if s not in self._deferred]
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._write_deferred()
             for i in range(0, len(seqs), 500):
                 chunk = seqs[i:i + 500]
                 cur = db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))}) "
@@ -467,13 +549,44 @@ class DurableQueue:
         except BaseException:
             _rollback(db)
             raise
+        self._deferred_written("ack" if seqs or self._deferred else "checkpoint")
         self._depth -= count
         self._bytes -= size
         self._refresh_oldest()
 
+    def _write_deferred(self) -> None:
+        """Inside an open write transaction: delete the deferred rows, store the pending checkpoints."""
+        db = self._db
+        seqs = list(self._deferred)
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i:i + 500]
+            db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+        now = self.clock()
+        for name, blob in self._ckpt_pending.items():
+            db.execute("INSERT OR REPLACE INTO checkpoint(name, blob, saved) VALUES (?,?,?)", (name, blob, now))
+
+    def _deferred_written(self, cause: str) -> None:
+        """After the COMMIT of a transaction that ran :meth:`_write_deferred`."""
+        self._count_commit(cause)
+        if self._deferred:
+            self._count_commit("with_ack_deletes")
+            self._deferred = {}
+        if self._ckpt_pending:
+            self._count_commit("with_checkpoint")
+            self._ckpt_saved.update(self._ckpt_pending)
+            self._ckpt_pending = {}
+
+    def _count_commit(self, cause: str) -> None:
+        self.commits[cause] = self.commits.get(cause, 0) + 1
+
     def _refresh_oldest(self) -> None:
-        row = self._db.execute("SELECT created FROM outbox ORDER BY seq LIMIT 1").fetchone()
-        self._oldest = row[0] if row else None
+        deferred = self._deferred
+        for seq, created in self._db.execute("SELECT seq, created FROM outbox ORDER BY seq LIMIT ?",
+                                             (len(deferred) + 1,)):
+            if seq not in deferred:
+                self._oldest = created
+                return
+        self._oldest = None
 
     async def drop(self, seqs: list[int], reason: str) -> None:
         """Drop given messages, counted (e.g. rejected by the broker as permanently invalid)."""
@@ -506,24 +619,30 @@ class DurableQueue:
     def last_seq(self) -> int:
         return self._last_seq
 
-    async def save_checkpoint(self, name: str, blob: bytes) -> None:
-        await self._call(self._save_checkpoint, name, blob)
+    async def save_checkpoint(self, name: str, blob: bytes, defer: bool = True) -> None:
+        """Store a state blob. Unchanged blobs are not written again. ``defer`` (default): it goes
+        into the next write transaction (an append, usually) instead of a commit of its own; if the
+        previous one of that name is still waiting, both are settled now (at most one commit per call).
+        A crash loses at most the waiting blob: the previous one is restored."""
+        await self._call(self._save_checkpoint, name, blob, defer)
 
-    def _save_checkpoint(self, name: str, blob: bytes) -> None:
+    def _save_checkpoint(self, name: str, blob: bytes, defer: bool = True) -> None:
         assert self._db is not None
-        try:
-            self._db.execute("INSERT OR REPLACE INTO checkpoint(name, blob, saved) VALUES (?,?,?)",
-                             (name, blob, self.clock()))
-        except sqlite3.OperationalError as exc:
-            if not _is_full(exc):
-                raise
-            log.error("queue full: analytics checkpoint %r not saved", name)
+        if self._ckpt_saved.get(name) == blob and name not in self._ckpt_pending:
+            return
+        waiting = name in self._ckpt_pending
+        self._ckpt_pending[name] = blob
+        if defer and not waiting:
+            return
+        self._ack([])  # on a full disk the checkpoint is given up (logged), the deletes still go
 
     async def load_checkpoint(self, name: str) -> bytes | None:
         return await self._call(self._load_checkpoint, name)
 
     def _load_checkpoint(self, name: str) -> bytes | None:
         assert self._db is not None
+        if name in self._ckpt_pending:
+            return self._ckpt_pending[name]
         row = self._db.execute("SELECT blob FROM checkpoint WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
 
@@ -534,8 +653,30 @@ class DurableQueue:
 
     def _close(self) -> None:
         assert self._db is not None
+        try:
+            self._flush()
+        except sqlite3.Error as exc:  # a full disk: the rows are sent again, the old checkpoint stays
+            log.error("queue close: deferred deletes/checkpoint not written: %s", exc)
         self._db.close()
         self._db = None
+
+
+def _meta_without_rowid(db: sqlite3.Connection) -> None:
+    """Files made before: ``meta`` as a WITHOUT ROWID table, so its rewrite on every append
+    touches one page instead of two (the table and its primary-key index)."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()[0]
+    if "WITHOUT ROWID" in sql.upper():
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("CREATE TABLE meta_new (key TEXT PRIMARY KEY, value) WITHOUT ROWID")
+        db.execute("INSERT INTO meta_new SELECT key, value FROM meta")
+        db.execute("DROP TABLE meta")
+        db.execute("ALTER TABLE meta_new RENAME TO meta")
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
 
 
 def _rollback(db: sqlite3.Connection) -> None:

@@ -200,3 +200,89 @@ async def test_max_age_drops_expired(tmp_path):
     assert st_.depth == 2 and st_.dropped_total["reasons"] == {"max_age": 2} and st_.dropped_total["anomaly"] == 1
     assert q.oldest_age() == 60.0
     await q.close()
+
+
+# --- flash writes (docs/uplink.md "Flash writes") ---------------------------------------------------
+
+def wal_commits(path) -> int:
+    """Commit frames in the WAL file: one per committed write transaction since the last reset."""
+    import struct
+    data = (path.parent / (path.name + "-wal")).read_bytes()
+    if len(data) < 32:
+        return 0
+    page = struct.unpack(">I", data[8:12])[0]
+    n, off = 0, 32
+    while off + 24 + page <= len(data):
+        n += struct.unpack(">I", data[off + 4:off + 8])[0] != 0
+        off += 24 + page
+    return n
+
+
+async def test_deferred_acks_leave_at_once_and_are_deleted_with_the_next_append(tmp_path):
+    path = tmp_path / "q.db"
+    q = await open_queue(path)
+    await q.append([agg("a", "x", i, [1.0]) for i in range(4)])
+    c0 = wal_commits(path)
+    await q.ack([1, 2], defer=True)
+    assert wal_commits(path) == c0  # no commit of their own
+    assert q.depth == 2 and q.deferred == 2 and [r.seq for r in await q.peek(0, 10)] == [3, 4]
+    assert len(rows_of(path)) == 4  # still on disk: a crash now only sends 1 and 2 again
+    await q.append([agg("a", "x", 9, [1.0])])
+    assert wal_commits(path) == c0 + 1 and q.deferred == 0
+    assert [r["seq"] for r in rows_of(path)] == [3, 4, 5]
+    await q.ack([3, 4, 5], defer=True)
+    await q.close()  # close deletes what is still deferred
+    assert rows_of(path) == []
+    q = await open_queue(path)
+    assert q.last_seq == 5 and q.depth == 0
+    await q.close()
+
+
+async def test_deferred_acks_are_bounded_by_rows_and_age(tmp_path):
+    q = await open_queue(tmp_path / "q.db")
+    q.ack_defer_rows = 3
+    await q.append([agg("a", "x", i, [1.0]) for i in range(5)])
+    await q.ack([1, 2], defer=True)
+    assert q.deferred == 2
+    await q.ack([3], defer=True)  # the third row: deleted now, one transaction
+    assert q.deferred == 0 and len(rows_of(tmp_path / "q.db")) == 2
+    q.ack_defer_s = 0.0
+    await q.ack([4], defer=True)  # waited long enough
+    assert q.deferred == 0 and len(rows_of(tmp_path / "q.db")) == 1
+    await q.close()
+
+
+async def test_checkpoint_goes_with_the_next_append_and_unchanged_is_not_rewritten(tmp_path):
+    path = tmp_path / "q.db"
+    q = await open_queue(path)
+    await q.append([agg("a", "x", 0, [1.0])])
+    c0 = wal_commits(path)
+    await q.save_checkpoint("analytics", b"state-1")
+    assert wal_commits(path) == c0 and await q.load_checkpoint("analytics") == b"state-1"
+    await q.append([agg("a", "x", 1, [1.0])])
+    assert wal_commits(path) == c0 + 1  # checkpoint and messages in one transaction
+    await q.save_checkpoint("analytics", b"state-1")  # unchanged: nothing to write, nothing pending
+    await q.append([agg("a", "x", 2, [1.0])])
+    await q.save_checkpoint("analytics", b"state-2")
+    await q.save_checkpoint("analytics", b"state-3")  # the previous one still waits: written now
+    assert wal_commits(path) == c0 + 3
+    await q.save_checkpoint("analytics", b"state-4")
+    await q.close()  # close writes the pending one
+    q = await open_queue(path)
+    assert await q.load_checkpoint("analytics") == b"state-4"
+    await q.close()
+
+
+async def test_old_file_meta_is_migrated_and_seq_kept(tmp_path):
+    path = tmp_path / "q.db"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value);"
+                     "INSERT INTO meta VALUES ('last_seq', 41);")
+    db.close()
+    q = await open_queue(path)
+    assert await q.append([ev("link_gap", 1)]) == [42]
+    await q.close()
+    db = sqlite3.connect(path)
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE name='meta'").fetchone()[0]
+    assert "WITHOUT ROWID" in sql and db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0] == 42
+    db.close()
