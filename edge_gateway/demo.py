@@ -41,6 +41,8 @@ def free_port() -> int:
 def start_broker(run_dir: Path, port: int) -> tuple[subprocess.Popen, str, str]:
     """Return (process, name, MQTT protocol the gateway should use)."""
     exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if os.environ.get("DEMO_BROKER") == "amqtt":
+        exe = None
     log = open(run_dir / "broker.log", "wb")
     if exe:
         conf = run_dir / "mosquitto.conf"
