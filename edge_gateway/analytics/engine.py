@@ -34,12 +34,6 @@ class Engine:
         m = windows.tumbling_update(chan, ts, val, self.window_s, self._win, out)
         return out[:m]
 
-    def flush(self, watermark: float) -> np.ndarray:
-        """Close windows that ended at or before ``watermark``."""
-        out = np.empty((self._win.shape[0], windows.AGG_WIDTH), dtype=np.float64)
-        m = windows.tumbling_flush(watermark, self.window_s, self._win, out)
-        return out[:m]
-
     def flush_channels(self, idx: np.ndarray) -> np.ndarray:
         """Close the open windows of channels ``idx`` whatever their end (an idle sensor)."""
         if idx.size == 0:
@@ -56,10 +50,6 @@ class Engine:
         """Which channels have a window open."""
         return self._win[: self.n_channels, windows.S_COUNT] > 0
 
-    def late_counts(self) -> np.ndarray:
-        """Readings per channel that arrived after their window had closed (not aggregated)."""
-        return self._win[: self.n_channels, windows.S_LATE].copy()
-
     def state(self) -> dict[str, np.ndarray]:
         return {"win": self._win[: self.n_channels].copy()}
 
@@ -73,5 +63,4 @@ class Engine:
         probe = Engine(self.window_s, capacity=1)
         probe.ensure_channels(1)
         probe.process(np.zeros(2, dtype=np.int64), np.array([0.0, self.window_s]), np.ones(2))
-        probe.flush(1e18)
         probe.flush_channels(np.zeros(1, dtype=np.int64))
