@@ -3,7 +3,9 @@
 Each module in ``_COMMAND_MODULES`` exposes ``add_to(subparsers)``, which adds
 its subcommand(s) with ``set_defaults(func=handler)``; a handler takes the parsed
 arguments and returns the exit status. Modules are imported lazily so that
-``edge-gateway config validate`` does not pay for Numba or paho.
+``edge-gateway config validate`` does not pay for Numba or paho, and a command
+named on the command line imports its own module only: the daemon (``run``)
+does not keep the other commands' code resident for its whole life.
 
 Exit statuses: 0 success, 1 the check or operation failed, 2 bad usage or an
 invalid config, 3 the daemon is not running (``status``/``tail``), 130 Ctrl-C.
@@ -26,9 +28,33 @@ _COMMAND_MODULES = (
     "edge_gateway.cmd_doctor",
     "edge_gateway.cmd_service",
 )
+# the subcommands each module adds (the rest of the parser is built only for --help and typos)
+_COMMANDS = {
+    "run": "edge_gateway.cmd_run",
+    "config": "edge_gateway.cmd_config",
+    "analyze": "edge_gateway.offline",
+    "evaluate": "edge_gateway.offline",
+    "status": "edge_gateway.cmd_status",
+    "reload": "edge_gateway.cmd_status",
+    "tail": "edge_gateway.cmd_tail",
+    "probe": "edge_gateway.cmd_probe",
+    "record": "edge_gateway.cmd_record",
+    "replay": "edge_gateway.cmd_record",
+    "doctor": "edge_gateway.cmd_doctor",
+    "service": "edge_gateway.cmd_service",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named by ``argv`` (its first word not starting with ``-``), if known."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in _COMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given ``argv`` naming a known command, with that command's module only."""
     from . import __version__
 
     parser = argparse.ArgumentParser(
@@ -38,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-gateway {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in _COMMAND_MODULES:
+    command = _command_of(argv) if argv is not None else None
+    for name in (_COMMANDS[command],) if command else _COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -50,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

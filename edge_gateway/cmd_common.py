@@ -70,5 +70,11 @@ def fmt_age(seconds) -> str:
     return f"{s / 86400:.1f}d"
 
 
+def doc_part(doc: str | None, i: int) -> str:
+    """Paragraph ``i`` of a module docstring for a parser's description; empty under ``python -OO``."""
+    parts = (doc or "").split("\n\n")
+    return parts[i] if i < len(parts) else ""
+
+
 def error(message: str) -> None:
     print(f"edge-gateway: {message}", file=sys.stderr)

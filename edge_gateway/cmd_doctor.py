@@ -47,10 +47,12 @@ class Check:
 
 
 def add_to(sub) -> None:
+    from .cmd_common import doc_part
+
     from .cmd_common import DEFAULT_CONFIG
 
     p = sub.add_parser("doctor", help="check ports, broker, clock, disk and config; print fixes",
-                       description=__doc__.split("\n\n")[1])
+                       description=doc_part(__doc__, 1))
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.add_argument("--user", help="the user the service runs as (default: the current user)")
     p.add_argument("--timeout", type=float, default=3.0, help="network timeout in seconds")

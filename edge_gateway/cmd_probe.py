@@ -26,8 +26,10 @@ BAUDS = (9600, 19200, 38400, 57600, 115200)
 
 
 def add_to(sub) -> None:
+    from .cmd_common import doc_part
+
     p = sub.add_parser("probe", help="find the speed and protocol of a serial device",
-                       description=__doc__.split("\n\n")[1])
+                       description=doc_part(__doc__, 1))
     p.add_argument("port", help="device path (/dev/ttyUSB0, /dev/serial/by-id/...) or pyserial URL")
     p.add_argument("--baud", type=int, action="append", help="try only this speed (repeatable)")
     p.add_argument("--listen", type=float, default=2.5, metavar="S", help="seconds to listen at each speed")

@@ -32,8 +32,10 @@ FORMAT = "edge-gateway-capture"
 
 
 def add_to(sub) -> None:
+    from .cmd_common import doc_part
+
     r = sub.add_parser("record", help="capture raw bytes with timing from a serial port",
-                       description=__doc__.split("\n\n")[1])
+                       description=doc_part(__doc__, 1))
     r.add_argument("port", help="device path or pyserial URL")
     r.add_argument("file", help="capture file to write (JSON lines)")
     r.add_argument("--baud", type=int, default=9600, help="speed (default 9600; see `edge-gateway probe`)")

@@ -20,10 +20,10 @@ import time
 
 
 def add_to(sub) -> None:
-    from .cmd_common import add_socket_args
+    from .cmd_common import add_socket_args, doc_part
 
     p = sub.add_parser("status", help="show the running daemon's state (exit 3 if not running)",
-                       description=__doc__.split("\n\n")[1])
+                       description=doc_part(__doc__, 1))
     add_socket_args(p)
     p.add_argument("--json", action="store_true", help="print the whole status document as JSON")
     p.set_defaults(func=status)

@@ -19,10 +19,12 @@ import time
 
 
 def add_to(sub) -> None:
+    from .cmd_common import doc_part
+
     from .cmd_common import add_socket_args
 
     p = sub.add_parser("tail", help="follow live readings and events (Ctrl-C to stop)",
-                       description=__doc__.split("\n\n")[1])
+                       description=doc_part(__doc__, 1))
     p.add_argument("sensor", nargs="?", help="only this sensor")
     add_socket_args(p)
     p.add_argument("--json", action="store_true", help="JSON lines as the daemon sends them")

@@ -17,6 +17,7 @@ from typing import Callable
 
 import msgpack
 
+from . import memory
 from .config import GatewayConfig
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class Gateway:
         self._start_uplink()
         self.notify("STATUS=warming analytics kernels")
         t0 = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(None, self.pipeline.warm)
+        await asyncio.get_running_loop().run_in_executor(None, self._warm)
         log.info("kernels ready in %.2f s", time.perf_counter() - t0)
         for d in self.drivers:
             self.supervisor.start(d)
@@ -100,7 +101,12 @@ class Gateway:
         await self._start_operations()
         log.info("gateway %s running: %d sensors, queue %s (%d queued)", self.cfg.gateway.id,
                  len(self.drivers), self.cfg.queue_path, self.queue.depth)
+        memory.trim()
         self.notify("READY=1")
+
+    def _warm(self) -> None:
+        with memory.numba_without_cffi():
+            self.pipeline.warm()
 
     def _start_uplink(self) -> None:
         from .forwarder import Forwarder
@@ -475,3 +481,4 @@ def prepare_environment(cfg: GatewayConfig) -> None:
     """Point Numba's cache at the state directory before any kernel module is imported."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cfg.state_dir / "numba-cache"))
+    memory.limit_arenas()

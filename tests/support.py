@@ -163,7 +163,7 @@ class GatewayProcess:
     proc: subprocess.Popen | None = None
 
     def start(self) -> "GatewayProcess":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONOPTIMIZE": "2", **self.env}  # as the unit runs it
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "edge_gateway", "run", str(self.config)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)

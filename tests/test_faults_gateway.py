@@ -32,6 +32,8 @@ def test_ten_gateway_kills_lose_no_committed_message(broker, tmp_path):
             gw.wait_ready()
             if sim is None:
                 sim = Process(simulator_args(tmp_path / "air-1.tty", rate=150, count=150 * 120))
+                # the first kill must find something committed, however slow the simulator's start
+                wait_for(lambda: committed_last_seq(db) > 0, 60, 0.05, "the first commit")
             if i == 10:
                 break
             time.sleep(rng.uniform(0.5, 2.0))

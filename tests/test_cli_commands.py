@@ -1,0 +1,39 @@
+"""The CLI builds only the named command's parser; the table of commands must match the modules."""
+
+import subprocess
+import sys
+
+from edge_gateway import cli
+from support import REPO
+
+
+def _choices(parser) -> set[str]:
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return set(sub.choices)
+
+
+def test_command_table_matches_what_the_modules_add():
+    assert _choices(cli.build_parser()) == set(cli._COMMANDS)
+
+
+def test_a_named_command_builds_its_own_module_only():
+    assert _choices(cli.build_parser(["run", "x.yaml"])) == {"run"}
+    assert _choices(cli.build_parser(["evaluate", "d", "w.json"])) == {"analyze", "evaluate"}
+    assert _choices(cli.build_parser(["--version"])) == set(cli._COMMANDS)
+    assert _choices(cli.build_parser(["nosuch"])) == set(cli._COMMANDS)
+
+
+def test_run_does_not_import_the_other_commands():
+    code = ("import sys; from edge_gateway import cli; cli.build_parser(['run', 'x.yaml']);"
+            "print(sorted(m for m in sys.modules if m.startswith('edge_gateway.cmd_') or m == 'edge_gateway.offline'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['edge_gateway.cmd_run']"
+
+
+def test_every_help_works_without_docstrings():
+    """The service runs with PYTHONOPTIMIZE=2; a technician may export it too."""
+    for command in sorted(set(cli._COMMANDS)):
+        r = subprocess.run([sys.executable, "-OO", "-m", "edge_gateway", command, "--help"], cwd=REPO,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, (command, r.stderr)
+        assert f"usage: edge-gateway {command}" in r.stdout
