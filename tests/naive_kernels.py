@@ -227,16 +227,22 @@ def novelty(chan, ts, val, cfg):
     w, decay, half = cfg.nov_weights, cfg.nov_decay, cfg.nov_half
     out = [0.0] * len(chan)
 
-    def novel(rng, f, ok, k):
+    halves = [half] * 6
+    if cfg.nov_half_season > 0:
+        halves[3] = cfg.nov_half_season
+    if cfg.nov_half_vol > 0:
+        halves[4] = cfg.nov_half_vol
+
+    def novel(rng, f, ok, k, dec=None):
         lo, hi = rng
         v = 0.0
         if ok and w[k] > 0:
             e = max(f - hi, lo - f)
             if e > 0:
                 # w * z / (z + half) with z = e / (hi - lo), w for an empty range
-                v = w[k] * e / (e + half * (hi - lo) + 1e-300)
+                v = w[k] * e / (e + halves[k] * (hi - lo) + 1e-300)
         lo, hi = min(lo, f), max(hi, f)
-        c = decay[k] * 0.5 * (hi - lo)
+        c = (decay[k] if dec is None else dec) * 0.5 * (hi - lo)
         rng[0], rng[1] = lo + c, hi - c
         return v
 
@@ -246,8 +252,9 @@ def novelty(chan, ts, val, cfg):
             if x != x:
                 continue
             if st is None:
+                lr = [0.0, 0.0] if cfg.nov_long_mode > 0 else [x, x]
                 st = {"n": 1, "prev": x, "short": x, "long": x, "vol": 0.0, "hold": 0.0, "peak": 0.0, "nr": 0,
-                      "rng": [[x, x], [0.0, 0.0], [x, x], [0.0, 0.0], [0.0, 0.0], [x, x]], "bins": {}}
+                      "rng": [[x, x], [0.0, 0.0], [x, x], [0.0, 0.0], [0.0, 0.0], lr], "bins": {}}
                 if w[3] > 0:
                     st["bins"][_phase_bin(t, cfg.nov_season_bins)] = [x, 1, 0.0]
                 continue
@@ -260,14 +267,16 @@ def novelty(chan, ts, val, cfg):
                 vs.append(novel(rng[0], x, ok, 0))
             if w[1] > 0:
                 vs.append(novel(rng[1], d, ok, 1))
-            if w[2] > 0:
+            if w[2] > 0 or cfg.nov_long_mode > 0 or cfg.nov_season_smooth > 0:
                 st["short"] += cfg.nov_short_alpha * (x - st["short"])
-                vs.append(novel(rng[2], st["short"], ok, 2))
+                if w[2] > 0:
+                    vs.append(novel(rng[2], st["short"], ok, 2))
             if w[3] > 0:
                 b = _phase_bin(t, cfg.nov_season_bins)
+                xs = x + cfg.nov_season_smooth * (st["short"] - x)
                 if b in st["bins"]:
                     mean, cnt, spread = st["bins"][b]
-                    r = x - mean
+                    r = xs - mean
                     f = r
                     if cfg.nov_season_norm > 0:
                         scale = max(spread, cfg.nov_spread_floor * (rng[0][1] - rng[0][0]))
@@ -280,15 +289,19 @@ def novelty(chan, ts, val, cfg):
                         if nr == 0:
                             rng[3] = [f, f]
                         else:
-                            vs.append(novel(rng[3], f, nr >= cfg.nov_season_warmup, 3))
+                            dec = decay[3]
+                            if cfg.nov_season_mature > 0:
+                                dec = dec * cfg.nov_season_mature / (cfg.nov_season_mature + nr)
+                            vs.append(novel(rng[3], f, nr >= cfg.nov_season_warmup, 3, dec))
                 else:
-                    st["bins"][b] = [x, 1, 0.0]
+                    st["bins"][b] = [xs, 1, 0.0]
             if w[4] > 0:
                 st["vol"] += cfg.nov_vol_alpha * (abs(d) - st["vol"])
                 vs.append(novel(rng[4], st["vol"], ok, 4))
             if w[5] > 0:
                 st["long"] += cfg.nov_long_alpha * (x - st["long"])
-                vs.append(novel(rng[5], st["long"], ok, 5))
+                f = st["short"] - st["long"] if cfg.nov_long_mode > 0 else st["long"]
+                vs.append(novel(rng[5], f, ok, 5))
             st["n"] += 1
             v = max(vs)
             if st["hold"] > 0:

@@ -120,6 +120,9 @@ NOVELTY = [
                      nov_weights=(1.0, 0.5, 1.0, 0.25, 0.5, 0.75), nov_decay=(0.0, 1e-3, 1e-4, 3e-3, 1e-5, 1e-3)),
     DetectorSettings(nov_warmup=3.0, nov_season_norm=1.0, nov_bin_warmup=1.0, nov_season_bins=96.0,
                      nov_season_warmup=2.0, nov_half=1.0, nov_bypass=1.1),
+    DetectorSettings(nov_warmup=4.0, nov_season_warmup=2.0, nov_bin_warmup=1.0, nov_season_bins=96.0,
+                     nov_long_mode=1.0, nov_season_mature=10.0, nov_half_season=0.1, nov_half_vol=0.2,
+                     nov_season_smooth=0.5, nov_weights=(1.0, 0.0, 0.0, 0.3, 0.5, 0.5)),
 ]
 
 

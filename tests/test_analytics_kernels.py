@@ -214,6 +214,8 @@ NOV_CASES = [
      "nov_season_warmup": "50", "nov_hold": "30", "nov_bypass": "1.05"},
     {"nov_season_norm": "1", "nov_bin_warmup": "2", "nov_season_bins": "96", "nov_season_alpha": "0.3",
      "nov_warmup": "20", "nov_half": "1"},
+    {"nov_long_mode": "1", "nov_weights": "1,0,0,0.3,0.5,0.5", "nov_season_mature": "300", "nov_half_season": "0.1",
+     "nov_half_vol": "0.2", "nov_season_smooth": "0.5", "nov_warmup": "50", "nov_season_warmup": "20"},
 ]
 
 

@@ -72,7 +72,7 @@ class DetectorSettings:
     nov_short_alpha: float = 0.05
     nov_season_alpha: float = 0.1
     nov_season_bins: float = 24.0
-    nov_season_warmup: float = 100.0
+    nov_season_warmup: float = 50.0
     nov_vol_alpha: float = 0.03
     nov_long_alpha: float = 0.01
     nov_season_norm: float = 1.0
@@ -81,8 +81,17 @@ class DetectorSettings:
     nov_bin_warmup: float = 5.0
     nov_bypass: float = 2.0
     # per feature (value, diff, short, season, vol, long): range shrink per reading, weight
-    nov_decay: tuple = (0.0, 0.0, 0.0, 0.001, 0.0, 0.0)
-    nov_weights: tuple = (1.0, 0.0, 0.5, 0.25, 0.5, 0.0)
+    nov_decay: tuple = (0.0, 0.0, 1e-5, 0.001, 0.0, 1e-4)
+    nov_weights: tuple = (1.0, 0.0, 0.5, 0.3, 0.5, 0.5)
+    # the long feature as short minus long EWMA (a level shift) instead of the long EWMA itself
+    nov_long_mode: float = 1.0
+    # the season residual range's shrink is nov_decay[3] * m / (m + residuals seen) (0: constant)
+    nov_season_mature: float = 30000.0
+    # the squash's half of the season and vol features (0: nov_half)
+    nov_half_season: float = 0.1
+    nov_half_vol: float = 0.0
+    # the season profile follows the value blended toward its short EWMA by this much
+    nov_season_smooth: float = 0.25
     guard_level: float = 0.5
     # ewma, robust, rate, cusum, range, flatline, dropout, novelty
     weights: tuple = (0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)
@@ -157,7 +166,9 @@ class DetectorSettings:
         p[_D.P_GUARD_LEVEL] = self.guard_level
         p[_D.P_EVENT_THRESHOLD] = self.event_threshold
         p[_D.P_EVENT_CLOSE] = self.event_close_after
-        p[_D.P_W0 :] = self.weights
+        p[_D.P_W0 : _D.P_NOV_LONG_MODE] = self.weights
+        p[_D.P_NOV_LONG_MODE :] = [self.nov_long_mode, self.nov_season_mature, self.nov_half_season,
+                                   self.nov_half_vol, self.nov_season_smooth]
         return tuple(p.tolist())
 
 

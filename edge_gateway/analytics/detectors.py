@@ -113,7 +113,13 @@ P_GUARD_LEVEL = P_NOV_W0 + NOV_NF
 P_EVENT_THRESHOLD = P_GUARD_LEVEL + 1
 P_EVENT_CLOSE = P_EVENT_THRESHOLD + 1
 P_W0 = P_EVENT_CLOSE + 1
-N_PARAMS = P_W0 + N_DETECTORS
+# novelty parameters added later, appended to keep the layout above
+P_NOV_LONG_MODE = P_W0 + N_DETECTORS
+P_NOV_SEASON_MATURE = P_NOV_LONG_MODE + 1
+P_NOV_HALF_SEASON = P_NOV_LONG_MODE + 2
+P_NOV_HALF_VOL = P_NOV_LONG_MODE + 3
+P_NOV_SEASON_SMOOTH = P_NOV_LONG_MODE + 4
+N_PARAMS = P_NOV_LONG_MODE + 5
 
 EVENT_WIDTH = 7
 EVENT_FIELDS = ("channel", "start", "end", "peak_score", "peak_value", "detector")
@@ -440,8 +446,14 @@ def novelty_step(s, c, t, x, p):
     largest weighted :func:`_range_novelty` of the features after ``P_NOV_WARMUP``
     readings (season: ``P_NOV_SEASON_WARMUP`` residuals); a feature of weight 0
     is not tracked at all. With ``P_NOV_SEASON_NORM`` the seasonal residual is
-    divided by the bin's own EWMA of |residual| (off by default: no gain on the
-    NAB tuning split). Once the score reaches
+    divided by the bin's own EWMA of |residual|. Appended options:
+    ``P_NOV_LONG_MODE`` makes the long feature the gap short EWMA - long EWMA
+    (a level shift, a zero-centred feature); ``P_NOV_SEASON_SMOOTH`` blends the
+    value toward its short EWMA before the day profile sees it (less noise in the
+    residual); ``P_NOV_SEASON_MATURE`` = m makes the residual range shrink by
+    ``decay * m / (m + residuals seen)``, forgetting less as it matures;
+    ``P_NOV_HALF_SEASON``/``P_NOV_HALF_VOL`` give the season and volatility
+    features their own squash half (0: ``P_NOV_HALF``). Once the score reaches
     ``P_NOV_LEVEL`` the channel is muted for ``P_NOV_HOLD`` readings (an anomaly
     is worth most at its first reading and repeats are false alarms), except for
     a score above ``P_NOV_BYPASS`` times the one that started the hold, so a
@@ -491,8 +503,9 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
         f1 = x
         f4 = x
         f5 = x
-        f10 = x
-        f11 = x
+        if p[P_NOV_LONG_MODE] <= 0.0:
+            f10 = x
+            f11 = x
         if p[P_NOV_W0 + 3] > 0.0:
             s_mean = x
             s_cnt = 1.0
@@ -511,15 +524,17 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
         v, f2, f3 = range_novelty_local(f2, f3, d, ok, w, half, p[P_NOV_DECAY0 + 1])
         out = max(out, v)
     w = p[P_NOV_W0 + 2]
-    if w > 0.0:
+    if w > 0.0 or p[P_NOV_LONG_MODE] > 0.0 or p[P_NOV_SEASON_SMOOTH] > 0.0:
         short = short + p[P_NOV_A_SHORT] * (x - short)
-        v, f4, f5 = range_novelty_local(f4, f5, short, ok, w, half, p[P_NOV_DECAY0 + 2])
-        out = max(out, v)
+        if w > 0.0:
+            v, f4, f5 = range_novelty_local(f4, f5, short, ok, w, half, p[P_NOV_DECAY0 + 2])
+            out = max(out, v)
     w = p[P_NOV_W0 + 3]
     if w > 0.0:
         nb_seen = s_cnt
+        xs = x + p[P_NOV_SEASON_SMOOTH] * (short - x)  # the value, or partly its short EWMA
         if nb_seen > 0.0:
-            r = x - s_mean
+            r = xs - s_mean
             f = r
             if p[P_NOV_SEASON_NORM] > 0.0:
                 scale = max(s_spread, p[P_NOV_SPREAD_FLOOR] * (f1 - f0))
@@ -534,21 +549,30 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
                     f6 = f
                     f7 = f
                 else:
-                    v, f6, f7 = range_novelty_local(f6, f7, f, nr >= p[P_NOV_SEASON_WARMUP], w, half,
-                                                    p[P_NOV_DECAY0 + 3])
+                    decay = p[P_NOV_DECAY0 + 3]
+                    m = p[P_NOV_SEASON_MATURE]
+                    if m > 0.0:  # the residual range forgets more slowly as it matures
+                        decay = decay * m / (m + nr)
+                    hs = p[P_NOV_HALF_SEASON]
+                    v, f6, f7 = range_novelty_local(f6, f7, f, nr >= p[P_NOV_SEASON_WARMUP], w,
+                                                    hs if hs > 0.0 else half, decay)
                     out = max(out, v)
         else:
-            s_mean = x
+            s_mean = xs
             s_cnt = 1.0
     w = p[P_NOV_W0 + 4]
     if w > 0.0:
         vol = vol + p[P_NOV_A_VOL] * (abs(d) - vol)
-        v, f8, f9 = range_novelty_local(f8, f9, vol, ok, w, half, p[P_NOV_DECAY0 + 4])
+        hv = p[P_NOV_HALF_VOL]
+        v, f8, f9 = range_novelty_local(f8, f9, vol, ok, w, hv if hv > 0.0 else half, p[P_NOV_DECAY0 + 4])
         out = max(out, v)
     w = p[P_NOV_W0 + 5]
     if w > 0.0:
         lng = lng + p[P_NOV_A_LONG] * (x - lng)
-        v, f10, f11 = range_novelty_local(f10, f11, lng, ok, w, half, p[P_NOV_DECAY0 + 5])
+        f = lng
+        if p[P_NOV_LONG_MODE] > 0.0:  # the gap between the short and the long EWMA: a level shift
+            f = short - lng
+        v, f10, f11 = range_novelty_local(f10, f11, f, ok, w, half, p[P_NOV_DECAY0 + 5])
         out = max(out, v)
     n = n + 1.0
     if hold > 0.0:
