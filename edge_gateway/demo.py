@@ -4,14 +4,16 @@ Starts Mosquitto on a free loopback port (or, where Mosquitto is not installed,
 the pure-Python amqtt broker, which speaks MQTT 3.1.1 only), the city block
 simulator serving every sensor of the config, the gateway as a subprocess, and a subscriber that prints
 every aggregate and event the broker delivers. Runs until Ctrl-C, or for
-``DEMO_SECONDS``; then prints a summary and exits 0 only if the broker delivered
-every aggregate the gateway published.
+``DEMO_SECONDS`` once the gateway is running (the first start compiles the
+analytics kernels, which takes a while on a Pi); then prints a summary and exits
+0 only if the broker delivered every aggregate the gateway published.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -30,6 +32,7 @@ from . import config as config_mod
 from .messages import decode
 
 REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 900  # a cold Numba compile on a slow Pi
 
 
 def free_port() -> int:
@@ -140,10 +143,13 @@ class Monitor:
         self.client.loop_stop()
 
 
-def pump(stream, prefix: str) -> None:
+def pump(stream, prefix: str, ready: threading.Event | None = None) -> None:
     for line in iter(stream.readline, b""):
-        sys.stdout.write(f"{prefix}{line.decode(errors='replace')}")
+        text = line.decode(errors="replace")
+        sys.stdout.write(f"{prefix}{text}")
         sys.stdout.flush()
+        if ready is not None and " running: " in text:
+            ready.set()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,11 +181,18 @@ def main(argv: list[str] | None = None) -> int:
         monitor = Monitor(port, f"{cfg.gateway.topic_prefix}/{cfg.gateway.id}", protocol)
         gateway = subprocess.Popen([sys.executable, "-m", "edge_gateway", "run", args.config], cwd=REPO, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        threading.Thread(target=pump, args=(gateway.stdout, "gateway | "), daemon=True).start()
-        print("demo: gateway started; Ctrl-C to stop" + (f" (stops after {args.seconds:g} s)" if args.seconds else ""),
-              flush=True)
-        deadline = time.monotonic() + args.seconds if args.seconds else None
-        while gateway.poll() is None and (deadline is None or time.monotonic() < deadline):
+        ready = threading.Event()
+        threading.Thread(target=pump, args=(gateway.stdout, "gateway | ", ready), daemon=True).start()
+        print("demo: gateway started; Ctrl-C to stop" + (f" (stops {args.seconds:g} s after it is running;"
+              " the first start compiles the analytics kernels)" if args.seconds else ""), flush=True)
+        started = time.monotonic()
+        deadline = None
+        while gateway.poll() is None:
+            if deadline is None and ready.is_set():
+                print(f"demo: gateway running after {time.monotonic() - started:.1f} s", flush=True)
+                deadline = time.monotonic() + args.seconds if args.seconds else math.inf
+            if args.seconds and time.monotonic() >= (deadline or started + READY_TIMEOUT_S):
+                break
             time.sleep(0.2)
     except KeyboardInterrupt:
         pass
