@@ -19,7 +19,7 @@ import yaml
 
 from .schema import ConfigError, Validator
 
-__all__ = ["ConfigError", "GatewayConfig", "load", "loads"]
+__all__ = ["ConfigError", "DetectorOverride", "GatewayConfig", "load", "loads"]
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,11 @@ class WindowSection:
 
 
 @dataclass(frozen=True)
-class DetectorSection:
-    """Anomaly events from the detector ensemble (``edge_gateway/analytics/chain.py``).
+class DetectorOverride:
+    """Detector settings for one sensor or one channel, on top of the ``detector`` section's.
 
-    ``threshold`` is the event threshold on the combined score in [0, 1] (default:
-    the NAB-tuned one); ``params`` overrides any ``DetectorSettings`` field by name
-    (e.g. ``range_hi``, ``flat_min_run``, ``nov_hold``).
+    Sensors differ: a level change that matters on a noise meter is routine on an
+    electricity meter, so a detector can be switched on (or tuned) where it pays.
     """
 
     threshold: float | None = None
@@ -142,6 +141,42 @@ class DetectorSection:
             else:
                 raise ValueError(f"params: {k}: expected a number or a list of numbers, got {v!r}")
         return out
+
+
+_OVERRIDE_KEY = re.compile(r"([A-Za-z0-9_.-]{1,64})(?:/(.+))?")
+
+
+@dataclass(frozen=True)
+class DetectorSection(DetectorOverride):
+    """Anomaly events from the detector ensemble (``edge_gateway/analytics/chain.py``).
+
+    ``threshold`` is the event threshold on the combined score in [0, 1] (default:
+    the NAB-tuned one); ``params`` overrides any ``DetectorSettings`` field by name
+    (e.g. ``range_hi``, ``flat_min_run``, ``nov_hold``). ``sensors`` maps a
+    sensor id, or ``sensor/channel``, to a :class:`DetectorOverride` applied on top
+    (a channel's over its sensor's), e.g. a level-change detector on one noise meter.
+    """
+
+    sensors: dict[str, DetectorOverride] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in self.sensors:
+            if not _OVERRIDE_KEY.fullmatch(key):
+                raise ValueError(f"sensors: {key}: expected a sensor id or sensor/channel")
+
+    def override_sensors(self) -> list[tuple[str, str]]:
+        """``(key, sensor id)`` of every entry of ``sensors``, for checking the ids against the sensors."""
+        return [(key, _OVERRIDE_KEY.fullmatch(key).group(1)) for key in self.sensors]
+
+    def for_channel(self, sensor: str, channel: str) -> tuple[DetectorOverride, ...]:
+        """The layers of settings for one channel, least specific first: this section, then its sensor's
+        and its channel's entries of ``sensors`` where given."""
+        layers: tuple[DetectorOverride, ...] = (self,)
+        for key in (sensor, f"{sensor}/{channel}"):
+            if key in self.sensors:
+                layers += (self.sensors[key],)
+        return layers
 
 
 @dataclass(frozen=True)
@@ -194,6 +229,11 @@ class GatewayConfig:
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"sensors: duplicate sensor id {sorted(dup)[0]!r}")
+        for key, sensor in self.detector.override_sensors():
+            if sensor not in ids:
+                near = difflib.get_close_matches(sensor, ids, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; sensors: {', '.join(ids) or 'none'}"
+                raise ValueError(f"detector: sensors: {key}: no sensor {sensor!r}{hint}")
 
     @property
     def state_dir(self) -> Path:

@@ -21,37 +21,89 @@ from .batcher import Batch, Batcher
 from .config import DetectorSection, GatewayConfig
 
 
-def detector_settings(section: DetectorSection) -> DetectorSettings:
-    """The ensemble's settings: the tuned defaults, then the config's threshold and overrides."""
+def detector_settings(section: DetectorSection, sensor: str = "", channel: str = "") -> DetectorSettings:
+    """The ensemble's settings for one channel: the tuned defaults, then the section's threshold and
+    params, then its ``sensors`` entries for the sensor and for ``sensor/channel`` (the most specific wins).
+    """
     base = DetectorSettings()
-    if section.params:
-        base = base.with_overrides(section.overrides())
-    if section.threshold is not None:
-        base = dataclasses.replace(base, event_threshold=section.threshold)
+    for layer in section.for_channel(sensor, channel):
+        if layer.params:
+            base = base.with_overrides(layer.overrides())
+        if layer.threshold is not None:
+            base = dataclasses.replace(base, event_threshold=layer.threshold)
     return base
 
 
 class Pipeline:
-    """Window aggregates for every channel, and anomaly events from the detector ensemble."""
+    """Window aggregates for every channel, and anomaly events from the detector ensemble.
+
+    Channels share one :class:`Detector` per distinct settings (one in all unless
+    the config's ``detector.sensors`` tunes some sensors apart); each detector's
+    tables have a row for every channel but only its own channels' rows are used,
+    so the checkpoint stays one table per state, whatever the grouping.
+    """
 
     def __init__(self, cfg: GatewayConfig, topics: messages.Topics, batcher: Batcher) -> None:
         self.cfg = cfg
         self.topics = topics
         self.batcher = batcher
         self.engine = Engine(cfg.windows.seconds)
-        self.detector = Detector(detector_settings(cfg.detector))
         self._last_arrival = np.zeros(0)
+        self._use_detectors(cfg.detector)
+
+    def _use_detectors(self, section: DetectorSection) -> None:
+        """Fresh detectors for ``section`` (state zero), channels grouped by their settings."""
+        self._section = section
+        self._detectors = [Detector(detector_settings(section))]
+        self._group_of = {self._detectors[0].settings: 0}
+        self._group = np.zeros(0, dtype=np.int64)  # detector index of each channel
+        self._assign(len(self.batcher.keys))
+
+    def _assign(self, n_keys: int) -> None:
+        """Give channels ``len(self._group) .. n_keys - 1`` their detector, creating it if new."""
+        if n_keys <= self._group.shape[0]:
+            return
+        fresh = []
+        for key in self.batcher.keys[self._group.shape[0]:n_keys]:
+            settings = detector_settings(self._section, key.sensor, key.channel)
+            g = self._group_of.get(settings)
+            if g is None:
+                g = self._group_of[settings] = len(self._detectors)
+                self._detectors.append(Detector(settings))
+            fresh.append(g)
+        self._group = np.concatenate([self._group, np.array(fresh, dtype=np.int64)])
+        for det in self._detectors:
+            det.ensure_channels(n_keys)
+
+    def settings_of(self, channel: int) -> DetectorSettings:
+        """The detector settings channel number ``channel`` is scored with."""
+        self._assign(len(self.batcher.keys))
+        return self._detectors[int(self._group[channel])].settings
 
     def warm(self) -> None:
         """Compile (or load from the Numba cache) every kernel the pipeline calls."""
         self.engine.warm()
-        self.detector.warm()
+        self._detectors[0].warm()
 
     def set_detector(self, section: DetectorSection) -> None:
         """New detector settings (reload, downlink ``set``); the learned state is kept."""
-        state = self.detector.state()
-        self.detector = Detector(detector_settings(section))
-        self.detector.load_state(state)
+        state = self._detector_state()
+        self._use_detectors(section)
+        self._load_detector_state(state)
+
+    def _detector_state(self) -> dict[str, np.ndarray]:
+        """Every channel's detector state rows, each from the detector that scores the channel."""
+        states = [det.state() for det in self._detectors]
+        merged = states[0]
+        for g, st in enumerate(states[1:], 1):
+            for name, a in merged.items():
+                rows = np.nonzero(self._group[: a.shape[0]] == g)[0]
+                a[rows] = st[name][rows]
+        return merged
+
+    def _load_detector_state(self, state: dict[str, np.ndarray]) -> None:
+        for det in self._detectors:
+            det.load_state(state)
 
     def process(self, batch: Batch, now: float) -> list[messages.Message]:
         """Aggregates of the windows this batch (or the passage of time) closed, and closed events."""
@@ -64,13 +116,13 @@ class Pipeline:
             grown[: self._last_arrival.shape[0]] = self._last_arrival
             self._last_arrival = grown
         self.engine.ensure_channels(n_keys)
-        self.detector.ensure_channels(n_keys)
+        self._assign(n_keys)
         out: list[messages.Message] = []
         if len(batch):
             rows = self.engine.process(batch.chan, batch.ts, batch.val)
             out += messages.aggregates(rows, keys, cfg.windows.seconds, self.topics, gw)
             self._last_arrival[np.unique(batch.chan)] = now
-            _, events = self.detector.process(batch.chan, batch.ts, batch.val)
+            events = self._detect(batch)
             for ev in events:
                 key = keys[ev["channel"]]
                 out.append(messages.event(self.topics, gw, key.sensor, "anomaly", channel=key.channel,
@@ -83,10 +135,22 @@ class Pipeline:
             out += messages.aggregates(self.engine.flush_channels(idle), keys, cfg.windows.seconds, self.topics, gw)
         return out
 
+    def _detect(self, batch: Batch) -> list[dict]:
+        """Events closed by this batch, each channel's readings scored by its own detector."""
+        if len(self._detectors) == 1:
+            return self._detectors[0].process(batch.chan, batch.ts, batch.val)[1]
+        group = self._group[batch.chan]
+        events = []
+        for g, det in enumerate(self._detectors):
+            mine = group == g
+            if mine.any():
+                events += det.process(batch.chan[mine], batch.ts[mine], batch.val[mine])[1]
+        return events
+
     def checkpoint(self) -> bytes:
         """Channel names and every state table, so a restart resumes windows and detectors."""
         arrays = {f"win.{k}": v for k, v in self.engine.state().items()}
-        arrays.update({f"det.{k}": v for k, v in self.detector.state().items()})
+        arrays.update({f"det.{k}": v for k, v in self._detector_state().items()})
         return msgpack.packb({
             "version": 2,
             "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys],
@@ -103,8 +167,9 @@ class Pipeline:
         arrays = {name: np.frombuffer(raw, dtype=np.float64).reshape(shape).copy()
                   for name, (shape, raw) in data["arrays"].items()}
         self.engine.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("win.")})
+        self._assign(len(self.batcher.keys))
         try:
-            self.detector.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("det.")})
+            self._load_detector_state({k[4:]: v for k, v in arrays.items() if k.startswith("det.")})
         except (ValueError, KeyError):
             pass
         return len(data["keys"])

@@ -172,8 +172,34 @@ class Validator:
             key, _, rest = message.partition(": ")
             if key in fields and rest:
                 at = given[key][1] if key in given else node
-                raise self.error(at, _join(path, key), rest) from None
+                at, where, rest = _descend(at, _join(path, key), rest)
+                raise self.error(at, where, rest) from None
             raise self.error(node, path, message) from None
+
+
+def _descend(node: yaml.Node, path: str, message: str) -> tuple[yaml.Node, str, str]:
+    """Follow ``key: key: ...`` prefixes of ``message`` down nested mappings to the key they name.
+
+    A check that spans sections (e.g. an override naming a sensor that does not
+    exist) is made by the enclosing dataclass, yet the error should point at the
+    key that is wrong, not at the start of the section.
+    """
+    while True:
+        key, _, rest = message.partition(": ")
+        hit = _entry(node, key)
+        if hit is None or not rest:
+            return node, path, message
+        path, message = _join(path, key), rest
+        if _entry(hit[1], rest.partition(": ")[0]) is None:
+            return hit[0], path, message  # the key itself is what the message is about
+        node = hit[1]
+
+
+def _entry(node: yaml.Node, key: str) -> tuple[yaml.Node, yaml.Node] | None:
+    """The (key node, value node) of ``key`` in a mapping node; None if absent or not a mapping."""
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
 
 
 def _is_null(node: yaml.Node) -> bool:

@@ -99,3 +99,32 @@ def test_every_shipped_config_validates_through_the_cli(path: Path, tmp_path):
     r = cli("config", "validate", path, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{path}: valid (")
+
+
+def test_detector_settings_per_sensor_and_per_channel():
+    cfg = config.loads(GOOD + textwrap.dedent("""\
+        detector:
+          params: {cusum_k: 2}
+          sensors:
+            air-1: {threshold: 0.5, params: {cusum_h: 8}}
+            air-1/pm25: {params: {cusum_k: 3}}
+        """))
+    det = cfg.detector
+    assert det.sensors["air-1"] == config.DetectorOverride(threshold=0.5, params={"cusum_h": 8})
+    assert det.for_channel("air-1", "pm25") == (det, det.sensors["air-1"], det.sensors["air-1/pm25"])
+    assert det.for_channel("air-1", "no2") == (det, det.sensors["air-1"])
+    assert det.for_channel("air-9", "pm25") == (det,)
+
+
+def test_detector_override_mistakes_are_located():
+    e = error_of(GOOD + "detector:\n  sensors:\n    air-2: {params: {cusum_k: 2}}\n")
+    assert str(e) == "site.yaml:10:5: detector.sensors.air-2: no sensor 'air-2'; did you mean 'air-1'?"
+    e = error_of(GOOD + "detector:\n  sensors:\n    air-1/pm25: {params: {cusum_kk: 2}}\n")
+    assert (e.line, e.column, e.path) == (10, 26, "detector.sensors.air-1/pm25.params")
+    assert e.message.startswith("unknown setting 'cusum_kk'; known: cusum_clip, cusum_eta, cusum_h, cusum_k,")
+    e = error_of(GOOD + "detector:\n  sensors:\n    air-1: {treshold: 0.5}\n")
+    assert str(e) == "site.yaml:10:13: detector.sensors.air-1.treshold: unknown key; did you mean 'threshold'?"
+    e = error_of("gateway: {id: g}\ndetector:\n  sensors:\n    air-1: {threshold: 0.5}\n")
+    assert str(e) == "site.yaml:4:5: detector.sensors.air-1: no sensor 'air-1'; sensors: none"
+    e = error_of(GOOD + "detector:\n  sensors:\n    air 1: {threshold: 0.5}\n")
+    assert str(e) == "site.yaml:10:5: detector.sensors.air 1: expected a sensor id or sensor/channel"

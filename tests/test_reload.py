@@ -34,6 +34,13 @@ def test_plan_sensors_broker_detector():
     assert not reload.plan(old, old).changed
 
 
+def test_plan_a_per_sensor_detector_change_restarts_no_driver():
+    old = config.loads(BASE)
+    p = reload.plan(old, config.loads(BASE + "detector:\n  sensors:\n    b: {params: {cusum_k: 2}}\n"))
+    assert p.ok and p.detector_changed
+    assert p.keep == ("a", "b", "c") and p.stop == () and p.start == ()
+
+
 def test_plan_refuses_what_needs_a_restart():
     old = config.loads(BASE)
     p = reload.plan(old, config.loads(BASE.replace("id: gw-1", "id: gw-2") + "windows: {seconds: 10}\n"))
