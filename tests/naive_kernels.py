@@ -130,7 +130,7 @@ def cusum(chan, val, eta, clip, warmup, k, h):
             loc += eta * dc
             sc += eta * (abs(dc) - sc)
             if n >= warmup and old_sc > 0:
-                u = (x - old_loc) / old_sc
+                u = min(max((x - old_loc) / old_sc, -clip), clip)
                 hi, lo = max(0.0, hi + u - k), max(0.0, lo - u - k)
                 stat = max(hi, lo)
                 out[i] = stat / (stat + h)

@@ -117,6 +117,18 @@ def test_detectors_vs_naive(batch):
     assert rng.tolist() == [float(x == x and abs(x) > 2.0) for x in val]
 
 
+def test_cusum_ignores_a_short_loud_burst_but_not_a_level_that_stays():
+    """A passing truck (+8 sigma for 3 readings) must not add up to an alarm; a +4 sigma level must."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(0.0, 1.0, 1300)
+    x[600:603] += 8.0
+    x[1000:] += 4.0
+    s = np.empty(x.size)
+    D.cusum_score(np.zeros(x.size, np.int64), x, 0.01, 3.0, 300.0, 1.5, 10.0, D.new_state("cusum", 1), s)
+    alarms = np.flatnonzero(s >= 0.5)
+    assert alarms.size and 1000 <= alarms[0] < 1010, alarms[:5]
+
+
 def test_cusum_fires_once_on_level_shift():
     x = np.r_[np.tile([0.0, 1.0], 50), np.full(20, 5.0)]
     s = np.zeros(x.size)

@@ -174,6 +174,6 @@ def test_the_demo_noise_meter_reports_a_drift_inside_its_daily_range():
     events = [(ch, start - t0, det) for _, ch, start, det in anomalies(out)]
     assert [e for e in events if e[1] >= 86400] == [
         ("noise_db", at + 14.0, "novelty"),  # 14 s into the ramp, since the round-2 novelty defaults
-        ("noise_db", at + 20.0, "cusum"), ("noise_db", at + 35.0, "cusum"), ("noise_db", at + 62.0, "cusum")]
+        ("noise_db", at + 22.0, "cusum"), ("noise_db", at + 50.0, "cusum"), ("noise_db", at + 66.0, "cusum")]
     assert [e for e in events if e[2] == "cusum" and e[1] < 86400] == []
     assert pipe.settings_of(chans[0]).cusum_h == 10.0

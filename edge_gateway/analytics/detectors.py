@@ -222,6 +222,9 @@ def cusum_step(s, c, x, eta, clip, warmup, k, h):
 
     The sums restart after crossing ``h`` and the reference jumps to the new
     level, so a level shift fires once and a drift fires every ``h / k``-ish samples.
+    The standardised residual is clipped at ``clip`` like the location update, so a
+    short loud burst (a passing truck, a bang) adds at most ``clip - k`` per reading
+    and only a level that stays up reaches ``h``.
     """
     n = s[c, 2]
     loc = s[c, 0]
@@ -229,7 +232,7 @@ def cusum_step(s, c, x, eta, clip, warmup, k, h):
     huber_step(s, c, 0, x, eta, clip, warmup, 0.0)
     if n < warmup or spread <= 0.0:
         return 0.0
-    u = (x - loc) / spread
+    u = min(max((x - loc) / spread, -clip), clip)
     hi = max(0.0, s[c, 3] + u - k)
     lo = max(0.0, s[c, 4] - u - k)
     stat = max(hi, lo)
