@@ -57,6 +57,8 @@ GRID: dict[str, list] = {
     "nov_half_season": [0.0, 0.02, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3],
     "nov_half_vol": [0.0, 0.02, 0.05, 0.1, 0.2],
     "nov_season_smooth": [0.0, 0.25, 0.5, 0.75],
+    "nov_refract": [0.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 600.0],
+    "nov_refract_damp": [0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0],
     "weights.5": [0.0, 0.25, 0.5],   # flatline in the combined score
     "weights.6": [0.0, 0.25, 0.5],   # dropout in the combined score
 }
@@ -154,6 +156,7 @@ def main() -> int:
                     help="objective: the mean score over this many fixed random grid neighbours of a candidate "
                          "(and the candidate itself) instead of the candidate's own score: it favours broad "
                          "optima over single lucky points")
+    ap.add_argument("--keys", help="comma-separated GRID keys: the coordinate search moves only these")
     args = ap.parse_args()
     best = DetectorSettings()
     for key, value in (json.loads(args.start) if args.start else {}).items():
@@ -175,6 +178,8 @@ def main() -> int:
     for rnd in range(args.rounds):
         improved = False
         for key, values in GRID.items():
+            if args.keys and key not in args.keys.split(","):
+                continue
             cands = [apply(best, key, v) for v in values if v != get(best, key)]
             if not cands:
                 continue
