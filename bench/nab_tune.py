@@ -12,6 +12,8 @@ single lucky points.
 
     PYTHONPATH=. .venv/bin/python bench/nab_tune.py --rounds 4 --random 3000 --jobs 2
     PYTHONPATH=. .venv/bin/python bench/nab_tune.py --rounds 4 --jobs 2 --robust 24
+    PYTHONPATH=. .venv/bin/python bench/nab_tune.py --jobs 2 --start '{"nov_refract": 0}' \
+        --compare '{"nov_refract": 200, "nov_refract_damp": 0.5}'
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ GRID: dict[str, list] = {
     "nov_half_season": [0.0, 0.02, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3],
     "nov_half_vol": [0.0, 0.02, 0.05, 0.1, 0.2],
     "nov_season_smooth": [0.0, 0.25, 0.5, 0.75],
+    "nov_refract": [0.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 600.0],
+    "nov_refract_damp": [0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0],
     "weights.5": [0.0, 0.25, 0.5],   # flatline in the combined score
     "weights.6": [0.0, 0.25, 0.5],   # dropout in the combined score
 }
@@ -140,6 +144,25 @@ def perturbations(n: int, seed: int) -> list:
             for _ in range(n)]
 
 
+def compare(base: DetectorSettings, variants: list[str], pert, run1) -> int:
+    """Paired comparison: each variant (JSON of settings over ``base``) against ``base``, at the point and
+    after each neighbourhood move of ``pert`` (the same moves for both)."""
+    moves = [[]] + pert
+    sets = [base]
+    for v in variants:
+        s = base
+        for key, value in json.loads(v).items():
+            s = apply(s, key, tuple(value) if isinstance(value, list) else value)
+        sets.append(s)
+    sc = np.asarray(run1([neighbour(s, mv) for s in sets for mv in moves])).reshape(len(sets), -1)
+    print(f"base: point {sc[0, 0]:.2f}, mean over it and {len(pert)} neighbours {sc[0].mean():.3f}")
+    for v, row in zip(variants, sc[1:]):
+        d = row - sc[0]
+        print(f"{v}: point {row[0]:.2f} ({d[0]:+.2f}), mean {row.mean():.3f}, paired diff {d.mean():+.3f}, "
+              f"better in {np.mean(d > 1e-9):.0%}, worse in {np.mean(d < -1e-9):.0%}", flush=True)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="/work/shared/nab/data", type=Path)
@@ -154,6 +177,10 @@ def main() -> int:
                     help="objective: the mean score over this many fixed random grid neighbours of a candidate "
                          "(and the candidate itself) instead of the candidate's own score: it favours broad "
                          "optima over single lucky points")
+    ap.add_argument("--keys", help="comma-separated GRID keys: the coordinate search moves only these")
+    ap.add_argument("--compare", action="append", default=[], metavar="JSON",
+                    help="(repeatable) no search: compare the start with the start plus these settings, "
+                         "paired over the start's --robust N neighbourhood moves (default 60)")
     args = ap.parse_args()
     best = DetectorSettings()
     for key, value in (json.loads(args.start) if args.start else {}).items():
@@ -161,6 +188,8 @@ def main() -> int:
     _init(args.data, args.windows)
     pool = mp.Pool(args.jobs, _init, (str(args.data), args.windows)) if args.jobs > 1 else None
     run1 = (lambda cands: pool.map(_eval, cands)) if pool else (lambda cands: [_eval(c) for c in cands])
+    if args.compare:
+        return compare(best, args.compare, perturbations(args.robust or 60, args.seed + 4242), run1)
     run = run1
     if args.robust:
         pert = perturbations(args.robust, args.seed + 1000)
@@ -175,6 +204,8 @@ def main() -> int:
     for rnd in range(args.rounds):
         improved = False
         for key, values in GRID.items():
+            if args.keys and key not in args.keys.split(","):
+                continue
             cands = [apply(best, key, v) for v in values if v != get(best, key)]
             if not cands:
                 continue

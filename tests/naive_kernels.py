@@ -253,7 +253,7 @@ def novelty(chan, ts, val, cfg):
                 continue
             if st is None:
                 lr = [0.0, 0.0] if cfg.nov_long_mode > 0 else [x, x]
-                st = {"n": 1, "prev": x, "short": x, "long": x, "vol": 0.0, "hold": 0.0, "peak": 0.0, "nr": 0,
+                st = {"n": 1, "prev": x, "short": x, "long": x, "vol": 0.0, "hold": 0.0, "peak": 0.0, "nr": 0, "since": 0,
                       "rng": [[x, x], [0.0, 0.0], [x, x], [0.0, 0.0], [0.0, 0.0], lr], "bins": {}}
                 if w[3] > 0:
                     st["bins"][_phase_bin(t, cfg.nov_season_bins)] = [x, 1, 0.0]
@@ -306,8 +306,13 @@ def novelty(chan, ts, val, cfg):
             v = max(vs)
             if st["hold"] > 0:
                 st["hold"] -= 1
+                st["since"] = 0
                 if not v > cfg.nov_bypass * st["peak"]:
                     continue
+            else:
+                st["since"] += 1  # readings since the last hold ended
+                if st["peak"] > 0 and cfg.nov_refract > 0 and st["since"] < cfg.nov_refract:
+                    v *= 1 - cfg.nov_refract_damp * (1 - st["since"] / cfg.nov_refract)
             if v >= cfg.nov_level:
                 st["hold"] = cfg.nov_hold
                 st["peak"] = v

@@ -228,6 +228,8 @@ NOV_CASES = [
      "nov_warmup": "20", "nov_half": "1"},
     {"nov_long_mode": "1", "nov_weights": "1,0,0,0.3,0.5,0.5", "nov_season_mature": "300", "nov_half_season": "0.1",
      "nov_half_vol": "0.2", "nov_season_smooth": "0.5", "nov_warmup": "50", "nov_season_warmup": "20"},
+    {"nov_refract": "0"},
+    {"nov_refract": "60", "nov_refract_damp": "0.8", "nov_hold": "20", "nov_warmup": "50", "nov_level": "0.1"},
 ]
 
 

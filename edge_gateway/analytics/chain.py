@@ -92,6 +92,10 @@ class DetectorSettings:
     nov_half_vol: float = 0.0
     # the season profile follows the value blended toward its short EWMA by this much
     nov_season_smooth: float = 0.25
+    # refractory period: r readings after a hold ends, a novelty score is multiplied by
+    # 1 - nov_refract_damp * (1 - r / nov_refract) while r < nov_refract (nov_refract 0: off)
+    nov_refract: float = 200.0
+    nov_refract_damp: float = 0.5
     guard_level: float = 0.5
     # ewma, robust, rate, cusum, range, flatline, dropout, novelty
     weights: tuple = (0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)
@@ -168,7 +172,9 @@ class DetectorSettings:
         p[_D.P_EVENT_CLOSE] = self.event_close_after
         p[_D.P_W0 : _D.P_NOV_LONG_MODE] = self.weights
         p[_D.P_NOV_LONG_MODE :] = [self.nov_long_mode, self.nov_season_mature, self.nov_half_season,
-                                   self.nov_half_vol, self.nov_season_smooth]
+                                   self.nov_half_vol, self.nov_season_smooth,
+                                   1.0 / self.nov_refract if self.nov_refract > 0.0 else 0.0,
+                                   self.nov_refract_damp]
         return tuple(p.tolist())
 
 

@@ -119,7 +119,9 @@ P_NOV_SEASON_MATURE = P_NOV_LONG_MODE + 1
 P_NOV_HALF_SEASON = P_NOV_LONG_MODE + 2
 P_NOV_HALF_VOL = P_NOV_LONG_MODE + 3
 P_NOV_SEASON_SMOOTH = P_NOV_LONG_MODE + 4
-N_PARAMS = P_NOV_LONG_MODE + 5
+P_NOV_REFRACT_INV = P_NOV_LONG_MODE + 5  # 1 / nov_refract (0: off)
+P_NOV_REFRACT_DAMP = P_NOV_LONG_MODE + 6
+N_PARAMS = P_NOV_LONG_MODE + 7
 
 EVENT_WIDTH = 7
 EVENT_FIELDS = ("channel", "start", "end", "peak_score", "peak_value", "detector")
@@ -460,7 +462,11 @@ def novelty_step(s, c, t, x, p):
     ``P_NOV_LEVEL`` the channel is muted for ``P_NOV_HOLD`` readings (an anomaly
     is worth most at its first reading and repeats are false alarms), except for
     a score above ``P_NOV_BYPASS`` times the one that started the hold, so a
-    small alarm cannot hide a big anomaly that follows it. No per-file
+    small alarm cannot hide a big anomaly that follows it. After the hold, a
+    refractory period: for ``nov_refract`` readings (``P_NOV_REFRACT_INV`` holds
+    its inverse, 0: off) the score is multiplied by ``1 - P_NOV_REFRACT_DAMP *
+    (1 - r / nov_refract)``, r readings since the hold ended (``hold`` counts
+    on below 0 for that). No per-file
     minimum, maximum or length: every range is learnt from the stream.
     s = [n, prev, short, hold, n_residuals, vol, long, bin, bin start, bin end, (lo, hi) x 6,
     bin means, bin counts, bin spreads].
@@ -578,11 +584,17 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
         v, f10, f11 = range_novelty_local(f10, f11, f, ok, w, half, p[P_NOV_DECAY0 + 5])
         out = max(out, v)
     n = n + 1.0
-    if hold > 0.0:
-        hold -= 1.0
+    hold -= 1.0  # below 0: -hold readings since the last hold ended
+    if hold >= 0.0:
         if not out > p[P_NOV_BYPASS] * peak:
             return 0.0, (n, prev, short, hold, nres, vol, lng, b0, blo, bhi, peak,
             f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11), s_mean, s_cnt, s_spread
+    elif peak > 0.0 and p[P_NOV_REFRACT_INV] > 0.0:
+        # refractory: for nov_refract readings after a hold, scores are damped, by nov_refract_damp at
+        # its end, fading linearly to 0 (follow-up alarms of a detected anomaly are false alarms)
+        g = 1.0 + hold * p[P_NOV_REFRACT_INV]
+        if g > 0.0:
+            out = out * (1.0 - p[P_NOV_REFRACT_DAMP] * g)
     if out >= p[P_NOV_LEVEL]:
         hold = p[P_NOV_HOLD]
         peak = out
