@@ -42,9 +42,7 @@ def test_batch_size_does_not_change_scores():
     ref = stream_scores(DetectorSettings(), ts, val, batch=1500)
     for b in (1, 7, 64):
         np.testing.assert_array_equal(stream_scores(DetectorSettings(), ts, val, batch=b), ref)
-    # the stream alarms (holds and refractory periods are crossed), and the shift scores; it is not
-    # a full alarm: it comes inside the hold of an alarm at 936, then in its refractory period
-    assert ref.max() >= DetectorSettings().nov_level and ref[1000:1100].max() > 0.1
+    assert ref[1000:1100].max() >= DetectorSettings().nov_level
 
 
 def test_analyze_cli(tmp_path):
@@ -94,9 +92,9 @@ def test_evaluate_real_file_both_ways(tmp_path):
 
 
 GOLDEN_EVALUATE = {  # `edge-gateway evaluate` on two real NAB files with the default settings
-    "*speed_7578*": ["standard               92.70  (threshold 0.145984, raw 3.416)",
-                     "reward_low_FP_rate     91.32  (threshold 0.145984, raw 3.306)",
-                     "reward_low_FN_rate     95.13  (threshold 0.145984, raw 3.416)"],
+    "*speed_7578*": ["standard               93.38  (threshold 0.196078, raw 3.471)",
+                     "reward_low_FP_rate     92.01  (threshold 0.196078, raw 3.361)",
+                     "reward_low_FN_rate     95.59  (threshold 0.196078, raw 3.471)"],
     "*ec2_cpu_utilization_5f5533*": ["standard               93.08  (threshold 0.669512, raw 1.723)",
                                      "reward_low_FP_rate     93.08  (threshold 0.669512, raw 1.723)",
                                      "reward_low_FN_rate     95.39  (threshold 0.669512, raw 1.723)"],

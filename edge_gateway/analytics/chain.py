@@ -94,7 +94,7 @@ class DetectorSettings:
     nov_season_smooth: float = 0.25
     # refractory period: r readings after a hold ends, a novelty score is multiplied by
     # 1 - nov_refract_damp * (1 - r / nov_refract) while r < nov_refract (nov_refract 0: off)
-    nov_refract: float = 200.0
+    nov_refract: float = 0.0
     nov_refract_damp: float = 0.5
     guard_level: float = 0.5
     # ewma, robust, rate, cusum, range, flatline, dropout, novelty
