@@ -210,11 +210,13 @@ class Detector:
         out = np.empty(n, dtype=np.float64)
         dom = np.empty(n, dtype=np.int8)
         events: list[dict] = []
+        stats = (None, None, None, None)
+        if any(w > 0.0 for w in self.settings.weights[: _D.D_CUSUM + 1]):
+            stats = (st["ewma"], st["robust"], st["rate"], st["cusum"])
         i = 0
         while True:
-            i, m = self._k.detect(chan, ts, val, self._p, i, st["ewma"], st["robust"], st["rate"], st["cusum"],
-                                  st["flatline"], st["dropout"], st["novelty"], st["events"], out, dom,
-                                  self._rows, db_band, db_heartbeat, st_db, emit)
+            i, m = self._k.detect(chan, ts, val, self._p, i, *stats, st["flatline"], st["dropout"], st["novelty"],
+                                  st["events"], out, dom, self._rows, db_band, db_heartbeat, st_db, emit)
             if m:
                 events.extend(_event_dict(r) for r in self._rows[:m].tolist())
             if i >= n:

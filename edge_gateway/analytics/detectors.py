@@ -61,8 +61,33 @@ if _jit.HAVE_NUMBA and kernel.__module__ == _jit.__name__:
         increments per reading) and block LLVM's optimisations across the call.
         """
         return _njit(cache=True, nogil=True, inline="always")(fn)
+
+    from llvmlite import ir as _ir
+    from numba.core import cgutils as _cgutils, types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def rare(typingctx, cond):
+        """``cond``, with LLVM told it is rarely true.
+
+        Without the hint LLVM if-converts a short branch, so the work guarded by a
+        rare condition (a division) would run on every reading.
+        """
+        if not isinstance(cond, _types.Boolean):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i1 = _ir.IntType(1)
+            fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(i1, [i1, i1]), "llvm.expect.i1")
+            return builder.call(fn, [args[0], _ir.Constant(i1, 0)])
+
+        return _types.boolean(cond), codegen
 else:  # no Numba, or this is the pure-Python twin: the same as ``kernel``
     hot = kernel
+
+    def rare(cond):
+        """The identity (Numba's version only adds a branch hint)."""
+        return cond
 
 DETECTOR_NAMES = ("ewma", "robust", "rate", "cusum", "range", "flatline", "dropout", "novelty")
 N_DETECTORS = len(DETECTOR_NAMES)
@@ -275,7 +300,7 @@ def drop_local(last, typ, n, t, k, eta, clip):
     if n == 1.0:
         return 0.0, t, gap, n + 1.0
     score = 0.0
-    if gap > k * typ:
+    if rare(gap > k * typ):
         score = 1.0 - k * typ / gap
     return score, t, typ + eta * (min(gap, clip * typ) - typ), n + 1.0
 
@@ -634,6 +659,10 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
         dr_last, dr_typ, dr_n = st_drop[c, 0], st_drop[c, 1], st_drop[c, 2]
         e_open, e_start, e_end = st_ev[c, E_OPEN], st_ev[c, E_START], st_ev[c, E_END]
         e_peak, e_peak_val, e_dom, e_below = st_ev[c, E_PEAK], st_ev[c, E_PEAK_VAL], st_ev[c, E_DOM], st_ev[c, E_BELOW]
+        sb = -1
+        s_mean = 0.0
+        s_cnt = 0.0
+        s_spread = 0.0
         db_x = 0.0
         db_t = 0.0
         db_seen = 0.0
@@ -659,38 +688,46 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
                     db_seen = 1.0
             best = 0.0
             arg = -1
-            if w_ewma > 0.0:
-                v = w_ewma * ewma_step(st_ewma, c, x, p[P_EWMA_ALPHA], p[P_EWMA_WARMUP], p[P_EWMA_HALF])
-                if v > best:
-                    best = v
-                    arg = D_EWMA
-            if w_rob > 0.0:
-                z = huber_step(st_rob, c, 0, x, p[P_ROB_ETA], p[P_ROB_CLIP], p[P_ROB_WARMUP], p[P_ROB_FLOOR])
-                v = w_rob * squash(z, p[P_ROB_HALF])
-                if v > best:
-                    best = v
-                    arg = D_ROBUST
-            if w_rate > 0.0:
-                v = w_rate * rate_step(st_rate, c, t, x, p[P_RATE_ETA], p[P_RATE_CLIP], p[P_RATE_WARMUP],
-                                       p[P_RATE_HALF])
-                if v > best:
-                    best = v
-                    arg = D_RATE
-            if w_cusum > 0.0:
-                v = w_cusum * cusum_step(st_cusum, c, x, p[P_CUSUM_ETA], p[P_CUSUM_CLIP], p[P_CUSUM_WARMUP],
-                                         p[P_CUSUM_K], p[P_CUSUM_H])
-                if v > best:
-                    best = v
-                    arg = D_CUSUM
+            if st_ewma is not None:
+                if w_ewma > 0.0:
+                    v = w_ewma * ewma_step(st_ewma, c, x, p[P_EWMA_ALPHA], p[P_EWMA_WARMUP], p[P_EWMA_HALF])
+                    if v > best:
+                        best = v
+                        arg = D_EWMA
+            if st_rob is not None:
+                if w_rob > 0.0:
+                    z = huber_step(st_rob, c, 0, x, p[P_ROB_ETA], p[P_ROB_CLIP], p[P_ROB_WARMUP], p[P_ROB_FLOOR])
+                    v = w_rob * squash(z, p[P_ROB_HALF])
+                    if v > best:
+                        best = v
+                        arg = D_ROBUST
+            if st_rate is not None:
+                if w_rate > 0.0:
+                    v = w_rate * rate_step(st_rate, c, t, x, p[P_RATE_ETA], p[P_RATE_CLIP], p[P_RATE_WARMUP],
+                                           p[P_RATE_HALF])
+                    if v > best:
+                        best = v
+                        arg = D_RATE
+            if st_cusum is not None:
+                if w_cusum > 0.0:
+                    v = w_cusum * cusum_step(st_cusum, c, x, p[P_CUSUM_ETA], p[P_CUSUM_CLIP], p[P_CUSUM_WARMUP],
+                                             p[P_CUSUM_K], p[P_CUSUM_H])
+                    if v > best:
+                        best = v
+                        arg = D_CUSUM
             if w_nov > 0.0:
                 b = 0
                 if w_season > 0.0:
                     b, q_nov = novelty_bin(q_nov, t, p)
-                mi = NS_SEAS + b
-                cnt = mi + NOV_MAX_BINS
-                sp = cnt + NOV_MAX_BINS
-                g, q_nov, st_nov[c, mi], st_nov[c, cnt], st_nov[c, sp] = novelty_local(
-                    t, x, p, q_nov, st_nov[c, mi], st_nov[c, cnt], st_nov[c, sp])
+                if b != sb:
+                    if sb >= 0:
+                        mi = NS_SEAS + sb
+                        st_nov[c, mi], st_nov[c, mi + NOV_MAX_BINS], st_nov[c, mi + 2 * NOV_MAX_BINS] = (
+                            s_mean, s_cnt, s_spread)
+                    mi = NS_SEAS + b
+                    s_mean, s_cnt, s_spread = st_nov[c, mi], st_nov[c, mi + NOV_MAX_BINS], st_nov[c, mi + 2 * NOV_MAX_BINS]
+                    sb = b
+                g, q_nov, s_mean, s_cnt, s_spread = novelty_local(t, x, p, q_nov, s_mean, s_cnt, s_spread)
                 v = w_nov * g
                 if v > best:
                     best = v
@@ -760,6 +797,9 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
                         full = True
                         break
         novelty_store(st_nov, c, q_nov)
+        if sb >= 0:
+            mi = NS_SEAS + sb
+            st_nov[c, mi], st_nov[c, mi + NOV_MAX_BINS], st_nov[c, mi + 2 * NOV_MAX_BINS] = s_mean, s_cnt, s_spread
         st_flat[c, 0], st_flat[c, 1], st_flat[c, 2], st_flat[c, 3] = fl_last, fl_run, fl_rate, fl_n
         st_drop[c, 0], st_drop[c, 1], st_drop[c, 2] = dr_last, dr_typ, dr_n
         st_ev[c, E_OPEN], st_ev[c, E_START], st_ev[c, E_END] = e_open, e_start, e_end
