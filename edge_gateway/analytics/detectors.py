@@ -139,6 +139,12 @@ P_EVENT_THRESHOLD = P_GUARD_LEVEL + 1
 P_EVENT_CLOSE = P_EVENT_THRESHOLD + 1
 P_W0 = P_EVENT_CLOSE + 1
 N_PARAMS = P_W0 + N_DETECTORS
+_P_AFTER_NORM = P_NOV_SEASON_NORM + 1
+
+# compile-time switches of detect (``spec``): a float turns a part on, None compiles it out
+(SPEC_NOV0, SPEC_NOV1, SPEC_NOV2, SPEC_NOV3, SPEC_NOV4, SPEC_NOV5, SPEC_NORM, SPEC_RANGE, SPEC_FLAT,
+ SPEC_DROP) = range(NOV_NF + 4)
+N_SPEC = SPEC_DROP + 1
 
 EVENT_WIDTH = 7
 EVENT_FIELDS = ("channel", "start", "end", "peak_score", "peak_value", "detector")
@@ -150,6 +156,24 @@ def pure_module():
     from ._pure import pure_twin
 
     return pure_twin(sys.modules[__name__])
+
+
+def spec_of(p: tuple) -> tuple:
+    """The ``spec`` of :func:`detect` for parameters ``p``: None for each part these parameters never use.
+
+    A novelty feature or the seasonal normalisation is off when its parameter is not > 0 (the only
+    test the kernel applies to it), the range guard when its limits are infinite (it always scores
+    0), a guard's weighted score when its weight is 0 (it can never beat the running maximum).
+    Each distinct spec is a distinct Numba type, so :func:`detect` is compiled once per spec with
+    the parts that are off gone from the loop.
+    """
+    def on(b):
+        return 0.0 if b else None
+
+    nov = tuple(on(p[P_NOV_W0 + k] > 0.0) for k in range(NOV_NF))
+    return nov + (on(p[P_NOV_SEASON_NORM] > 0.0),
+                  on(not (p[P_RANGE_LO] == -math.inf and p[P_RANGE_HI] == math.inf)),
+                  on(p[P_W0 + D_FLAT] != 0.0), on(p[P_W0 + D_DROP] != 0.0))
 
 
 def new_state(name: str, n_channels: int) -> np.ndarray:
@@ -618,9 +642,26 @@ def novelty_score(chan, ts, val, p, state, score):
         novelty_store(state, c, q)
 
 
+@hot
+def _switch(v, on):
+    """``v``, or 0.0 when the switch ``on`` is None (then a constant for LLVM)."""
+    return v if on is not None else 0.0
+
+
+@hot
+def spec_params(p, sp):
+    """``p`` with the novelty parameters switched off in ``sp`` (see :func:`spec_of`) replaced by 0.0."""
+    return (p[:P_NOV_SEASON_NORM] + (_switch(p[P_NOV_SEASON_NORM], sp[SPEC_NORM]),)
+            + p[_P_AFTER_NORM:P_NOV_W0]
+            + (_switch(p[P_NOV_W0], sp[SPEC_NOV0]), _switch(p[P_NOV_W0 + 1], sp[SPEC_NOV1]),
+               _switch(p[P_NOV_W0 + 2], sp[SPEC_NOV2]), _switch(p[P_NOV_W0 + 3], sp[SPEC_NOV3]),
+               _switch(p[P_NOV_W0 + 4], sp[SPEC_NOV4]), _switch(p[P_NOV_W0 + 5], sp[SPEC_NOV5]))
+            + p[P_GUARD_LEVEL:])
+
+
 @kernel
 def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov, st_ev,
-           out, dominant, events, db_band=-1.0, db_heartbeat=0.0, st_db=None, emit=None):
+           out, dominant, events, db_band=-1.0, db_heartbeat=0.0, st_db=None, emit=None, spec=None):
     """Every detector, the weighted maximum and event hysteresis in one pass, from row ``start``.
 
     ``out[i]`` is the combined score (weighted max, in [0, 1]) and ``dominant[i]``
@@ -633,8 +674,22 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
     :func:`.filters.deadband`), saving the chain a second pass. Returns
     ``(next_row, n_events)``: it stops early when ``events`` is full, so the
     caller resumes from ``next_row`` with an emptied buffer. Readings are processed in
-    order; only the write-back of state is batched per run of one channel.
+    order; only the write-back of state is batched per run of one channel. ``spec``
+    (:func:`spec_of`) compiles out the parts these parameters never use; omitted, all run.
     """
+    if spec is None:
+        return _detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
+                       st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit,
+                       (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    return _detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov, st_ev,
+                   out, dominant, events, db_band, db_heartbeat, st_db, emit, spec)
+
+
+@kernel
+def _detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov, st_ev,
+            out, dominant, events, db_band, db_heartbeat, st_db, emit, sp):
+    """:func:`detect` with its switches ``sp`` given: one compiled loop per distinct ``sp`` type."""
+    p = spec_params(p, sp)
     m = 0
     cap = events.shape[0]
     thr = p[P_EVENT_THRESHOLD]
@@ -733,31 +788,35 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
                     best = v
                     arg = D_NOV
             # guards: always run; their raw score can open an event by itself
-            g = range_step(x, p[P_RANGE_LO], p[P_RANGE_HI])
-            gbest = g
+            gbest = 0.0
             garg = D_RANGE
-            v = w_range * g
-            if v > best:
-                best = v
-                arg = D_RANGE
+            if sp[SPEC_RANGE] is not None:
+                g = range_step(x, p[P_RANGE_LO], p[P_RANGE_HI])
+                gbest = g
+                v = w_range * g
+                if v > best:
+                    best = v
+                    arg = D_RANGE
             g, fl_last, fl_run, fl_rate, fl_n = flat_local(fl_last, fl_run, fl_rate, fl_n, x, p[P_FLAT_EPS],
                                                            p[P_FLAT_MIN_RUN], p[P_FLAT_ALPHA])
             if g > gbest:
                 gbest = g
                 garg = D_FLAT
-            v = w_flat * g
-            if v > best:
-                best = v
-                arg = D_FLAT
+            if sp[SPEC_FLAT] is not None:
+                v = w_flat * g
+                if v > best:
+                    best = v
+                    arg = D_FLAT
             g, dr_last, dr_typ, dr_n = drop_local(dr_last, dr_typ, dr_n, t, p[P_DROP_K], p[P_DROP_ETA],
                                                   p[P_DROP_CLIP])
             if g > gbest:
                 gbest = g
                 garg = D_DROP
-            v = w_drop * g
-            if v > best:
-                best = v
-                arg = D_DROP
+            if sp[SPEC_DROP] is not None:
+                v = w_drop * g
+                if v > best:
+                    best = v
+                    arg = D_DROP
             out[i] = best
             dominant[i] = arg
             # event hysteresis
