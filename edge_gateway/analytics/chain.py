@@ -216,9 +216,9 @@ class Detector:
             stats = (st["ewma"], st["robust"], st["rate"], st["cusum"])
         i = 0
         while True:
-            i, m = self._k.detect(chan, ts, val, self._p, i, *stats, st["flatline"], st["dropout"], st["novelty"],
-                                  st["events"], out, dom, self._rows, db_band, db_heartbeat, st_db, emit,
-                                  self._spec)
+            i, m = self._k.detect_spec(chan, ts, val, self._p, i, *stats, st["flatline"], st["dropout"],
+                                       st["novelty"], st["events"], out, dom, self._rows, db_band, db_heartbeat,
+                                       st_db, emit, self._spec)
             if m:
                 events.extend(_event_dict(r) for r in self._rows[:m].tolist())
             if i >= n:

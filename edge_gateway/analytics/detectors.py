@@ -678,17 +678,21 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
     (:func:`spec_of`) compiles out the parts these parameters never use; omitted, all run.
     """
     if spec is None:
-        return _detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
-                       st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit,
-                       (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
-    return _detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov, st_ev,
-                   out, dominant, events, db_band, db_heartbeat, st_db, emit, spec)
+        return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
+                           st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit,
+                           (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
+                       st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit, spec)
 
 
 @kernel
-def _detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov, st_ev,
-            out, dominant, events, db_band, db_heartbeat, st_db, emit, sp):
-    """:func:`detect` with its switches ``sp`` given: one compiled loop per distinct ``sp`` type."""
+def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov, st_ev,
+                out, dominant, events, db_band, db_heartbeat, st_db, emit, sp):
+    """:func:`detect` with its switches ``sp`` given (:func:`spec_of`), compiled once per distinct ``sp`` type.
+
+    The chain calls it directly: going through :func:`detect` would compile the loop twice (LLVM
+    inlines it into the wrapper).
+    """
     p = spec_params(p, sp)
     m = 0
     cap = events.shape[0]
