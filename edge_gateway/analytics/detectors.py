@@ -164,7 +164,7 @@ def spec_of(p: tuple) -> tuple:
     A novelty feature or the seasonal normalisation is off when its parameter is not > 0 (the only
     test the kernel applies to it), the range guard when its limits are infinite (it always scores
     0), a guard's weighted score when its weight is 0 (it can never beat the running maximum).
-    Each distinct spec is a distinct Numba type, so :func:`detect` is compiled once per spec with
+    Each distinct spec is a distinct Numba type, so :func:`detect_spec` is compiled once per spec with
     the parts that are off gone from the loop.
     """
     def on(b):
