@@ -196,6 +196,7 @@ class Detector:
     def __init__(self, settings: DetectorSettings | None = None, capacity: int = 16, pure: bool = False) -> None:
         self.settings = settings or DetectorSettings()
         self._p = self.settings.params()
+        self._spec = _D.spec_of(self._p)
         self._k = _D.pure_module() if pure else _D
         self._state = {name: new_state(name, capacity) for name in _STATE_NAMES}
         self._state["events"] = ens.new_event_state(capacity)
@@ -227,11 +228,14 @@ class Detector:
         out = np.empty(n, dtype=np.float64)
         dom = np.empty(n, dtype=np.int8)
         events: list[dict] = []
+        stats = (None, None, None, None)
+        if any(w > 0.0 for w in self.settings.weights[: _D.D_CUSUM + 1]):
+            stats = (st["ewma"], st["robust"], st["rate"], st["cusum"])
         i = 0
         while True:
-            i, m = self._k.detect(chan, ts, val, self._p, i, st["ewma"], st["robust"], st["rate"], st["cusum"],
-                                  st["flatline"], st["dropout"], st["novelty"], st["events"], out, dom,
-                                  self._rows, db_band, db_heartbeat, st_db, emit)
+            i, m = self._k.detect_spec(chan, ts, val, self._p, i, *stats, st["flatline"], st["dropout"],
+                                       st["novelty"], st["events"], out, dom, self._rows, db_band, db_heartbeat,
+                                       st_db, emit, self._spec)
             if m:
                 events.extend(_event_dict(r) for r in self._rows[:m].tolist())
             if i >= n:

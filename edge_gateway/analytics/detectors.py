@@ -61,8 +61,33 @@ if _jit.HAVE_NUMBA and kernel.__module__ == _jit.__name__:
         increments per reading) and block LLVM's optimisations across the call.
         """
         return _njit(cache=True, nogil=True, inline="always")(fn)
+
+    from llvmlite import ir as _ir
+    from numba.core import cgutils as _cgutils, types as _types
+    from numba.extending import intrinsic as _intrinsic
+
+    @_intrinsic
+    def rare(typingctx, cond):
+        """``cond``, with LLVM told it is rarely true.
+
+        Without the hint LLVM if-converts a short branch, so the work guarded by a
+        rare condition (a division) would run on every reading.
+        """
+        if not isinstance(cond, _types.Boolean):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i1 = _ir.IntType(1)
+            fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(i1, [i1, i1]), "llvm.expect.i1")
+            return builder.call(fn, [args[0], _ir.Constant(i1, 0)])
+
+        return _types.boolean(cond), codegen
 else:  # no Numba, or this is the pure-Python twin: the same as ``kernel``
     hot = kernel
+
+    def rare(cond):
+        """The identity (Numba's version only adds a branch hint)."""
+        return cond
 
 DETECTOR_NAMES = ("ewma", "robust", "rate", "cusum", "range", "flatline", "dropout", "novelty")
 N_DETECTORS = len(DETECTOR_NAMES)
@@ -122,6 +147,12 @@ P_NOV_SEASON_SMOOTH = P_NOV_LONG_MODE + 4
 P_NOV_REFRACT_INV = P_NOV_LONG_MODE + 5  # 1 / nov_refract (0: off)
 P_NOV_REFRACT_DAMP = P_NOV_LONG_MODE + 6
 N_PARAMS = P_NOV_LONG_MODE + 7
+_P_AFTER_NORM = P_NOV_SEASON_NORM + 1
+
+# compile-time switches of detect (``spec``): a float turns a part on, None compiles it out
+(SPEC_NOV0, SPEC_NOV1, SPEC_NOV2, SPEC_NOV3, SPEC_NOV4, SPEC_NOV5, SPEC_NORM, SPEC_RANGE, SPEC_FLAT,
+ SPEC_DROP) = range(NOV_NF + 4)
+N_SPEC = SPEC_DROP + 1
 
 EVENT_WIDTH = 7
 EVENT_FIELDS = ("channel", "start", "end", "peak_score", "peak_value", "detector")
@@ -133,6 +164,24 @@ def pure_module():
     from ._pure import pure_twin
 
     return pure_twin(sys.modules[__name__])
+
+
+def spec_of(p: tuple) -> tuple:
+    """The ``spec`` of :func:`detect` for parameters ``p``: None for each part these parameters never use.
+
+    A novelty feature or the seasonal normalisation is off when its parameter is not > 0 (the only
+    test the kernel applies to it), the range guard when its limits are infinite (it always scores
+    0), a guard's weighted score when its weight is 0 (it can never beat the running maximum).
+    Each distinct spec is a distinct Numba type, so :func:`detect_spec` is compiled once per spec with
+    the parts that are off gone from the loop.
+    """
+    def on(b):
+        return 0.0 if b else None
+
+    nov = tuple(on(p[P_NOV_W0 + k] > 0.0) for k in range(NOV_NF))
+    return nov + (on(p[P_NOV_SEASON_NORM] > 0.0),
+                  on(not (p[P_RANGE_LO] == -math.inf and p[P_RANGE_HI] == math.inf)),
+                  on(p[P_W0 + D_FLAT] != 0.0), on(p[P_W0 + D_DROP] != 0.0))
 
 
 def new_state(name: str, n_channels: int) -> np.ndarray:
@@ -286,7 +335,7 @@ def drop_local(last, typ, n, t, k, eta, clip):
     if n == 1.0:
         return 0.0, t, gap, n + 1.0
     score = 0.0
-    if gap > k * typ:
+    if rare(gap > k * typ):
         score = 1.0 - k * typ / gap
     return score, t, typ + eta * (min(gap, clip * typ) - typ), n + 1.0
 
@@ -632,9 +681,26 @@ def novelty_score(chan, ts, val, p, state, score):
         novelty_store(state, c, q)
 
 
+@hot
+def _switch(v, on):
+    """``v``, or 0.0 when the switch ``on`` is None (then a constant for LLVM)."""
+    return v if on is not None else 0.0
+
+
+@hot
+def spec_params(p, sp):
+    """``p`` with the novelty parameters switched off in ``sp`` (see :func:`spec_of`) replaced by 0.0."""
+    return (p[:P_NOV_SEASON_NORM] + (_switch(p[P_NOV_SEASON_NORM], sp[SPEC_NORM]),)
+            + p[_P_AFTER_NORM:P_NOV_W0]
+            + (_switch(p[P_NOV_W0], sp[SPEC_NOV0]), _switch(p[P_NOV_W0 + 1], sp[SPEC_NOV1]),
+               _switch(p[P_NOV_W0 + 2], sp[SPEC_NOV2]), _switch(p[P_NOV_W0 + 3], sp[SPEC_NOV3]),
+               _switch(p[P_NOV_W0 + 4], sp[SPEC_NOV4]), _switch(p[P_NOV_W0 + 5], sp[SPEC_NOV5]))
+            + p[P_GUARD_LEVEL:])
+
+
 @kernel
 def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov, st_ev,
-           out, dominant, events, db_band=-1.0, db_heartbeat=0.0, st_db=None, emit=None):
+           out, dominant, events, db_band=-1.0, db_heartbeat=0.0, st_db=None, emit=None, spec=None):
     """Every detector, the weighted maximum and event hysteresis in one pass, from row ``start``.
 
     ``out[i]`` is the combined score (weighted max, in [0, 1]) and ``dominant[i]``
@@ -647,8 +713,26 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
     :func:`.filters.deadband`), saving the chain a second pass. Returns
     ``(next_row, n_events)``: it stops early when ``events`` is full, so the
     caller resumes from ``next_row`` with an emptied buffer. Readings are processed in
-    order; only the write-back of state is batched per run of one channel.
+    order; only the write-back of state is batched per run of one channel. ``spec``
+    (:func:`spec_of`) compiles out the parts these parameters never use; omitted, all run.
     """
+    if spec is None:
+        return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
+                           st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit,
+                           (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+    return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
+                       st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit, spec)
+
+
+@kernel
+def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov, st_ev,
+                out, dominant, events, db_band, db_heartbeat, st_db, emit, sp):
+    """:func:`detect` with its switches ``sp`` given (:func:`spec_of`), compiled once per distinct ``sp`` type.
+
+    The chain calls it directly: going through :func:`detect` would compile the loop twice (LLVM
+    inlines it into the wrapper).
+    """
+    p = spec_params(p, sp)
     m = 0
     cap = events.shape[0]
     thr = p[P_EVENT_THRESHOLD]
@@ -673,6 +757,10 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
         dr_last, dr_typ, dr_n = st_drop[c, 0], st_drop[c, 1], st_drop[c, 2]
         e_open, e_start, e_end = st_ev[c, E_OPEN], st_ev[c, E_START], st_ev[c, E_END]
         e_peak, e_peak_val, e_dom, e_below = st_ev[c, E_PEAK], st_ev[c, E_PEAK_VAL], st_ev[c, E_DOM], st_ev[c, E_BELOW]
+        sb = -1
+        s_mean = 0.0
+        s_cnt = 0.0
+        s_spread = 0.0
         db_x = 0.0
         db_t = 0.0
         db_seen = 0.0
@@ -698,68 +786,80 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
                     db_seen = 1.0
             best = 0.0
             arg = -1
-            if w_ewma > 0.0:
-                v = w_ewma * ewma_step(st_ewma, c, x, p[P_EWMA_ALPHA], p[P_EWMA_WARMUP], p[P_EWMA_HALF])
-                if v > best:
-                    best = v
-                    arg = D_EWMA
-            if w_rob > 0.0:
-                z = huber_step(st_rob, c, 0, x, p[P_ROB_ETA], p[P_ROB_CLIP], p[P_ROB_WARMUP], p[P_ROB_FLOOR])
-                v = w_rob * squash(z, p[P_ROB_HALF])
-                if v > best:
-                    best = v
-                    arg = D_ROBUST
-            if w_rate > 0.0:
-                v = w_rate * rate_step(st_rate, c, t, x, p[P_RATE_ETA], p[P_RATE_CLIP], p[P_RATE_WARMUP],
-                                       p[P_RATE_HALF])
-                if v > best:
-                    best = v
-                    arg = D_RATE
-            if w_cusum > 0.0:
-                v = w_cusum * cusum_step(st_cusum, c, x, p[P_CUSUM_ETA], p[P_CUSUM_CLIP], p[P_CUSUM_WARMUP],
-                                         p[P_CUSUM_K], p[P_CUSUM_H])
-                if v > best:
-                    best = v
-                    arg = D_CUSUM
+            if st_ewma is not None:
+                if w_ewma > 0.0:
+                    v = w_ewma * ewma_step(st_ewma, c, x, p[P_EWMA_ALPHA], p[P_EWMA_WARMUP], p[P_EWMA_HALF])
+                    if v > best:
+                        best = v
+                        arg = D_EWMA
+            if st_rob is not None:
+                if w_rob > 0.0:
+                    z = huber_step(st_rob, c, 0, x, p[P_ROB_ETA], p[P_ROB_CLIP], p[P_ROB_WARMUP], p[P_ROB_FLOOR])
+                    v = w_rob * squash(z, p[P_ROB_HALF])
+                    if v > best:
+                        best = v
+                        arg = D_ROBUST
+            if st_rate is not None:
+                if w_rate > 0.0:
+                    v = w_rate * rate_step(st_rate, c, t, x, p[P_RATE_ETA], p[P_RATE_CLIP], p[P_RATE_WARMUP],
+                                           p[P_RATE_HALF])
+                    if v > best:
+                        best = v
+                        arg = D_RATE
+            if st_cusum is not None:
+                if w_cusum > 0.0:
+                    v = w_cusum * cusum_step(st_cusum, c, x, p[P_CUSUM_ETA], p[P_CUSUM_CLIP], p[P_CUSUM_WARMUP],
+                                             p[P_CUSUM_K], p[P_CUSUM_H])
+                    if v > best:
+                        best = v
+                        arg = D_CUSUM
             if w_nov > 0.0:
                 b = 0
                 if w_season > 0.0:
                     b, q_nov = novelty_bin(q_nov, t, p)
-                mi = NS_SEAS + b
-                cnt = mi + NOV_MAX_BINS
-                sp = cnt + NOV_MAX_BINS
-                g, q_nov, st_nov[c, mi], st_nov[c, cnt], st_nov[c, sp] = novelty_local(
-                    t, x, p, q_nov, st_nov[c, mi], st_nov[c, cnt], st_nov[c, sp])
+                if b != sb:
+                    if sb >= 0:
+                        mi = NS_SEAS + sb
+                        st_nov[c, mi], st_nov[c, mi + NOV_MAX_BINS], st_nov[c, mi + 2 * NOV_MAX_BINS] = (
+                            s_mean, s_cnt, s_spread)
+                    mi = NS_SEAS + b
+                    s_mean, s_cnt, s_spread = st_nov[c, mi], st_nov[c, mi + NOV_MAX_BINS], st_nov[c, mi + 2 * NOV_MAX_BINS]
+                    sb = b
+                g, q_nov, s_mean, s_cnt, s_spread = novelty_local(t, x, p, q_nov, s_mean, s_cnt, s_spread)
                 v = w_nov * g
                 if v > best:
                     best = v
                     arg = D_NOV
             # guards: always run; their raw score can open an event by itself
-            g = range_step(x, p[P_RANGE_LO], p[P_RANGE_HI])
-            gbest = g
+            gbest = 0.0
             garg = D_RANGE
-            v = w_range * g
-            if v > best:
-                best = v
-                arg = D_RANGE
+            if sp[SPEC_RANGE] is not None:
+                g = range_step(x, p[P_RANGE_LO], p[P_RANGE_HI])
+                gbest = g
+                v = w_range * g
+                if v > best:
+                    best = v
+                    arg = D_RANGE
             g, fl_last, fl_run, fl_rate, fl_n = flat_local(fl_last, fl_run, fl_rate, fl_n, x, p[P_FLAT_EPS],
                                                            p[P_FLAT_MIN_RUN], p[P_FLAT_ALPHA])
             if g > gbest:
                 gbest = g
                 garg = D_FLAT
-            v = w_flat * g
-            if v > best:
-                best = v
-                arg = D_FLAT
+            if sp[SPEC_FLAT] is not None:
+                v = w_flat * g
+                if v > best:
+                    best = v
+                    arg = D_FLAT
             g, dr_last, dr_typ, dr_n = drop_local(dr_last, dr_typ, dr_n, t, p[P_DROP_K], p[P_DROP_ETA],
                                                   p[P_DROP_CLIP])
             if g > gbest:
                 gbest = g
                 garg = D_DROP
-            v = w_drop * g
-            if v > best:
-                best = v
-                arg = D_DROP
+            if sp[SPEC_DROP] is not None:
+                v = w_drop * g
+                if v > best:
+                    best = v
+                    arg = D_DROP
             out[i] = best
             dominant[i] = arg
             # event hysteresis
@@ -799,6 +899,9 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
                         full = True
                         break
         novelty_store(st_nov, c, q_nov)
+        if sb >= 0:
+            mi = NS_SEAS + sb
+            st_nov[c, mi], st_nov[c, mi + NOV_MAX_BINS], st_nov[c, mi + 2 * NOV_MAX_BINS] = s_mean, s_cnt, s_spread
         st_flat[c, 0], st_flat[c, 1], st_flat[c, 2], st_flat[c, 3] = fl_last, fl_run, fl_rate, fl_n
         st_drop[c, 0], st_drop[c, 1], st_drop[c, 2] = dr_last, dr_typ, dr_n
         st_ev[c, E_OPEN], st_ev[c, E_START], st_ev[c, E_END] = e_open, e_start, e_end
