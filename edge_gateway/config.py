@@ -139,7 +139,7 @@ class DetectorOverride:
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[k] = repr(float(v))
             else:
-                raise ValueError(f"params: {k}: expected a number or a list of numbers, got {v!r}")
+                raise ValueError(f"{k}: expected a number or a list of numbers, got {v!r}")
         return out
 
 

@@ -128,3 +128,9 @@ def test_detector_override_mistakes_are_located():
     assert str(e) == "site.yaml:4:5: detector.sensors.air-1: no sensor 'air-1'; sensors: none"
     e = error_of(GOOD + "detector:\n  sensors:\n    air 1: {threshold: 0.5}\n")
     assert str(e) == "site.yaml:10:5: detector.sensors.air 1: expected a sensor id or sensor/channel"
+
+
+def test_a_bad_detector_param_value_points_at_its_key():
+    e = error_of(GOOD + "detector:\n  params: {flat_min_run: 20, nov_hold: abc}\n")
+    assert str(e) == ("site.yaml:9:30: detector.params.nov_hold: expected a number or a list of numbers, "
+                      "got 'abc'")
