@@ -1,6 +1,6 @@
 """The ``edge-gateway`` command: one parser, subcommands contributed by their modules.
 
-Each module in ``_COMMAND_MODULES`` exposes ``add_to(subparsers)``, which adds
+Each module named in ``_COMMANDS`` exposes ``add_to(subparsers)``, which adds
 its subcommand(s) with ``set_defaults(func=handler)``; a handler takes the parsed
 arguments and returns the exit status. Modules are imported lazily so that
 ``edge-gateway config validate`` does not pay for Numba or paho, and a command
@@ -17,17 +17,6 @@ import argparse
 import importlib
 import sys
 
-_COMMAND_MODULES = (
-    "edge_gateway.cmd_run",
-    "edge_gateway.cmd_config",
-    "edge_gateway.offline",
-    "edge_gateway.cmd_status",
-    "edge_gateway.cmd_tail",
-    "edge_gateway.cmd_probe",
-    "edge_gateway.cmd_record",
-    "edge_gateway.cmd_doctor",
-    "edge_gateway.cmd_service",
-)
 # the subcommands each module adds (the rest of the parser is built only for --help and typos)
 _COMMANDS = {
     "run": "edge_gateway.cmd_run",
@@ -43,6 +32,7 @@ _COMMANDS = {
     "doctor": "edge_gateway.cmd_doctor",
     "service": "edge_gateway.cmd_service",
 }
+_COMMAND_MODULES = tuple(dict.fromkeys(_COMMANDS.values()))
 
 
 def _command_of(argv: list[str]) -> str | None:

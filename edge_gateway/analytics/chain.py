@@ -197,6 +197,8 @@ class Detector:
         self.settings = settings or DetectorSettings()
         self._p = self.settings.params()
         self._spec = _D.spec_of(self._p)
+        # with ewma/robust/rate/cusum all unweighted, None tables compile them out of detect_spec
+        self._stats_on = any(w > 0.0 for w in self.settings.weights[: _D.D_CUSUM + 1])
         self._k = _D.pure_module() if pure else _D
         self._state = {name: new_state(name, capacity) for name in _STATE_NAMES}
         self._state["events"] = ens.new_event_state(capacity)
@@ -228,9 +230,7 @@ class Detector:
         out = np.empty(n, dtype=np.float64)
         dom = np.empty(n, dtype=np.int8)
         events: list[dict] = []
-        stats = (None, None, None, None)
-        if any(w > 0.0 for w in self.settings.weights[: _D.D_CUSUM + 1]):
-            stats = (st["ewma"], st["robust"], st["rate"], st["cusum"])
+        stats = (st["ewma"], st["robust"], st["rate"], st["cusum"]) if self._stats_on else (None, None, None, None)
         i = 0
         while True:
             i, m = self._k.detect_spec(chan, ts, val, self._p, i, *stats, st["flatline"], st["dropout"],
