@@ -489,6 +489,13 @@ def novelty_store(s, c, q):
 
 
 @hot
+def season_cols(b):
+    """Columns of phase bin ``b``'s day-profile mean, count and spread in the novelty table."""
+    mi = NS_SEAS + b
+    return mi, mi + NOV_MAX_BINS, mi + 2 * NOV_MAX_BINS
+
+
+@hot
 def novelty_step(s, c, t, x, p):
     """Streaming novelty: is ``x`` (or a feature of the recent past) beyond anything seen so far?
 
@@ -524,9 +531,7 @@ def novelty_step(s, c, t, x, p):
     b = 0
     if p[P_NOV_W0 + 3] > 0.0:
         b, q = novelty_bin(q, t, p)
-    mi = NS_SEAS + b
-    cnt = mi + NOV_MAX_BINS
-    sp = cnt + NOV_MAX_BINS
+    mi, cnt, sp = season_cols(b)
     v, q, s[c, mi], s[c, cnt], s[c, sp] = novelty_local(t, x, p, q, s[c, mi], s[c, cnt], s[c, sp])
     novelty_store(s, c, q)
     return v
@@ -672,9 +677,7 @@ def novelty_score(chan, ts, val, p, state, score):
                 b = 0
                 if w_season > 0.0:
                     b, q = novelty_bin(q, t, p)
-                mi = NS_SEAS + b
-                cnt = mi + NOV_MAX_BINS
-                sp = cnt + NOV_MAX_BINS
+                mi, cnt, sp = season_cols(b)
                 score[i], q, state[c, mi], state[c, cnt], state[c, sp] = novelty_local(
                     t, x, p, q, state[c, mi], state[c, cnt], state[c, sp])
             i += 1
@@ -819,11 +822,10 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
                     b, q_nov = novelty_bin(q_nov, t, p)
                 if b != sb:
                     if sb >= 0:
-                        mi = NS_SEAS + sb
-                        st_nov[c, mi], st_nov[c, mi + NOV_MAX_BINS], st_nov[c, mi + 2 * NOV_MAX_BINS] = (
-                            s_mean, s_cnt, s_spread)
-                    mi = NS_SEAS + b
-                    s_mean, s_cnt, s_spread = st_nov[c, mi], st_nov[c, mi + NOV_MAX_BINS], st_nov[c, mi + 2 * NOV_MAX_BINS]
+                        mi, cnt, sd = season_cols(sb)
+                        st_nov[c, mi], st_nov[c, cnt], st_nov[c, sd] = s_mean, s_cnt, s_spread
+                    mi, cnt, sd = season_cols(b)
+                    s_mean, s_cnt, s_spread = st_nov[c, mi], st_nov[c, cnt], st_nov[c, sd]
                     sb = b
                 g, q_nov, s_mean, s_cnt, s_spread = novelty_local(t, x, p, q_nov, s_mean, s_cnt, s_spread)
                 v = w_nov * g
@@ -900,8 +902,8 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
                         break
         novelty_store(st_nov, c, q_nov)
         if sb >= 0:
-            mi = NS_SEAS + sb
-            st_nov[c, mi], st_nov[c, mi + NOV_MAX_BINS], st_nov[c, mi + 2 * NOV_MAX_BINS] = s_mean, s_cnt, s_spread
+            mi, cnt, sd = season_cols(sb)
+            st_nov[c, mi], st_nov[c, cnt], st_nov[c, sd] = s_mean, s_cnt, s_spread
         st_flat[c, 0], st_flat[c, 1], st_flat[c, 2], st_flat[c, 3] = fl_last, fl_run, fl_rate, fl_n
         st_drop[c, 0], st_drop[c, 1], st_drop[c, 2] = dr_last, dr_typ, dr_n
         st_ev[c, E_OPEN], st_ev[c, E_START], st_ev[c, E_END] = e_open, e_start, e_end
