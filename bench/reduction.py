@@ -20,8 +20,11 @@ Prints one JSON object:
   are counted by the drivers, not reported as events, so they are listed apart);
   ``detection_delay_s``: per reported fault, the start of the first event at or
   after the fault's start minus that start (negative: only an event already open
-  overlaps it); an event is published when it closes, ``event_close_after``
-  readings after its last alarm;
+  overlaps it). An event is announced when it opens and published again when
+  it closes, ``event_close_after`` readings after its last alarm; both count in
+  the published bytes. ``reported_after_s``: the same, to the end of the batch
+  (``gateway.batch_interval_s``) whose messages first told of that event, and
+  ``closed_after_s`` to the end of the batch that closed it (null: still open);
 - ``clean_events_per_hour``: events on the fault-free stretch between a full
   day of learning and the first fault (``clean_hours`` long: 1 h by default, a
   longer ``--warmup`` measures more), the false alarms an operator would see.
@@ -73,6 +76,21 @@ def readings(scen: sc.Scenario, count: int) -> list[Reading]:
     return out
 
 
+def anomaly_events(out: list, sent: list[float], last_ts: float) -> list[dict]:
+    """One record per anomaly event: its closed message, or for one still open at the end of the stream
+    its open message ending at ``last_ts``; ``reported`` is when its first message (open or closed) was sent."""
+    ev = [(m.fields, t) for m, t in zip(out, sent) if m.kind == messages.KIND_EVENT]
+    first: dict[tuple, float] = {}
+    for e, t in ev:
+        first.setdefault((e["sensor"], e["channel"], e["start"]), t)
+    closed = [{**e, "reported": first[(e["sensor"], e["channel"], e["start"])], "closed": t}
+              for e, t in ev if e["state"] == "closed"]
+    done = {(e["sensor"], e["channel"], e["start"]) for e in closed}
+    still = [{**e, "end": last_ts, "reported": t, "closed": None} for e, t in ev if e["state"] == "open"
+             and (e["sensor"], e["channel"], e["start"]) not in done]
+    return closed + still
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hours", type=float, default=1.0)
@@ -97,6 +115,7 @@ def main() -> None:
     batcher = Batcher()
     pipe = Pipeline(cfg, topics, batcher)
     out: list[messages.Message] = []
+    sent: list[float] = []  # the stream time each message was produced at (the end of its batch)
     step = cfg.gateway.batch_interval_s
     i, t = 0, T0
     while i < len(stream):
@@ -104,8 +123,12 @@ def main() -> None:
         while i < len(stream) and stream[i].ts < t:
             batcher.add(stream[i])
             i += 1
-        out += pipe.process(batcher.drain(), now=t)
-    out += pipe.process(batcher.drain(), now=t + 3600)
+        new = pipe.process(batcher.drain(), now=t)
+        out += new
+        sent += [t] * len(new)
+    new = pipe.process(batcher.drain(), now=t + 3600)
+    out += new
+    sent += [t + 3600] * len(new)
 
     measured_from = T0 + args.warmup / rate
     span_h = (stream[-1].ts - measured_from) / 3600
@@ -126,13 +149,15 @@ def main() -> None:
                                  "unit": r.unit, "ts": r.ts, "value": r.value})
         raw += mqtt_bytes(f"{topics.base}/raw/{r.sensor}", payload)
 
-    events = [m.fields for m in out if m.kind == messages.KIND_EVENT and m.fields["end"] >= measured_from]
+    anomalies = anomaly_events(out, sent, stream[-1].ts)
+    events = [e for e in anomalies if e["end"] >= measured_from]
     learned_from = T0 + 86400.0
     clean_h = max(measured_from - learned_from, 0.0) / 3600
-    clean = [m.fields for m in out if m.kind == messages.KIND_EVENT
-             and learned_from <= m.fields["start"] and m.fields["end"] < measured_from]
+    clean = [e for e in anomalies if learned_from <= e["start"] and e["end"] < measured_from]
     faults, missed, counted_only = [], [], []
     delays: dict[str, float] = {}
+    reported: dict[str, float] = {}
+    closed_at: dict[str, float | None] = {}
     for s in scen.sensors:
         for f in s.faults:
             start = T0 + f.at * s.interval_s
@@ -147,8 +172,11 @@ def main() -> None:
             if not hit:
                 missed.append(name)
             else:  # the first event that the fault opened, else the one already open when it began
-                after = [e["start"] for e in hit if e["start"] >= start]
-                delays[name] = round((min(after) if after else min(e["start"] for e in hit)) - start, 3)
+                after = [e for e in hit if e["start"] >= start]
+                first = min(after or hit, key=lambda e: e["start"])
+                delays[name] = round(first["start"] - start, 3)
+                reported[name] = round(first["reported"] - start, 3)
+                closed_at[name] = None if first["closed"] is None else round(first["closed"] - start, 3)
     fp = [e for e in events if not any(
         e["sensor"] == s.id and e["start"] <= T0 + (f.at + f.length) * s.interval_s + SLACK_S
         and e["end"] >= T0 + f.at * s.interval_s for s in scen.sensors for f in s.faults)]
@@ -168,6 +196,8 @@ def main() -> None:
         "missed": missed,
         "counted_not_evented": counted_only,
         "detection_delay_s": delays,
+        "reported_after_s": reported,
+        "closed_after_s": closed_at,
         "clean_hours": round(clean_h, 3),
         "clean_events_per_hour": round(len(clean) / clean_h, 2) if clean_h else None,
         "clean_by_detector": {d: sum(e["detector"] == d for e in clean)

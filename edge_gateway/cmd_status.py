@@ -103,7 +103,8 @@ def render(s: dict) -> None:
     events = s.get("last_events", [])
     if events:
         print()
-        erows = [[time.strftime("%H:%M:%S", time.localtime(e.get("start", 0))), e.get("sensor"), e.get("type"),
+        erows = [[time.strftime("%H:%M:%S", time.localtime(e.get("start", 0))), e.get("sensor"),
+                  e.get("type", "") + (" (open)" if e.get("state") == "open" else ""),
                   e.get("channel", ""), _g(e.get("peak_value")), _g(e.get("peak_score")), e.get("reason", "")]
                  for e in events]
         table(erows, ["TIME", "SENSOR", "EVENT", "CHANNEL", "VALUE", "SCORE", "REASON"])

@@ -49,6 +49,7 @@ class Pipeline:
         self.batcher = batcher
         self.engine = Engine(cfg.windows.seconds)
         self._last_arrival = np.zeros(0)
+        self._announced = np.zeros(0)  # per channel: start of the open event already published, NaN: none
         self._use_detectors(cfg.detector)
 
     def _use_detectors(self, section: DetectorSection) -> None:
@@ -106,7 +107,8 @@ class Pipeline:
             det.load_state(state)
 
     def process(self, batch: Batch, now: float) -> list[messages.Message]:
-        """Aggregates of the windows this batch (or the passage of time) closed, and closed events."""
+        """Aggregates of the windows this batch (or the passage of time) closed, and anomaly events:
+        each closed one, and each newly open one once (``state`` ``closed`` / ``open``)."""
         cfg = self.cfg
         gw = cfg.gateway.id
         keys = self.batcher.keys
@@ -115,6 +117,8 @@ class Pipeline:
             grown = np.full(n_keys, now)
             grown[: self._last_arrival.shape[0]] = self._last_arrival
             self._last_arrival = grown
+        if n_keys > self._announced.shape[0]:
+            self._announced = np.concatenate([self._announced, np.full(n_keys - self._announced.shape[0], np.nan)])
         self.engine.ensure_channels(n_keys)
         self._assign(n_keys)
         out: list[messages.Message] = []
@@ -122,35 +126,55 @@ class Pipeline:
             rows = self.engine.process(batch.chan, batch.ts, batch.val)
             out += messages.aggregates(rows, keys, cfg.windows.seconds, self.topics, gw)
             self._last_arrival[np.unique(batch.chan)] = now
-            events = self._detect(batch)
-            for ev in events:
-                key = keys[ev["channel"]]
-                out.append(messages.event(self.topics, gw, key.sensor, "anomaly", channel=key.channel,
-                                          unit=key.unit, detector=ev["detector"], start=ev["start"],
-                                          end=ev["end"], peak_value=ev["peak_value"],
-                                          peak_score=ev["peak_score"]))
+            closed, opened = self._detect(batch)
+            for ev in closed:
+                if self._announced[ev["channel"]] == ev["start"]:
+                    self._announced[ev["channel"]] = np.nan
+                out.append(self._anomaly(ev, "closed"))
+            for ev in opened:
+                if self._announced[ev["channel"]] != ev["start"]:
+                    self._announced[ev["channel"]] = ev["start"]
+                    out.append(self._anomaly(ev, "open"))
         idle = np.nonzero(self.engine.open_mask()
                           & (now - self._last_arrival[:n_keys] >= cfg.windows.seconds + cfg.windows.grace_s))[0]
         if idle.size:
             out += messages.aggregates(self.engine.flush_channels(idle), keys, cfg.windows.seconds, self.topics, gw)
         return out
 
-    def _detect(self, batch: Batch) -> list[dict]:
-        """Events closed by this batch, each channel's readings scored by its own detector."""
+    def _anomaly(self, ev: dict, state: str) -> messages.Message:
+        """An ``anomaly`` event message; an ``open`` one has no ``end`` yet."""
+        key = self.batcher.keys[ev["channel"]]
+        fields = dict(channel=key.channel, unit=key.unit, detector=ev["detector"], start=ev["start"])
+        if state == "closed":
+            fields["end"] = ev["end"]
+        return messages.event(self.topics, self.cfg.gateway.id, key.sensor, "anomaly", state=state,
+                              peak_value=ev["peak_value"], peak_score=ev["peak_score"], **fields)
+
+    def _detect(self, batch: Batch) -> tuple[list[dict], list[dict]]:
+        """Events closed by this batch, and events open at its end on the channels it touched.
+
+        Each channel's readings are scored by its own detector. An event that opened and closed
+        within the batch is only in the first list; one still open is announced once (see
+        :meth:`process`), so the cloud hears of a stuck sensor while it is stuck, not when it recovers.
+        """
         if len(self._detectors) == 1:
-            return self._detectors[0].process(batch.chan, batch.ts, batch.val)[1]
+            det = self._detectors[0]
+            closed = det.process(batch.chan, batch.ts, batch.val)[1]
+            return closed, det.open_events(np.unique(batch.chan))
         group = self._group[batch.chan]
-        events = []
+        closed, opened = [], []
         for g, det in enumerate(self._detectors):
             mine = group == g
             if mine.any():
-                events += det.process(batch.chan[mine], batch.ts[mine], batch.val[mine])[1]
-        return events
+                closed += det.process(batch.chan[mine], batch.ts[mine], batch.val[mine])[1]
+                opened += det.open_events(np.unique(batch.chan[mine]))
+        return closed, opened
 
     def checkpoint(self) -> bytes:
         """Channel names and every state table, so a restart resumes windows and detectors."""
         arrays = {f"win.{k}": v for k, v in self.engine.state().items()}
         arrays.update({f"det.{k}": v for k, v in self._detector_state().items()})
+        arrays["announced"] = self._announced
         return msgpack.packb({
             "version": 2,
             "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys],
@@ -172,4 +196,7 @@ class Pipeline:
             self._load_detector_state({k[4:]: v for k, v in arrays.items() if k.startswith("det.")})
         except (ValueError, KeyError):
             pass
+        n = len(self.batcher.keys)
+        announced = arrays.get("announced", np.zeros(0))[:n]  # absent in older checkpoints: announce again
+        self._announced = np.concatenate([announced, np.full(n - announced.shape[0], np.nan)])
         return len(data["keys"])

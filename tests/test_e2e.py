@@ -70,7 +70,8 @@ def test_serial_reading_reaches_broker_exactly(broker, tmp_path):
         n_events = len(expected_events)
         assert [(ch, v) for ch, _, _, v, _ in sorted(expected_events)] == [("noise_db", 14.0), ("pm25", 70.1)]
         assert n_aggs == 15
-        wait_for(lambda: len(sub.of("agg")) >= n_aggs and len(sub.of("event")) >= n_events, 30,
+        wait_for(lambda: len(sub.of("agg")) >= n_aggs
+                 and sum(e["state"] == "closed" for e in sub.of("event")) >= n_events, 30,
                  what=f"{n_aggs} aggregates: {gw.log_text()[-2000:]}")
     finally:
         if sim:
@@ -98,8 +99,15 @@ def test_serial_reading_reaches_broker_exactly(broker, tmp_path):
 
     events = sub.of("event")
     assert {e["type"] for e in events} <= {"anomaly"}
-    assert sorted((e["channel"], e["start"], e["end"], e["peak_value"], e["detector"]) for e in events) == sorted(
+    closed = [e for e in events if e["state"] == "closed"]
+    assert sorted((e["channel"], e["start"], e["end"], e["peak_value"], e["detector"]) for e in closed) == sorted(
         expected_events)
+    # an event that outlived the batch it opened in was announced once, before it closed
+    opened = [e for e in events if e["state"] == "open"]
+    announced = [(e["channel"], e["start"]) for e in opened]
+    assert len(announced) == len(set(announced)) and set(announced) <= {(ch, start) for ch, start, *_ in expected_events}
+    assert all(o["seq"] < c["seq"] for o in opened for c in closed if (c["channel"], c["start"]) == (o["channel"], o["start"]))
+    n_events = len(events)
 
     seqs = [m.data["seq"] for m in sub.snapshot() if "/agg/" in m.topic or "/event/" in m.topic]
     assert sorted(set(seqs)) == list(range(1, n_aggs + n_events + 1))

@@ -53,8 +53,9 @@ def test_aggregates_and_a_spike_event():
     assert all(a["count"] == 10 and a["unit"] == "C" for a in aggs)
     assert aggs[6]["max"] == max(r.value for r in readings(95, spike_at=60)[60:70])
     events = [m.fields for m in out if m.kind == messages.KIND_EVENT]
-    assert [(e["type"], e["channel"], e["start"], e["detector"]) for e in events] == [
-        ("anomaly", "temp", 1060.0, "robust")]
+    assert [(e["type"], e["state"], e["channel"], e["start"], e["detector"]) for e in events] == [
+        ("anomaly", "open", "temp", 1060.0, "robust"), ("anomaly", "closed", "temp", 1060.0, "robust")]
+    assert "end" not in events[0] and events[1]["end"] == 1060.0
     assert all(m.topic == "city/p-gw/event/s1" for m in out if m.kind == messages.KIND_EVENT)
 
 
@@ -105,8 +106,9 @@ def feed(pipe: Pipeline, batcher: Batcher, stream: list[Reading], batch: int = 7
 
 
 def anomalies(out: list[messages.Message]) -> list[tuple]:
+    """Closed anomaly events (each also announced while open when it outlived its batch)."""
     return [(m.fields["sensor"], m.fields["channel"], m.fields["start"], m.fields["detector"])
-            for m in out if m.kind == messages.KIND_EVENT]
+            for m in out if m.kind == messages.KIND_EVENT and m.fields["state"] == "closed"]
 
 
 def test_a_channel_override_scores_that_channel_apart():
@@ -136,7 +138,8 @@ def test_restart_with_overrides_changes_nothing():
         return [m.fields for m in first + feed(pipe, batcher, stream[cut:] if cut else [])]
 
     whole = run_through(None)
-    assert [(f["sensor"], f["start"]) for f in whole if f.get("type") == "anomaly"] == [("s1", 1150.0)]
+    assert [(f["sensor"], f["state"], f["start"]) for f in whole if f.get("type") == "anomaly"] == [
+        ("s1", "open", 1150.0), ("s1", "closed", 1150.0)]
     assert run_through(196) == whole
 
 

@@ -243,6 +243,15 @@ class Detector:
         self.last_dominant = dom
         return out, events
 
+    def open_events(self, channels: np.ndarray) -> list[dict]:
+        """The events open on ``channels`` now, as far as they got: ``end`` is their last reading at or
+        above the threshold so far, ``peak_*`` and ``detector`` their peak so far."""
+        ev = self._state["events"]
+        channels = channels[channels < self.n_channels]
+        rows = channels[ev[channels, _D.E_OPEN] != 0.0]
+        cols = [_D.E_START, _D.E_END, _D.E_PEAK, _D.E_PEAK_VAL, _D.E_DOM]
+        return [_event_dict([c] + r) for c, r in zip(rows.tolist(), ev[np.ix_(rows, cols)].tolist())]
+
     def state(self) -> dict[str, np.ndarray]:
         """Copies of every state table (rows = channels), for a checkpoint."""
         return {k: a[: self.n_channels].copy() for k, a in self._state.items()}
