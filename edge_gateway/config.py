@@ -301,9 +301,21 @@ def load(path: str | os.PathLike) -> GatewayConfig:
 
 
 def _resolve_paths(cfg: GatewayConfig, base_dir: Path | None, source: str) -> GatewayConfig:
+    """Relative paths (state directory, TLS files, secrets file) against the config file's folder.
+
+    The service runs with ``/`` as its working directory, so ``ca_file: certs/ca.pem`` next to
+    the config must not mean ``/certs/ca.pem``.
+    """
     import dataclasses
 
     base = base_dir or Path.cwd()
-    state = base / os.path.expanduser(cfg.gateway.state_dir)
-    gw = dataclasses.replace(cfg.gateway, state_dir=str(state))
-    return dataclasses.replace(cfg, gateway=gw, source=source)
+
+    def at(path: str) -> str:
+        return str(base / os.path.expanduser(path)) if path else path
+
+    gw = dataclasses.replace(cfg.gateway, state_dir=at(cfg.gateway.state_dir))
+    b = cfg.broker
+    tls = b.tls and dataclasses.replace(b.tls, ca_file=at(b.tls.ca_file), cert_file=at(b.tls.cert_file),
+                                        key_file=at(b.tls.key_file))
+    broker = dataclasses.replace(b, tls=tls, secrets_file=at(b.secrets_file))
+    return dataclasses.replace(cfg, gateway=gw, broker=broker, source=source)

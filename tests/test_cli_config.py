@@ -57,7 +57,7 @@ def test_validate_show_masks_secrets_and_fills_defaults(tmp_path):
     data = json.loads(r.stdout)
     assert data["gateway"]["state_dir"] == str(tmp_path / "state")  # env default expanded, path resolved
     assert data["gateway"]["batch_interval_s"] == 0.2  # a default filled in
-    assert data["broker"]["secrets_file"] == "secrets.txt"  # the path, never the contents
+    assert data["broker"]["secrets_file"] == str(tmp_path / "secrets.txt")  # the path (resolved), never the contents
     assert data["sensors"][1]["options"]["format"] == "json"
     r = cli("config", "show", cfg)
     assert "state_dir: " + str(tmp_path / "state") in r.stdout and "id: cab-17" in r.stdout

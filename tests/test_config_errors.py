@@ -134,3 +134,25 @@ def test_a_bad_detector_param_value_points_at_its_key():
     e = error_of(GOOD + "detector:\n  params: {flat_min_run: 20, nov_hold: abc}\n")
     assert str(e) == ("site.yaml:9:30: detector.params.nov_hold: expected a number or a list of numbers, "
                       "got 'abc'")
+
+
+def test_relative_tls_and_secrets_paths_are_resolved_against_the_config_folder(tmp_path, monkeypatch):
+    """The service runs in ``/``: a path written next to the config means next to the config."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "gw.yaml").write_text(
+        "gateway: {id: g1, state_dir: state}\n"
+        "broker:\n"
+        "  secrets_file: ~/creds.txt\n"
+        "  tls: {ca_file: certs/ca.pem, cert_file: /abs/client.pem, key_file: ../keys/client.key}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = config.load(folder / "gw.yaml")
+    assert cfg.broker.tls.ca_file == str(folder / "certs" / "ca.pem")
+    assert cfg.broker.tls.cert_file == "/abs/client.pem"
+    assert cfg.broker.tls.key_file == str(folder / ".." / "keys" / "client.key")
+    assert cfg.broker.secrets_file == str(tmp_path / "home" / "creds.txt")
+    assert cfg.gateway.state_dir == str(folder / "state")
+    bare = config.loads("gateway: {id: g2}\nbroker: {tls: {ca_file: ca.pem}}\n")
+    assert bare.broker.secrets_file == "" and bare.broker.tls.cert_file == ""
+    assert bare.broker.tls.ca_file == str(tmp_path / "ca.pem")  # no file: relative to the working directory
