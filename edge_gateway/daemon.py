@@ -17,7 +17,7 @@ from typing import Callable
 
 import msgpack
 
-from . import memory
+from . import kernel_cache, memory
 from .config import GatewayConfig
 
 log = logging.getLogger(__name__)
@@ -478,7 +478,9 @@ async def run(cfg: GatewayConfig, notify: Callable[[str], None] = lambda s: None
 
 
 def prepare_environment(cfg: GatewayConfig) -> None:
-    """Point Numba's cache at the state directory before any kernel module is imported."""
+    """Point Numba's cache at the state directory (a folder per code version, see :mod:`.kernel_cache`)
+    before any kernel module is imported."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(cfg.state_dir / "numba-cache"))
+    if "NUMBA_CACHE_DIR" not in os.environ:
+        os.environ["NUMBA_CACHE_DIR"] = str(kernel_cache.cache_dir(cfg.state_dir / "numba-cache"))
     memory.limit_arenas()
