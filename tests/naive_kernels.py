@@ -145,11 +145,19 @@ def flatline(chan, val, eps, min_run, alpha):
     out = [0.0] * len(chan)
     for c, rows in per_channel(chan, val).items():
         xs = [(i, x) for i, x in rows if x == x]
-        run, rate_ = 0, 0.0
+        run, rate_, owed = 0, 0.0, 0
         for (_, prev), (i, x) in zip(xs, xs[1:]):
             same = abs(x - prev) <= eps
-            run = run + 1 if same else 0
-            out[i] = (1.0 - rate_) if run >= min_run else 0.0
+            if same:
+                run += 1
+                if run >= min_run:  # stuck: score, and learn these repeats only when it ends
+                    out[i] = 1.0 - rate_
+                    owed += 1
+                    continue
+            else:
+                for _ in range(owed):
+                    rate_ += alpha * (1.0 - rate_)
+                run, owed = 0, 0
             rate_ += alpha * ((1.0 if same else 0.0) - rate_)
     return out
 

@@ -139,9 +139,12 @@ def test_cusum_fires_once_on_level_shift():
 
 def test_flatline_and_dropout_exact():
     s = np.zeros(6)
-    D.flat_score(np.zeros(6, np.int64), arr(1, 2, 2, 2, 2, 3), 0.0, 2.0, 0.5, D.new_state("flatline", 1), s)
-    # repeat rate before each reading: 0, 0, .5, .75 -> scores once the run reaches 2
-    assert s.tolist() == [0, 0, 0, 0.5, 0.25, 0]
+    st = D.new_state("flatline", 1)
+    D.flat_score(np.zeros(6, np.int64), arr(1, 2, 2, 2, 2, 3), 0.0, 2.0, 0.5, st, s)
+    # repeat rate 0, 0, .5 before the run reaches 2; it stays .5 while the run lasts, and the two
+    # repeats owed come in when it ends (1 - .5 * .5**2 = .875), before that reading's own update
+    assert s.tolist() == [0, 0, 0, 0.5, 0.5, 0]
+    assert st[0].tolist() == [3.0, 0.0, 0.4375, 6.0]
     s = np.zeros(5)
     D.drop_score(np.zeros(5, np.int64), arr(0, 1, 2, 12, 13), arr(1, 1, 1, 1, 1), 5.0, 0.0, 3.0,
                  D.new_state("dropout", 1), s)
@@ -292,6 +295,30 @@ def test_zero_weight_detectors_are_skipped(batch):
     det.process(chan, ts, val)
     st = det.state()
     assert not st["ewma"].any() and not st["cusum"].any() and st["novelty"].any() and st["flatline"].any()
+
+
+
+def test_a_stuck_stretch_alarms_throughout_and_a_channel_that_stays_flat_learns_it():
+    """The repeat rate learns a run's repeats as they come until the run reaches min_run (10), then only
+    when it ends: the first stuck stretch alarms at one level from its 10th repeat to its last, and the
+    next one no longer reaches the event threshold (0.25)."""
+    moving = lambda k, base: list(base + np.arange(k) * 0.37)  # noqa: E731
+    x = np.array(moving(40, 0.0) + [5.0] * 300 + moving(10, 100.0) + [7.0] * 300)
+    s = np.zeros(x.size)
+    D.flat_score(np.zeros(x.size, np.int64), x, 0.0, 10.0, 0.01, D.new_state("flatline", 1), s)
+    rate = 0.0
+    for _ in range(9):  # repeats 1-9 of the first stretch
+        rate += 0.01 * (1.0 - rate)
+    first, second = s[40:340], s[350:650]
+    assert (first[:10] == 0.0).all() and (first[10:] == 1.0 - rate).all()  # 290 readings, one level
+    rate = 1.0 - (1.0 - rate) * 0.99 ** 290.0  # its 290 alarmed repeats, owed until it ended
+    for _ in range(11):  # the reading that ended it, 9 moving ones, the next stretch's first
+        rate += 0.01 * (0.0 - rate)
+    for _ in range(9):
+        rate += 0.01 * (1.0 - rate)
+    assert (second[:10] == 0.0).all()
+    np.testing.assert_allclose(second[10:], 1.0 - rate, rtol=1e-12, atol=0)
+    assert first[10] > 0.9 and second[10:].max() < 0.25
 
 
 def test_guards_open_events_at_weight_zero():

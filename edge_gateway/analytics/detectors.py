@@ -307,10 +307,14 @@ def flat_local(last, run, rate, n, x, eps, min_run, alpha):
     """:func:`flat_step` on state held in scalars: returns ``(score, last, run, rate, n)``."""
     if n == 0.0:
         return 0.0, x, run, rate, 1.0
-    same = 1.0 if abs(x - last) <= eps else 0.0
-    run = run + 1.0 if same > 0.0 else 0.0
-    score = 1.0 - rate if run >= min_run else 0.0
-    return score, x, run, rate + alpha * (same - rate), n + 1.0
+    if abs(x - last) <= eps:
+        run = run + 1.0
+        if run >= min_run:  # stuck: its repeats are learnt when it ends
+            return 1.0 - rate, x, run, rate, n + 1.0
+        return 0.0, x, run, rate + alpha * (1.0 - rate), n + 1.0
+    if rare(run >= min_run):  # the repeats owed since the run reached min_run, at once
+        rate = 1.0 - (1.0 - rate) * (1.0 - alpha) ** (run - min_run + 1.0)
+    return 0.0, x, 0.0, rate + alpha * (0.0 - rate), n + 1.0
 
 
 @hot
@@ -318,7 +322,11 @@ def flat_step(s, c, x, eps, min_run, alpha):
     """Stuck sensor: run of readings within ``eps`` of the previous; s = [last, run, repeat_rate, n].
 
     Scores ``1 - repeat_rate`` once the run reaches ``min_run``, so a channel
-    that normally repeats itself (counters, quantised values) never alarms.
+    that normally repeats itself (counters, quantised values) never alarms. The
+    repeat rate (an EWMA) does not learn from a run while it lasts beyond
+    ``min_run``: it takes those repeats in when the run ends, so a stuck sensor
+    alarms for as long as it is stuck instead of teaching the guard that
+    repeating is normal. No state field is needed: ``run - min_run + 1`` are owed.
     """
     g, s[c, 0], s[c, 1], s[c, 2], s[c, 3] = flat_local(s[c, 0], s[c, 1], s[c, 2], s[c, 3], x, eps, min_run, alpha)
     return g
