@@ -98,8 +98,8 @@ class DetectorSettings:
     nov_refract_damp: float = 0.5
     # noise floors (0: off): the season residual range (in bin spreads) always holds
     # [-nov_season_floor, nov_season_floor], the level-shift range +-nov_shift_floor * volatility EWMA
-    nov_season_floor: float = 0.0
-    nov_shift_floor: float = 0.0
+    nov_season_floor: float = 3.0
+    nov_shift_floor: float = 1.0
     guard_level: float = 0.5
     # ewma, robust, rate, cusum, range, flatline, dropout, novelty
     weights: tuple = (0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)
