@@ -300,15 +300,23 @@ def novelty(chan, ts, val, cfg):
                             dec = decay[3]
                             if cfg.nov_season_mature > 0:
                                 dec = dec * cfg.nov_season_mature / (cfg.nov_season_mature + nr)
+                            fl = cfg.nov_season_floor  # the range always holds [-fl, fl]
+                            if fl > 0:
+                                rng[3] = [min(rng[3][0], -fl), max(rng[3][1], fl)]
                             vs.append(novel(rng[3], f, nr >= cfg.nov_season_warmup, 3, dec))
                 else:
                     st["bins"][b] = [xs, 1, 0.0]
-            if w[4] > 0:
+            if w[4] > 0 or cfg.nov_shift_floor > 0:
                 st["vol"] += cfg.nov_vol_alpha * (abs(d) - st["vol"])
-                vs.append(novel(rng[4], st["vol"], ok, 4))
+                if w[4] > 0:
+                    vs.append(novel(rng[4], st["vol"], ok, 4))
             if w[5] > 0:
                 st["long"] += cfg.nov_long_alpha * (x - st["long"])
                 f = st["short"] - st["long"] if cfg.nov_long_mode > 0 else st["long"]
+                if cfg.nov_long_mode > 0:  # the level-shift range always holds +-floor * vol
+                    fl = cfg.nov_shift_floor * st["vol"]
+                    if fl > 0:
+                        rng[5] = [min(rng[5][0], -fl), max(rng[5][1], fl)]
                 vs.append(novel(rng[5], f, ok, 5))
             st["n"] += 1
             v = max(vs)

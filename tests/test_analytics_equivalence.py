@@ -123,6 +123,8 @@ NOVELTY = [
     DetectorSettings(nov_warmup=4.0, nov_season_warmup=2.0, nov_bin_warmup=1.0, nov_season_bins=96.0,
                      nov_long_mode=1.0, nov_season_mature=10.0, nov_half_season=0.1, nov_half_vol=0.2,
                      nov_season_smooth=0.5, nov_weights=(1.0, 0.0, 0.0, 0.3, 0.5, 0.5)),
+    DetectorSettings(nov_warmup=4.0, nov_season_warmup=2.0, nov_bin_warmup=1.0, nov_season_bins=96.0,
+                     nov_season_floor=1.5, nov_shift_floor=0.5, nov_weights=(1.0, 0.0, 0.5, 0.3, 0.0, 0.5)),
 ]
 
 

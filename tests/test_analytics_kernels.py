@@ -233,6 +233,9 @@ NOV_CASES = [
      "nov_half_vol": "0.2", "nov_season_smooth": "0.5", "nov_warmup": "50", "nov_season_warmup": "20"},
     {"nov_refract": "0"},
     {"nov_refract": "60", "nov_refract_damp": "0.8", "nov_hold": "20", "nov_warmup": "50", "nov_level": "0.1"},
+    {"nov_season_floor": "3", "nov_shift_floor": "1"},
+    {"nov_season_floor": "0.5", "nov_shift_floor": "0.3", "nov_weights": "1,0,0.5,0.3,0,0.5", "nov_warmup": "50",
+     "nov_season_warmup": "20", "nov_hold": "20"},  # the vol EWMA kept for the shift floor alone
 ]
 
 

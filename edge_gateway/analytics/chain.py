@@ -96,6 +96,10 @@ class DetectorSettings:
     # 1 - nov_refract_damp * (1 - r / nov_refract) while r < nov_refract (nov_refract 0: off)
     nov_refract: float = 0.0
     nov_refract_damp: float = 0.5
+    # noise floors (0: off): the season residual range (in bin spreads) always holds
+    # [-nov_season_floor, nov_season_floor], the level-shift range +-nov_shift_floor * volatility EWMA
+    nov_season_floor: float = 3.0
+    nov_shift_floor: float = 1.0
     guard_level: float = 0.5
     # ewma, robust, rate, cusum, range, flatline, dropout, novelty
     weights: tuple = (0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)
@@ -174,7 +178,7 @@ class DetectorSettings:
         p[_D.P_NOV_LONG_MODE :] = [self.nov_long_mode, self.nov_season_mature, self.nov_half_season,
                                    self.nov_half_vol, self.nov_season_smooth,
                                    1.0 / self.nov_refract if self.nov_refract > 0.0 else 0.0,
-                                   self.nov_refract_damp]
+                                   self.nov_refract_damp, self.nov_season_floor, self.nov_shift_floor]
         return tuple(p.tolist())
 
 

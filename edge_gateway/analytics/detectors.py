@@ -146,7 +146,9 @@ P_NOV_HALF_VOL = P_NOV_LONG_MODE + 3
 P_NOV_SEASON_SMOOTH = P_NOV_LONG_MODE + 4
 P_NOV_REFRACT_INV = P_NOV_LONG_MODE + 5  # 1 / nov_refract (0: off)
 P_NOV_REFRACT_DAMP = P_NOV_LONG_MODE + 6
-N_PARAMS = P_NOV_LONG_MODE + 7
+P_NOV_SEASON_FLOOR = P_NOV_LONG_MODE + 7  # the season residual range always holds [-floor, floor]
+P_NOV_SHIFT_FLOOR = P_NOV_LONG_MODE + 8  # the level-shift range always holds +-(this x volatility EWMA)
+N_PARAMS = P_NOV_LONG_MODE + 9
 _P_AFTER_NORM = P_NOV_SEASON_NORM + 1
 
 # compile-time switches of detect (``spec``): a float turns a part on, None compiles it out
@@ -530,7 +532,12 @@ def novelty_step(s, c, t, x, p):
     refractory period: for ``nov_refract`` readings (``P_NOV_REFRACT_INV`` holds
     its inverse, 0: off) the score is multiplied by ``1 - P_NOV_REFRACT_DAMP *
     (1 - r / nov_refract)``, r readings since the hold ended (``hold`` counts
-    on below 0 for that). No per-file
+    on below 0 for that). Noise floors (0: off): the normalised season residual's range always
+    holds [-``P_NOV_SEASON_FLOOR``, ``P_NOV_SEASON_FLOOR``] and, in ``P_NOV_LONG_MODE``, the
+    level-shift range always holds +-``P_NOV_SHIFT_FLOOR`` times the volatility EWMA (tracked for
+    it even when the volatility feature's weight is 0): a residual of a few bin spreads, or a gap
+    between the EWMAs smaller than the usual reading-to-reading step, is noise however long the
+    series has been quiet, so a shrinking range cannot re-arm on it. No per-file
     minimum, maximum or length: every range is learnt from the stream.
     s = [n, prev, short, hold, n_residuals, vol, long, bin, bin start, bin end, (lo, hi) x 6,
     bin means, bin counts, bin spreads].
@@ -625,6 +632,10 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
                     if m > 0.0:  # the residual range forgets more slowly as it matures
                         decay = decay * m / (m + nr)
                     hs = p[P_NOV_HALF_SEASON]
+                    fl = p[P_NOV_SEASON_FLOOR]
+                    if fl > 0.0:
+                        f6 = min(f6, -fl)
+                        f7 = max(f7, fl)
                     v, f6, f7 = range_novelty_local(f6, f7, f, nr >= p[P_NOV_SEASON_WARMUP], w,
                                                     hs if hs > 0.0 else half, decay)
                     out = max(out, v)
@@ -632,17 +643,22 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
             s_mean = xs
             s_cnt = 1.0
     w = p[P_NOV_W0 + 4]
-    if w > 0.0:
+    if w > 0.0 or p[P_NOV_SHIFT_FLOOR] > 0.0:
         vol = vol + p[P_NOV_A_VOL] * (abs(d) - vol)
-        hv = p[P_NOV_HALF_VOL]
-        v, f8, f9 = range_novelty_local(f8, f9, vol, ok, w, hv if hv > 0.0 else half, p[P_NOV_DECAY0 + 4])
-        out = max(out, v)
+        if w > 0.0:
+            hv = p[P_NOV_HALF_VOL]
+            v, f8, f9 = range_novelty_local(f8, f9, vol, ok, w, hv if hv > 0.0 else half, p[P_NOV_DECAY0 + 4])
+            out = max(out, v)
     w = p[P_NOV_W0 + 5]
     if w > 0.0:
         lng = lng + p[P_NOV_A_LONG] * (x - lng)
         f = lng
         if p[P_NOV_LONG_MODE] > 0.0:  # the gap between the short and the long EWMA: a level shift
             f = short - lng
+            fl = p[P_NOV_SHIFT_FLOOR] * vol  # a gap under the usual step is noise
+            if fl > 0.0:
+                f10 = min(f10, -fl)
+                f11 = max(f11, fl)
         v, f10, f11 = range_novelty_local(f10, f11, f, ok, w, half, p[P_NOV_DECAY0 + 5])
         out = max(out, v)
     n = n + 1.0
