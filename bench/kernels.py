@@ -2,7 +2,7 @@
 
 Prints one JSON object. Numba runs on 64 channels x 100k samples (channel-major
 blocks interleaved per 1k samples); pure Python on 4 channels x 5k samples;
-rates are per sample on one core, best of 5 (7 for the chain) runs: the VM is
+rates are per sample per CPU-second on one core, best of 5 (7 for the chain) runs: the VM is
 shared, so the best run is the least disturbed one. The Python path is honestly pure: every
 kernel *and* every helper it calls comes from the modules' pure twins
 (``pure_module()``, ``Chain(pure=True)``), not ``.py_func`` wrappers around
@@ -45,11 +45,13 @@ def data(n_ch, per_ch, seed=0):
 
 
 def rate(fn, n, repeat=3):
+    """Samples per CPU-second, best of ``repeat``: CPU time, not wall time, because the VM's host
+    steals whole slices of wall time (up to a third of it in some runs)."""
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, time.process_time() - t0)
     return n / best
 
 
