@@ -57,13 +57,13 @@ def windowed_gaussian(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_scores(dest: Path, key: str, ts: list[str], values: np.ndarray, scores: np.ndarray) -> None:
+def write_scores(dest: Path, key: str, ts: np.ndarray, values: np.ndarray, scores: np.ndarray) -> None:
     path = dest / key
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["timestamp", "value", "anomaly_score"])
-        for t, v, s in zip(ts, values.tolist(), scores.tolist()):
+        for t, v, s in zip(ts.tolist(), values.tolist(), scores.tolist()):
             w.writerow([t, v, repr(s)])
 
 
@@ -89,10 +89,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         wg = Path(d) / "windowedGaussian"
         for k in keys:
-            with open(args.nab / "data" / k, newline="") as f:
-                rows = list(csv.DictReader(f))
-            ts = [r["timestamp"] for r in rows]
-            values = np.array([float(r["value"]) for r in rows])
+            ts, values = scorer.read_series(args.nab / "data" / k)
             write_scores(wg, k, ts, values, windowed_gaussian(values))
         result = {
             "windowedGaussian": evaluate(args.nab, wg),

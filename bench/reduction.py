@@ -79,15 +79,17 @@ def readings(scen: sc.Scenario, count: int) -> list[Reading]:
 def anomaly_events(out: list, sent: list[float], last_ts: float) -> list[dict]:
     """One record per anomaly event: its closed message, or for one still open at the end of the stream
     its open message ending at ``last_ts``; ``reported`` is when its first message (open or closed) was sent."""
+    def key(e: dict) -> tuple:  # what pairs an event's open and closed messages
+        return e["sensor"], e["channel"], e["start"]
+
     ev = [(m.fields, t) for m, t in zip(out, sent) if m.kind == messages.KIND_EVENT]
     first: dict[tuple, float] = {}
     for e, t in ev:
-        first.setdefault((e["sensor"], e["channel"], e["start"]), t)
-    closed = [{**e, "reported": first[(e["sensor"], e["channel"], e["start"])], "closed": t}
-              for e, t in ev if e["state"] == "closed"]
-    done = {(e["sensor"], e["channel"], e["start"]) for e in closed}
-    still = [{**e, "end": last_ts, "reported": t, "closed": None} for e, t in ev if e["state"] == "open"
-             and (e["sensor"], e["channel"], e["start"]) not in done]
+        first.setdefault(key(e), t)
+    closed = [{**e, "reported": first[key(e)], "closed": t} for e, t in ev if e["state"] == "closed"]
+    done = {key(e) for e in closed}
+    still = [{**e, "end": last_ts, "reported": t, "closed": None} for e, t in ev
+             if e["state"] == "open" and key(e) not in done]
     return closed + still
 
 

@@ -113,20 +113,17 @@ class Pipeline:
         gw = cfg.gateway.id
         keys = self.batcher.keys
         n_keys = len(keys)
-        if n_keys > self._last_arrival.shape[0]:
-            grown = np.full(n_keys, now)
-            grown[: self._last_arrival.shape[0]] = self._last_arrival
-            self._last_arrival = grown
-        if n_keys > self._announced.shape[0]:
-            self._announced = np.concatenate([self._announced, np.full(n_keys - self._announced.shape[0], np.nan)])
+        self._last_arrival = _padded(self._last_arrival, n_keys, now)
+        self._announced = _padded(self._announced, n_keys, np.nan)
         self.engine.ensure_channels(n_keys)
         self._assign(n_keys)
         out: list[messages.Message] = []
         if len(batch):
             rows = self.engine.process(batch.chan, batch.ts, batch.val)
             out += messages.aggregates(rows, keys, cfg.windows.seconds, self.topics, gw)
-            self._last_arrival[np.unique(batch.chan)] = now
-            closed, opened = self._detect(batch)
+            touched = np.unique(batch.chan)
+            self._last_arrival[touched] = now
+            closed, opened = self._detect(batch, touched)
             for ev in closed:
                 if self._announced[ev["channel"]] == ev["start"]:
                     self._announced[ev["channel"]] = np.nan
@@ -150,8 +147,8 @@ class Pipeline:
         return messages.event(self.topics, self.cfg.gateway.id, key.sensor, "anomaly", state=state,
                               peak_value=ev["peak_value"], peak_score=ev["peak_score"], **fields)
 
-    def _detect(self, batch: Batch) -> tuple[list[dict], list[dict]]:
-        """Events closed by this batch, and events open at its end on the channels it touched.
+    def _detect(self, batch: Batch, touched: np.ndarray) -> tuple[list[dict], list[dict]]:
+        """Events closed by this batch, and events open at its end on the channels it touched (``touched``).
 
         Each channel's readings are scored by its own detector. An event that opened and closed
         within the batch is only in the first list; one still open is announced once (see
@@ -160,14 +157,14 @@ class Pipeline:
         if len(self._detectors) == 1:
             det = self._detectors[0]
             closed = det.process(batch.chan, batch.ts, batch.val)[1]
-            return closed, det.open_events(np.unique(batch.chan))
+            return closed, det.open_events(touched)
         group = self._group[batch.chan]
         closed, opened = [], []
         for g, det in enumerate(self._detectors):
             mine = group == g
             if mine.any():
                 closed += det.process(batch.chan[mine], batch.ts[mine], batch.val[mine])[1]
-                opened += det.open_events(np.unique(batch.chan[mine]))
+                opened += det.open_events(touched[self._group[touched] == g])
         return closed, opened
 
     def checkpoint(self) -> bytes:
@@ -198,5 +195,12 @@ class Pipeline:
             pass
         n = len(self.batcher.keys)
         announced = arrays.get("announced", np.zeros(0))[:n]  # absent in older checkpoints: announce again
-        self._announced = np.concatenate([announced, np.full(n - announced.shape[0], np.nan)])
+        self._announced = _padded(announced, n, np.nan)
         return len(data["keys"])
+
+
+def _padded(a: np.ndarray, n: int, fill: float) -> np.ndarray:
+    """``a`` extended to ``n`` entries with ``fill`` (itself when already that long)."""
+    if a.shape[0] >= n:
+        return a
+    return np.concatenate([a, np.full(n - a.shape[0], fill)])
