@@ -19,6 +19,7 @@ import msgpack
 
 from . import kernel_cache, memory
 from .config import GatewayConfig
+from .stall import StallMonitor
 
 log = logging.getLogger(__name__)
 
@@ -468,9 +469,11 @@ async def run(cfg: GatewayConfig, notify: Callable[[str], None] = lambda s: None
     loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
     watchdog = getattr(notify, "watchdog_task", None)  # sdnotify.Notifier: pings from this loop
     pinger = loop.create_task(watchdog(), name="watchdog") if watchdog else None
+    monitor = StallMonitor(loop).start()
     try:
         await gw.run()
     finally:
+        monitor.stop()
         if pinger is not None:
             pinger.cancel()
             await asyncio.gather(pinger, return_exceptions=True)
