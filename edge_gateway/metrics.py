@@ -26,7 +26,11 @@ RECENT_EVENTS = 10
 
 
 class RateMeter:
-    """Per-key rate between the last two samples (counts that only grow)."""
+    """Per-key rate from the older of the last two samples (one to two intervals ago) to now.
+
+    Counting up to the live count, not to the last sample, shows readings as soon as they flow:
+    a sensor that started after the last sample would otherwise read 0/s for up to an interval.
+    """
 
     def __init__(self) -> None:
         self._prev: tuple[float, dict[str, int]] | None = None
@@ -36,11 +40,10 @@ class RateMeter:
         self._prev, self._last = self._last, (now, dict(counts))
 
     def rate(self, key: str, now: float, count: int, since: float) -> float:
-        """Readings per second: over the last sampling interval, or since ``since`` before that."""
-        if self._prev is not None and self._last is not None and self._last[0] > self._prev[0]:
-            (t0, c0), (t1, c1) = self._prev, self._last
-            if key in c0 and key in c1 and c1[key] >= c0[key]:
-                return (c1[key] - c0[key]) / (t1 - t0)
+        """Readings per second since the older kept sample that has ``key``, or since ``since`` before that."""
+        for ref in (self._prev, self._last):
+            if ref is not None and key in ref[1] and now > ref[0] and count >= ref[1][key]:
+                return (count - ref[1][key]) / (now - ref[0])
         return count / (now - since) if now > since else 0.0
 
 

@@ -94,3 +94,18 @@ def test_logs_without_journal_have_timestamps():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
                          env={**env, "JOURNAL_STREAM": "1:2"}).stdout
     assert out == "<4>x: hello\n"
+
+
+def test_rate_counts_up_to_the_live_count_from_the_older_sample():
+    from edge_gateway.metrics import RateMeter
+
+    m = RateMeter()
+    assert m.rate("air-1", 10.0, 30, since=7.0) == 10.0  # no sample yet: since start
+    m.sample(10.0, {"air-1": 30})
+    assert m.rate("air-1", 12.0, 50, since=7.0) == 10.0
+    m.sample(11.0, {"air-1": 30, "noise-1": 0})
+    m.sample(12.0, {"air-1": 30, "noise-1": 0})  # the sensor paused for two samples ...
+    assert m.rate("air-1", 12.5, 45, since=7.0) == 10.0  # ... and readings flow again: not 0/s
+    assert m.rate("noise-1", 12.5, 6, since=7.0) == 4.0
+    assert m.rate("bins-1", 12.5, 4, since=10.5) == 2.0  # new sensor, in no sample yet
+    assert m.rate("air-1", 12.0, 30, since=7.0) == 0.0  # a sensor that stopped
