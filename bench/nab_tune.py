@@ -63,7 +63,11 @@ GRID: dict[str, list] = {
     "nov_refract_damp": [0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0],
     "weights.5": [0.0, 0.25, 0.5],   # flatline in the combined score
     "weights.6": [0.0, 0.25, 0.5],   # dropout in the combined score
+    "nov_vol_season": [0.0, 1.0],    # round 5 (appended: see NEIGHBOUR_KEYS)
 }
+# the keys the fixed neighbourhood moves (--robust, --compare) are drawn from: those of rounds 2-4, so
+# that a key added to GRID later leaves the 60 moves every round was compared over unchanged
+NEIGHBOUR_KEYS = [k for k in GRID if k != "nov_vol_season"]
 
 
 def load(data: Path, windows: dict, categories) -> tuple[list[str], list, list]:
@@ -139,7 +143,7 @@ def neighbour(s: DetectorSettings, moves) -> DetectorSettings:
 def perturbations(n: int, seed: int) -> list:
     """``n`` fixed random neighbourhood moves: one or two grid keys, one place up or down each."""
     rng = np.random.default_rng(seed)
-    keys = list(GRID)
+    keys = NEIGHBOUR_KEYS
     return [[(str(k), int(rng.choice([-1, 1]))) for k in rng.choice(keys, size=int(rng.integers(1, 3)), replace=False)]
             for _ in range(n)]
 

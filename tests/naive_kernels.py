@@ -264,7 +264,8 @@ def novelty(chan, ts, val, cfg):
                 st = {"n": 1, "prev": x, "short": x, "long": x, "vol": 0.0, "hold": 0.0, "peak": 0.0, "nr": 0, "since": 0,
                       "rng": [[x, x], [0.0, 0.0], [x, x], [0.0, 0.0], [0.0, 0.0], lr], "bins": {}}
                 if w[3] > 0:
-                    st["bins"][_phase_bin(t, cfg.nov_season_bins)] = [x, 1, 0.0]
+                    st["pb"] = _phase_bin(t, cfg.nov_season_bins)
+                    st["bins"][st["pb"]] = [x, 1, 0.0]
                 continue
             rng = st["rng"]
             d = x - st["prev"]
@@ -279,8 +280,15 @@ def novelty(chan, ts, val, cfg):
                 st["short"] += cfg.nov_short_alpha * (x - st["short"])
                 if w[2] > 0:
                     vs.append(novel(rng[2], st["short"], ok, 2))
+            dv = d
             if w[3] > 0:
                 b = _phase_bin(t, cfg.nov_season_bins)
+                if cfg.nov_vol_season > 0 and b in st["bins"]:
+                    # the step less the profile's step from the previous reading's bin, if smaller
+                    ds = d - (st["bins"][b][0] - st["bins"][st["pb"]][0])
+                    if abs(ds) < abs(d):
+                        dv = ds
+                st["pb"] = b
                 xs = x + cfg.nov_season_smooth * (st["short"] - x)
                 if b in st["bins"]:
                     mean, cnt, spread = st["bins"][b]
@@ -307,7 +315,7 @@ def novelty(chan, ts, val, cfg):
                 else:
                     st["bins"][b] = [xs, 1, 0.0]
             if w[4] > 0 or cfg.nov_shift_floor > 0:
-                st["vol"] += cfg.nov_vol_alpha * (abs(d) - st["vol"])
+                st["vol"] += cfg.nov_vol_alpha * (abs(dv) - st["vol"])
                 if w[4] > 0:
                     vs.append(novel(rng[4], st["vol"], ok, 4))
             if w[5] > 0:

@@ -236,6 +236,9 @@ NOV_CASES = [
     {"nov_season_floor": "3", "nov_shift_floor": "1"},
     {"nov_season_floor": "0.5", "nov_shift_floor": "0.3", "nov_weights": "1,0,0.5,0.3,0,0.5", "nov_warmup": "50",
      "nov_season_warmup": "20", "nov_hold": "20"},  # the vol EWMA kept for the shift floor alone
+    {"nov_vol_season": "1"},
+    {"nov_vol_season": "1", "nov_season_bins": "96", "nov_bin_warmup": "1", "nov_warmup": "50", "nov_hold": "20",
+     "nov_shift_floor": "0"},
 ]
 
 
@@ -248,6 +251,53 @@ def test_novelty_vs_naive(case):
     D.novelty_score(chan, ts, val, cfg.params(), D.new_state("novelty", 2), out)
     np.testing.assert_allclose(out, N.novelty(chan.tolist(), ts, val, cfg), rtol=1e-12, atol=0)
     assert ((out >= 0) & (out <= 1)).all() and (out >= cfg.nov_level).sum() >= 1
+
+
+@pytest.mark.parametrize("on, vols", [
+    (0.0, [0, 0, 0, 5, 2.5, 1.25, 0.625, 5.3125, 2.65625, 1.328125, 0.6640625, 5.33203125]),
+    # the day-0 jump into bin 1 counts (bin 1 not seen yet), the profile's later jumps do not
+    (1.0, [0, 0, 0, 5, 2.5, 1.25, 0.625, 0.3125, 0.15625, 0.078125, 0.0390625, 0.01953125]),
+])
+def test_novelty_vol_season_exact(on, vols):
+    # two 12-hour phase bins, four readings in each, the value 0 in the first and 10 in the second: the
+    # profile (alpha 1, no smoothing) learns both levels on day 0, so from day 1 each jump is the
+    # profile's own step, 0 once it is taken out
+    cfg = DetectorSettings().with_overrides({
+        "nov_vol_season": str(on), "nov_season_bins": "2", "nov_season_alpha": "1", "nov_season_smooth": "0",
+        "nov_bin_warmup": "1", "nov_vol_alpha": "0.5", "nov_shift_floor": "0", "nov_warmup": "1000"})
+    n = len(vols) + 1
+    k = np.arange(n)
+    ts = 86400.0 * 16000 + 10800.0 * k
+    val = np.where(k % 8 < 4, 0.0, 10.0)
+    got = []
+    for D_ in (D, D.pure_module()):
+        st = D_.new_state("novelty", 1)
+        out = np.zeros(n)
+        seen = []
+        for i in range(n):  # one reading at a time: the volatility EWMA after each
+            D_.novelty_score(np.zeros(1, np.int64), ts[i:i + 1], val[i:i + 1], cfg.params(), st, out[i:i + 1])
+            seen.append(st[0, D.NS_VOL])
+        got.append(seen[1:])
+    assert got[0] == vols and got[1] == vols
+    assert np.allclose(N.novelty([0] * n, ts, val, cfg), 0.0)
+
+
+def test_vol_season_fused_matches_novelty_score():
+    # the fused kernel keeps the previous reading's bin mean across runs and batches: same scores as the
+    # one-detector kernel (and the naive one) on two interleaved daily channels fed in uneven batches
+    ts, val = periodic()
+    chan = ((np.arange(val.size) // 7) % 2).astype(np.int64)  # runs of 7 readings per channel
+    cfg = DetectorSettings(nov_vol_season=1.0, weights=(0, 0, 0, 0, 0, 0, 0, 1.0))
+    ref = np.zeros(val.size)
+    D.novelty_score(chan, ts, val, cfg.params(), D.new_state("novelty", 2), ref)
+    np.testing.assert_allclose(ref, N.novelty(chan.tolist(), ts, val, cfg), rtol=1e-12, atol=0)
+    det = Detector(cfg, capacity=2)
+    got = np.concatenate([det.process(chan[a:b], ts[a:b], val[a:b])[0]
+                          for a, b in zip([0, 5, 300, 1234], [5, 300, 1234, val.size])])
+    np.testing.assert_array_equal(got, ref)
+    off = np.zeros(val.size)
+    D.novelty_score(chan, ts, val, DetectorSettings().params(), D.new_state("novelty", 2), off)
+    assert not np.array_equal(off, ref)
 
 
 def test_novelty_exact():

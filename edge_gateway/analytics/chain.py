@@ -100,6 +100,9 @@ class DetectorSettings:
     # [-nov_season_floor, nov_season_floor], the level-shift range +-nov_shift_floor * volatility EWMA
     nov_season_floor: float = 3.0
     nov_shift_floor: float = 1.0
+    # > 0 (with the season feature): the volatility EWMA takes in the step less the day profile's own
+    # step since the previous reading when that is smaller (a regular daily jump is not volatility)
+    nov_vol_season: float = 0.0
     guard_level: float = 0.5
     # ewma, robust, rate, cusum, range, flatline, dropout, novelty
     weights: tuple = (0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)
@@ -178,7 +181,8 @@ class DetectorSettings:
         p[_D.P_NOV_LONG_MODE :] = [self.nov_long_mode, self.nov_season_mature, self.nov_half_season,
                                    self.nov_half_vol, self.nov_season_smooth,
                                    1.0 / self.nov_refract if self.nov_refract > 0.0 else 0.0,
-                                   self.nov_refract_damp, self.nov_season_floor, self.nov_shift_floor]
+                                   self.nov_refract_damp, self.nov_season_floor, self.nov_shift_floor,
+                                   self.nov_vol_season]
         return tuple(p.tolist())
 
 

@@ -148,13 +148,14 @@ P_NOV_REFRACT_INV = P_NOV_LONG_MODE + 5  # 1 / nov_refract (0: off)
 P_NOV_REFRACT_DAMP = P_NOV_LONG_MODE + 6
 P_NOV_SEASON_FLOOR = P_NOV_LONG_MODE + 7  # the season residual range always holds [-floor, floor]
 P_NOV_SHIFT_FLOOR = P_NOV_LONG_MODE + 8  # the level-shift range always holds +-(this x volatility EWMA)
-N_PARAMS = P_NOV_LONG_MODE + 9
+P_NOV_VOL_SEASON = P_NOV_LONG_MODE + 9  # > 0: the volatility EWMA's step, if smaller, less the day profile's step
+N_PARAMS = P_NOV_LONG_MODE + 10
 _P_AFTER_NORM = P_NOV_SEASON_NORM + 1
 
 # compile-time switches of detect (``spec``): a float turns a part on, None compiles it out
 (SPEC_NOV0, SPEC_NOV1, SPEC_NOV2, SPEC_NOV3, SPEC_NOV4, SPEC_NOV5, SPEC_NORM, SPEC_RANGE, SPEC_FLAT,
- SPEC_DROP) = range(NOV_NF + 4)
-N_SPEC = SPEC_DROP + 1
+ SPEC_DROP, SPEC_VOL_SEASON) = range(NOV_NF + 5)
+N_SPEC = SPEC_VOL_SEASON + 1
 
 EVENT_WIDTH = 7
 EVENT_FIELDS = ("channel", "start", "end", "peak_score", "peak_value", "detector")
@@ -171,9 +172,10 @@ def pure_module():
 def spec_of(p: tuple) -> tuple:
     """The ``spec`` of :func:`detect` for parameters ``p``: None for each part these parameters never use.
 
-    A novelty feature or the seasonal normalisation is off when its parameter is not > 0 (the only
-    test the kernel applies to it), the range guard when its limits are infinite (it always scores
-    0), a guard's weighted score when its weight is 0 (it can never beat the running maximum).
+    A novelty feature, the seasonal normalisation or ``P_NOV_VOL_SEASON`` (also off without the season
+    feature) is off when its parameter is not > 0 (the only test the kernel applies to it), the range
+    guard when its limits are infinite (it always scores 0), a guard's weighted score when its weight
+    is 0 (it can never beat the running maximum).
     Each distinct spec is a distinct Numba type, so :func:`detect_spec` is compiled once per spec with
     the parts that are off gone from the loop.
     """
@@ -183,7 +185,8 @@ def spec_of(p: tuple) -> tuple:
     nov = tuple(on(p[P_NOV_W0 + k] > 0.0) for k in range(NOV_NF))
     return nov + (on(p[P_NOV_SEASON_NORM] > 0.0),
                   on(not (p[P_RANGE_LO] == -math.inf and p[P_RANGE_HI] == math.inf)),
-                  on(p[P_W0 + D_FLAT] != 0.0), on(p[P_W0 + D_DROP] != 0.0))
+                  on(p[P_W0 + D_FLAT] != 0.0), on(p[P_W0 + D_DROP] != 0.0),
+                  on(p[P_NOV_VOL_SEASON] > 0.0 and p[P_NOV_W0 + 3] > 0.0))
 
 
 def new_state(name: str, n_channels: int) -> np.ndarray:
@@ -549,17 +552,22 @@ def novelty_step(s, c, t, x, p):
     level-shift range always holds +-``P_NOV_SHIFT_FLOOR`` times the volatility EWMA (tracked for
     it even when the volatility feature's weight is 0): a residual of a few bin spreads, or a gap
     between the EWMAs smaller than the usual reading-to-reading step, is noise however long the
-    series has been quiet, so a shrinking range cannot re-arm on it. No per-file
+    series has been quiet, so a shrinking range cannot re-arm on it. With ``P_NOV_VOL_SEASON`` (and
+    the season feature on), the volatility EWMA takes in ``d - (m_b - m_prev)`` instead of the step
+    ``d`` when that is smaller in size, ``m_b``/``m_prev`` the day profile's means in this reading's
+    and the previous reading's bins: a jump the profile makes every day (a daily drop at 18:00) is not
+    volatility, while a step the profile does not explain counts in full. No per-file
     minimum, maximum or length: every range is learnt from the stream.
     s = [n, prev, short, hold, n_residuals, vol, long, bin, bin start, bin end, (lo, hi) x 6,
     bin means, bin counts, bin spreads].
     """
     q = novelty_load(s, c)
     b = 0
+    pm = s[c, NS_SEAS + int(q[NS_BIN])]  # the day profile's mean in the previous reading's bin
     if p[P_NOV_W0 + 3] > 0.0:
         b, q = novelty_bin(q, t, p)
     mi, cnt, sp = season_cols(b)
-    v, q, s[c, mi], s[c, cnt], s[c, sp] = novelty_local(t, x, p, q, s[c, mi], s[c, cnt], s[c, sp])
+    v, q, s[c, mi], s[c, cnt], s[c, sp] = novelty_local(t, x, p, q, s[c, mi], s[c, cnt], s[c, sp], s[c, mi] - pm)
     novelty_store(s, c, q)
     return v
 
@@ -575,10 +583,12 @@ def novelty_bin(q, t, p):
 
 
 @hot
-def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
+def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread, pstep):
     """:func:`novelty_step` on scalars: ``q`` is the state ``s[c, :NS_SEAS]`` (:func:`novelty_load`, its
     phase bin already updated by :func:`novelty_bin` when the season feature is on) and ``s_*`` the day
-    profile's mean, count and spread in that bin. Returns ``(score, q, s_mean, s_cnt, s_spread)``.
+    profile's mean, count and spread in that bin, ``pstep`` that mean less the profile's mean in the
+    previous reading's bin (0 in the same bin; used only by ``P_NOV_VOL_SEASON``).
+    Returns ``(score, q, s_mean, s_cnt, s_spread)``.
     Taking no array, it lets :func:`detect` keep a channel's state in registers over a run of its
     readings (an array argument of an inlined helper costs reference-count calls per reading).
     """
@@ -603,6 +613,14 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
             f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11), s_mean, s_cnt, s_spread
     d = x - prev
     prev = x
+    dv = d
+    if p[P_NOV_VOL_SEASON] > 0.0 and p[P_NOV_W0 + 3] > 0.0:
+        if rare(pstep != 0.0) and s_cnt > 0.0:  # only at a change of phase bin
+            # the step less the day profile's own step since the previous reading, when that is smaller:
+            # a day profile's regular jump (a daily drop at 18:00) is not volatility
+            ds = d - pstep
+            if abs(ds) < abs(d):
+                dv = ds
     ok = n >= p[P_NOV_WARMUP]
     half = p[P_NOV_HALF]
     out = 0.0
@@ -653,7 +671,7 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread):
             s_cnt = 1.0
     w = p[P_NOV_W0 + 4]
     if w > 0.0 or p[P_NOV_SHIFT_FLOOR] > 0.0:
-        vol = vol + p[P_NOV_A_VOL] * (abs(d) - vol)
+        vol = vol + p[P_NOV_A_VOL] * (abs(dv) - vol)
         if w > 0.0:
             hv = p[P_NOV_HALF_VOL]
             v, f8, f9 = range_novelty_local(f8, f9, vol, ok, w, hv if hv > 0.0 else half, p[P_NOV_DECAY0 + 4])
@@ -705,11 +723,12 @@ def novelty_score(chan, ts, val, p, state, score):
             else:
                 t = ts[i]
                 b = 0
+                pm = state[c, NS_SEAS + int(q[NS_BIN])]
                 if w_season > 0.0:
                     b, q = novelty_bin(q, t, p)
                 mi, cnt, sp = season_cols(b)
                 score[i], q, state[c, mi], state[c, cnt], state[c, sp] = novelty_local(
-                    t, x, p, q, state[c, mi], state[c, cnt], state[c, sp])
+                    t, x, p, q, state[c, mi], state[c, cnt], state[c, sp], state[c, mi] - pm)
             i += 1
         novelty_store(state, c, q)
 
@@ -728,7 +747,8 @@ def spec_params(p, sp):
             + (_switch(p[P_NOV_W0], sp[SPEC_NOV0]), _switch(p[P_NOV_W0 + 1], sp[SPEC_NOV1]),
                _switch(p[P_NOV_W0 + 2], sp[SPEC_NOV2]), _switch(p[P_NOV_W0 + 3], sp[SPEC_NOV3]),
                _switch(p[P_NOV_W0 + 4], sp[SPEC_NOV4]), _switch(p[P_NOV_W0 + 5], sp[SPEC_NOV5]))
-            + p[P_GUARD_LEVEL:])
+            + p[P_GUARD_LEVEL:P_NOV_VOL_SEASON] + (_switch(p[P_NOV_VOL_SEASON], sp[SPEC_VOL_SEASON]),))
+    # (P_NOV_VOL_SEASON is the last parameter: a parameter appended after it must be added here)
 
 
 @kernel
@@ -752,7 +772,7 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
     if spec is None:
         return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
                            st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit,
-                           (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+                           (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
     return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
                        st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit, spec)
 
@@ -791,6 +811,9 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
         e_open, e_start, e_end = st_ev[c, E_OPEN], st_ev[c, E_START], st_ev[c, E_END]
         e_peak, e_peak_val, e_dom, e_below = st_ev[c, E_PEAK], st_ev[c, E_PEAK_VAL], st_ev[c, E_DOM], st_ev[c, E_BELOW]
         sb = -1
+        pm0 = 0.0
+        if sp[SPEC_VOL_SEASON] is not None:
+            pm0 = st_nov[c, NS_SEAS + int(q_nov[NS_BIN])]
         s_mean = 0.0
         s_cnt = 0.0
         s_spread = 0.0
@@ -850,14 +873,20 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
                 b = 0
                 if w_season > 0.0:
                     b, q_nov = novelty_bin(q_nov, t, p)
+                pstep = 0.0  # the profile's step from the previous reading's bin (P_NOV_VOL_SEASON)
                 if b != sb:
+                    pm = pm0  # the profile's mean in the previous reading's bin
                     if sb >= 0:
+                        pm = s_mean
                         mi, cnt, sd = season_cols(sb)
                         st_nov[c, mi], st_nov[c, cnt], st_nov[c, sd] = s_mean, s_cnt, s_spread
                     mi, cnt, sd = season_cols(b)
                     s_mean, s_cnt, s_spread = st_nov[c, mi], st_nov[c, cnt], st_nov[c, sd]
                     sb = b
-                g, q_nov, s_mean, s_cnt, s_spread = novelty_local(t, x, p, q_nov, s_mean, s_cnt, s_spread)
+                    if sp[SPEC_VOL_SEASON] is not None:
+                        pstep = s_mean - pm
+                g, q_nov, s_mean, s_cnt, s_spread = novelty_local(t, x, p, q_nov, s_mean, s_cnt, s_spread,
+                                                                  pstep)
                 v = w_nov * g
                 if v > best:
                     best = v
