@@ -64,10 +64,11 @@ GRID: dict[str, list] = {
     "weights.5": [0.0, 0.25, 0.5],   # flatline in the combined score
     "weights.6": [0.0, 0.25, 0.5],   # dropout in the combined score
     "nov_vol_season": [0.0, 1.0],    # round 5 (appended: see NEIGHBOUR_KEYS)
+    "nov_value_gate": [0.0, 4.0, 5.0, 6.0],    # round 6 (appended: see NEIGHBOUR_KEYS)
 }
 # the keys the fixed neighbourhood moves (--robust, --compare) are drawn from: those of rounds 2-4, so
 # that a key added to GRID later leaves the 60 moves every round was compared over unchanged
-NEIGHBOUR_KEYS = [k for k in GRID if k != "nov_vol_season"]
+NEIGHBOUR_KEYS = [k for k in GRID if k not in ("nov_vol_season", "nov_value_gate")]
 
 
 def load(data: Path, windows: dict, categories) -> tuple[list[str], list, list]:

@@ -273,10 +273,16 @@ def novelty(chan, ts, val, cfg):
             ok = st["n"] >= cfg.nov_warmup
             vs = [0.0]
             if w[0] > 0:
-                vs.append(novel(rng[0], x, ok, 0))
+                v0 = novel(rng[0], x, ok, 0)
+                k = cfg.nov_value_gate
+                if k > 0 and v0 > 0 and abs(x - st["short"]) < k * st["vol"]:
+                    # a new extreme close to the short EWMA, in usual steps, scores less (squared)
+                    g = abs(x - st["short"]) / (k * st["vol"])
+                    v0 = v0 * (g * g)
+                vs.append(v0)
             if w[1] > 0:
                 vs.append(novel(rng[1], d, ok, 1))
-            if w[2] > 0 or cfg.nov_long_mode > 0 or cfg.nov_season_smooth > 0:
+            if w[2] > 0 or cfg.nov_long_mode > 0 or cfg.nov_season_smooth > 0 or cfg.nov_value_gate > 0:
                 st["short"] += cfg.nov_short_alpha * (x - st["short"])
                 if w[2] > 0:
                     vs.append(novel(rng[2], st["short"], ok, 2))
@@ -314,7 +320,7 @@ def novelty(chan, ts, val, cfg):
                             vs.append(novel(rng[3], f, nr >= cfg.nov_season_warmup, 3, dec))
                 else:
                     st["bins"][b] = [xs, 1, 0.0]
-            if w[4] > 0 or cfg.nov_shift_floor > 0:
+            if w[4] > 0 or cfg.nov_shift_floor > 0 or cfg.nov_value_gate > 0:
                 st["vol"] += cfg.nov_vol_alpha * (abs(dv) - st["vol"])
                 if w[4] > 0:
                     vs.append(novel(rng[4], st["vol"], ok, 4))

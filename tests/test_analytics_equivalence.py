@@ -127,6 +127,10 @@ NOVELTY = [
                      nov_season_floor=1.5, nov_shift_floor=0.5, nov_weights=(1.0, 0.0, 0.5, 0.3, 0.0, 0.5)),
     DetectorSettings(nov_warmup=4.0, nov_season_warmup=2.0, nov_bin_warmup=1.0, nov_season_bins=96.0,
                      nov_vol_season=1.0),
+    DetectorSettings(nov_warmup=4.0, nov_season_warmup=2.0, nov_bin_warmup=1.0, nov_season_bins=96.0,
+                     nov_vol_season=1.0, nov_value_gate=5.0),
+    DetectorSettings(nov_warmup=3.0, nov_value_gate=2.0, nov_long_mode=0.0, nov_season_smooth=0.0,
+                     nov_shift_floor=0.0, nov_weights=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0)),  # short, vol for the gate only
 ]
 
 
@@ -141,15 +145,17 @@ def test_novelty(b, cfg, scale):
 
 
 @SETTINGS
-@given(batches(), st.sampled_from([0.5, 2.0]), st.sampled_from([0.3, 1.0]), st.sampled_from([0.0, 1.0]))
-def test_fused_detect(b, glevel, close_after, vol_season):
+@given(batches(), st.sampled_from([0.5, 2.0]), st.sampled_from([0.3, 1.0]), st.sampled_from([0.0, 1.0]),
+       st.sampled_from([0.0, 3.0]))
+def test_fused_detect(b, glevel, close_after, vol_season, value_gate):
     k, chan, ts, val = b
     n = len(chan)
     if vol_season:
         ts = ts * 600.0  # cross phase bins (and days)
     s = DetectorSettings(range_lo=-20.0, range_hi=20.0, flat_min_run=2.0, nov_warmup=3.0, guard_level=glevel,
                          event_close_after=close_after, weights=(1.0, 0.9, 0.8, 0.7, 1.0, 0.5, 0.6, 0.9),
-                         nov_vol_season=vol_season, nov_bin_warmup=1.0 if vol_season else 5.0)
+                         nov_vol_season=vol_season, nov_bin_warmup=1.0 if vol_season else 5.0,
+                         nov_value_gate=value_gate)
 
     def make():
         return [*(D.new_state(name, k) for name in

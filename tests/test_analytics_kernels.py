@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -239,6 +240,10 @@ NOV_CASES = [
     {"nov_vol_season": "1"},
     {"nov_vol_season": "1", "nov_season_bins": "96", "nov_bin_warmup": "1", "nov_warmup": "50", "nov_hold": "20",
      "nov_shift_floor": "0"},
+    {"nov_value_gate": "5"},
+    {"nov_value_gate": "5", "nov_vol_season": "1"},
+    {"nov_value_gate": "2", "nov_long_mode": "0", "nov_season_smooth": "0", "nov_shift_floor": "0",
+     "nov_weights": "1,0,0,0.3,0,0", "nov_warmup": "50", "nov_hold": "20"},  # short and vol EWMAs for the gate alone
 ]
 
 
@@ -298,6 +303,29 @@ def test_vol_season_fused_matches_novelty_score():
     off = np.zeros(val.size)
     D.novelty_score(chan, ts, val, DetectorSettings().params(), D.new_state("novelty", 2), off)
     assert not np.array_equal(off, ref)
+
+
+@pytest.mark.parametrize("gate, want", [(0.0, [0, 0, 0, 0.2, 4 / 9, 5 / 23]), (4.0, [0, 0, 0, 0.05, 4 / 9, 5 / 92])])
+def test_novelty_value_gate_exact(gate, want):
+    # the value feature alone (half 1, warm-up 3, no hold), short and volatility EWMAs of alpha 0.5 kept for
+    # the gate only. 5: range [0, 4] -> 1 / (1 + 4) = 0.2; short 3, vol 1, |5 - 3| = 2 = 0.5 x (4 x 1): x 0.25.
+    # 9: 4 / (4 + 5); |9 - 4| = 5 >= 4 x 1, not gated. 11.5: 2.5 / (2.5 + 9) = 5 / 23; short 6.5, vol 2.5,
+    # |11.5 - 6.5| = 5 = 0.5 x (4 x 2.5): x 0.25
+    cfg = DetectorSettings().with_overrides({
+        "nov_value_gate": str(gate), "nov_weights": "1,0,0,0,0,0", "nov_long_mode": "0", "nov_season_smooth": "0",
+        "nov_shift_floor": "0", "nov_short_alpha": "0.5", "nov_vol_alpha": "0.5", "nov_warmup": "3",
+        "nov_hold": "0", "nov_half": "1"})
+    val = arr(0, 4, 4, 5, 9, 11.5)
+    ts = np.arange(6.0)
+    for D_ in (D, D.pure_module()):
+        out = np.zeros(6)
+        D_.novelty_score(np.zeros(6, np.int64), ts, val, cfg.params(), D_.new_state("novelty", 1), out)
+        np.testing.assert_allclose(out, want, rtol=1e-15, atol=0)
+    assert out[3] == want[3]
+    np.testing.assert_allclose(N.novelty([0] * 6, ts, val, cfg), want, rtol=1e-15, atol=0)
+    fused = Detector(dataclasses.replace(cfg, weights=(0, 0, 0, 0, 0, 0, 0, 1.0)), capacity=1)
+    np.testing.assert_allclose(fused.process(np.zeros(6, np.int64), ts, val)[0], want, rtol=1e-15, atol=0)
+    assert (D.spec_of(cfg.params())[D.SPEC_VALUE_GATE] is not None) == (gate > 0)
 
 
 def test_novelty_exact():

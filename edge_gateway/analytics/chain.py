@@ -103,6 +103,9 @@ class DetectorSettings:
     # > 0 (with the season feature): the volatility EWMA takes in the step less the day profile's own
     # step since the previous reading when that is smaller (a regular daily jump is not volatility)
     nov_vol_season: float = 0.0
+    # > 0: a new extreme of the value scores x min(1, |value - short EWMA| / (nov_value_gate x volatility
+    # EWMA))**2, both EWMAs before the reading (a slow climb to a new extreme is not a spike); round 6, off
+    nov_value_gate: float = 0.0
     guard_level: float = 0.5
     # ewma, robust, rate, cusum, range, flatline, dropout, novelty
     weights: tuple = (0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)
@@ -182,7 +185,7 @@ class DetectorSettings:
                                    self.nov_half_vol, self.nov_season_smooth,
                                    1.0 / self.nov_refract if self.nov_refract > 0.0 else 0.0,
                                    self.nov_refract_damp, self.nov_season_floor, self.nov_shift_floor,
-                                   self.nov_vol_season]
+                                   self.nov_vol_season, self.nov_value_gate]
         return tuple(p.tolist())
 
 

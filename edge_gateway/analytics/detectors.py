@@ -149,13 +149,14 @@ P_NOV_REFRACT_DAMP = P_NOV_LONG_MODE + 6
 P_NOV_SEASON_FLOOR = P_NOV_LONG_MODE + 7  # the season residual range always holds [-floor, floor]
 P_NOV_SHIFT_FLOOR = P_NOV_LONG_MODE + 8  # the level-shift range always holds +-(this x volatility EWMA)
 P_NOV_VOL_SEASON = P_NOV_LONG_MODE + 9  # > 0: the volatility EWMA's step, if smaller, less the day profile's step
-N_PARAMS = P_NOV_LONG_MODE + 10
+P_NOV_VALUE_GATE = P_NOV_LONG_MODE + 10  # > 0: the value feature's score x min(1, |x - short| / (this x vol))**2
+N_PARAMS = P_NOV_LONG_MODE + 11
 _P_AFTER_NORM = P_NOV_SEASON_NORM + 1
 
 # compile-time switches of detect (``spec``): a float turns a part on, None compiles it out
 (SPEC_NOV0, SPEC_NOV1, SPEC_NOV2, SPEC_NOV3, SPEC_NOV4, SPEC_NOV5, SPEC_NORM, SPEC_RANGE, SPEC_FLAT,
- SPEC_DROP, SPEC_VOL_SEASON) = range(NOV_NF + 5)
-N_SPEC = SPEC_VOL_SEASON + 1
+ SPEC_DROP, SPEC_VOL_SEASON, SPEC_VALUE_GATE) = range(NOV_NF + 6)
+N_SPEC = SPEC_VALUE_GATE + 1
 
 EVENT_WIDTH = 7
 EVENT_FIELDS = ("channel", "start", "end", "peak_score", "peak_value", "detector")
@@ -172,8 +173,8 @@ def pure_module():
 def spec_of(p: tuple) -> tuple:
     """The ``spec`` of :func:`detect` for parameters ``p``: None for each part these parameters never use.
 
-    A novelty feature, the seasonal normalisation or ``P_NOV_VOL_SEASON`` (also off without the season
-    feature) is off when its parameter is not > 0 (the only test the kernel applies to it), the range
+    A novelty feature, the seasonal normalisation, ``P_NOV_VOL_SEASON`` (also off without the season
+    feature) or ``P_NOV_VALUE_GATE`` is off when its parameter is not > 0 (the only test the kernel applies to it), the range
     guard when its limits are infinite (it always scores 0), a guard's weighted score when its weight
     is 0 (it can never beat the running maximum).
     Each distinct spec is a distinct Numba type, so :func:`detect_spec` is compiled once per spec with
@@ -186,7 +187,7 @@ def spec_of(p: tuple) -> tuple:
     return nov + (on(p[P_NOV_SEASON_NORM] > 0.0),
                   on(not (p[P_RANGE_LO] == -math.inf and p[P_RANGE_HI] == math.inf)),
                   on(p[P_W0 + D_FLAT] != 0.0), on(p[P_W0 + D_DROP] != 0.0),
-                  on(p[P_NOV_VOL_SEASON] > 0.0 and p[P_NOV_W0 + 3] > 0.0))
+                  on(p[P_NOV_VOL_SEASON] > 0.0 and p[P_NOV_W0 + 3] > 0.0), on(p[P_NOV_VALUE_GATE] > 0.0))
 
 
 def new_state(name: str, n_channels: int) -> np.ndarray:
@@ -556,7 +557,10 @@ def novelty_step(s, c, t, x, p):
     the season feature on), the volatility EWMA takes in ``d - (m_b - m_prev)`` instead of the step
     ``d`` when that is smaller in size, ``m_b``/``m_prev`` the day profile's means in this reading's
     and the previous reading's bins: a jump the profile makes every day (a daily drop at 18:00) is not
-    volatility, while a step the profile does not explain counts in full. No per-file
+    volatility, while a step the profile does not explain counts in full. With ``P_NOV_VALUE_GATE`` = k,
+    a new extreme of the value closer to the short EWMA than k times the volatility EWMA (both before
+    this reading; tracked for it whatever their weights) scores ``(|x - short| / (k * vol))**2`` of its
+    score: a slow climb to a new level is not a spike. No per-file
     minimum, maximum or length: every range is learnt from the stream.
     s = [n, prev, short, hold, n_residuals, vol, long, bin, bin start, bin end, (lo, hi) x 6,
     bin means, bin counts, bin spreads].
@@ -626,13 +630,23 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread, pstep):
     out = 0.0
     w = p[P_NOV_W0]
     if w > 0.0:
+        gate = 1.0
+        k = p[P_NOV_VALUE_GATE]
+        if k > 0.0 and rare(x > f1 or x < f0):
+            # a new extreme only a few usual steps from the short EWMA (a slow climb) scores less
+            g = abs(x - short)
+            if g < k * vol:
+                g = g / (k * vol)
+                gate = g * g
         out, f0, f1 = range_novelty_local(f0, f1, x, ok, w, half, p[P_NOV_DECAY0])
+        if k > 0.0:
+            out = out * gate
     w = p[P_NOV_W0 + 1]
     if w > 0.0:
         v, f2, f3 = range_novelty_local(f2, f3, d, ok, w, half, p[P_NOV_DECAY0 + 1])
         out = max(out, v)
     w = p[P_NOV_W0 + 2]
-    if w > 0.0 or p[P_NOV_LONG_MODE] > 0.0 or p[P_NOV_SEASON_SMOOTH] > 0.0:
+    if w > 0.0 or p[P_NOV_LONG_MODE] > 0.0 or p[P_NOV_SEASON_SMOOTH] > 0.0 or p[P_NOV_VALUE_GATE] > 0.0:
         short = short + p[P_NOV_A_SHORT] * (x - short)
         if w > 0.0:
             v, f4, f5 = range_novelty_local(f4, f5, short, ok, w, half, p[P_NOV_DECAY0 + 2])
@@ -670,7 +684,7 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread, pstep):
             s_mean = xs
             s_cnt = 1.0
     w = p[P_NOV_W0 + 4]
-    if w > 0.0 or p[P_NOV_SHIFT_FLOOR] > 0.0:
+    if w > 0.0 or p[P_NOV_SHIFT_FLOOR] > 0.0 or p[P_NOV_VALUE_GATE] > 0.0:
         vol = vol + p[P_NOV_A_VOL] * (abs(dv) - vol)
         if w > 0.0:
             hv = p[P_NOV_HALF_VOL]
@@ -747,8 +761,9 @@ def spec_params(p, sp):
             + (_switch(p[P_NOV_W0], sp[SPEC_NOV0]), _switch(p[P_NOV_W0 + 1], sp[SPEC_NOV1]),
                _switch(p[P_NOV_W0 + 2], sp[SPEC_NOV2]), _switch(p[P_NOV_W0 + 3], sp[SPEC_NOV3]),
                _switch(p[P_NOV_W0 + 4], sp[SPEC_NOV4]), _switch(p[P_NOV_W0 + 5], sp[SPEC_NOV5]))
-            + p[P_GUARD_LEVEL:P_NOV_VOL_SEASON] + (_switch(p[P_NOV_VOL_SEASON], sp[SPEC_VOL_SEASON]),))
-    # (P_NOV_VOL_SEASON is the last parameter: a parameter appended after it must be added here)
+            + p[P_GUARD_LEVEL:P_NOV_VOL_SEASON] + (_switch(p[P_NOV_VOL_SEASON], sp[SPEC_VOL_SEASON]),
+                                                   _switch(p[P_NOV_VALUE_GATE], sp[SPEC_VALUE_GATE])))
+    # (P_NOV_VALUE_GATE is the last parameter: a parameter appended after it must be added here)
 
 
 @kernel
@@ -772,7 +787,7 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
     if spec is None:
         return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
                            st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit,
-                           (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+                           (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
     return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
                        st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit, spec)
 
