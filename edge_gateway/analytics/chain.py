@@ -128,6 +128,13 @@ class DetectorSettings:
             raise ValueError(f"nov_season_bins must be in [1, {NOV_MAX_BINS}]")
         if not 0.0 < self.ewma_alpha <= 1.0:
             raise ValueError("ewma_alpha must be in (0, 1]")
+        for f in dataclasses.fields(self):
+            if f.name in ("range_lo", "range_hi"):
+                continue
+            v = getattr(self, f.name)
+            if any(not float(x) >= 0.0 for x in (v if isinstance(v, tuple) else (v,))):
+                # a negative half, rate or count has no meaning, and some would divide by zero in a kernel
+                raise ValueError(f"{f.name} must be 0 or more")
 
     def only(self, name: str) -> "DetectorSettings":
         """The same settings with one detector weighted 1 and the rest 0 ("ensemble": unchanged)."""
