@@ -138,9 +138,9 @@ def test_a_bad_detector_param_value_points_at_its_key():
 
 def test_a_negative_detector_param_is_refused_at_its_key():
     e = error_of(GOOD + "detector:\n  params: {flat_min_run: 20, nov_half: -0.5}\n")
-    assert str(e) == "site.yaml:9:11: detector.params: nov_half must be 0 or more"
+    assert str(e) == "site.yaml:9:30: detector.params.nov_half: must be 0 or more"
     e = error_of(GOOD + "detector:\n  params: {nov_decay: [0, 0, 0, -0.001, 0, 0]}\n")
-    assert "nov_decay must be 0 or more" in str(e)
+    assert str(e).endswith("detector.params.nov_decay: must be 0 or more")
     assert config.loads(GOOD + "detector:\n  params: {range_lo: -40, range_hi: 85}\n").detector is not None
 
 

@@ -117,24 +117,24 @@ class DetectorSettings:
         if len(w) == N_DETECTORS - 1:  # written before the novelty detector existed
             w = w + (0.0,)
         if len(w) != N_DETECTORS:
-            raise ValueError(f"weights needs {N_DETECTORS} entries ({', '.join(DETECTOR_NAMES)})")
+            raise ValueError(f"weights: needs {N_DETECTORS} entries ({', '.join(DETECTOR_NAMES)})")
         object.__setattr__(self, "weights", w)
         for key in ("nov_decay", "nov_weights"):
             v = tuple(float(x) for x in getattr(self, key))
             if len(v) != NOV_NF:
-                raise ValueError(f"{key} needs {NOV_NF} entries ({', '.join(NOV_FEATURES)})")
+                raise ValueError(f"{key}: needs {NOV_NF} entries ({', '.join(NOV_FEATURES)})")
             object.__setattr__(self, key, v)
         if not 1.0 <= self.nov_season_bins <= NOV_MAX_BINS:
-            raise ValueError(f"nov_season_bins must be in [1, {NOV_MAX_BINS}]")
+            raise ValueError(f"nov_season_bins: must be in [1, {NOV_MAX_BINS}]")
         if not 0.0 < self.ewma_alpha <= 1.0:
-            raise ValueError("ewma_alpha must be in (0, 1]")
+            raise ValueError("ewma_alpha: must be in (0, 1]")
         for f in dataclasses.fields(self):
             if f.name in ("range_lo", "range_hi"):
                 continue
             v = getattr(self, f.name)
             if any(not float(x) >= 0.0 for x in (v if isinstance(v, tuple) else (v,))):
                 # a negative half, rate or count has no meaning, and some would divide by zero in a kernel
-                raise ValueError(f"{f.name} must be 0 or more")
+                raise ValueError(f"{f.name}: must be 0 or more")
 
     def only(self, name: str) -> "DetectorSettings":
         """The same settings with one detector weighted 1 and the rest 0 ("ensemble": unchanged)."""
