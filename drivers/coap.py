@@ -23,6 +23,7 @@ from typing import Literal
 
 import cbor2
 
+from edge_gateway import aio
 from edge_gateway.readings import Reading
 
 from . import senml
@@ -157,7 +158,7 @@ class CoapDriver(Driver):
         from aiocoap import error
 
         try:
-            response = await asyncio.wait_for(request.response, self.options.request_timeout_s)
+            response = await aio.wait_for(request.response, self.options.request_timeout_s)
         except asyncio.TimeoutError:
             raise LinkLost(f"{self.options.uri}{res.path}: no response in {self.options.request_timeout_s} s")
         except error.Error as exc:
@@ -191,7 +192,7 @@ class CoapDriver(Driver):
                 notifications = request.observation.__aiter__()
                 while True:
                     try:
-                        response = await asyncio.wait_for(notifications.__anext__(),
+                        response = await aio.wait_for(notifications.__anext__(),
                                                           self.options.observe_timeout_s)
                     except (asyncio.TimeoutError, StopAsyncIteration):
                         break

@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import serial
 
+from edge_gateway import aio
+
 from .base import Driver, LinkLost
 
 
@@ -68,7 +70,7 @@ class AsyncSerial:
         fd = self._fd
         loop.add_reader(fd, lambda: fut.done() or fut.set_result(True))
         try:
-            await asyncio.wait_for(fut, self.read_timeout)
+            await aio.wait_for(fut, self.read_timeout)
             return True
         except asyncio.TimeoutError:
             return False

@@ -35,6 +35,8 @@ import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from . import aio
+
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
@@ -124,7 +126,7 @@ class ControlServer:
                 t.cancel()
             await asyncio.gather(*self._clients, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+                await aio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -135,7 +137,7 @@ class ControlServer:
         self._clients.add(task)
         try:
             try:
-                line = await asyncio.wait_for(reader.readline(), 10.0)
+                line = await aio.wait_for(reader.readline(), 10.0)
                 req = json.loads(line)
                 if not isinstance(req, dict):
                     raise ValueError("a request is a JSON object")

@@ -26,6 +26,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from . import aio
 from .queue import DurableQueue
 from .uplink import PERMANENT_REJECTS, MqttLink
 
@@ -140,9 +141,7 @@ class Forwarder:
                        asyncio.create_task(self._watch_loop(), name="forwarder:watch")]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await aio.cancel_and_wait(self._tasks)
         await self._flush_acks()
 
     async def drain(self, timeout: float) -> bool:
@@ -221,7 +220,7 @@ class Forwarder:
         while True:
             if self.queue.deferred:  # nothing written for a while: delete them on their own, at the latest
                 try:
-                    await asyncio.wait_for(self._acks_pending.wait(), self.queue.ack_defer_s)
+                    await aio.wait_for(self._acks_pending.wait(), self.queue.ack_defer_s)
                 except asyncio.TimeoutError:
                     await self.queue.flush()
                     continue

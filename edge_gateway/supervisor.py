@@ -18,6 +18,8 @@ from typing import Callable
 
 from drivers.base import Driver, LinkLost
 
+from . import aio
+
 log = logging.getLogger(__name__)
 
 
@@ -72,9 +74,7 @@ class Supervisor:
         """Cancel one driver, or all of them, and wait until they have closed their links."""
         ids = [sensor_id] if sensor_id else list(self._tasks)
         tasks = [self._tasks.pop(i) for i in ids if i in self._tasks]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await aio.cancel_and_wait(tasks)
         for i in ids:
             self.drivers.pop(i, None)
 

@@ -1,0 +1,78 @@
+"""``aio.wait_for`` keeps a cancellation that arrives in the same loop round as the result."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from edge_gateway import aio
+
+
+async def _cancelled_as_the_result_arrives(wait_for) -> object:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    task = loop.create_task(wait_for(fut, 5.0))
+    await asyncio.sleep(0)  # the task now waits on fut
+    fut.set_result("data")  # what a reader callback does when bytes arrive...
+    task.cancel()  # ...while shutdown cancels the driver task, in the same round
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return "cancelled"
+
+
+async def test_a_cancellation_in_the_same_round_as_the_result_is_kept():
+    assert await _cancelled_as_the_result_arrives(aio.wait_for) == "cancelled"
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="fixed in the standard library from 3.12")
+async def test_the_standard_wait_for_loses_it_before_3_12():
+    """Why aio.wait_for exists (CPython gh-86296): this interpreter's wait_for returns the result instead."""
+    assert await _cancelled_as_the_result_arrives(asyncio.wait_for) == "data"
+
+
+async def test_result_and_timeout():
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.call_later(0.01, fut.set_result, 7)
+    assert await aio.wait_for(fut, 5.0) == 7
+    slow = loop.create_future()
+    with pytest.raises(asyncio.TimeoutError):
+        await aio.wait_for(slow, 0.05)
+    assert slow.cancelled(), "the awaited future is cancelled on timeout"
+
+
+async def _swallows_cancellations(times: int, log: list) -> None:
+    for _ in range(times):
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            log.append("swallowed")
+    await asyncio.sleep(30)
+
+
+async def test_cancel_and_wait_cancels_again_what_outlives_its_cancellation(caplog):
+    loop = asyncio.get_running_loop()
+    seen: list = []
+    plain = loop.create_task(asyncio.sleep(30), name="plain")
+    once = loop.create_task(_swallows_cancellations(1, seen), name="swallows-once")
+    await asyncio.sleep(0)
+    left = await aio.cancel_and_wait([plain, once], grace=0.1)
+    assert left == [] and plain.cancelled() and once.cancelled() and seen == ["swallowed"]
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["tasks still running 0.1 s after their cancellation, cancelling again: swallows-once"]
+
+
+async def test_cancel_and_wait_gives_up_after_its_attempts(caplog):
+    loop = asyncio.get_running_loop()
+    seen: list = []
+    stubborn = loop.create_task(_swallows_cancellations(5, seen), name="stubborn")
+    await asyncio.sleep(0)
+    left = await aio.cancel_and_wait([stubborn], grace=0.05, attempts=3)
+    assert left == [stubborn] and seen == ["swallowed"] * 3
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"][-1] == \
+        "giving up on tasks that ignore cancellation: stubborn"
+    assert await aio.cancel_and_wait([stubborn], grace=0.05, attempts=5) == [] and stubborn.cancelled()
+    assert seen == ["swallowed"] * 5
