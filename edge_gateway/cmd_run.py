@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import sys
 
 
@@ -23,6 +24,9 @@ def handle(args) -> int:
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return 2
     logs.setup(args.log_level or cfg.log_level)
+    # systemd's watchdog ends a hung daemon with SIGABRT: print every thread's stack to the journal first.
+    # It works where the stall monitor cannot, when native code (a kernel) holds the GIL.
+    faulthandler.enable()
     daemon.prepare_environment(cfg)
     from .sdnotify import Notifier
 

@@ -54,7 +54,9 @@ Restart=on-failure
 RestartSec=5
 # The first start compiles the Numba kernels into the state directory: allow for a slow Pi.
 TimeoutStartSec=600
+# a shutdown stuck past it gets SIGABRT, not SIGKILL: faulthandler then writes each thread's stack to the journal
 TimeoutStopSec=60
+TimeoutStopFailureMode=abort
 
 User={user}
 Group={user}

@@ -17,9 +17,8 @@ from typing import Callable
 
 import msgpack
 
-from . import kernel_cache, memory
+from . import aio, kernel_cache, memory, stall
 from .config import GatewayConfig
-from .stall import StallMonitor
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,7 @@ class Gateway:
         self.notify = notify
         self.clock = clock
         self.started = clock()
+        self.last_round: float | None = None  # loop.time() at the end of the last round; None outside the rounds
         self.topics = messages.Topics(cfg.gateway.topic_prefix, cfg.gateway.id)
         self.batcher = Batcher()
         self.pipeline = Pipeline(cfg, self.topics, self.batcher)
@@ -131,11 +131,11 @@ class Gateway:
         loop = asyncio.get_running_loop()
         next_ckpt = loop.time() + CHECKPOINT_EVERY_S
         next_stats = loop.time() + STATS_EVERY_S
-        next_status = next_cache = loop.time()
+        next_status = next_cache = self.last_round = loop.time()
         try:
             while not self._stop.is_set():
                 try:
-                    await asyncio.wait_for(self._stop.wait(), self.cfg.gateway.batch_interval_s)
+                    await aio.wait_for(self._stop.wait(), self.cfg.gateway.batch_interval_s)
                 except asyncio.TimeoutError:
                     pass
                 await self.tick()
@@ -157,7 +157,9 @@ class Gateway:
                 if interval and now >= next_status:
                     self._publish_status()
                     next_status = now + interval
+                self.last_round = loop.time()
         finally:
+            self.last_round = None  # rounds are over: a slow shutdown is not a stuck pipeline
             await self.shutdown()
 
     def request_stop(self) -> None:
@@ -467,12 +469,14 @@ async def run(cfg: GatewayConfig, notify: Callable[[str], None] = lambda s: None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gw.request_stop)
     loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
+    monitor = stall.StallMonitor(loop, stall.STALL_AFTER_S).start()
+    progress = stall.ProgressMonitor(loop, lambda: gw.last_round, stall.STALL_AFTER_S, stall.STUCK_AFTER_S).start()
     watchdog = getattr(notify, "watchdog_task", None)  # sdnotify.Notifier: pings from this loop
-    pinger = loop.create_task(watchdog(), name="watchdog") if watchdog else None
-    monitor = StallMonitor(loop).start()
+    pinger = loop.create_task(watchdog(progress.healthy), name="watchdog") if watchdog else None
     try:
         await gw.run()
     finally:
+        progress.stop()
         monitor.stop()
         if pinger is not None:
             pinger.cancel()

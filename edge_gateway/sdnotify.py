@@ -9,7 +9,8 @@ The watchdog is pinged by :meth:`Notifier.watchdog_task`, a coroutine that runs
 *on the daemon's event loop* every ``WATCHDOG_USEC/2``: if the loop hangs (a
 blocking call, a deadlock) the pings stop and systemd aborts and restarts the
 service. A side thread would keep pinging a dead loop, which is why there is
-none. ``WATCHDOG_PID`` is honoured: when it names another process, this one
+none. The daemon also withholds them while its pipeline makes no progress (see
+:class:`~edge_gateway.stall.ProgressMonitor`). ``WATCHDOG_PID`` is honoured: when it names another process, this one
 does not ping.
 
 Not here: deciding *when* the daemon is ready; :class:`~edge_gateway.daemon.Gateway`
@@ -22,7 +23,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Mapping
+from typing import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,20 @@ class Notifier:
             return False
         return True
 
-    async def watchdog_task(self) -> None:
-        """Ping ``WATCHDOG=1`` from the running loop every ``WATCHDOG_USEC/2`` until cancelled."""
+    async def watchdog_task(self, healthy: Callable[[], bool] = lambda: True) -> None:
+        """Ping ``WATCHDOG=1`` from the running loop every ``WATCHDOG_USEC/2`` until cancelled,
+        but not while ``healthy()`` is False (a loop that turns can still be stuck)."""
         if self.interval is None:
             return
         log.info("systemd watchdog: pinging every %.1f s", self.interval)
+        withheld = False
         while True:
-            self.send("WATCHDOG=1")
+            if healthy():
+                self.send("WATCHDOG=1")
+                withheld = False
+            elif not withheld:
+                withheld = True
+                log.error("systemd watchdog: pings withheld, the daemon is stuck")
             await asyncio.sleep(self.interval)
 
     def close(self) -> None:

@@ -186,8 +186,12 @@ class GatewayProcess:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = self.proc.wait()
+            self.proc.send_signal(signal.SIGABRT)  # faulthandler writes every thread's stack into the log
+            try:
+                rc = self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait()
         self._log.close()
         return rc
 

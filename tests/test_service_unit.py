@@ -40,7 +40,7 @@ def test_shipped_unit_is_the_generated_one_and_has_the_required_settings():
                    "NoNewPrivileges=yes", "CapabilityBoundingSet=", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
                    "SystemCallFilter=@system-service", "SystemCallFilter=~@privileged @resources",
                    "SystemCallErrorNumber=EPERM", "SystemCallArchitectures=native", "UMask=0077",
-                   "StandardOutput=journal", "ExecReload=/bin/kill -HUP $MAINPID"):
+                   "StandardOutput=journal", "ExecReload=/bin/kill -HUP $MAINPID", "TimeoutStopFailureMode=abort"):
         assert needed in lines, needed
     assert not any(ln.startswith(("MemoryDenyWriteExecute", "IPAddressAllow", "IPAddressDeny", "PrivateDevices"))
                    for ln in lines)
