@@ -122,9 +122,7 @@ class ControlServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for t in list(self._clients):
-                t.cancel()
-            await asyncio.gather(*self._clients, return_exceptions=True)
+            await aio.cancel_and_wait(list(self._clients))
             with contextlib.suppress(Exception):
                 await aio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
