@@ -25,6 +25,11 @@ async def wait_for(aw: Awaitable[T], timeout: float) -> T:
     if sys.version_info >= (3, 11):
         async with asyncio.timeout(timeout):
             return await aw
+    return await wait_for_by_wait(aw, timeout)
+
+
+async def wait_for_by_wait(aw: Awaitable[T], timeout: float) -> T:
+    """The 3.10 form of :func:`wait_for`, on ``asyncio.wait`` (it runs, and is tested, on any version)."""
     fut = asyncio.ensure_future(aw)
     try:
         done, _ = await asyncio.wait({fut}, timeout=timeout)

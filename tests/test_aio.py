@@ -23,8 +23,9 @@ async def _cancelled_as_the_result_arrives(wait_for) -> object:
         return "cancelled"
 
 
-async def test_a_cancellation_in_the_same_round_as_the_result_is_kept():
-    assert await _cancelled_as_the_result_arrives(aio.wait_for) == "cancelled"
+@pytest.mark.parametrize("wait_for", [aio.wait_for, aio.wait_for_by_wait], ids=["this-python", "3.10-form"])
+async def test_a_cancellation_in_the_same_round_as_the_result_is_kept(wait_for):
+    assert await _cancelled_as_the_result_arrives(wait_for) == "cancelled"
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="fixed in the standard library from 3.12")
@@ -33,14 +34,15 @@ async def test_the_standard_wait_for_loses_it_before_3_12():
     assert await _cancelled_as_the_result_arrives(asyncio.wait_for) == "data"
 
 
-async def test_result_and_timeout():
+@pytest.mark.parametrize("wait_for", [aio.wait_for, aio.wait_for_by_wait], ids=["this-python", "3.10-form"])
+async def test_result_and_timeout(wait_for):
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
     loop.call_later(0.01, fut.set_result, 7)
-    assert await aio.wait_for(fut, 5.0) == 7
+    assert await wait_for(fut, 5.0) == 7
     slow = loop.create_future()
     with pytest.raises(asyncio.TimeoutError):
-        await aio.wait_for(slow, 0.05)
+        await wait_for(slow, 0.05)
     assert slow.cancelled(), "the awaited future is cancelled on timeout"
 
 
