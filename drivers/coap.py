@@ -193,7 +193,7 @@ class CoapDriver(Driver):
                 while True:
                     try:
                         response = await aio.wait_for(notifications.__anext__(),
-                                                          self.options.observe_timeout_s)
+                                                      self.options.observe_timeout_s)
                     except (asyncio.TimeoutError, StopAsyncIteration):
                         break
                     except error.Error as exc:

@@ -62,7 +62,8 @@ async def cancel_and_wait(tasks, grace: float = 5.0, attempts: int = 3) -> list[
         pending = [t for t in pending if t in still]
     if pending:
         log.error("giving up on tasks that ignore cancellation: %s", ", ".join(t.get_name() for t in pending))
-    for t in tasks:
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            log.debug("task %s ended with %r", t.get_name(), t.exception())
+    for t in tasks:  # retrieve what the ended ones raised, as gather(return_exceptions=True) did
+        exc = t.exception() if t.done() and not t.cancelled() else None
+        if exc is not None:
+            log.debug("task %s ended with %r", t.get_name(), exc)
     return pending

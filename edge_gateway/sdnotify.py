@@ -10,8 +10,8 @@ The watchdog is pinged by :meth:`Notifier.watchdog_task`, a coroutine that runs
 blocking call, a deadlock) the pings stop and systemd aborts and restarts the
 service. A side thread would keep pinging a dead loop, which is why there is
 none. The daemon also withholds them while its pipeline makes no progress (see
-:class:`~edge_gateway.stall.ProgressMonitor`). ``WATCHDOG_PID`` is honoured: when it names another process, this one
-does not ping.
+:class:`~edge_gateway.stall.ProgressMonitor`). ``WATCHDOG_PID`` is honoured: when
+it names another process, this one does not ping.
 
 Not here: deciding *when* the daemon is ready; :class:`~edge_gateway.daemon.Gateway`
 calls ``notify("READY=1")`` once its kernels are warm and its queue is open.

@@ -174,9 +174,9 @@ def spec_of(p: tuple) -> tuple:
     """The ``spec`` of :func:`detect` for parameters ``p``: None for each part these parameters never use.
 
     A novelty feature, the seasonal normalisation, ``P_NOV_VOL_SEASON`` (also off without the season
-    feature) or ``P_NOV_VALUE_GATE`` is off when its parameter is not > 0 (the only test the kernel applies to it), the range
-    guard when its limits are infinite (it always scores 0), a guard's weighted score when its weight
-    is 0 (it can never beat the running maximum).
+    feature) or ``P_NOV_VALUE_GATE`` is off when its parameter is not > 0 (the only test the kernel
+    applies to it), the range guard when its limits are infinite (it always scores 0), a guard's
+    weighted score when its weight is 0 (it can never beat the running maximum).
     Each distinct spec is a distinct Numba type, so :func:`detect_spec` is compiled once per spec with
     the parts that are off gone from the loop.
     """
