@@ -121,7 +121,9 @@ def test_detector_override_mistakes_are_located():
     assert str(e) == "site.yaml:10:5: detector.sensors.air-2: no sensor 'air-2'; did you mean 'air-1'?"
     e = error_of(GOOD + "detector:\n  sensors:\n    air-1/pm25: {params: {cusum_kk: 2}}\n")
     assert (e.line, e.column, e.path) == (10, 26, "detector.sensors.air-1/pm25.params")
-    assert e.message.startswith("unknown setting 'cusum_kk'; known: cusum_clip, cusum_eta, cusum_h, cusum_k,")
+    assert e.message == "unknown setting 'cusum_kk'; did you mean 'cusum_k'?"
+    e = error_of(GOOD + "detector:\n  params: {zzz: 2}\n")
+    assert e.message.startswith("unknown setting 'zzz'; known: cusum_clip, cusum_eta, cusum_h, cusum_k,")
     e = error_of(GOOD + "detector:\n  sensors:\n    air-1: {treshold: 0.5}\n")
     assert str(e) == "site.yaml:10:13: detector.sensors.air-1.treshold: unknown key; did you mean 'threshold'?"
     e = error_of("gateway: {id: g}\ndetector:\n  sensors:\n    air-1: {threshold: 0.5}\n")

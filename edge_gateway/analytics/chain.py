@@ -19,6 +19,7 @@ deadband inside the same pass.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 
@@ -152,7 +153,9 @@ class DetectorSettings:
         for key, text in pairs.items():
             key = _RENAMED.get(key, key)
             if key not in names:
-                raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(names))}")
+                near = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
+                hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(sorted(names))}"
+                raise ValueError(f"unknown setting {key!r}; {hint}")
             try:
                 if key in ("weights", "nov_decay", "nov_weights"):
                     changes[key] = tuple(float(v) for v in text.split(","))
