@@ -138,11 +138,8 @@ class CoapDriver(Driver):
             if opts.mode == "poll":
                 await self._poll_forever(ctx)
             else:
-                async with asyncio.TaskGroup() as tg:
-                    for res in opts.resources:
-                        tg.create_task(self._observe_forever(ctx, res))
-        except* LinkLost as group:
-            raise group.exceptions[0] from None
+                await aio.run_together([self._observe_forever(ctx, res) for res in opts.resources],
+                                       [f"observe:{res.path}" for res in opts.resources])
         finally:
             await ctx.shutdown()
 

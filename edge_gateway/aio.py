@@ -1,4 +1,5 @@
-"""``wait_for`` that never swallows a cancellation, and a shutdown that does not wait for ever on one.
+"""``wait_for`` that never swallows a cancellation, a shutdown that does not wait for ever on one, and
+sibling tasks that end together.
 
 Before Python 3.12, ``asyncio.wait_for`` returns the inner result when the task is
 cancelled in the same loop round as that result arrives (CPython gh-86296): the
@@ -67,3 +68,24 @@ async def cancel_and_wait(tasks, grace: float = 5.0, attempts: int = 3) -> list[
         if exc is not None:
             log.debug("task %s ended with %r", t.get_name(), exc)
     return pending
+
+
+async def run_together(coros, names=()) -> None:
+    """Run ``coros`` as tasks until all have ended; the first to fail cancels the rest, and its exception is raised.
+
+    What ``asyncio.TaskGroup`` does from 3.11, but on 3.10 too, and raising the exception itself
+    rather than an ``ExceptionGroup``, which is what a driver's supervisor handles. Cancelling the
+    caller cancels every task, and waits for them.
+    """
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return
+    for task, name in zip(tasks, names):
+        task.set_name(name)
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        await cancel_and_wait(tasks)
+    failed = [t for t in tasks if not t.cancelled() and t.exception() is not None]
+    if failed:
+        raise failed[0].exception()

@@ -78,3 +78,52 @@ async def test_cancel_and_wait_gives_up_after_its_attempts(caplog):
         "giving up on tasks that ignore cancellation: stubborn"
     assert await aio.cancel_and_wait([stubborn], grace=0.05, attempts=5) == [] and stubborn.cancelled()
     assert seen == ["swallowed"] * 5
+
+
+class _Lost(Exception):
+    pass
+
+
+async def _fail_after(delay: float, log: list, name: str) -> None:
+    await asyncio.sleep(delay)
+    log.append(name)
+    raise _Lost(name)
+
+
+async def _run_until_cancelled(log: list, name: str) -> None:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        log.append(f"{name} cancelled")
+        raise
+
+
+async def test_run_together_raises_the_first_failure_itself_and_cancels_the_rest():
+    log: list = []
+    with pytest.raises(_Lost) as info:
+        await aio.run_together([_run_until_cancelled(log, "a"), _fail_after(0.01, log, "b"),
+                                _fail_after(5.0, log, "c")], ["a", "b", "c"])
+    assert str(info.value) == "b" and sorted(log) == ["a cancelled", "b"]
+    assert [t for t in asyncio.all_tasks() if t.get_name() in ("a", "c")] == []
+
+
+async def test_run_together_cancelled_from_outside_cancels_every_task():
+    log: list = []
+    outer = asyncio.ensure_future(aio.run_together([_run_until_cancelled(log, "a"),
+                                                    _run_until_cancelled(log, "b")]))
+    await asyncio.sleep(0.01)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    assert sorted(log) == ["a cancelled", "b cancelled"]
+
+
+async def test_run_together_returns_when_all_end_well():
+    done: list = []
+
+    async def ok(i):
+        await asyncio.sleep(0.01 * i)
+        done.append(i)
+
+    assert await aio.run_together([ok(2), ok(1)]) is None and done == [1, 2]
+    assert await aio.run_together([]) is None
