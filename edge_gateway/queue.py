@@ -685,8 +685,13 @@ def _rollback(db: sqlite3.Connection) -> None:
         db.execute("ROLLBACK")
 
 
+_SQLITE_FULL = 13
+
+
 def _is_full(exc: sqlite3.OperationalError) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc)
+    """Python 3.10's sqlite3 has neither `SQLITE_FULL` nor `sqlite_errorcode`: SQLite's code is
+    stable, and the message ("database or disk is full") is the test there."""
+    return getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "full" in str(exc)
 
 
 def _prio(kind: str, fields: dict) -> int:
