@@ -3,6 +3,8 @@
 Drivers call :meth:`Batcher.add` on the event loop (cheap: three list appends);
 the pipeline calls :meth:`Batcher.drain` once per batch interval and gets
 parallel ``chan``/``ts``/``val`` arrays that one kernel call can consume.
+An infinite value becomes NaN (missing) there, whichever driver let it through:
+the kernels take only finite or NaN readings (see :mod:`.analytics.chain`).
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ class Batcher:
         return len(self._chan)
 
     def drain(self) -> Batch:
-        batch = Batch(np.array(self._chan, dtype=np.int64), np.array(self._ts, dtype=np.float64),
-                      np.array(self._val, dtype=np.float64))
+        val = np.array(self._val, dtype=np.float64)
+        val[np.isinf(val)] = np.nan
+        batch = Batch(np.array(self._chan, dtype=np.int64), np.array(self._ts, dtype=np.float64), val)
         self._chan, self._ts, self._val = [], [], []
         self.total += len(batch)
         return batch

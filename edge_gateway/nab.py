@@ -50,12 +50,13 @@ def to_epoch(stamps) -> np.ndarray:
 
 
 def read_series(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A NAB CSV (``timestamp,value``) as (epoch seconds, values)."""
+    """A NAB CSV (``timestamp,value``) as (epoch seconds, values); an infinite value is read as missing."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     body = [r for r in rows[1:] if r]
     ts = to_epoch(r[0] for r in body)
     val = np.array([float(r[1]) if r[1] != "" else math.nan for r in body], dtype=np.float64)
+    val[np.isinf(val)] = math.nan
     return ts, val
 
 

@@ -105,7 +105,7 @@ def cmd_analyze(args) -> int:
         except (ValueError, IndexError) as exc:
             print(f"edge-gateway analyze: {src}: not a timestamp,value CSV ({exc})", file=sys.stderr)
             return 1
-        score = stream_scores(settings, ts, val, args.batch)
+        score = stream_scores(settings, ts, np.where(np.isinf(val), math.nan, val), args.batch)
         dst = args.out_dir / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         with open(dst, "w", newline="") as f:

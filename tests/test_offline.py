@@ -66,6 +66,23 @@ def test_analyze_cli(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
+def test_analyze_reads_an_infinite_value_as_missing(tmp_path):
+    src = tmp_path / "in"
+    write_series(src / "gap.csv")
+    lines = (src / "gap.csv").read_text().splitlines()
+    for name, v in (("inf", "inf"), ("minus_inf", "-inf"), ("gap", "")):
+        lines[901] = lines[901].split(",")[0] + "," + v
+        (src / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    r = run_cli("analyze", src, "--out-dir", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    rows = {n: list(csv.DictReader(open(tmp_path / "out" / f"{n}.csv"))) for n in ("inf", "minus_inf", "gap")}
+    score = {n: [row["anomaly_score"] for row in rs] for n, rs in rows.items()}
+    assert score["inf"] == score["minus_inf"] == score["gap"]
+    assert [rows[n][900]["value"] for n in ("inf", "minus_inf", "gap")] == ["inf", "-inf", "nan"]
+    s = np.array(score["inf"], dtype=float)
+    assert s[900] == 0.0 and s[1000] == s[800:].max() > 0.5
+
+
 def test_analyze_bad_usage(tmp_path):
     write_series(tmp_path / "x.csv", 20)
     r = run_cli("analyze", tmp_path / "x.csv", "--out-dir", tmp_path / "o", "--set", "bogus=1")

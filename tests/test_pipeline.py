@@ -96,6 +96,22 @@ def two_sensors(n: int, spike_at: int) -> list[Reading]:
                   key=lambda r: r.ts)
 
 
+def test_an_infinite_reading_is_missing_and_the_channel_keeps_detecting():
+    def stream(bad: float) -> list[Reading]:
+        rs = readings(95, spike_at=60)
+        rs[30] = dataclasses.replace(rs[30], value=bad)
+        return rs
+
+    nan_out, _, _ = run(stream(float("nan")))
+    for bad in (float("inf"), float("-inf")):
+        out, _, _ = run(stream(bad))
+        assert [(m.topic, m.fields) for m in out] == [(m.topic, m.fields) for m in nan_out]
+    aggs = [m.fields for m in nan_out if m.kind == messages.KIND_AGG]
+    assert [a["count"] for a in aggs] == [10, 10, 10, 9, 10, 10, 10, 10, 10]
+    assert [(m.fields["state"], m.fields["start"], m.fields["detector"]) for m in nan_out
+            if m.kind == messages.KIND_EVENT] == [("open", 1060.0, "robust"), ("closed", 1060.0, "robust")]
+
+
 def feed(pipe: Pipeline, batcher: Batcher, stream: list[Reading], batch: int = 7) -> list[messages.Message]:
     out = []
     for i in range(0, len(stream), batch):

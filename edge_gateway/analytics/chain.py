@@ -14,6 +14,11 @@ detector, the combination and the event hysteresis fused in
 and the dominant detector (1 byte); events come back from a fixed 1024-row
 buffer. The default :class:`Chain` (no despiking, no low-pass) runs its
 deadband inside the same pass.
+
+Readings are finite or NaN (missing: scored 0, state untouched). An infinite
+value is not checked for here, to keep the pass lean: it would enter the running
+statistics and silence its channel for good, so the ways in (the daemon's
+batcher, ``analyze`` and ``evaluate``) turn it into NaN first.
 """
 
 from __future__ import annotations
