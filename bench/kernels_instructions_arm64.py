@@ -58,20 +58,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CALLS, CHANNELS, PER_CHANNEL = 3, 64, 5_000
-
-
-def child(calls: int) -> None:
-    sys.path.insert(0, str(REPO / "bench"))
-    from kernels import data
-
-    from edge_gateway.analytics.chain import Chain
-
-    batch = data(CHANNELS, PER_CHANNEL)
-    Chain().warm()
-    for _ in range(calls):
-        Chain(capacity=CHANNELS).process(*batch)
+from kernels_instructions import CALLS, CHANNELS, PER_CHANNEL, REPO, child
 
 
 def arm64_count(root: Path, plugin: Path, cpu: str, cache: Path, calls: int) -> int:
