@@ -130,6 +130,7 @@ class BlockStats:
     timeouts: int = 0
     exceptions: int = 0
     bad_frames: int = 0
+    late: int = 0  # replies that came after the timeout, thrown away
     last_exception: int = 0
 
 
@@ -190,6 +191,7 @@ class ModbusRtuDriver(Driver):
         decoder = RtuResponseDecoder(block.slave, FUNCTIONS[block.function], block.count)
         loop = asyncio.get_running_loop()
         stats.requests += 1
+        self.stats.bytes += await port.discard_input()
         await port.write(request)
         deadline = loop.time() + self.options.timeout_s
         responses = []
@@ -202,6 +204,7 @@ class ModbusRtuDriver(Driver):
         self.stats.malformed += decoder.bad_frames
         if not responses:
             stats.timeouts += 1
+            await self._outwait_late_reply(port, stats)
             self.stats.last_error = f"block {block.label}: no response within {self.options.timeout_s} s"
             return False
         stats.responses += 1
@@ -220,6 +223,21 @@ class ModbusRtuDriver(Driver):
         self.stats.readings += len(values)
         self.stats.last_reading_ts = now
         return True
+
+    async def _outwait_late_reply(self, port: AsyncSerial, stats: BlockStats) -> None:
+        """Listen one more timeout after a timeout and throw away what comes (libmodbus's protocol recovery).
+
+        RTU replies carry no transaction id: a late reply read during the next request would pass for
+        that block's answer when slave, function and register count match.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.timeout_s
+        late = 0
+        while loop.time() < deadline:
+            late += len(await port.read())
+        if late:
+            self.stats.bytes += late
+            stats.late += 1
 
 
 DRIVER = ModbusRtuDriver

@@ -64,14 +64,12 @@ class LineDecoder:
         """Decode every complete line in ``data``; one list of samples per good line."""
         buf = self._buf + data
         *lines, rest = buf.split(b"\n")
-        if len(rest) > self.max_line:
-            self._overlong = True
-            rest = b""
-        self._buf = rest
         out: list[list[Sample]] = []
         for raw in lines:
-            if self._overlong:
+            if self._overlong or len(raw) > self.max_line:
+                # too long, or the end of a line already cut off as too long (not a line of its own)
                 self._overlong = False
+                self.lines += 1
                 self.malformed += 1
                 continue
             raw = raw.strip(b"\r \t")
@@ -83,6 +81,10 @@ class LineDecoder:
                 self.malformed += 1
             else:
                 out.append(samples)
+        if len(rest) > self.max_line:
+            self._overlong = True
+            rest = b""
+        self._buf = rest
         return out
 
     def parse_line(self, raw: bytes) -> list[Sample] | None:

@@ -115,6 +115,31 @@ class AsyncSerial:
         except (serial.SerialException, OSError) as exc:
             raise LinkLost(f"{self.port}: {exc}") from exc
 
+    async def discard_input(self, max_bytes: int = 1 << 20) -> int:
+        """Throw away whatever is already waiting (a late reply, line noise); the number of bytes."""
+        ser = self._ser
+        if ser is None:
+            raise LinkLost(f"{self.port}: not open")
+        if self._fd is not None:
+            n = 0
+            while n < max_bytes:
+                data = self._read_fd(65536, False)
+                if not data:
+                    break
+                n += len(data)
+            return n
+
+        def _drain() -> int:
+            n = 0
+            while n < max_bytes and (waiting := ser.in_waiting):
+                n += len(ser.read(waiting))
+            return n
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, _drain)
+        except (serial.SerialException, OSError) as exc:
+            raise LinkLost(f"{self.port}: {exc}") from exc
+
     async def write(self, data: bytes) -> None:
         ser = self._ser
         if ser is None:

@@ -78,7 +78,9 @@ class ModbusSlaveSim:
         self.port: PtyPort | None = None
         self.silent = False
         self.corrupt = False
+        self.stall_s = 0.0
         self.requests = 0
+        self._held: list[bytes] = []
         self._buf = b""
         self._framer = FramerRTU(DecodePDU(is_server=True))
 
@@ -116,8 +118,25 @@ class ModbusSlaveSim:
             self._buf = self._buf[used:]
             self.requests += 1
             reply = self.respond(pdu)
-            if reply is not None:
+            if reply is None:
+                continue
+            if self._held or self.stall_s > 0:
+                self._hold(reply)
+            else:
                 port.try_write(reply)
+
+    def _hold(self, reply: bytes) -> None:
+        """A busy slave: with ``stall_s`` set, the next reply waits that long, and later ones queue behind it."""
+        if not self._held:
+            asyncio.get_running_loop().call_later(self.stall_s, self._release)
+            self.stall_s = 0.0
+        self._held.append(reply)
+
+    def _release(self) -> None:
+        held, self._held = self._held, []
+        if self.port is not None:
+            for reply in held:
+                self.port.try_write(reply)
 
     def respond(self, pdu) -> bytes | None:
         """The bytes answering one decoded request (None: stay silent)."""

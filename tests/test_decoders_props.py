@@ -65,6 +65,18 @@ def test_line_frames_in_garbage_are_recovered(items, fmt, cuts):
     assert is_subsequence(wanted, got)
 
 
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([b"a=1", b"b=2,c=3", b"x", b" ", b"\r"])), max_size=12),
+       st.sampled_from([b"", b"\n", b"a=9"]), st.lists(st.integers(0, 600)))
+def test_line_reads_split_anywhere_decode_as_one_read(lines, tail, cuts):
+    """Lines around the length limit (16 here), cut into arbitrary reads: the same readings and counts."""
+    stream = b"\n".join(b" " * n + body for n, body in lines) + tail
+    whole = LineDecoder("kv", max_line=16)
+    pieces = LineDecoder("kv", max_line=16)
+    assert feed_in_pieces(pieces, stream, cuts) == whole.feed(stream)
+    assert (pieces.lines, pieces.malformed) == (whole.lines, whole.malformed)
+
+
 # ---- pms5003
 
 words = st.tuples(*[st.integers(0, 0xFFFF)] * 13)

@@ -132,3 +132,24 @@ async def test_crc_errors_are_counted_per_block(pty):  # noqa: F811
         assert await wait_until(lambda: len(out) >= 1)
     sim.detach()
     assert out[0].value == 7.0 and driver.stats.malformed >= 2
+
+
+async def test_a_late_reply_is_not_taken_for_the_next_blocks(pty):  # noqa: F811
+    bank = RegisterBank()
+    bank.set_registers(1, "holding", 0, [1111])
+    bank.set_registers(1, "holding", 10, [2222])
+    sim = ModbusSlaveSim(bank)
+    sim.stall_s = 0.3
+    sim.attach(pty)
+    opts = ModbusOptions(port=pty.slave_path, timeout_s=0.2, dead_after=100, blocks=(
+        ModbusBlock(1, 0, 1, (ModbusField("a", 0),), interval_s=0.05, name="A"),
+        ModbusBlock(1, 10, 1, (ModbusField("b", 0),), interval_s=0.05, name="B")))
+    out = []
+    driver = ModbusRtuDriver("m", opts, out.append)
+    async with running(driver):
+        assert await wait_until(lambda: sum(r.channel == "a" for r in out) >= 2 and sum(r.channel == "b" for r in out) >= 2)
+    sim.detach()
+    got = by_channel(out)
+    assert {r.value for r in got["a"]} == {1111.0} and {r.value for r in got["b"]} == {2222.0}
+    a, b = driver.blocks["A"], driver.blocks["B"]
+    assert (a.timeouts, a.late, b.timeouts, b.late) == (1, 1, 0, 0)
