@@ -81,15 +81,20 @@ def decode_payload(payload: bytes, content_format: int | None, res: CoapResource
     if content_format in (senml.CT_SENML_JSON, senml.CT_SENML_CBOR):
         records, errors = senml.decode(payload, content_format, now)
         strip = res.strip_prefix
-        return [(r.name[len(strip):] if strip and r.name.startswith(strip) else r.name,
-                 r.value, r.ts, r.unit) for r in records], errors
+        out = [(r.name[len(strip):] if strip and r.name.startswith(strip) else r.name, r.value, r.ts, r.unit)
+               for r in records]
+        kept = [s for s in out if s[0]]
+        return kept, errors + len(out) - len(kept)
     try:
         if content_format == senml.CT_JSON:
             obj = json.loads(payload)
         elif content_format == CT_CBOR:
             obj = cbor2.loads(payload)
         else:
-            obj = float(payload.decode("ascii").strip())
+            text = payload.decode("ascii").strip()
+            if "_" in text:  # Python's digit grouping, not a sensor's number
+                return [], 1
+            obj = float(text)
     except Exception:  # noqa: BLE001 - any undecodable payload is one error, never a crash
         return [], 1
     if isinstance(obj, dict):

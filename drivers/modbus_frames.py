@@ -89,7 +89,7 @@ class RtuResponseDecoder:
             f = buf[j + 1]
             if f == fc and buf[j + 2] == 2 * self.count:
                 end = j + size
-            elif f == efc:
+            elif f == efc and buf[j + 2]:
                 end = j + 5
             else:
                 self.skipped_bytes += 1

@@ -101,7 +101,7 @@ class LineDecoder:
                 parts = text.split(self.delimiter)
                 for pair in parts:
                     key, sep, value = pair.partition("=")
-                    if not sep or "=" in value:
+                    if not sep or "=" in value or "_" in value:
                         return None
                     fields[key.strip()] = value
                 if len(fields) != len(parts):
@@ -109,7 +109,7 @@ class LineDecoder:
                 return self._samples(list(fields), list(map(float, fields.values())))
             if self.fmt == "csv":
                 cells = text.split(self.delimiter)
-                if len(cells) != len(self.columns) or len(set(self.columns)) != len(cells):
+                if len(cells) != len(self.columns) or len(set(self.columns)) != len(cells) or "_" in text:
                     return None
                 return self._samples(list(self.columns), list(map(float, cells)))
             obj = json.loads(text)
@@ -136,6 +136,9 @@ class LineDecoder:
 
 
 def _number(text: str) -> float:
+    """A finite number as a sensor writes it: Python's digit grouping (``1_000``) is not one."""
+    if "_" in text:
+        raise ValueError("not a number")
     value = float(text.strip())
     if not math.isfinite(value):
         raise ValueError("not a finite number")

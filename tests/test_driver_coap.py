@@ -51,6 +51,13 @@ def test_plain_and_json_payloads():
     assert decode_payload(b'{"cars": 3, "x": "no"}', 50, res, NOW) == ([("cars", 3.0, NOW, "1/min")], 1)
     assert decode_payload(b"nan", 0, res, NOW) == ([], 1)
     assert decode_payload(b"\xff", 60, res, NOW) == ([], 1)
+    assert decode_payload(b"2_1.5", 0, res, NOW) == ([], 1)
+
+
+def test_a_senml_name_that_is_only_the_stripped_prefix_is_an_error():
+    res = CoapResource("/s", strip_prefix="dev/")
+    pack = b'[{"bn": "dev/", "n": "", "v": 1}, {"n": "t", "v": 2}]'
+    assert decode_payload(pack, senml.CT_SENML_JSON, res, NOW) == ([("t", 2.0, NOW, "")], 1)
 
 
 async def _node(**paths) -> CoapNode:

@@ -34,6 +34,9 @@ def test_exception_response():
     body = bytes((5, 0x83, 2))
     frame = body + crc16(body).to_bytes(2, "big")
     assert RtuResponseDecoder(5, 3, 4).feed(frame) == [Response(b"", 2)]
+    body = bytes((5, 0x83, 0))
+    d = RtuResponseDecoder(5, 3, 4)
+    assert d.feed(body + crc16(body).to_bytes(2, "big")) == [] and d.bad_frames == 0 and d.skipped_bytes == 5
 
 
 @pytest.mark.parametrize("type_,order,value", [("int16", "big", -123), ("uint16", "big", 65000),

@@ -25,6 +25,12 @@ def test_csv_with_columns_and_timestamp():
     d = LineDecoder("csv", ("ts", "a", "b"), timestamp_field="ts")
     assert d.feed(b"1700000000.5,1,-2.5\r\n") == [[("a", 1.0, 1700000000.5), ("b", -2.5, 1700000000.5)]]
     assert d.feed(b"1,2\n") == [] and d.malformed == 1
+    assert d.feed(b"1_7,1,2\n") == [] and d.malformed == 2
+
+
+def test_digit_grouping_is_not_a_number():
+    d = LineDecoder("kv")
+    assert d.feed(b"pm2_5=1_2\npm2_5=12\n") == [[("pm2_5", 12.0, None)]] and d.malformed == 1
 
 
 def test_json_lines():
