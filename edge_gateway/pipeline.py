@@ -122,7 +122,8 @@ class Pipeline:
             rows = self.engine.process(batch.chan, batch.ts, batch.val)
             out += messages.aggregates(rows, keys, cfg.windows.seconds, self.topics, gw)
             touched = np.unique(batch.chan)
-            self._last_arrival[touched] = now
+            # only a value keeps a window open: a sensor sending nothing but NaN is idle for windows
+            self._last_arrival[np.unique(batch.chan[~np.isnan(batch.val)])] = now
             closed, opened = self._detect(batch, touched)
             for ev in closed:
                 if self._announced[ev["channel"]] == ev["start"]:

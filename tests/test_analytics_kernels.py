@@ -62,6 +62,35 @@ def test_hopping_exact():
     assert out[1, :3].tolist() == [0, 10, 1]
 
 
+def test_a_flushed_window_is_never_reopened():
+    """An idle flush closes a window for good: a reading for it later is late, not a second aggregate."""
+    one = arr(0, dtype=np.int64)
+    out = np.zeros((4, 9))
+    st = windows.new_state(1)
+    windows.tumbling_update(arr(0, 0, dtype=np.int64), arr(1, 2), arr(1, 3), 10.0, st, out)
+    assert windows.tumbling_flush(np.inf, 10.0, st, out) == 1 and out[0, :3].tolist() == [0, 0, 2]
+    assert windows.tumbling_update(one, arr(4), arr(9), 10.0, st, out) == 0
+    assert windows.tumbling_flush(np.inf, 10.0, st, out) == 0 and st[0, windows.S_LATE] == 1
+    windows.tumbling_update(one, arr(12), arr(5), 10.0, st, out)
+    assert windows.tumbling_flush(np.inf, 10.0, st, out) == 1 and out[0, :4].tolist() == [0, 10, 1, 5]
+
+    st = windows.new_hopping_state(1, 10.0, 5.0)
+    windows.hopping_update(one, arr(6), arr(1), 10.0, 5.0, st, out)
+    assert windows.hopping_flush(np.inf, 10.0, st, out) == 2
+    assert windows.hopping_update(one, arr(7), arr(2), 10.0, 5.0, st, out) == 0
+    assert windows.hopping_flush(np.inf, 10.0, st, out) == 0 and st[0, windows.S_LATE] == 1
+    windows.hopping_update(one, arr(12), arr(3), 10.0, 5.0, st, out)
+    assert windows.hopping_flush(np.inf, 10.0, st, out) == 1 and out[0, :4].tolist() == [0, 10, 1, 3]
+    assert st[0, windows.S_LATE] == 2
+
+    st = quantiles.new_window_state(1)
+    out = np.zeros((4, 5))
+    quantiles.window_update(one, arr(1), arr(4), 10.0, st, out)
+    assert quantiles.window_flush(np.inf, 10.0, st, out) == 1
+    assert quantiles.window_update(one, arr(3), arr(8), 10.0, st, out) == 0
+    assert quantiles.window_flush(np.inf, 10.0, st, out) == 0
+
+
 def test_hopping_vs_tumbling_when_hop_equals_window(batch):
     chan, ts, val = batch
     a, b = np.zeros((len(chan), 9)), np.zeros((len(chan), 9))

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from edge_gateway import config, messages
+from edge_gateway.analytics import windows
 from edge_gateway.batcher import Batch, Batcher
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.readings import Reading
@@ -75,6 +76,34 @@ def test_idle_channel_window_closes_after_window_plus_grace():
     assert pipe.process(batcher.drain(), now=111.9) == []
     (closed,) = pipe.process(batcher.drain(), now=112.0)
     assert closed.fields["count"] == 5 and closed.fields["start"] == 1000.0
+
+
+def test_a_reading_after_the_idle_flush_does_not_make_a_second_aggregate():
+    batcher = Batcher()
+    pipe = Pipeline(CFG, TOPICS, batcher)
+    stream = readings(4)
+    for r in stream[:3]:
+        batcher.add(r)
+    assert pipe.process(batcher.drain(), now=100.0) == []
+    (closed,) = pipe.process(batcher.drain(), now=112.0)
+    assert (closed.fields["start"], closed.fields["count"]) == (1000.0, 3)
+    batcher.add(stream[3])
+    assert pipe.process(batcher.drain(), now=113.0) == []
+    assert pipe.process(batcher.drain(), now=200.0) == []
+    assert pipe.engine.state()["win"][0, windows.S_LATE] == 1
+
+
+def test_a_channel_sending_only_nan_is_idle_for_its_window():
+    batcher = Batcher()
+    pipe = Pipeline(CFG, TOPICS, batcher)
+    batcher.add(readings(1)[0])
+    assert pipe.process(batcher.drain(), now=100.0) == []
+    out = []
+    for k in range(1, 13):
+        batcher.add(Reading("s1", "temp", float("nan"), 1000.0 + k, "C"))
+        out.append(pipe.process(batcher.drain(), now=100.0 + k))
+    assert out[:11] == [[]] * 11
+    assert [(m.fields["start"], m.fields["count"]) for m in out[11]] == [(1000.0, 1)]
 
 
 TWO = """

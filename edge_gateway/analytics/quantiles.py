@@ -127,7 +127,6 @@ def _close(c, s, out, m):
     out[m, 4] = _p2_value(s[1:], P2_WIDTH, 0.95)
     for j in range(1, s.shape[0]):
         s[j] = 0.0
-    s[0] = math.nan
 
 
 @kernel
@@ -135,7 +134,8 @@ def window_update(chan, ts, val, window_s, state, out):
     """p50/p95 per tumbling window (same boundaries as :func:`.windows.tumbling_update`).
 
     Writes a ``WINDOW_FIELDS`` row to ``out`` for each window a reading closes
-    and returns the row count; readings older than the open window are dropped.
+    and returns the row count; readings older than the open window, or than the
+    last closed one (its start stays in column 0), are dropped.
     """
     m = 0
     for i in range(chan.shape[0]):
@@ -151,6 +151,8 @@ def window_update(chan, ts, val, window_s, state, out):
             if start > s[0]:
                 _close(c, s, out, m)
                 m += 1
+        elif start <= s[0]:
+            continue
         if s[1] == 0:
             s[0] = start
         _p2_add(s, 1, x, 0.5)

@@ -2,8 +2,10 @@
 
 State is one row per channel (see the ``S_*`` columns); a window closes when a
 reading of a later window arrives (event time) or when :func:`tumbling_flush`
-is given a watermark past its end. Readings older than the open window are
-counted as late and not aggregated: a closed window is never re-opened.
+is given a watermark past its end. Readings older than the open window, or than
+the last closed one, are counted as late and not aggregated: a closed window is
+never re-opened (``S_START`` keeps the last closed window's start while
+``S_COUNT`` is 0), so the cloud never gets two aggregates of one window.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ def _emit(c, s, out, m):
     out[m, 7] = s[S_FIRST]
     out[m, 8] = s[S_LAST]
     s[S_COUNT] = 0.0
-    s[S_START] = np.nan
 
 
 @kernel
@@ -92,6 +93,9 @@ def tumbling_update(chan, ts, val, window_s, state, out):
             if start > s[S_START]:
                 _emit(c, s, out, m)
                 m += 1
+        elif start <= s[S_START]:
+            s[S_LATE] += 1.0
+            continue
         _fold(s, start, x)
     return m
 
@@ -112,7 +116,8 @@ def new_hopping_state(n_channels: int, window_s: float, hop_s: float) -> np.ndar
     """State for hopping windows: ``ceil(window_s / hop_s)`` window slots per channel.
 
     Each slot has the tumbling layout (``S_*`` columns); the late count lives in
-    slot 0 and the last column holds the newest timestamp seen (it closes windows).
+    slot 0 and the last column holds the newest timestamp seen or the end of the
+    newest window closed, whichever is later (a window ending there is closed for good).
     """
     if not (window_s > 0 and hop_s > 0):
         raise ValueError("window_s and hop_s must be > 0")
@@ -137,6 +142,7 @@ def _emit_due(c, row, limit, window_s, out, m):
                     best = j
         if best < 0:
             return m
+        row[-1] = max(row[-1], row[best * STATE_WIDTH + S_START] + window_s)
         _emit(c, row[best * STATE_WIDTH : (best + 1) * STATE_WIDTH], out, m)
         m += 1
 
