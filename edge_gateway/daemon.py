@@ -249,7 +249,8 @@ class Gateway:
         return {"backlog": q.depth, "backlog_bytes": q.bytes, "max_bytes": self.cfg.queue.max_bytes,
                 "oldest_age_s": None if age is None else round(age, 1), "queue_full": q.full,
                 "dropped": q.dropped_total, "dropped_unreported": q.dropped_pending, "rolled_up": q.rolled_up,
-                "file_cap_bytes": q.file_cap_bytes, "link_error": getattr(link, "last_error", ""),
+                "file_cap_bytes": q.file_cap_bytes, "queue_recovered_from": self.queue.recovered_from,
+                "link_error": getattr(link, "last_error", ""),
                 "connects": getattr(link, "connects", 0),
                 "rejected": fw.stats.rejected if fw else 0, "rewinds": fw.stats.rewinds if fw else 0,
                 "commands": dict(self.router.counts) if self.router else {}}

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoint (name TEXT PRIMARY KEY, blob BLOB NOT NULL, saved REAL NOT NULL);
 """
+MAX_MERGED = 4096  # windows in one rolled-up aggregate, well below decode()'s 65,536-item arrays
 PRIO_AGG, PRIO_EVENT, PRIO_KEEP = 0, 1, 2  # drop order: aggregates, other events, anomaly/dropped events
 _KEEP_TYPES = ("anomaly", "dropped")
 MiB = 1024 * 1024
@@ -134,6 +135,7 @@ class DurableQueue:
         self.full = False  # the last insert hit the file cap / a full disk
         self._cap_checked = 0.0
         self.page_cap = 0
+        self.recovered_from = ""  # where a corrupt queue file was moved at open ("" when none was)
         self._handed_out = 0  # highest seq ever returned by peek in this process
         self._page_size = 4096
         # flash writes (docs/uplink.md "Flash writes"): acknowledged rows and checkpoints wait for the
@@ -154,7 +156,40 @@ class DurableQueue:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open_file()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked, unreadable...: not the file's content
+                raise
+            moved = self._quarantine(exc)
+            self._open_file()
+            self._last_seq = max(self._last_seq, _last_seq_of(moved), int(self.clock() * 1000))
+            self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?)", (self._last_seq,))
+            log.error("queue: continuing with a new, empty queue file; sequence numbers resume at %d",
+                      self._last_seq + 1)
+
+    def _quarantine(self, exc: Exception) -> Path:
+        """Move a corrupt queue file (and its -wal/-shm) aside, so the gateway can start at all.
+
+        What it held is lost to the uplink but kept on disk for a technician. Sequence numbers resume
+        from the clock in milliseconds, above any count a gateway reaches (and above the old file's last
+        one if that can still be read): the cloud never sees a seq twice, and sees the jump.
+        """
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        moved = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, Path(f"{moved}{suffix}"))
+        log.error("queue file %s is corrupt (%s): moved to %s", self.path, exc, moved)
+        self.recovered_from = str(moved)
+        return moved
+
+    def _open_file(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = db
         if self.page_size and not db.execute("PRAGMA page_count").fetchone()[0]:
             db.execute(f"PRAGMA page_size={int(self.page_size)}")  # a new file only (WAL cannot change it)
         db.execute("PRAGMA journal_mode=WAL")
@@ -173,7 +208,6 @@ class DurableQueue:
         self._total = json.loads(meta["dropped_total"]) if "dropped_total" in meta else _empty_counts()
         self._depth, self._bytes = db.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox").fetchone()
-        self._db = db
         self._set_page_cap(force=True)
         self._refresh_oldest()
 
@@ -332,6 +366,7 @@ class DurableQueue:
             seen = True
             after = rows[-1][0]
             groups: dict[tuple, list] = {}
+            sizes: dict[tuple, int] = {}
             for seq, topic, payload in rows:
                 try:
                     d = decode(payload)
@@ -342,6 +377,10 @@ class DurableQueue:
                     d["rollup_s"] = bucket_w
                 except Exception:
                     continue
+                n = len(d.get("merged_seqs") or (1,))
+                if sizes.get(key, 0) + n > MAX_MERGED:  # a row must stay readable: the drop policy takes over
+                    continue
+                sizes[key] = sizes.get(key, 0) + n
                 groups.setdefault(key, []).append((seq, len(payload), d))
             merges = [g for g in groups.values() if len(g) > 1]
             if not merges:
@@ -400,10 +439,12 @@ class DurableQueue:
             pending, total = json.loads(json.dumps(self._pending)), json.loads(json.dumps(self._total))
             for seq, prio, _, payload in gone:
                 carried = _dropped_report(payload) if prio == PRIO_KEEP else None
-                if carried:  # a dropped `dropped` event: its counts go back to pending, not lost
+                if carried:  # a dropped `dropped` event: its counts go back to pending, and its own seq is a gap
                     _merge_counts(pending, carried)
+                    for c in (pending, total):
+                        _bump(c, PRIO_EVENT, seq, reason)
                     continue
-                members = _members(payload) if prio == PRIO_AGG else [seq]
+                members = _members(payload, seq) if prio == PRIO_AGG else [seq]
                 for c in (pending, total):  # a rolled-up message counts as all the windows it holds
                     for s_ in members:
                         _bump(c, prio, s_, reason)
@@ -443,6 +484,13 @@ class DurableQueue:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?)", (seq,))
             self._save_counts()
             db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            _rollback(db)
+            self._pending = counts
+            if not _is_full(exc):
+                raise
+            self.full = True  # the report waits for room: its counts stay pending, nothing is lost
+            return None
         except BaseException:
             _rollback(db)
             self._pending = counts
@@ -720,10 +768,27 @@ def _merge_counts(into: dict, other: dict) -> None:
             into[k] = fn(into[k] or v, v)
 
 
-def _members(payload: bytes) -> list[int]:
-    """The original seqs inside a (possibly rolled-up) aggregate payload."""
-    d = decode(payload)
+def _members(payload: bytes, seq: int) -> list[int]:
+    """The original seqs inside a (possibly rolled-up) aggregate payload (``seq`` alone if unreadable)."""
+    try:
+        d = decode(payload)
+    except Exception as exc:  # noqa: BLE001 - a row we cannot read is still dropped and counted
+        log.error("queue: aggregate %d unreadable (%s): counted as one message", seq, exc)
+        return [seq]
     return list(d.get("merged_seqs") or [d["seq"]])
+
+
+def _last_seq_of(path: Path) -> int:
+    """The last seq recorded in a (corrupt) queue file, when that much can still be read; 0 otherwise."""
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+        finally:
+            db.close()
+        return int(row[0]) if row else 0
+    except (sqlite3.Error, TypeError, ValueError):
+        return 0
 
 
 def _dropped_report(payload: bytes) -> dict | None:

@@ -286,3 +286,75 @@ async def test_old_file_meta_is_migrated_and_seq_kept(tmp_path):
     sql = db.execute("SELECT sql FROM sqlite_master WHERE name='meta'").fetchone()[0]
     assert "WITHOUT ROWID" in sql and db.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()[0] == 42
     db.close()
+
+
+async def test_a_full_disk_holds_the_drop_report_back_without_raising(tmp_path):
+    limits = QueueLimits(max_bytes=1 << 20, max_file_bytes=48 * 1024, reserve_bytes=0)
+    q = await open_queue(tmp_path / "q.db", limits)
+    stored = 0
+    for i in range(2000):  # every row handed to the link: nothing may be dropped to make room
+        seqs = await q.append([ev("anomaly", i)])
+        await q.peek(0, 10**6)
+        if not seqs:
+            break
+        stored += 1
+    assert q.full and q.stats_now().dropped_pending == 1 and q.depth == stored
+    make = lambda c: messages.dropped_event(TOPICS, "q-gw", c)  # noqa: E731
+    assert await q.take_dropped(make) is None
+    assert q.stats_now().dropped_pending == 1 and q.last_seq == stored
+    await q.ack(list(range(1, 101)))
+    seq = await q.take_dropped(make)
+    assert seq == stored + 1 and decode((await q.peek(seq - 1, 1))[0].payload)["count"] == 1
+    await q.close()
+
+
+async def test_a_dropped_report_that_is_dropped_is_counted_as_a_gap(tmp_path):
+    q = await open_queue(tmp_path / "q.db", QueueLimits(max_bytes=4096, reserve_bytes=0))
+    make = lambda c: messages.dropped_event(TOPICS, "q-gw", c)  # noqa: E731
+    for _ in range(3):
+        for i in range(40):
+            await q.append([ev("anomaly", i)])
+        await q.take_dropped(make)
+    await q.take_dropped(make)
+    rows = [decode(r.payload) for r in await q.peek(0, 10**6)]
+    present = {d["seq"] for d in rows}
+    missing = [s for s in range(1, q.last_seq + 1) if s not in present]
+    reports = [d for d in rows if d.get("type") == "dropped"]
+    assert missing and sum(d["count"] for d in reports) == len(missing)
+    await q.close()
+
+
+async def test_a_rolled_up_aggregate_holds_at_most_max_merged_windows(tmp_path, monkeypatch):
+    from edge_gateway import queue as queue_mod
+
+    monkeypatch.setattr(queue_mod, "MAX_MERGED", 8)
+    limits = QueueLimits(max_bytes=16 * 1024, high_water=0.25, rollup_factor=10)
+    q = await open_queue(tmp_path / "q.db", limits)
+    seqs = []
+    for k in range(40):
+        seqs += await q.append([agg("a", "c", float(50 * k + j), [1.0]) for j in range(50)])
+    got = rows_of(tmp_path / "q.db")
+    members = [d.get("merged_seqs") or [d["seq"]] for d in got]
+    assert max(len(m) for m in members) == 8
+    dropped = q.stats_now().dropped_total
+    assert dropped["count"] > 0 and len(seqs) == 2000
+    assert sum(len(m) for m in members) + dropped["count"] == 2000
+    await q.close()
+
+
+async def test_a_corrupt_queue_file_is_moved_aside_and_a_new_one_started(tmp_path, caplog):
+    path = tmp_path / "q.db"
+    q = await open_queue(path)
+    await q.append([ev("anomaly", i) for i in range(5)])
+    await q.close()
+    path.write_bytes(b"\x00garbage" * 1024)
+    clock = Clock(1_800_000_000.0)
+    q = await open_queue(path, clock=clock)
+    moved = list(tmp_path.glob("q.db.corrupt-*"))
+    assert [p.name for p in moved if not p.name.endswith(("-wal", "-shm"))] == [q.recovered_from.split("/")[-1]]
+    assert q.depth == 0 and "is corrupt" in caplog.text
+    assert await q.append([ev("anomaly", 9)]) == [1_800_000_000_001]
+    await q.close()
+    q = await open_queue(path, clock=clock)
+    assert q.recovered_from == "" and q.last_seq == 1_800_000_000_001
+    await q.close()
