@@ -22,9 +22,11 @@ transaction, so the count a ``dropped`` event reports is exact. The file itself
 is capped with ``PRAGMA max_page_count`` below the free space, so a full disk
 fails an insert cleanly instead of breaking deletes and checkpoints.
 
-Rows once handed out by :meth:`DurableQueue.peek` (in this process) are never
-rolled up or dropped, since paho or the broker may already hold them; after a
-restart nothing is in flight, so the whole backlog is eligible again.
+Rows once handed out by :meth:`DurableQueue.peek` are never rolled up or dropped,
+since paho or the broker may already hold them (an acknowledged row can outlive a
+crash: its delete is deferred). The highest seq handed out is saved with each
+append, so after a restart those rows stay protected: a merge must never put a
+seq the cloud already has on windows it has not.
 """
 
 from __future__ import annotations
@@ -136,7 +138,8 @@ class DurableQueue:
         self._cap_checked = 0.0
         self.page_cap = 0
         self.recovered_from = ""  # where a corrupt queue file was moved at open ("" when none was)
-        self._handed_out = 0  # highest seq ever returned by peek in this process
+        self._handed_out = 0  # highest seq ever returned by peek (saved with appends, see the module doc)
+        self._handed_out_saved = 0
         self._page_size = 4096
         # flash writes (docs/uplink.md "Flash writes"): acknowledged rows and checkpoints wait for the
         # next write transaction (an append, usually) instead of committing (and fsyncing) on their own
@@ -204,6 +207,7 @@ class DurableQueue:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         max_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
         self._last_seq = max(int(meta.get("last_seq", 0)), max_seq)
+        self._handed_out = self._handed_out_saved = int(meta.get("handed_out", 0))
         self._pending = json.loads(meta["dropped_pending"]) if "dropped_pending" in meta else _empty_counts()
         self._total = json.loads(meta["dropped_total"]) if "dropped_total" in meta else _empty_counts()
         self._depth, self._bytes = db.execute(
@@ -603,8 +607,11 @@ class DurableQueue:
         self._refresh_oldest()
 
     def _write_deferred(self) -> None:
-        """Inside an open write transaction: delete the deferred rows, store the pending checkpoints."""
+        """Inside an open write transaction: delete the deferred rows, store the pending checkpoints
+        and the highest seq handed out."""
         db = self._db
+        if self._handed_out != self._handed_out_saved:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('handed_out', ?)", (self._handed_out,))
         seqs = list(self._deferred)
         for i in range(0, len(seqs), 500):
             chunk = seqs[i:i + 500]
@@ -616,6 +623,7 @@ class DurableQueue:
     def _deferred_written(self, cause: str) -> None:
         """After the COMMIT of a transaction that ran :meth:`_write_deferred`."""
         self._count_commit(cause)
+        self._handed_out_saved = self._handed_out
         if self._deferred:
             self._count_commit("with_ack_deletes")
             self._deferred = {}
