@@ -14,12 +14,14 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from .analytics.engine import ROW_FIELDS
 from .analytics.windows import AGG_FIELDS
 from .batcher import ChannelKey
 
 KIND_AGG = "agg"
 KIND_EVENT = "event"
 _AGG_COL = {name: i for i, name in enumerate(AGG_FIELDS)}
+_ROW_COL = {name: i for i, name in enumerate(ROW_FIELDS)}
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,9 @@ def decode(payload: bytes) -> dict[str, Any]:
 
 def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics: Topics,
                gateway_id: str) -> list[Message]:
-    """One message per closed window row (see :data:`AGG_FIELDS`)."""
+    """One message per closed window row (columns :data:`.analytics.engine.ROW_FIELDS`: ``AGG_FIELDS``,
+    then ``p50``/``p95``, left out of the message when NaN: a window the quantile state missed part of)."""
+    col = _ROW_COL
     out = []
     for row in rows:
         key = keys[int(row[0])]
@@ -74,6 +78,9 @@ def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics
             "mean": float(row[_AGG_COL["mean"]]), "std": float(row[_AGG_COL["std"]]),
             "first": float(row[_AGG_COL["first"]]), "last": float(row[_AGG_COL["last"]]),
         }
+        p50, p95 = float(row[col["p50"]]), float(row[col["p95"]])
+        if not (math.isnan(p50) or math.isnan(p95)):
+            fields.update(p50=p50, p95=p95)
         out.append(Message(KIND_AGG, topics.agg(key.sensor), fields))
     return out
 
@@ -89,13 +96,14 @@ def merge_aggregates(members: list[dict[str, Any]]) -> dict[str, Any]:
     ``count``/``min``/``max`` are exact, ``mean`` is the count-weighted mean and ``std`` the pooled
     population std; ``first``/``last`` come from the earliest/latest window. The result keeps the
     ``seq`` of its first member and lists every original ``seq`` in ``merged_seqs`` (``seq_last``
-    is the largest), so the cloud can tell a rolled-up message from a gap.
+    is the largest), so the cloud can tell a rolled-up message from a gap. ``p50``/``p95`` are dropped:
+    quantiles of the union cannot be computed from the members' quantiles.
     """
     ms = sorted(members, key=lambda m: (m["start"], m["seq"]))
     full = [m for m in ms if m.get("count", 0) > 0]
     n = sum(int(m["count"]) for m in full)
     seqs = sorted({s for m in ms for s in (m.get("merged_seqs") or [m["seq"]])})
-    out = {k: v for k, v in ms[0].items() if k not in ("merged_seqs", "seq_last")}
+    out = {k: v for k, v in ms[0].items() if k not in ("merged_seqs", "seq_last", "p50", "p95")}
     out.update(start=ms[0]["start"], end=max(m["end"] for m in ms), count=n,
                seq=seqs[0], seq_last=seqs[-1], merged_seqs=seqs)
     if n:

@@ -100,6 +100,10 @@ def test_quantiles(b):
     check(quantiles.p2_update, lambda: [quantiles.new_state(k)], chan, val)
     check(quantiles.window_update, lambda: [quantiles.new_window_state(k), np.zeros((len(chan), 5))],
           chan, ts, val, 20.0)
+    one = np.zeros_like(chan)  # one channel: past the exact buffer into the P² steps
+    check(quantiles.p2_update, lambda: [quantiles.new_state(1)], one, val)
+    check(quantiles.window_update, lambda: [quantiles.new_window_state(1), np.zeros((len(chan), 5))],
+          one, ts, val, 60.0)
 
 
 def check_pure(fn, make, *args):

@@ -215,7 +215,55 @@ def test_p2_small_exact_and_large_close():
     quantiles.p2_update(np.zeros(1000, np.int64), x, st)
     quantiles.p2_estimate(st, out)
     assert abs(out[0, 0] - 499.5) < 15 and abs(out[0, 1] - 949.5) < 15
-    assert st.shape == (1, quantiles.STATE_WIDTH)
+    assert st.shape == (1, quantiles.STATE_WIDTH) == (1, 1 + quantiles.Q_EXACT + 30)
+
+
+def _window_quantiles(x, window_s=60.0):
+    """(p50, p95) of one window holding ``x``, closed by a flush."""
+    st = quantiles.new_window_state(1)
+    out = np.zeros((len(x) + 1, 5))
+    assert quantiles.window_update(np.zeros(len(x), np.int64), np.linspace(0.0, 1.0, len(x)), x, window_s, st, out) == 0
+    assert quantiles.window_flush(np.inf, window_s, st, out) == 1 and out[0, 2] == len(x)
+    return out[0, 3], out[0, 4]
+
+
+def test_p2_exact_nearest_rank_up_to_q_exact():
+    rng = np.random.default_rng(5)
+    for n in range(1, quantiles.Q_EXACT + 1):
+        for x in (rng.permutation(np.arange(1.0, n + 1)), rng.normal(0, 1, n), rng.integers(0, 4, n).astype(float)):
+            want = np.quantile(x, [0.5, 0.95], method="inverted_cdf")
+            assert _window_quantiles(x) == (want[0], want[1]) == (N.nearest_rank(x, 0.5), N.nearest_rank(x, 0.95))
+            st = quantiles.new_state(1)
+            quantiles.p2_update(np.zeros(n, np.int64), x, st)
+            out = np.zeros((1, 2))
+            quantiles.p2_estimate(st, out)
+            assert out[0].tolist() == want.tolist()
+
+
+def test_p2_handover_from_exact_buffer():
+    """Readings 33..40: markers start from the buffer, so the estimate stays in [min, max] and near the exact rank."""
+    rng = np.random.default_rng(11)
+    for n in range(quantiles.Q_EXACT + 1, quantiles.Q_EXACT + 9):
+        for _ in range(50):
+            x = rng.permutation(np.arange(1.0, n + 1))
+            p50, p95 = _window_quantiles(x)
+            assert 1.0 <= p50 <= p95 <= n
+            assert abs(p50 - N.nearest_rank(x, 0.5)) <= 3.0 and abs(p95 - N.nearest_rank(x, 0.95)) <= 3.0
+            y = rng.normal(0, 1, n)
+            p50, p95 = _window_quantiles(y)
+            assert y.min() <= p50 <= p95 <= y.max()
+            assert abs(p50 - N.nearest_rank(y, 0.5)) <= y.std() and abs(p95 - N.nearest_rank(y, 0.95)) <= 2 * y.std()
+
+
+def test_p2_long_stream_tolerance():
+    for seed in range(5):
+        x = np.random.default_rng(seed).normal(10.0, 2.0, 5000)
+        st = quantiles.new_state(1)
+        quantiles.p2_update(np.zeros(x.size, np.int64), x, st)
+        out = np.zeros((1, 2))
+        quantiles.p2_estimate(st, out)
+        np.testing.assert_allclose(out[0], np.quantile(x, [0.5, 0.95]), rtol=0, atol=0.1)  # 0.05 sigma
+        np.testing.assert_allclose(_window_quantiles(x, 1e9), out[0], rtol=0, atol=0)
 
 
 def test_window_quantiles():
@@ -226,8 +274,14 @@ def test_window_quantiles():
     assert m == 2 and out[0].tolist() == [0, 0, 3, 4, 9] and out[1].tolist() == [1, 0, 1, 7, 7]
     m = quantiles.window_flush(100.0, 10.0, st, out)
     assert m == 2 and out[0].tolist() == [0, 10, 1, 2, 2] and out[1].tolist() == [1, 10, 1, 3, 3]
+    assert st[:, 0].tolist() == [10, 10] and st[:, 1].tolist() == [0, 0]  # closed: start kept, count 0
     x = np.arange(1.0, 8.0)
     assert N.nearest_rank(x, 0.5) == 4.0
+    # textbook P² reported the median as p95 from the 5th reading on (review13 defect 5)
+    for n in range(5, 9):
+        assert _window_quantiles(np.arange(1.0, n + 1)) == (N.nearest_rank(range(1, n + 1), 0.5), n)
+    assert _window_quantiles(np.arange(1.0, 21.0)) == (10.0, 19.0)
+    assert _window_quantiles(arr(4, 3, 6, 5, 1, 2)) == (3.0, 6.0)
 
 
 def test_events_hysteresis():

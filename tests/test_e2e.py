@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 
 from drivers.serial_line import LineDecoder
+from edge_gateway.analytics import quantiles
 from edge_gateway.analytics.chain import Detector
 from edge_gateway.config import DetectorSection
 from edge_gateway.pipeline import detector_settings
@@ -41,6 +42,15 @@ def expected_from_scenario():
     _, found = det.process(chan, np.array([ts for *_, ts in samples]), np.array([v for _, v, _ in samples]))
     events = [(names[e["channel"]], e["start"], e["end"], e["peak_value"], e["detector"]) for e in found]
     return aggs, events
+
+
+def window_quantiles(vals: list[float]) -> tuple[float, float]:
+    """p50/p95 of one window as the gateway's streaming sketch computes them (order matters past 32 readings)."""
+    st = quantiles.new_state(1)
+    quantiles.p2_update(np.zeros(len(vals), np.int64), np.array(vals), st)
+    out = np.zeros((1, 2))
+    quantiles.p2_estimate(st, out)
+    return float(out[0, 0]), float(out[0, 1])
 
 
 def test_serial_reading_reaches_broker_exactly(broker, tmp_path):
@@ -92,6 +102,7 @@ def test_serial_reading_reaches_broker_exactly(broker, tmp_path):
         assert (a["min"], a["max"], a["first"], a["last"]) == (min(vals), max(vals), vals[0], vals[-1])
         assert a["mean"] == np.float64(np.mean(vals)) or math.isclose(a["mean"], np.mean(vals), rel_tol=1e-12)
         assert math.isclose(a["std"], np.std(vals), rel_tol=1e-9, abs_tol=1e-12)
+        assert (a["p50"], a["p95"]) == window_quantiles(vals) and a["min"] <= a["p50"] <= a["p95"] <= a["max"]
     assert {a["channel"] for a in aggs if a["channel"] == "pm25"} and all(
         a["unit"] == ("ug/m3" if a["channel"] == "pm25" else "") for a in aggs)
     assert sorted((a["channel"], a["start"]) for a in aggs) == sorted(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import msgpack
 import numpy as np
 
 from edge_gateway import config, messages
@@ -65,6 +66,45 @@ def test_restart_through_a_checkpoint_changes_nothing():
     whole, _, _ = run(stream)
     resumed, _, _ = run(stream, cut=98)
     assert [m.fields for m in resumed] == [m.fields for m in whole]
+
+
+def quantile_stream() -> list[Reading]:
+    """Window 1000: ten known readings; window 1010: 40 readings (past the exact buffer); then one to close it."""
+    first = [7.0, 3.0, 9.0, 1.0, 5.0, 10.0, 2.0, 8.0, 6.0, 4.0]
+    second = np.random.default_rng(3).permutation(np.arange(1.0, 41.0)).tolist()
+    return ([Reading("s1", "temp", v, 1000.0 + k, "C") for k, v in enumerate(first)]
+            + [Reading("s1", "temp", v, 1010.0 + k / 4, "C") for k, v in enumerate(second)]
+            + [Reading("s1", "temp", 0.0, 1020.0, "C")])
+
+
+def test_aggregates_carry_window_p50_p95():
+    out, _, _ = run(quantile_stream())
+    a, b = [m.fields for m in out if m.kind == messages.KIND_AGG]
+    assert (a["start"], a["count"], a["p50"], a["p95"]) == (1000.0, 10, 5.0, 10.0)
+    assert (b["start"], b["count"]) == (1010.0, 40)
+    assert type(b["p50"]) is float and abs(b["p50"] - 20.0) <= 3.0 and abs(b["p95"] - 38.0) <= 3.0
+    for cut in (7, 14, 35, 49):  # mid-window in both windows, before and after the P² start
+        resumed, _, _ = run(quantile_stream(), cut=cut)
+        assert [m.fields for m in resumed] == [m.fields for m in out]
+
+
+def test_a_checkpoint_without_quantiles_still_loads():
+    """A checkpoint from before p50/p95: the window open at the restart has none, later ones do."""
+    stream = quantile_stream()
+    batcher = Batcher()
+    pipe = Pipeline(CFG, TOPICS, batcher)
+    assert feed(pipe, batcher, stream[:14]) and pipe.engine.state()["q"].shape[0] == 1
+    data = msgpack.unpackb(pipe.checkpoint())
+    del data["arrays"]["win.q"]
+    batcher = Batcher()
+    pipe = Pipeline(CFG, TOPICS, batcher)
+    assert pipe.restore(msgpack.packb(data)) == 1
+    out = [m.fields for m in feed(pipe, batcher, stream[14:]) if m.kind == messages.KIND_AGG]
+    assert [(a["start"], a["count"]) for a in out] == [(1010.0, 40)]
+    assert "p50" not in out[0] and "p95" not in out[0]
+    batcher.add(Reading("s1", "temp", 0.0, 1030.0, "C"))
+    (last,) = pipe.process(batcher.drain(), now=0.0)
+    assert (last.fields["start"], last.fields["count"], last.fields["p50"], last.fields["p95"]) == (1020.0, 1, 0.0, 0.0)
 
 
 def test_idle_channel_window_closes_after_window_plus_grace():

@@ -100,8 +100,10 @@ async def test_rollup_merges_oldest_aggregates_exactly(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=12), min_size=2, max_size=8))
 def test_merge_aggregates_equals_stats_of_the_union(windows):
-    members = [dict(agg("s", "c", float(i), w).fields, seq=10 + i) for i, w in enumerate(windows)]
+    members = [dict(agg("s", "c", float(i), w).fields, seq=10 + i, p50=float(np.median(w)), p95=max(w))
+               for i, w in enumerate(windows)]
     m = merge_aggregates(members)
+    assert "p50" not in m and "p95" not in m  # quantiles do not combine
     allv = [v for w in windows for v in w]
     assert (m["count"], m["min"], m["max"]) == (len(allv), min(allv), max(allv))
     assert math.isclose(m["mean"], float(np.mean(allv)), rel_tol=1e-9, abs_tol=1e-9)

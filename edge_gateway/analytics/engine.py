@@ -1,6 +1,6 @@
 """Tumbling-window state for any number of channels, grown as channels appear.
 
-An :class:`Engine` owns the window state table indexed by a dense channel
+An :class:`Engine` owns the window state tables indexed by a dense channel
 number, so one kernel call serves a whole batch. It does no I/O; the pipeline
 hands it arrays and receives closed-window rows back.
 """
@@ -9,16 +9,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import windows
+from . import quantiles, windows
+
+ROW_FIELDS = windows.AGG_FIELDS + ("p50", "p95")
+ROW_WIDTH = len(ROW_FIELDS)
 
 
 class Engine:
-    """Window aggregates (count, min, max, mean, std, first, last) per channel."""
+    """Window aggregates (count, min, max, mean, std, first, last, p50, p95) per channel.
+
+    The quantile windows are a second table run with the same boundaries on the
+    same readings; their rows are joined to the tumbling rows on (channel, start)
+    and must hold as many readings, so p50/p95 are NaN for a window the quantile
+    table saw none or only part of (restored from a checkpoint from before it existed).
+    """
 
     def __init__(self, window_s: float, capacity: int = 16) -> None:
         self.window_s = float(window_s)
         self.n_channels = 0
         self._win = windows.new_state(capacity)
+        self._q = quantiles.new_window_state(capacity)
 
     def ensure_channels(self, n: int) -> None:
         """Make room for channel numbers below ``n``."""
@@ -26,37 +36,58 @@ class Engine:
             win = windows.new_state(max(n, 2 * self._win.shape[0]))
             win[: self._win.shape[0]] = self._win
             self._win = win
+        if n > self._q.shape[0]:
+            q = quantiles.new_window_state(max(n, 2 * self._q.shape[0]))
+            q[: self._q.shape[0]] = self._q
+            self._q = q
         self.n_channels = max(self.n_channels, n)
 
     def process(self, chan: np.ndarray, ts: np.ndarray, val: np.ndarray) -> np.ndarray:
-        """Fold one batch in; return the rows of the windows it closed."""
+        """Fold one batch in; return the ``ROW_FIELDS`` rows of the windows it closed."""
         out = np.empty((chan.shape[0], windows.AGG_WIDTH), dtype=np.float64)
         m = windows.tumbling_update(chan, ts, val, self.window_s, self._win, out)
-        return out[:m]
+        qout = np.empty((chan.shape[0], len(quantiles.WINDOW_FIELDS)), dtype=np.float64)
+        k = quantiles.window_update(chan, ts, val, self.window_s, self._q, qout)
+        return _join(out[:m], qout[:k])
 
     def flush_channels(self, idx: np.ndarray) -> np.ndarray:
         """Close the open windows of channels ``idx`` whatever their end (an idle sensor)."""
         if idx.size == 0:
-            return np.empty((0, windows.AGG_WIDTH), dtype=np.float64)
+            return np.empty((0, ROW_WIDTH), dtype=np.float64)
         sub = self._win[idx]
         out = np.empty((idx.size, windows.AGG_WIDTH), dtype=np.float64)
         m = windows.tumbling_flush(np.inf, self.window_s, sub, out)
         self._win[idx] = sub
-        rows = out[:m]
+        qsub = self._q[idx]
+        qout = np.empty((idx.size, len(quantiles.WINDOW_FIELDS)), dtype=np.float64)
+        k = quantiles.window_flush(np.inf, self.window_s, qsub, qout)
+        self._q[idx] = qsub
+        rows, qrows = out[:m], qout[:k]
         rows[:, 0] = idx[rows[:, 0].astype(np.int64)]
-        return rows
+        qrows[:, 0] = idx[qrows[:, 0].astype(np.int64)]
+        return _join(rows, qrows)
 
     def open_mask(self) -> np.ndarray:
         """Which channels have a window open."""
         return self._win[: self.n_channels, windows.S_COUNT] > 0
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"win": self._win[: self.n_channels].copy()}
+        return {"win": self._win[: self.n_channels].copy(), "q": self._q[: self.n_channels].copy()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state`. Without a ``q`` table (older checkpoints) the quantile windows start
+        empty, each channel's open tumbling window counting as closed for them: p50/p95 of a window
+        that saw only part of its readings would be wrong, so that window gets none."""
         n = state["win"].shape[0]
         self.ensure_channels(n)
         self._win[:n] = state["win"]
+        q = state.get("q")
+        fresh = quantiles.new_window_state(n)
+        if q is not None and q.ndim == 2 and q.shape[1] == quantiles.WINDOW_WIDTH:
+            fresh[: min(n, q.shape[0])] = q[:n]
+        else:
+            fresh[:, 0] = self._win[:n, windows.S_START]
+        self._q[:n] = fresh
 
     def warm(self) -> None:
         """Compile (or load from the cache) the window kernels before the daemon reports ready."""
@@ -64,3 +95,15 @@ class Engine:
         probe.ensure_channels(1)
         probe.process(np.zeros(2, dtype=np.int64), np.array([0.0, self.window_s]), np.ones(2))
         probe.flush_channels(np.zeros(1, dtype=np.int64))
+
+
+def _join(rows: np.ndarray, qrows: np.ndarray) -> np.ndarray:
+    """``rows`` (``AGG_FIELDS``) with p50/p95 from the quantile row of the same (channel, start) and count, else NaN."""
+    joined = np.full((rows.shape[0], ROW_WIDTH), np.nan)
+    joined[:, : windows.AGG_WIDTH] = rows
+    found = {(r[0], r[1]): r for r in qrows.tolist()}
+    for i, (c, start, count) in enumerate(rows[:, :3].tolist()):
+        q = found.get((c, start))
+        if q is not None and q[2] == count:
+            joined[i, windows.AGG_WIDTH:] = q[3:5]
+    return joined

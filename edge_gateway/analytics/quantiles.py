@@ -1,10 +1,15 @@
-"""Streaming p50/p95 per channel in constant memory: the P² algorithm (Jain & Chlamtac, 1985).
+"""Streaming p50/p95 per channel in constant memory: an exact buffer, then P² (Jain & Chlamtac, 1985).
 
-Five markers per quantile follow the minimum, p/2, p, (1+p)/2 and the maximum;
-the middle one is the estimate. Until five readings are seen the estimate is
-the exact nearest-rank quantile of those readings. Two uses: a running
-estimate (:func:`p2_update` + :func:`p2_estimate`) and tumbling windows that
-report p50/p95 of each window as it closes (:func:`window_update`).
+One sketch layout serves both uses, a running estimate (:func:`p2_update` +
+:func:`p2_estimate`) and tumbling windows that report p50/p95 of each window
+as it closes (:func:`window_update`): ``[count, sorted buffer x Q_EXACT,
+P² block for p50, P² block for p95]``, each P² block being ``[heights x5,
+positions x5, desired x5]``. City windows hold a few dozen readings, where
+textbook P² (five readings, then the middle marker) reports the median for
+p95; so the first ``Q_EXACT`` readings are kept sorted and the estimate is
+their exact nearest-rank quantile. At reading ``Q_EXACT + 1`` each quantile's
+five markers start from the buffer's order statistics nearest the desired
+positions ``1 + (n-1)·(0, p/2, p, (1+p)/2, 1)``, then P² steps follow as usual.
 """
 
 from __future__ import annotations
@@ -15,47 +20,47 @@ import numpy as np
 
 from ._jit import kernel
 
-P2_WIDTH = 16
+Q_EXACT = 32
 QUANTILES = (0.5, 0.95)
-STATE_WIDTH = 2 * P2_WIDTH
-WINDOW_WIDTH = 1 + STATE_WIDTH
+P2_WIDTH = 15
+SKETCH_WIDTH = 1 + Q_EXACT + 2 * P2_WIDTH
+P50 = 1 + Q_EXACT
+P95 = P50 + P2_WIDTH
+STATE_WIDTH = SKETCH_WIDTH
+WINDOW_WIDTH = 1 + SKETCH_WIDTH
 WINDOW_FIELDS = ("channel", "start", "count", "p50", "p95")
 
 
 def new_state(n_channels: int) -> np.ndarray:
-    """Running p50/p95 state: two P² blocks of [count, heights x5, positions x5, desired x5]."""
+    """Running p50/p95 state: one empty sketch per channel."""
     return np.zeros((n_channels, STATE_WIDTH), dtype=np.float64)
 
 
 def new_window_state(n_channels: int) -> np.ndarray:
+    """Window state ``[start, sketch]`` per channel; NaN start: no window seen yet."""
     s = np.zeros((n_channels, WINDOW_WIDTH), dtype=np.float64)
     s[:, 0] = np.nan
     return s
 
 
 @kernel
-def _p2_add(s, o, x, p):
-    """Fold ``x`` into the P² block ``s[o:o+16]`` for quantile ``p``."""
-    n = int(s[o])
-    q = o + 1
-    pos = o + 6
-    want = o + 11
-    if n < 5:
-        j = n
-        while j > 0 and s[q + j - 1] > x:
-            s[q + j] = s[q + j - 1]
-            j -= 1
-        s[q + j] = x
-        s[o] = n + 1
-        if n + 1 == 5:
-            for i in range(5):
-                s[pos + i] = i + 1.0
-            s[want] = 1.0
-            s[want + 1] = 1.0 + 2.0 * p
-            s[want + 2] = 1.0 + 4.0 * p
-            s[want + 3] = 3.0 + 2.0 * p
-            s[want + 4] = 5.0
-        return
+def _p2_init(s, o, m, p):
+    """Start the P² block at ``s[m:m+15]`` from the full sorted buffer of the sketch at ``o``."""
+    fractions = (0.0, p / 2.0, p, (1.0 + p) / 2.0, 1.0)
+    for i in range(5):
+        d = 1.0 + (Q_EXACT - 1) * fractions[i]
+        r = math.floor(d + 0.5)
+        s[m + i] = s[o + r]
+        s[m + 5 + i] = r
+        s[m + 10 + i] = d
+
+
+@kernel
+def _p2_step(s, m, x, p):
+    """One P² step of the block at ``s[m:m+15]`` for quantile ``p``."""
+    q = m
+    pos = m + 5
+    want = m + 10
     if x < s[q]:
         s[q] = x
         k = 0
@@ -85,17 +90,38 @@ def _p2_add(s, o, x, p):
                 j = i + int(d)
                 s[q + i] = qi + d * (s[q + j] - qi) / (s[pos + j] - ni)
             s[pos + i] = ni + d
+
+
+@kernel
+def _add(s, o, x):
+    """Fold ``x`` into the sketch at ``s[o:o+SKETCH_WIDTH]``."""
+    n = int(s[o])
+    if n < Q_EXACT:
+        b = o + 1
+        j = n
+        while j > 0 and s[b + j - 1] > x:
+            s[b + j] = s[b + j - 1]
+            j -= 1
+        s[b + j] = x
+        s[o] = n + 1
+        return
+    if n == Q_EXACT:
+        _p2_init(s, o, o + P50, 0.5)
+        _p2_init(s, o, o + P95, 0.95)
+    _p2_step(s, o + P50, x, 0.5)
+    _p2_step(s, o + P95, x, 0.95)
     s[o] = n + 1
 
 
 @kernel
-def _p2_value(s, o, p):
+def _value(s, o, m, p):
+    """Quantile ``p`` of the sketch at ``o`` (P² block at offset ``m`` of it); NaN when empty."""
     n = int(s[o])
     if n == 0:
         return math.nan
-    if n < 5:
+    if n <= Q_EXACT:
         return s[o + 1 + min(n - 1, int(math.ceil(p * n)) - 1)]
-    return s[o + 3]
+    return s[o + m + 2]
 
 
 @kernel
@@ -105,17 +131,15 @@ def p2_update(chan, val, state):
         x = val[i]
         if x != x:
             continue
-        s = state[chan[i]]
-        _p2_add(s, 0, x, 0.5)
-        _p2_add(s, P2_WIDTH, x, 0.95)
+        _add(state[chan[i]], 0, x)
 
 
 @kernel
 def p2_estimate(state, out):
     """Current (p50, p95) per channel into ``out`` (n_channels x 2); NaN before any reading."""
     for c in range(state.shape[0]):
-        out[c, 0] = _p2_value(state[c], 0, 0.5)
-        out[c, 1] = _p2_value(state[c], P2_WIDTH, 0.95)
+        out[c, 0] = _value(state[c], 0, P50, 0.5)
+        out[c, 1] = _value(state[c], 0, P95, 0.95)
 
 
 @kernel
@@ -123,8 +147,8 @@ def _close(c, s, out, m):
     out[m, 0] = c
     out[m, 1] = s[0]
     out[m, 2] = s[1]
-    out[m, 3] = _p2_value(s[1:], 0, 0.5)
-    out[m, 4] = _p2_value(s[1:], P2_WIDTH, 0.95)
+    out[m, 3] = _value(s, 1, P50, 0.5)
+    out[m, 4] = _value(s, 1, P95, 0.95)
     for j in range(1, s.shape[0]):
         s[j] = 0.0
 
@@ -155,8 +179,7 @@ def window_update(chan, ts, val, window_s, state, out):
             continue
         if s[1] == 0:
             s[0] = start
-        _p2_add(s, 1, x, 0.5)
-        _p2_add(s, 1 + P2_WIDTH, x, 0.95)
+        _add(s, 1, x)
     return m
 
 
