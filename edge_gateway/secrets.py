@@ -58,6 +58,17 @@ def parse(text: str) -> Credentials:
     return Credentials(values["username"], values.get("password", ""))
 
 
+def mode_problem(path: str, mode: int, strict: bool = False, what: str = "secrets file") -> str:
+    """The rule for files that hold secrets (this one, the TLS client key): "" when only the owner may
+    access the file, else the warning to log; with ``strict`` raise :class:`SecretsError` instead."""
+    if not mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return ""
+    msg = f"{what} {path} is accessible by group/others (mode {stat.S_IMODE(mode):04o}); chmod 600 it"
+    if strict:
+        raise SecretsError(msg + " (refused: broker.strict_secrets is true)")
+    return msg
+
+
 def load(path: str, strict: bool = False) -> Credentials:
     """Read and check the secrets file; raise :class:`SecretsError` (never with a secret in it)."""
     try:
@@ -66,11 +77,8 @@ def load(path: str, strict: bool = False) -> Credentials:
         raise SecretsError(f"secrets file {path}: cannot open: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            msg = (f"secrets file {path} is accessible by group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                   "chmod 600 it")
-            if strict:
-                raise SecretsError(msg + " (refused: broker.strict_secrets is true)")
+        msg = mode_problem(path, st.st_mode, strict)
+        if msg:
             log.warning("%s", msg)
         if st.st_size > MAX_SIZE:
             raise SecretsError(f"secrets file {path}: larger than {MAX_SIZE} bytes")

@@ -7,7 +7,9 @@ It drives paho through its external-loop API (``socket()``, ``loop_read()``,
 - reconnects back off exponentially *with jitter* (paho's own backoff has none:
   a street of gateways behind one failed uplink would reconnect in lockstep),
   credentials are read from the secrets file at each connect (never held in
-  config objects), and TLS/connection errors reach the log and the status;
+  config objects), the TLS files too (a certificate, key or CA renewed in
+  place is used by the next connect), and TLS/connection errors reach the log
+  and the status;
 - messages leave in the order they were handed over, across reconnects. paho 2.2
   is not safe for that when ``publish()`` is called from another thread: without
   ``loop_start`` its ``publish()`` writes to the socket from the caller's thread
@@ -40,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import random
 import select
 import socket
@@ -54,7 +57,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .config import BrokerSection
+from . import secrets
+from .config import BrokerSection, TlsSection
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,40 @@ log = logging.getLogger(__name__)
 PERMANENT_REJECTS = frozenset({0x90, 0x95, 0x99})  # topic name invalid, packet too large, payload format invalid
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+class TlsFilesError(Exception):
+    """A TLS file cannot be used now (missing, unreadable, malformed, or cert and key do not match)."""
+
+
+def _encrypted_key() -> bytes:
+    raise TlsFilesError("the key is encrypted (a passphrase-protected key is not supported)")
+
+
+def tls_context(tls: TlsSection, strict: bool = False) -> tuple[ssl.SSLContext, str]:
+    """A new client context from the TLS files as they are now, and the key file's mode warning ("").
+
+    The key file follows the secrets file's mode rule (:func:`secrets.mode_problem`; ``strict`` refuses
+    with :class:`secrets.SecretsError`). Errors name the file: ssl's own messages do not."""
+    warning = ""
+    if tls.key_file:
+        try:
+            st = os.stat(tls.key_file)
+        except OSError as exc:
+            raise TlsFilesError(f"TLS key file {tls.key_file}: cannot open: {exc.strerror}") from None
+        warning = secrets.mode_problem(tls.key_file, st.st_mode, strict, what="TLS key file")
+    what = f"CA file {tls.ca_file}"
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+        if tls.cert_file:
+            what = f"certificate {tls.cert_file} with key {tls.key_file}"
+            ctx.load_cert_chain(tls.cert_file, tls.key_file or None, password=_encrypted_key)
+    except TlsFilesError as exc:
+        raise TlsFilesError(f"TLS {what}: {exc}") from None
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise TlsFilesError(f"TLS {what}: cannot load: {exc.strerror or exc}") from None
+    ctx.check_hostname = tls.check_hostname
+    return ctx, warning
 
 
 def backoff_delay(attempt: int, lo: float, hi: float, rand: Callable[[], float] = random.random) -> float:
@@ -95,6 +133,16 @@ class _Client(mqtt.Client):
                 return self._do_on_publish(mid, reason, self._NO_PROPS)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def use_tls_context(self, ctx: ssl.SSLContext) -> None:
+        """Use ``ctx`` from the next connect on. paho 2.2's ``tls_set_context`` refuses a second call,
+        but paho reads the context only when ``connect()`` wraps a new socket (``_ssl_wrap_socket``),
+        so replacing it between connections is safe; ``_tls_insecure`` is kept as that call sets it."""
+        if self._ssl_context is None:
+            self.tls_set_context(ctx)
+        else:
+            self._ssl_context = ctx
+            self._tls_insecure = not ctx.check_hostname
+
 
 class MqttLink:
     """A persistent-session MQTT client whose events arrive on the asyncio loop."""
@@ -116,7 +164,7 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._tls_ready = False
+        self._key_warning = ""  # logged once per distinct warning, not at every reconnect
         self._attempt = 0
         self._tokens = itertools.count(1)
         # handed over by publish(), not yet given to paho: (token, topic, payload, retain); any thread appends
@@ -166,15 +214,18 @@ class MqttLink:
         self._thread.start()
 
     def _prepare(self) -> None:
-        """TLS context and credentials, (re)read at connect time; raises on a bad file."""
-        if self.cfg.tls is not None and not self._tls_ready:
-            t = self.cfg.tls
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=t.ca_file)
-            if t.cert_file:
-                ctx.load_cert_chain(t.cert_file, t.key_file)
-            ctx.check_hostname = t.check_hostname
-            self.client.tls_set_context(ctx)
-            self._tls_ready = True
+        """TLS context and credentials, read again before every connect attempt, so that files renewed
+        in place are used without a restart; raises on a bad file (the caller logs it and retries).
+
+        The context is rebuilt each time rather than when a file's mtime changes: mtimes can be coarse
+        (2 s on FAT), a renewed certificate often has the same size, and ``load_verify_locations``
+        on a kept context would add a new CA without dropping the old one. It costs about 2 ms."""
+        if self.cfg.tls is not None:
+            ctx, warning = tls_context(self.cfg.tls, self.cfg.strict_secrets)
+            if warning and warning != self._key_warning:
+                log.warning("%s", warning)
+            self._key_warning = warning
+            self.client.use_tls_context(ctx)
         if self._credentials is not None:
             cred = self._credentials()
             if cred:
