@@ -5,7 +5,9 @@ Not a subcommand itself (it is not in ``cli._COMMAND_MODULES``).
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -78,3 +80,28 @@ def doc_part(doc: str | None, i: int) -> str:
 
 def error(message: str) -> None:
     print(f"edge-gateway: {message}", file=sys.stderr)
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type=``: a finite number above 0 (a zero or NaN timeout would fail deep in a check)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
+    return value
+
+
+def int_in(lo: int, hi: int | None = None):
+    """argparse ``type=``: an integer in [lo, hi] (no upper bound when hi is None)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {lo}..{hi}, got {value}" if hi is not None
+                                             else f"must be at least {lo}, got {value}")
+        return value
+    return convert

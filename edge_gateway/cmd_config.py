@@ -242,16 +242,22 @@ def set_value(args) -> int:
 
     path = Path(args.file)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        print(f"edge-gateway: cannot read {path}: {exc}", file=sys.stderr)
+        text = config.read_text(path)
+        empty = config.compose(text, str(path)) is None
+    except config.ConfigError as exc:
+        print(f"edge-gateway: {exc}", file=sys.stderr)
         return 2
-    y = _round_trip_yaml(text)
     try:
-        doc = y.load(text)
         parts = split_key(args.key)
+        y = _round_trip_yaml(text)
+        doc = CommentedMap() if empty else y.load(text)
     except Exception as exc:  # noqa: BLE001 - ruamel raises many kinds; all mean "cannot edit this"
         print(f"edge-gateway: {path}: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(doc, dict):
+        what = "a list" if isinstance(doc, list) else "a single value"
+        print(f"edge-gateway: {path}: expected a mapping of sections (gateway:, broker:, ...), got {what}",
+              file=sys.stderr)
         return 2
     node = doc
     for i, part in enumerate(parts[:-1]):
@@ -267,7 +273,8 @@ def set_value(args) -> int:
                 node[part] = CommentedMap()
             node = node[part]
         else:
-            print(f"edge-gateway: {'.'.join(map(str, parts[:i]))} is a single value", file=sys.stderr)
+            print(f"edge-gateway: {'.'.join(map(str, parts[:i]))} is a single value, it has no {part!r}",
+                  file=sys.stderr)
             return 2
     last = parts[-1]
     if isinstance(node, list):
@@ -283,6 +290,8 @@ def set_value(args) -> int:
         return 2
     node[key] = _new_value(args.value, old, args.string)
     buf = io.StringIO()
+    if empty and text.strip():  # comments only: ruamel would drop them, so the new key goes below
+        buf.write(text if text.endswith("\n") else text + "\n")
     y.dump(doc, buf)
     new_text = buf.getvalue()
     try:
@@ -320,7 +329,12 @@ def _new_value(raw: str, old, force_string: bool):
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and rename; keep mode and owner."""
+    """Write ``text`` to ``path`` through a temporary file and rename; keep mode and owner.
+
+    A symlinked config (``/etc/edge-gateway/gateway.yaml -> /opt/...``) stays a link: the file it
+    points to is the one replaced, with the temporary file in that file's folder so the rename is atomic.
+    """
+    path = Path(os.path.realpath(path))
     st = path.stat()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:

@@ -9,12 +9,15 @@ Checks, each ``ok``, ``warn``, ``fail`` or ``unknown``:
 * state dir: exists or can be created, is writable, and has free space for
   the queue (``queue.max_bytes`` plus 50 MB);
 * broker: the host name resolves (DNS), a TCP connection opens, and with
-  ``broker.tls`` the TLS handshake verifies against the configured CA;
+  ``broker.tls`` the TLS handshake verifies against the configured CA, and the
+  client key file is not accessible by group/others (a warning, or a failure
+  with ``broker.strict_secrets``: the gateway then refuses it);
 * clock: synchronised? from ``timedatectl``, ``chronyc``, or the kernel's
   ``adjtimex`` state; ``unknown`` when none can tell (a warning, not a failure);
 * daemon: whether a gateway answers on the control socket (information only).
 
-``--skip broker`` (repeatable) leaves checks out, e.g. before the broker exists.
+``--skip broker`` (repeatable) leaves checks out, e.g. before the broker exists;
+a skipped check is not run (no network waits), and an unknown name is bad usage.
 
 ``--json`` prints ``{"ok": bool, "checks": [{"name", "status", "detail", "fix"}]}``.
 
@@ -46,17 +49,28 @@ class Check:
     fix: str = ""
 
 
-def add_to(sub) -> None:
-    from .cmd_common import doc_part
+CHECKS = ("config", "serial", "state dir", "broker dns", "broker tcp", "broker tls", "broker tls key", "clock",
+          "daemon")
 
-    from .cmd_common import DEFAULT_CONFIG
+
+def _check_prefix(text: str) -> str:
+    """argparse ``type=`` of ``--skip``: a misspelt name would otherwise skip nothing, silently."""
+    import argparse
+
+    if not text or not any(name.startswith(text) or text.startswith(name + " ") for name in CHECKS):
+        raise argparse.ArgumentTypeError(f"no check named {text!r}; checks: {', '.join(CHECKS)}")
+    return text
+
+
+def add_to(sub) -> None:
+    from .cmd_common import DEFAULT_CONFIG, doc_part, positive_float
 
     p = sub.add_parser("doctor", help="check ports, broker, clock, disk and config; print fixes",
                        description=doc_part(__doc__, 1))
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.add_argument("--user", help="the user the service runs as (default: the current user)")
-    p.add_argument("--timeout", type=float, default=3.0, help="network timeout in seconds")
-    p.add_argument("--skip", action="append", default=[], metavar="CHECK",
+    p.add_argument("--timeout", type=positive_float, default=3.0, help="network timeout in seconds")
+    p.add_argument("--skip", action="append", default=[], metavar="CHECK", type=_check_prefix,
                    help="leave out checks whose name starts with CHECK (serial, state, broker, clock, daemon)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=handle)
@@ -64,6 +78,9 @@ def add_to(sub) -> None:
 
 def handle(args) -> int:
     from . import config
+
+    def wanted(name: str) -> bool:
+        return not any(name.startswith(s) for s in args.skip)
 
     checks: list[Check] = []
     try:
@@ -76,14 +93,19 @@ def handle(args) -> int:
     if cfg is not None:
         for s in cfg.sensors:
             port = getattr(s.options, "port", None)
-            if isinstance(port, str) and port and "://" not in port:
+            if isinstance(port, str) and port and "://" not in port and wanted(f"serial {s.id}"):
                 checks.append(check_serial(s.id, port, user))
-        checks.append(check_state_dir(cfg.state_dir, cfg.queue.max_bytes))
-        checks.extend(check_broker(cfg.broker, args.timeout))
-    checks.append(check_clock())
-    if cfg is not None:
+        if wanted("state dir"):
+            checks.append(check_state_dir(cfg.state_dir, cfg.queue.max_bytes))
+        if any(wanted(n) for n in ("broker dns", "broker tcp", "broker tls")):  # skipped: no network waits
+            checks.extend(check_broker(cfg.broker, args.timeout))
+        if wanted("broker tls key"):
+            checks.extend(check_tls_key(cfg.broker))
+    if wanted("clock"):
+        checks.append(check_clock())
+    if cfg is not None and wanted("daemon"):
         checks.append(check_daemon(cfg.state_dir / "control.sock"))
-    checks = [c for c in checks if not any(c.name.startswith(s) for s in args.skip)]
+    checks = [c for c in checks if wanted(c.name)]
     failed = any(c.status == "fail" for c in checks)
     if args.json:
         print(json.dumps({"ok": not failed, "user": user, "checks": [asdict(c) for c in checks]}, indent=2))
@@ -201,6 +223,29 @@ def check_broker(broker, timeout: float) -> list[Check]:
         if tls is not None:
             checks.append(_check_tls(sock, host, tls, timeout))
     return checks
+
+
+def check_tls_key(broker) -> list[Check]:
+    """The client key's mode, by the rule the gateway applies at each connect (no network needed)."""
+    from .secrets import SecretsError, mode_problem
+
+    tls = getattr(broker, "tls", None)
+    if tls is None or not tls.key_file:
+        return []
+    key = tls.key_file
+    strict = bool(getattr(broker, "strict_secrets", False))
+    try:
+        st = os.stat(key)
+    except OSError as exc:
+        return [Check("broker tls key", "fail", f"{key}: {exc.strerror}", "check broker.tls.key_file")]
+    fix = f"chmod 600 {key} (owned by the service user), or use LoadCredential= in the unit"
+    try:
+        problem = mode_problem(key, st.st_mode, strict, what="TLS key file")
+    except SecretsError as exc:
+        return [Check("broker tls key", "fail", str(exc), fix)]
+    if problem:
+        return [Check("broker tls key", "warn", problem, fix)]
+    return [Check("broker tls key", "ok", f"{key} mode {stat.S_IMODE(st.st_mode):04o}")]
 
 
 def _check_tls(sock, host: str, tls, timeout: float) -> Check:

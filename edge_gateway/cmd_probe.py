@@ -26,14 +26,16 @@ BAUDS = (9600, 19200, 38400, 57600, 115200)
 
 
 def add_to(sub) -> None:
-    from .cmd_common import doc_part
+    from .cmd_common import doc_part, int_in, positive_float
 
     p = sub.add_parser("probe", help="find the speed and protocol of a serial device",
                        description=doc_part(__doc__, 1))
     p.add_argument("port", help="device path (/dev/ttyUSB0, /dev/serial/by-id/...) or pyserial URL")
-    p.add_argument("--baud", type=int, action="append", help="try only this speed (repeatable)")
-    p.add_argument("--listen", type=float, default=2.5, metavar="S", help="seconds to listen at each speed")
-    p.add_argument("--modbus-slave", type=int, metavar="N", help="also query Modbus RTU slave N (writes!)")
+    p.add_argument("--baud", type=int_in(1), action="append", help="try only this speed (repeatable)")
+    p.add_argument("--listen", type=positive_float, default=2.5, metavar="S",
+                   help="seconds to listen at each speed")
+    p.add_argument("--modbus-slave", type=int_in(1, 247), metavar="N",
+                   help="also query Modbus RTU slave N, 1..247 (writes!)")
     p.add_argument("--all", action="store_true", help="try every speed, do not stop at the first match")
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=handle)

@@ -17,8 +17,10 @@ so splits across reads are kept too. ``replay --speed 2`` plays twice as fast;
 ``--speed 0`` writes everything at once.
 
 Exit statuses: 0 done (Ctrl-C is the normal way to end ``record``: the file is
-complete, exit 0); 1 the port cannot be opened or the file is not a capture;
-2 bad usage; 130 Ctrl-C during ``replay``.
+complete, exit 0); 1 the port cannot be opened, the capture cannot be written
+or the file is not a capture; 2 bad usage (also a ``--link`` path that exists
+and is not an old link to a pty, or whose folder is missing); 130 Ctrl-C
+during ``replay``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import sys
 import time
 
 FORMAT = "edge-gateway-capture"
+MAX_T = 1e9  # seconds (about 31 years)
 
 
 def add_to(sub) -> None:
@@ -70,7 +73,12 @@ def record(args) -> int:
     total = 0
     t0 = time.monotonic()
     try:
-        with open(args.file, "w", encoding="utf-8") as out:
+        try:
+            out = open(args.file, "w", encoding="utf-8")
+        except OSError as exc:
+            error(f"cannot write {args.file}: {exc.strerror or exc}")
+            return 1
+        with out:
             out.write(json.dumps({"format": FORMAT, "version": 1, "port": args.port, "baudrate": args.baud,
                                   "started": time.time()}) + "\n")
             out.flush()
@@ -111,7 +119,10 @@ def read_capture(path: str) -> tuple[dict, list[tuple[float, bytes]]]:
                 continue
             try:
                 item = json.loads(line)
-                chunks.append((float(item["t"]), base64.b64decode(item["data"], validate=True)))
+                t = float(item["t"])
+                if not 0 <= t <= MAX_T:  # also NaN; a huge t would overflow time.sleep
+                    raise ValueError(f"t must be 0..{MAX_T:g} seconds, got {item['t']!r}")
+                chunks.append((t, base64.b64decode(item["data"], validate=True)))
             except (ValueError, KeyError, TypeError) as exc:
                 raise ValueError(f"{path}:{n}: bad capture line: {exc}") from None
     return header, chunks
@@ -127,7 +138,11 @@ def replay(args) -> int:
     except (OSError, ValueError) as exc:
         error(str(exc))
         return 1
-    port = PtyPort(args.link)
+    try:
+        port = PtyPort(args.link)
+    except OSError as exc:
+        error(f"--link {args.link}: {exc.strerror or exc}")
+        return 2
     try:
         print(port.path, flush=True)
         print(f"replaying {sum(len(c) for _, c in chunks)} bytes from {header.get('port')} "

@@ -9,6 +9,7 @@ relative to the config file's folder.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ class TlsSection:
         if not self.ca_file:
             raise ValueError("ca_file: a CA certificate file is required for TLS")
         if bool(self.cert_file) != bool(self.key_file):
-            raise ValueError("cert_file: give both cert_file and key_file (mutual TLS) or neither")
+            given = "cert_file" if self.cert_file else "key_file"
+            raise ValueError(f"{given}: give both cert_file and key_file (mutual TLS) or neither")
 
 
 COMMANDS = ("ping", "status", "set", "reload")
@@ -80,8 +82,12 @@ class BrokerSection:
             raise ValueError("max_inflight: must be at least 1")
         if self.keepalive_s < 1:
             raise ValueError("keepalive_s: must be at least 1")
-        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
-            raise ValueError("reconnect_min_s: must be positive and at most reconnect_max_s")
+        if self.reconnect_min_s <= 0:
+            raise ValueError("reconnect_min_s: must be positive")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            if self.reconnect_max_s != BrokerSection.reconnect_max_s:  # so it was given: blame it
+                raise ValueError(f"reconnect_max_s: must be at least reconnect_min_s ({self.reconnect_min_s:g})")
+            raise ValueError(f"reconnect_min_s: must be at most reconnect_max_s ({self.reconnect_max_s:g})")
         unknown = [c for c in self.commands if c not in COMMANDS]
         if unknown:
             raise ValueError(f"commands: unknown command {unknown[0]!r}; known: {', '.join(COMMANDS)}")
@@ -134,15 +140,16 @@ class DetectorOverride:
         """``params`` as the ``key=value`` strings ``DetectorSettings.with_overrides`` takes."""
         out = {}
         for k, v in self.params.items():
-            if isinstance(v, (list, tuple)):
-                out[k] = ",".join(repr(float(x)) for x in v)
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[k] = repr(float(v))
-            else:
+            items = v if isinstance(v, (list, tuple)) else (v,)
+            if not items or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
                 raise ValueError(f"{k}: expected a number or a list of numbers, got {v!r}")
+            if not all(math.isfinite(x) or (x == x and k in _UNBOUNDED) for x in items):
+                raise ValueError(f"{k}: expected finite numbers, got {v!r}")
+            out[k] = ",".join(repr(float(x)) for x in items)
         return out
 
 
+_UNBOUNDED = ("range_lo", "range_hi")  # detector params where -.inf/.inf mean "no bound" (their default)
 _OVERRIDE_KEY = re.compile(r"([A-Za-z0-9_.-]{1,64})(?:/(.+))?")
 
 
@@ -197,8 +204,9 @@ class QueueSection:
             raise ValueError("high_water: must be in (0, 1]")
         if self.rollup_factor < 2:
             raise ValueError("rollup_factor: must be at least 2")
-        if self.max_age_s < 0 or self.max_file_bytes < 0 or self.reserve_bytes < 0:
-            raise ValueError("max_age_s: max_age_s, max_file_bytes and reserve_bytes must not be negative")
+        for name in ("max_age_s", "max_file_bytes", "reserve_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must not be negative")
 
 
 @dataclass(frozen=True)
@@ -226,9 +234,10 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         ids = [s.id for s in self.sensors]
-        dup = {i for i in ids if ids.count(i) > 1}
-        if dup:
-            raise ValueError(f"sensors: duplicate sensor id {sorted(dup)[0]!r}")
+        for i, sid in enumerate(ids):
+            if sid in ids[:i]:
+                raise ValueError(f"sensors: [{i}]: id: duplicate sensor id {sid!r} "
+                                 f"(also sensors[{ids.index(sid)}])")
         for key, sensor in self.detector.override_sensors():
             if sensor not in ids:
                 near = difflib.get_close_matches(sensor, ids, n=1)
@@ -275,29 +284,48 @@ def _driver_options(name: str) -> type:
         raise LookupError(f"unknown driver {name!r}{hint}") from None
 
 
-def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> GatewayConfig:
-    """Parse and validate a config held in a string."""
-    text = expand_env(text, source)
+def compose(text: str, source: str = "<string>") -> yaml.Node | None:
+    """The YAML node tree of ``text`` (None if it holds no document); ConfigError with the line if not YAML.
+
+    ``config set`` checks the file with this too, so it reports a broken file as ``validate`` does.
+    """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise ConfigError(source, line, col, "", f"not valid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, 1, 1, "", f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(source, 1, 1, "", "document nested too deeply") from None
+
+
+def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> GatewayConfig:
+    """Parse and validate a config held in a string."""
+    text = expand_env(text, source)
+    root = compose(text, source)
     if root is None:
         raise ConfigError(source, 1, 1, "", "the file is empty")
-    cfg = Validator(source, _driver_options).convert(root, GatewayConfig, "")
+    try:
+        cfg = Validator(source, _driver_options).convert(root, GatewayConfig, "")
+    except RecursionError:  # the validator recurses per nesting level too
+        raise ConfigError(source, 1, 1, "", "document nested too deeply") from None
     return _resolve_paths(cfg, base_dir, source)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The file's text; ConfigError (no line) if it cannot be read or is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), 0, 0, "", f"cannot read: {exc}") from None
 
 
 def load(path: str | os.PathLike) -> GatewayConfig:
     """Read, expand, parse and validate a config file; raise ConfigError on any mistake."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(p), 0, 0, "", f"cannot read: {exc}") from None
-    return loads(text, str(p), p.resolve().parent)
+    return loads(read_text(p), str(p), p.resolve().parent)
 
 
 def _resolve_paths(cfg: GatewayConfig, base_dir: Path | None, source: str) -> GatewayConfig:

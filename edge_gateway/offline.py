@@ -58,7 +58,7 @@ def _settings(args):
 def _csv_files(path: Path) -> list[tuple[Path, Path]]:
     """(file, path relative to what was given) for a file or every CSV below a folder."""
     if path.is_dir():
-        return [(f, f.relative_to(path)) for f in sorted(path.rglob("*.csv"))]
+        return [(f, f.relative_to(path)) for f in sorted(path.rglob("*.csv")) if f.is_file()]
     return [(path, Path(path.name))]
 
 
@@ -102,17 +102,30 @@ def cmd_analyze(args) -> int:
     for src, rel in jobs:
         try:
             stamps, ts, val = _read(src)
+        except OSError as exc:
+            print(f"edge-gateway analyze: cannot read {src}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         except (ValueError, IndexError) as exc:
             print(f"edge-gateway analyze: {src}: not a timestamp,value CSV ({exc})", file=sys.stderr)
             return 1
         score = stream_scores(settings, ts, np.where(np.isinf(val), math.nan, val), args.batch)
         dst = args.out_dir / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        with open(dst, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["timestamp", "value", "anomaly_score"])
-            for s, v, a in zip(stamps, val, score):
-                w.writerow([s, repr(float(v)), repr(float(a))])
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"edge-gateway analyze: cannot create folder {exc.filename or dst.parent}: "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        try:
+            with open(dst, "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["timestamp", "value", "anomaly_score"])
+                for s, v, a in zip(stamps, val, score):
+                    w.writerow([s, repr(float(v)), repr(float(a))])
+        except OSError as exc:
+            print(f"edge-gateway analyze: cannot write {exc.filename or dst}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
     print(f"analyzed {len(jobs)} file(s) into {args.out_dir}")
     return 0
 
@@ -136,14 +149,25 @@ def corpus_scores(settings, data_dir: Path, keys: list[str]) -> dict[str, np.nda
     return out
 
 
+def _load_json(load, path: Path | None, what: str):
+    """``load(path)``, with any failure as a ValueError that names the file."""
+    try:
+        return load(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not {what} ({type(exc).__name__}: {exc})") from None
+
+
 def cmd_evaluate(args) -> int:
     from . import nab
 
     try:
         settings = _settings(args)
-        windows = nab.load_windows(args.windows)
-        profiles = nab.load_profiles(args.profiles)
-    except (ValueError, OSError, KeyError) as exc:
+        windows = _load_json(nab.load_windows, args.windows,
+                             'a NAB windows file ({"dir/file.csv": [["start", "end"], ...], ...})')
+        profiles = _load_json(nab.load_profiles, args.profiles, "a NAB profiles file")
+    except ValueError as exc:
         print(f"edge-gateway evaluate: {exc}", file=sys.stderr)
         return 2
     only = {c for c in args.only.split(",") if c}
@@ -156,12 +180,26 @@ def cmd_evaluate(args) -> int:
     if args.results_dir:
         scores = {}
         for k in keys:
-            with open(args.results_dir / k, newline="") as f:
-                rows = [r for r in csv.DictReader(f)]
-            scores[k] = np.array([float(r["anomaly_score"]) for r in rows])
+            src = args.results_dir / k
+            try:
+                with open(src, newline="") as f:
+                    scores[k] = np.array([float(r["anomaly_score"]) for r in csv.DictReader(f)])
+            except OSError as exc:
+                print(f"edge-gateway evaluate: cannot read {src}: {exc.strerror or exc} "
+                      "(write it with `edge-gateway analyze`)", file=sys.stderr)
+                return 2
+            except (KeyError, ValueError, TypeError) as exc:
+                print(f"edge-gateway evaluate: {src}: not a results file of `edge-gateway analyze` "
+                      f"(no usable anomaly_score column: {exc})", file=sys.stderr)
+                return 2
     else:
         scores = corpus_scores(settings, args.data_dir, keys)
     labels = {k: nab.label_rows(nab.read_series(args.data_dir / k)[0], windows[k]) for k in keys}
+    for k in keys:
+        if scores[k].shape[0] != labels[k].window.shape[0]:
+            print(f"edge-gateway evaluate: {args.results_dir / k}: {scores[k].shape[0]} scores for "
+                  f"{labels[k].window.shape[0]} rows of {args.data_dir / k}", file=sys.stderr)
+            return 2
     result = nab.score_corpus(scores, labels, profiles)
     print(f"{len(keys)} files, {sum(l.n_windows for l in labels.values())} windows")
     for name, r in result.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Callable
@@ -27,7 +28,7 @@ class ConfigError(Exception):
 
     def __init__(self, source: str, line: int, column: int, path: str, message: str) -> None:
         self.source, self.line, self.column, self.path, self.message = source, line, column, path, message
-        where = f"{source}:{line}:{column}"
+        where = f"{source}:{line}:{column}" if line else source  # line 0: about the whole file
         super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
 
 
@@ -87,6 +88,8 @@ class Validator:
             out = {}
             for knode, vnode in node.value:
                 key = self._key(knode, path)
+                if key in out:
+                    raise self.error(knode, _join(path, key), "key given twice")
                 out[key] = self.convert(vnode, args[1], _join(path, key))
             return out
         if tp is bool:
@@ -103,6 +106,8 @@ class Validator:
             value = self._scalar(node, path)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.error(node, path, f"expected a number, got {_describe(node)}")
+            if not math.isfinite(value):  # NaN passes every "must be positive" check, .inf waits for ever
+                raise self.error(node, path, f"expected a finite number, got {node.value}")
             return float(value)
         if tp is str:
             if not isinstance(node, yaml.ScalarNode) or _is_null(node):
@@ -196,7 +201,11 @@ def _descend(node: yaml.Node, path: str, message: str) -> tuple[yaml.Node, str, 
 
 
 def _entry(node: yaml.Node, key: str) -> tuple[yaml.Node, yaml.Node] | None:
-    """The (key node, value node) of ``key`` in a mapping node; None if absent or not a mapping."""
+    """The (key node, value node) of ``key`` in a mapping node, or (item, item) of ``[i]`` in a list;
+    None if absent."""
+    if isinstance(node, yaml.SequenceNode) and key.startswith("[") and key.endswith("]") and key[1:-1].isdigit():
+        i = int(key[1:-1])
+        return (node.value[i], node.value[i]) if i < len(node.value) else None
     if not isinstance(node, yaml.MappingNode):
         return None
     return next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
@@ -214,4 +223,6 @@ def _describe(node: yaml.Node) -> str:
 
 
 def _join(path: str, key: str) -> str:
+    if key.startswith("[") and path:
+        return f"{path}{key}"
     return f"{path}.{key}" if path else key

@@ -6,9 +6,18 @@ the symlink ``link``, as a ``/dev/serial/by-id/...`` name would be).
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 import tty
+
+
+def _is_pty_link(path: str) -> bool:
+    """True for a symlink to a pseudo-terminal slave, such as one an earlier run left behind."""
+    try:
+        return os.readlink(path).startswith("/dev/pts/")
+    except OSError:
+        return False
 
 
 class PtyPort:
@@ -21,9 +30,30 @@ class PtyPort:
         self.slave_path = os.ttyname(self.slave)
         self.link = link
         if link:
-            tmp = f"{link}.tmp{os.getpid()}"
-            os.symlink(self.slave_path, tmp)
+            try:
+                self._make_link(link)
+            except BaseException:
+                self.link = None
+                self.close()
+                raise
+
+    def _make_link(self, link: str) -> None:
+        """Point ``link`` at the pty; an old link to a pty is replaced, anything else there is refused
+        (a typo such as ``--link gateway.yaml`` must not destroy that file)."""
+        try:
+            os.symlink(self.slave_path, link)
+            return
+        except FileExistsError:
+            if not _is_pty_link(link):
+                raise FileExistsError(errno.EEXIST, "exists and is not a link to a pseudo-terminal, "
+                                                    "not replacing it", link) from None
+        tmp = f"{link}.tmp{os.getpid()}"
+        os.symlink(self.slave_path, tmp)
+        try:
             os.replace(tmp, link)
+        except BaseException:
+            os.unlink(tmp)
+            raise
 
     @property
     def path(self) -> str:

@@ -126,3 +126,45 @@ def test_set_refuses_an_invalid_result_and_leaves_the_file_alone(tmp_path):
     r = cli("config", "set", cfg, "sensors.air-9.options.port", "/dev/x")
     assert r.returncode == 2 and cfg.read_bytes() == before
     assert cli("config", "set", "--help").returncode == 0
+
+
+def test_set_on_a_symlinked_config_changes_the_target_and_keeps_the_link(tmp_path):
+    cfg = setup(tmp_path)
+    managed = tmp_path / "managed"
+    managed.mkdir()
+    target = managed / "gw.yaml"
+    cfg.rename(target)
+    os.symlink(os.path.join("managed", "gw.yaml"), cfg)
+    (managed / "secrets.txt").write_text("username: cab-17\n")
+    r = cli("config", "set", cfg, "broker.port", "1884")
+    assert r.returncode == 0, r.stderr
+    assert os.readlink(cfg) == os.path.join("managed", "gw.yaml")
+    assert target.read_text() == CONFIG.replace("port: 8883", "port: 1884")
+    assert oct(target.stat().st_mode & 0o777) == "0o640"
+    assert sorted(p.name for p in managed.iterdir()) == ["gw.yaml", "secrets.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gw.yaml", "managed", "secrets.txt"]
+
+
+def test_set_on_a_broken_file_reports_it_like_validate(tmp_path):
+    cfg = tmp_path / "gw.yaml"
+    for raw, message in ((b"gateway:\n  id: x\n\tbroker: 1\n", f"{cfg}:3:1: not valid YAML: found character '\\t'"),
+                         (b"gateway:\n  id: [x\n", f"{cfg}:3:1: not valid YAML"),
+                         (b"\xff\xfe bad", f"{cfg}: cannot read: 'utf-8' codec can't decode"),
+                         (b"just a string\n", f"{cfg}: expected a mapping of sections"),
+                         (b"- a\n- b\n", f"{cfg}: expected a mapping of sections")):
+        cfg.write_bytes(raw)
+        r = cli("config", "set", cfg, "gateway.id", "y")
+        assert r.returncode == 2, (raw, r.stdout)
+        assert r.stderr.startswith(f"edge-gateway: {message}"), (raw, r.stderr)
+        assert "Traceback" not in r.stderr and cfg.read_bytes() == raw
+        if b"string" not in raw and b"- a" not in raw:
+            assert cli("config", "validate", cfg).stderr.startswith(f"edge-gateway: {message}")
+
+
+def test_set_on_an_empty_or_comment_only_file_adds_the_key_below_the_comments(tmp_path):
+    cfg = tmp_path / "gw.yaml"
+    for before in ("", "# cabinet 17: to be configured\n"):
+        cfg.write_text(before)
+        r = cli("config", "set", cfg, "gateway.id", "cab-17")
+        assert r.returncode == 0, r.stderr
+        assert cfg.read_text() == before + "gateway:\n  id: cab-17\n"

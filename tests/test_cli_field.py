@@ -133,3 +133,62 @@ def test_doctor_passes_then_fails_with_fixes(tmp_path, broker):
     bad.write_text("gateway: {id: x, colour: red}\n")
     r = cli("doctor", bad, "--json", "--skip", "clock")
     assert r.returncode == 1 and json.loads(r.stdout)["checks"][0]["status"] == "fail"
+
+
+def _capture(tmp_path):
+    capture = tmp_path / "cap.jsonl"
+    capture.write_text('{"format": "edge-gateway-capture", "version": 1}\n'
+                       + json.dumps({"t": 0, "data": base64.b64encode(b"ABC").decode()}) + "\n")
+    return capture
+
+
+def test_replay_link_never_replaces_or_deletes_what_is_already_there(tmp_path):
+    capture = _capture(tmp_path)
+    keep = tmp_path / "gateway.yaml"
+    keep.write_text("gateway: {id: g}\n")
+    other = tmp_path / "by-id"
+    os.symlink(keep, other)
+    for path in (keep, other, tmp_path):
+        r = cli("replay", capture, "--no-wait", "--speed", "0", "--linger", "0", "--link", path)
+        assert r.returncode == 2, (path, r.stdout, r.stderr)
+        assert f"edge-gateway: --link {path}: exists and is not a link to a pseudo-terminal" in r.stderr
+        assert "Traceback" not in r.stderr and r.stdout == ""
+    assert keep.read_text() == "gateway: {id: g}\n" and os.readlink(other) == str(keep)
+    r = cli("replay", capture, "--no-wait", "--speed", "0", "--linger", "0", "--link", tmp_path / "no" / "x.tty")
+    assert r.returncode == 2 and "No such file or directory" in r.stderr and "Traceback" not in r.stderr
+    stale = tmp_path / "old.tty"
+    os.symlink("/dev/pts/999999", stale)  # left by an earlier replay: replaced, then removed
+    r = cli("replay", capture, "--no-wait", "--speed", "0", "--linger", "0", "--link", stale)
+    assert r.returncode == 0, r.stderr
+    assert not os.path.lexists(stale)
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_record_into_a_missing_folder_or_onto_a_folder_is_a_message(tmp_path):
+    for target in (tmp_path / "no" / "cap.jsonl", tmp_path):
+        r = cli("record", "loop://", target, "--duration", "0.2")
+        assert r.returncode == 1, r.stderr
+        assert f"edge-gateway: cannot write {target}: " in r.stderr and "Traceback" not in r.stderr
+
+
+def test_doctor_and_probe_refuse_bad_option_values_as_usage_errors(tmp_path):
+    cfg = write_config(tmp_path)
+    for args in (["doctor", cfg, "--timeout", "-1", "--skip", "serial"], ["doctor", cfg, "--timeout", "0"],
+                 ["doctor", cfg, "--timeout", "nan"], ["doctor", cfg, "--skip", "bogus"],
+                 ["probe", "loop://", "--modbus-slave", "999"], ["probe", "loop://", "--modbus-slave", "-1"],
+                 ["probe", "loop://", "--baud", "0"], ["probe", "loop://", "--listen", "-1"]):
+        r = cli(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "error: argument" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    r = cli("doctor", cfg, "--skip", "broker", "--skip", "clock", "--skip", "serial air-1", "--json")
+    names = [c["name"] for c in json.loads(r.stdout)["checks"]]
+    assert names == ["config", "state dir", "daemon"], r.stdout
+
+
+def test_replay_refuses_a_capture_time_out_of_range(tmp_path):
+    for t in ("1e308", "NaN", "-1"):
+        bad = tmp_path / "cap.jsonl"
+        bad.write_text('{"format": "edge-gateway-capture", "version": 1}\n{"t": %s, "data": "QUJD"}\n' % t)
+        r = cli("replay", bad, "--no-wait", "--linger", "0")
+        assert r.returncode == 1 and f"{bad}:2: bad capture line: t must be 0..1e+09 seconds" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr

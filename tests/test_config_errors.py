@@ -166,3 +166,64 @@ def test_relative_tls_and_secrets_paths_are_resolved_against_the_config_folder(t
     bare = config.loads("gateway: {id: g2}\nbroker: {tls: {ca_file: ca.pem}}\n")
     assert bare.broker.secrets_file == "" and bare.broker.tls.cert_file == ""
     assert bare.broker.tls.ca_file == str(tmp_path / "ca.pem")  # no file: relative to the working directory
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf", ".NaN"])
+def test_numbers_must_be_finite(value):
+    e = error_of(GOOD.replace("  id: gw-1", f"  id: gw-1\n  batch_interval_s: {value}"))
+    assert str(e) == f"site.yaml:3:21: gateway.batch_interval_s: expected a finite number, got {value}"
+    e = error_of(GOOD + f"windows:\n  seconds: {value}\n")
+    assert (e.line, e.path) == (9, "windows.seconds") and "finite" in e.message
+    e = error_of("gateway: {id: g}\nsensors:\n  - {id: n, driver: coap, options: {uri: 'coap://h', resources: [],\n"
+                 f"      interval_s: {value}}}}}\n")
+    assert (e.line, e.path) == (4, "sensors[0].options.interval_s") and "finite" in e.message
+    e = error_of(GOOD + f"detector:\n  threshold: {value}\n")
+    assert e.path == "detector.threshold" and "finite" in e.message
+    e = error_of(GOOD + f"detector:\n  params: {{flat_min_run: 20, cusum_h: {value}}}\n")
+    assert str(e).startswith("site.yaml:9:30: detector.params.cusum_h: expected finite numbers")
+    e = error_of(GOOD + f"detector:\n  params: {{nov_decay: [0, 0, 0, {value}, 0, 0]}}\n")
+    assert e.path == "detector.params.nov_decay" and "finite" in e.message
+
+
+def test_detector_range_may_be_unbounded_but_not_nan():
+    cfg = config.loads(GOOD + "detector:\n  params: {range_lo: -.inf, range_hi: .inf}\n")
+    assert cfg.detector.params == {"range_lo": float("-inf"), "range_hi": float("inf")}
+    assert error_of(GOOD + "detector:\n  params: {range_hi: .nan}\n").path == "detector.params.range_hi"
+
+
+def test_a_non_number_inside_a_detector_param_list_points_at_its_key():
+    e = error_of(GOOD + "detector:\n  params: {flat_min_run: [1, {a: 1}]}\n")
+    assert str(e) == ("site.yaml:9:12: detector.params.flat_min_run: expected a number or a list of numbers, "
+                      "got [1, {'a': 1}]")
+
+
+def test_cross_field_errors_name_the_key_and_line_that_is_wrong():
+    e = error_of("gateway: {id: g}\nqueue:\n  max_bytes: 100000\n  reserve_bytes: -1\n")
+    assert str(e) == "site.yaml:4:18: queue.reserve_bytes: must not be negative"
+    e = error_of("gateway: {id: g}\nqueue:\n  max_age_s: 10\n  max_file_bytes: -5\n")
+    assert str(e) == "site.yaml:4:19: queue.max_file_bytes: must not be negative"
+    e = error_of("gateway: {id: g}\nbroker:\n  host: h\n  reconnect_max_s: 0.5\n")
+    assert str(e) == "site.yaml:4:20: broker.reconnect_max_s: must be at least reconnect_min_s (1)"
+    e = error_of("gateway: {id: g}\nbroker:\n  host: h\n  reconnect_min_s: 90\n")
+    assert str(e) == "site.yaml:4:20: broker.reconnect_min_s: must be at most reconnect_max_s (60)"
+    e = error_of("gateway: {id: g}\nbroker:\n  tls:\n    ca_file: ca.pem\n    key_file: k.pem\n")
+    assert (e.line, e.path) == (5, "broker.tls.key_file")
+    e = error_of("gateway: {id: g}\nsensors:\n"
+                 "  - {id: a, driver: pms5003, options: {port: /dev/x}}\n"
+                 "  - {id: b, driver: pms5003, options: {port: /dev/y}}\n"
+                 "  - {id: a, driver: pms5003, options: {port: /dev/z}}\n")
+    assert str(e) == "site.yaml:5:6: sensors[2].id: duplicate sensor id 'a' (also sensors[0])"
+
+
+def test_a_key_given_twice_inside_units_or_detector_maps_is_refused():
+    e = error_of(GOOD + "      units:\n        pm25: ug\n        pm25: mg\n")
+    assert str(e) == "site.yaml:10:9: sensors[0].options.units.pm25: key given twice"
+    e = error_of(GOOD + "detector:\n  sensors:\n    air-1: {threshold: 0.5}\n    air-1: {threshold: 0.9}\n")
+    assert str(e) == "site.yaml:11:5: detector.sensors.air-1: key given twice"
+    e = error_of(GOOD + "detector:\n  params:\n    flat_min_run: 3\n    flat_min_run: 5\n")
+    assert str(e) == "site.yaml:11:5: detector.params.flat_min_run: key given twice"
+
+
+def test_a_deeply_nested_document_is_an_error_not_a_crash():
+    e = error_of("gateway:\n  id: x\nsensors: " + "[" * 2000 + "]" * 2000 + "\n")
+    assert str(e) == "site.yaml:1:1: document nested too deeply"

@@ -124,3 +124,43 @@ def test_evaluate_golden(glob):
     r = run_cli("evaluate", NAB / "data", NAB / "labels/combined_windows.json", "--files-glob", glob)
     assert r.returncode == 0, r.stderr
     assert [l for l in r.stdout.splitlines() if l.startswith(("standard", "reward"))] == GOLDEN_EVALUATE[glob]
+
+
+def test_analyze_bad_paths_are_messages_not_tracebacks(tmp_path):
+    write_series(tmp_path / "in" / "x.csv", 20)
+    not_a_dir = tmp_path / "file.txt"
+    not_a_dir.write_text("keep me\n")
+    r = run_cli("analyze", tmp_path / "in" / "x.csv", "--out-dir", not_a_dir)
+    assert r.returncode == 1 and f"edge-gateway analyze: cannot create folder {not_a_dir}: " in r.stderr
+    assert "Traceback" not in r.stderr and not_a_dir.read_text() == "keep me\n"
+    (tmp_path / "in" / "folder.csv").mkdir()  # a folder named like a CSV is not a CSV
+    r = run_cli("analyze", tmp_path / "in", "--out-dir", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "x.csv").is_file()
+
+
+def test_evaluate_bad_inputs_are_messages_not_tracebacks(tmp_path):
+    data = tmp_path / "data"
+    write_series(data / "cat" / "a.csv", 200)
+    windows = tmp_path / "windows.json"
+    windows.write_text('{"cat/a.csv": [["2014-04-01 02:00:00", "2014-04-01 02:10:00"]]}')
+    results = tmp_path / "res"
+    (results / "cat").mkdir(parents=True)
+    (results / "cat" / "a.csv").write_text("timestamp,value\n2014-04-01 00:00:00,1\n")
+    for args, message in (
+            ([windows, "--results-dir", tmp_path / "none"], f"cannot read {tmp_path / 'none' / 'cat' / 'a.csv'}"),
+            ([windows, "--results-dir", results], f"{results / 'cat' / 'a.csv'}: not a results file"),
+            (["LIST"], "not a NAB windows file"),
+            (["INT"], "not a NAB windows file"),
+            (["YAML"], "not a NAB windows file"),
+            ([tmp_path / "missing.json"], f"cannot read {tmp_path / 'missing.json'}"),
+            ([windows, "--profiles", windows], "not a NAB profiles file")):
+        if args[0] in ("LIST", "INT", "YAML"):
+            bad = tmp_path / f"{args[0]}.json"
+            bad.write_text({"LIST": "[1, 2]", "INT": '{"cat/a.csv": 5}', "YAML": "gateway: {id: g}\n"}[args[0]])
+            args = [bad]
+        r = run_cli("evaluate", data, *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        if "not a NAB" in message:
+            assert str(args[-1]) in r.stderr
