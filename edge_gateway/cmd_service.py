@@ -21,6 +21,7 @@ Exit statuses: 0 written (or printed with ``--stdout``); 1 cannot write; 2 bad u
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -116,7 +117,27 @@ WantedBy=multi-user.target
 
 def render(exec_path: str = DEFAULTS["exec"], config: str = DEFAULTS["config"], user: str = DEFAULTS["user"],
            watchdog: int = DEFAULTS["watchdog"]) -> str:
-    return TEMPLATE.format(exec=exec_path, config=config, user=user, watchdog=watchdog)
+    return TEMPLATE.format(exec=_exec_word(exec_path), config=_exec_word(config), user=user, watchdog=watchdog)
+
+
+def _exec_word(word: str) -> str:
+    """One ``ExecStart=`` argument: systemd splits on spaces and expands ``%`` specifiers."""
+    word = word.replace("%", "%%")
+    if any(c.isspace() or c in "\\\"'" for c in word):
+        return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return word
+
+
+def _find_executable() -> str | None:
+    """The ``edge-gateway`` on PATH, else the one installed beside this Python (an unactivated venv)."""
+    found = shutil.which("edge-gateway")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "edge-gateway"
+    return str(beside) if os.access(beside, os.X_OK) else None
+
+
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 def add_to(sub) -> None:
@@ -138,9 +159,15 @@ def add_to(sub) -> None:
 def install(args) -> int:
     from .cmd_common import error
 
-    exe = args.exec_path or shutil.which("edge-gateway") or DEFAULTS["exec"]
+    exe = args.exec_path or _find_executable()
+    if exe is None:
+        error("no edge-gateway executable on PATH or beside this Python: give --exec PATH")
+        return 2
     if args.watchdog_sec < 0:
         error("--watchdog-sec must be 0 or more")
+        return 2
+    if not _USER.fullmatch(args.user):
+        error(f"--user {args.user!r}: not a system user name (lower case letters, digits, '_', '-')")
         return 2
     text = render(os.path.abspath(exe), os.path.abspath(args.config), args.user, args.watchdog_sec)
     if args.watchdog_sec == 0:

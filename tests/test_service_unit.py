@@ -140,3 +140,17 @@ def test_daemon_and_numba_kernels_run_under_the_units_syscall_filter(tmp_path):
             proc.terminate()
         rc = proc.wait(30)
     assert rc == 0, log.read_text()
+
+
+def test_service_install_quotes_paths_and_finds_the_venvs_executable(tmp_path):
+    r = cli("service", "install", "--stdout", "--config", "/etc/eg/my site/100%.yaml", "--exec", "/opt/eg/bin/edge-gateway")
+    assert r.returncode == 0, r.stderr
+    assert 'ExecStart=/opt/eg/bin/edge-gateway run "/etc/eg/my site/100%%.yaml"\n' in r.stdout
+    r = cli("service", "install", "--stdout", "--user", "eg x")
+    assert r.returncode == 2 and "--user 'eg x'" in r.stderr and "Traceback" not in r.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PATH"}
+    r = subprocess.run([sys.executable, "-m", "edge_gateway", "service", "install", "--stdout"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, env={**env, "PATH": "/usr/bin:/bin"})
+    beside = Path(sys.executable).parent / "edge-gateway"
+    assert r.returncode == 0, r.stderr
+    assert f"ExecStart={os.path.abspath(beside)} run /etc/edge-gateway/gateway.yaml\n" in r.stdout
