@@ -20,7 +20,7 @@ from edge_gateway import cmd_doctor, secrets
 from edge_gateway.config import BrokerSection, TlsSection
 from edge_gateway.uplink import MqttLink, TlsFilesError, tls_context
 from support import Broker, Subscriber, free_port
-from uplink_support import gateway_config, make_certs, tls_listener
+from uplink_support import gateway_config, make_certs, tls_listener, until
 
 MODE_WARNING = "accessible by group/others"
 
@@ -49,15 +49,6 @@ def tls_broker(tmp_path, certs):
     broker = Broker(tmp_path / "broker", extra=tls_listener(port, certs)).start()
     yield broker, port
     broker.close()
-
-
-async def until(pred, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def make_link(port: int, tls: TlsSection, client_id: str, acks: list, strict: bool = False) -> MqttLink:

@@ -18,18 +18,9 @@ from edge_gateway.forwarder import Forwarder
 from edge_gateway.queue import DurableQueue
 from edge_gateway.uplink import MqttLink, backoff_delay
 from support import Broker, Subscriber
-from uplink_support import TcpProxy, seq_report
+from uplink_support import TcpProxy, seq_report, until
 
 TOPICS = messages.Topics("city", "link-gw")
-
-
-async def until(pred, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def make_link(port: int, protocol: str, acks: list, states: list) -> MqttLink:

@@ -8,6 +8,7 @@ forwarding. Everything runs on one thread that ``close()`` ends.
 
 from __future__ import annotations
 
+import asyncio
 import selectors
 import socket
 import sqlite3
@@ -304,3 +305,13 @@ def tls_listener(port: int, certs: dict[str, Path]) -> str:
 
 __all__ = ["TcpProxy", "sent_order_report", "gateway_config", "simulator_args", "committed_last_seq", "seq_report", "make_certs",
            "tls_listener", "free_port"]
+
+
+async def until(pred, timeout: float, what: str) -> None:
+    """Poll ``pred`` on the running loop; AssertionError naming ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)

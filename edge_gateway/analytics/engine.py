@@ -32,14 +32,8 @@ class Engine:
 
     def ensure_channels(self, n: int) -> None:
         """Make room for channel numbers below ``n``."""
-        if n > self._win.shape[0]:
-            win = windows.new_state(max(n, 2 * self._win.shape[0]))
-            win[: self._win.shape[0]] = self._win
-            self._win = win
-        if n > self._q.shape[0]:
-            q = quantiles.new_window_state(max(n, 2 * self._q.shape[0]))
-            q[: self._q.shape[0]] = self._q
-            self._q = q
+        self._win = _grown(self._win, n, windows.new_state)
+        self._q = _grown(self._q, n, quantiles.new_window_state)
         self.n_channels = max(self.n_channels, n)
 
     def process(self, chan: np.ndarray, ts: np.ndarray, val: np.ndarray) -> np.ndarray:
@@ -95,6 +89,15 @@ class Engine:
         probe.ensure_channels(1)
         probe.process(np.zeros(2, dtype=np.int64), np.array([0.0, self.window_s]), np.ones(2))
         probe.flush_channels(np.zeros(1, dtype=np.int64))
+
+
+def _grown(table: np.ndarray, n: int, new_table) -> np.ndarray:
+    """``table`` with room for ``n`` channels (doubling, so growth is amortised); itself if it has room."""
+    if n <= table.shape[0]:
+        return table
+    grown = new_table(max(n, 2 * table.shape[0]))
+    grown[: table.shape[0]] = table
+    return grown
 
 
 def _join(rows: np.ndarray, qrows: np.ndarray) -> np.ndarray:
