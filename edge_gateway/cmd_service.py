@@ -13,7 +13,8 @@ Only the state directory (``StateDirectory=edge-gateway``, i.e.
 devices: ``DeviceAllow=char-ttyUSB``, ``char-ttyACM`` and ``char-ttyAMA``
 (the Pi's UART). Broker credentials come through ``LoadCredential=`` and are
 read from ``$CREDENTIALS_DIRECTORY``; point ``broker.secrets_file`` at
-``${CREDENTIALS_DIRECTORY}/broker-secrets``.
+``${CREDENTIALS_DIRECTORY:-/etc/edge-gateway/credentials}/broker-secrets`` (the default is the
+credential's source file, so the config also validates from a technician's shell).
 
 Exit statuses: 0 written (or printed with ``--stdout``); 1 cannot write; 2 bad usage.
 """

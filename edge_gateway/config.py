@@ -1,9 +1,9 @@
 """The gateway's one config schema, and loading it from YAML once at start-up.
 
 Everything after :func:`load` receives these frozen dataclasses, never dicts.
-``${NAME}`` and ``${NAME:-default}`` in the file are replaced from the
-environment before parsing (line numbers are kept). Relative paths are taken
-relative to the config file's folder.
+``${NAME}``, ``${NAME:-default}`` and ``${NAME-default}`` in values are replaced
+from the environment after parsing (see :func:`expand_env`). Relative paths are
+taken relative to the config file's folder.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import difflib
 import math
 import os
 import re
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -253,24 +256,113 @@ class GatewayConfig:
         return self.state_dir / self.queue.path
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+_BREAK = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")  # what PyYAML's marks count as a line break
+_STR = "tag:yaml.org,2002:str"
+_TYPED = {f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "null", "timestamp")}
+_RESOLVER = yaml.resolver.Resolver()
+_HINTS = {"CREDENTIALS_DIRECTORY": "systemd sets it only inside the service: to check this file from a shell "
+                                   "too, write ${CREDENTIALS_DIRECTORY:-/etc/edge-gateway/credentials}"}
 
 
-def expand_env(text: str, source: str, env: dict[str, str] | None = None) -> str:
-    """Replace ``${NAME}`` / ``${NAME:-default}``; an unset name without default is an error."""
-    env = os.environ if env is None else env
-    lines = text.split("\n")
-    for i, line in enumerate(lines):
-        def sub(m: re.Match) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            raise ConfigError(source, i + 1, m.start() + 1, "", f"environment variable {name} is not set")
-        if "${" in line and not line.lstrip().startswith("#"):
-            lines[i] = _ENV.sub(sub, line)
-    return "\n".join(lines)
+def expand_env(root: yaml.Node, text: str, source: str, env: Mapping[str, str]) -> set[int]:
+    """Replace ``${NAME}``, ``${NAME:-default}`` and ``${NAME-default}`` in the scalar values of ``root``.
+
+    Done on the composed nodes, not the text, so comments and keys are never expanded, and a value
+    from the environment is exactly one string: a ``#``, ``: `` or newline in it cannot change the
+    document. ``:-`` takes the default when NAME is unset or empty, ``-`` only when it is unset (as
+    in a shell). An unset NAME without a default is a ConfigError at the reference, with the key
+    path. Returns the ids of the changed nodes, which :class:`_EnvValidator` types by their field.
+    """
+    expanded: set[int] = set()
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:  # an alias: its value is expanded already
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(reversed([(v, _key_path(path, k)) for k, v in node.value]))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed([(v, f"{path}[{i}]") for i, v in enumerate(node.value)]))
+        elif isinstance(node, yaml.ScalarNode) and "${" in node.value:
+            if _expand_scalar(node, path, text, source, env):
+                expanded.add(id(node))
+    return expanded
+
+
+def _expand_scalar(node: yaml.ScalarNode, path: str, text: str, source: str, env: Mapping[str, str]) -> bool:
+    def sub(m: re.Match) -> str:
+        name, op, default = m.groups()
+        value = env.get(name)
+        if value is not None and not (value == "" and op == ":-"):
+            return value
+        if op is not None:
+            return default
+        hint = f"; {_HINTS[name]}" if name in _HINTS else ""
+        raise ConfigError(source, *_position(node, text, m), path, f"environment variable {name} is not set{hint}")
+
+    value, count = _ENV.subn(sub, node.value)
+    if count:
+        node.value, node.tag = value, _plain_tag(value)
+    return bool(count)
+
+
+def _position(node: yaml.ScalarNode, text: str, ref: re.Match) -> tuple[int, int]:
+    """Line and column of ``ref`` in the file where the source shows the references verbatim, else the value's."""
+    start = node.start_mark
+    raw = text[start.index:node.end_mark.index]
+    in_raw = list(_ENV.finditer(raw))
+    in_value = list(_ENV.finditer(node.value))
+    if [m.group(0) for m in in_raw] != [m.group(0) for m in in_value]:
+        return start.line + 1, start.column + 1
+    k = next(i for i, m in enumerate(in_value) if m.start() == ref.start())
+    before = raw[:in_raw[k].start()]
+    breaks = list(_BREAK.finditer(before))
+    if not breaks:
+        return start.line + 1, start.column + len(before) + 1
+    return start.line + len(breaks) + 1, len(before) - breaks[-1].end() + 1
+
+
+def _plain_tag(value: str) -> str:
+    """The tag ``value`` would get written unquoted, if that is a bool, number, null or date; else str."""
+    if "\n" in value:  # the resolver's ``$`` would match before a final newline
+        return _STR
+    tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))
+    return tag if tag in _TYPED else _STR
+
+
+def _key_path(path: str, key: yaml.Node) -> str:
+    if not isinstance(key, yaml.ScalarNode):
+        return path
+    return f"{path}.{key.value}" if path else str(key.value)
+
+
+def _wants_text(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_wants_text(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is typing.Literal:
+        return all(isinstance(a, str) for a in typing.get_args(tp))
+    return tp is str
+
+
+class _EnvValidator(Validator):
+    """A value taken from the environment is text; the field it is in says what type to read it as.
+
+    A string field gets the text exactly (``""``, ``null`` and ``1883`` included); any other field
+    reads it as if it were written unquoted, so ``port: ${PORT}`` (or ``"${PORT}"``) is a number.
+    """
+
+    def __init__(self, source: str, resolve_options: Callable[[str], type], expanded: set[int]) -> None:
+        super().__init__(source, resolve_options)
+        self.expanded = expanded
+
+    def convert(self, node: yaml.Node, tp: Any, path: str) -> Any:
+        if id(node) in self.expanded:
+            node.tag = _STR if _wants_text(tp) else _plain_tag(node.value)
+        return super().convert(node, tp, path)
 
 
 def _driver_options(name: str) -> type:
@@ -294,21 +386,26 @@ def compose(text: str, source: str = "<string>") -> yaml.Node | None:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ConfigError(source, line, col, "", f"not valid YAML: {exc.problem}") from None
+        hint = ""
+        if mark and mark.column and text[mark.index - 1:mark.index + 1] == "${":  # a plain scalar ends at "{"
+            col -= 1
+            hint = '; inside [...] or {...}, put a ${NAME} reference in quotes: "${NAME}"'
+        raise ConfigError(source, line, col, "", f"not valid YAML: {exc.problem}{hint}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(source, 1, 1, "", f"not valid YAML: {exc}") from None
     except RecursionError:
         raise ConfigError(source, 1, 1, "", "document nested too deeply") from None
 
 
-def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> GatewayConfig:
-    """Parse and validate a config held in a string."""
-    text = expand_env(text, source)
+def loads(text: str, source: str = "<string>", base_dir: Path | None = None, *,
+          env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Parse, expand (from ``env``, default ``os.environ``) and validate a config held in a string."""
     root = compose(text, source)
     if root is None:
         raise ConfigError(source, 1, 1, "", "the file is empty")
+    expanded = expand_env(root, text, source, os.environ if env is None else env)
     try:
-        cfg = Validator(source, _driver_options).convert(root, GatewayConfig, "")
+        cfg = _EnvValidator(source, _driver_options, expanded).convert(root, GatewayConfig, "")
     except RecursionError:  # the validator recurses per nesting level too
         raise ConfigError(source, 1, 1, "", "document nested too deeply") from None
     return _resolve_paths(cfg, base_dir, source)
@@ -322,10 +419,10 @@ def read_text(path: str | os.PathLike) -> str:
         raise ConfigError(str(path), 0, 0, "", f"cannot read: {exc}") from None
 
 
-def load(path: str | os.PathLike) -> GatewayConfig:
-    """Read, expand, parse and validate a config file; raise ConfigError on any mistake."""
+def load(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read, parse, expand and validate a config file; raise ConfigError on any mistake."""
     p = Path(path)
-    return loads(read_text(p), str(p), p.resolve().parent)
+    return loads(read_text(p), str(p), p.resolve().parent, env=env)
 
 
 def _resolve_paths(cfg: GatewayConfig, base_dir: Path | None, source: str) -> GatewayConfig:
