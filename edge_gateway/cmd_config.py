@@ -9,14 +9,21 @@
 * ``get FILE KEY``: one value of the effective config. ``KEY`` is a dotted
   path; list items by index or by ``id``: ``sensors[0].options.port`` or
   ``sensors.air-1.options.port``. Scalars print bare, the rest as JSON.
-* ``set FILE KEY VALUE``: change one value in place. The file is edited with
-  ruamel.yaml's round-trip mode (comments, order, quoting and flow style are
-  kept), the result is validated with :func:`edge_gateway.config.loads`, and
-  only a valid result is written (temporary file in the same folder, fsync,
-  rename: a crash leaves the old or the new file, never half of one). VALUE is
-  read as YAML (``9600`` is a number, ``true`` a boolean); where the file
-  already holds a string it stays a string, and ``--string`` forces one.
-  Missing mapping keys along the path are created. Reload the daemon
+* ``set FILE KEY VALUE``: change one value in place. Only the text of that value
+  (or the line(s) of an added key, below the last item of its mapping) changes:
+  the composed YAML says where it is, the new text is spliced into the file, and
+  every other byte stays (comments, flow maps as wrapped, CRLF, ``---``/``...``,
+  quoting), so ``diff`` shows just the edit. ruamel.yaml's round-trip dump (which
+  re-emits the whole file) is used only where a splice is not safe: a value
+  behind an anchor or alias, or one with a tag. The result must load as the old
+  document with only this value changed, and pass :func:`edge_gateway.config.loads`;
+  only then is it written (temporary file in the same folder, fsync, rename: a
+  crash leaves the old or the new file, never half of one; a symlink stays a
+  link). VALUE is read as the loader would read it unquoted (``9600`` is a number,
+  ``true`` a boolean, and ``1e-6`` a number too), and written so that the loader
+  reads it back the same (``1.0e-06``, ``'yes'`` for a string); where the file
+  already holds a string it stays a string, in its quote style, and ``--string``
+  forces one. Missing mapping keys along the path are created. Reload the daemon
   afterwards (``edge-gateway reload`` or ``systemctl reload edge-gateway``).
 
 Exit statuses: 0 ok; 2 invalid config (nothing written by ``set``), unknown
@@ -213,6 +220,29 @@ def get(args) -> int:
 
 # --- set --------------------------------------------------------------------------------------
 
+_EXP_NUMBER = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+")
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
+_STR_TAG = "tag:yaml.org,2002:str"
+_BREAKS = re.compile("[\r\n\x85\u2028\u2029]")  # YAML 1.1 line breaks: written raw, they split a value
+
+
+class _Unspliceable(Exception):
+    """The edit cannot be made as a text splice; the round-trip dump is used instead."""
+
+
+@dataclasses.dataclass
+class _Target:
+    """Where the value goes: an existing node, or ``create`` keys below ``parent`` or below a null ``node``."""
+
+    path: list = dataclasses.field(default_factory=list)  # keys and indexes as in the loaded data
+    chain: list = dataclasses.field(default_factory=list)  # nodes passed on the way
+    parent: object = None
+    key: object = None
+    node: object = None
+    create: list = dataclasses.field(default_factory=list)
+    old: object = None
+
+
 def _round_trip_yaml(text: str):
     from ruamel.yaml import YAML
     from ruamel.yaml.util import load_yaml_guess_indent
@@ -235,70 +265,71 @@ def _mapping_indent(text: str) -> int:
     return 2
 
 
+def _read_exact(path: Path) -> str:
+    """The file's text with its line endings as they are (``read_text`` would turn CRLF into LF)."""
+    from . import config
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise config.ConfigError(str(path), 0, 0, "", f"cannot read: {exc}") from None
+
+
 def set_value(args) -> int:
-    from ruamel.yaml.comments import CommentedMap
+    import yaml
 
     from . import config
 
     path = Path(args.file)
     try:
-        text = config.read_text(path)
-        empty = config.compose(text, str(path)) is None
+        text = _read_exact(path)
+        root = config.compose(text, str(path))
     except config.ConfigError as exc:
         print(f"edge-gateway: {exc}", file=sys.stderr)
         return 2
     try:
         parts = split_key(args.key)
-        y = _round_trip_yaml(text)
-        doc = CommentedMap() if empty else y.load(text)
-    except Exception as exc:  # noqa: BLE001 - ruamel raises many kinds; all mean "cannot edit this"
+    except ValueError as exc:
         print(f"edge-gateway: {path}: {exc}", file=sys.stderr)
         return 2
-    if not isinstance(doc, dict):
-        what = "a list" if isinstance(doc, list) else "a single value"
+    if root is not None and not isinstance(root, yaml.MappingNode):
+        what = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
         print(f"edge-gateway: {path}: expected a mapping of sections (gateway:, broker:, ...), got {what}",
               file=sys.stderr)
         return 2
-    node = doc
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list):
-            idx = _list_index(node, part)
-            if idx is None:
-                print(f"edge-gateway: {'.'.join(map(str, parts[:i])) or 'config'} has no item {part!r}",
-                      file=sys.stderr)
-                return 2
-            node = node[idx]
-        elif isinstance(node, dict):
-            if part not in node or node[part] is None:
-                node[part] = CommentedMap()
-            node = node[part]
-        else:
-            print(f"edge-gateway: {'.'.join(map(str, parts[:i]))} is a single value, it has no {part!r}",
-                  file=sys.stderr)
-            return 2
-    last = parts[-1]
-    if isinstance(node, list):
-        idx = _list_index(node, last)
-        if idx is None:
-            print(f"edge-gateway: no list item {last!r}", file=sys.stderr)
-            return 2
-        old, key = node[idx], idx
-    elif isinstance(node, dict):
-        old, key = node.get(last), last
-    else:
-        print(f"edge-gateway: {'.'.join(map(str, parts[:-1]))} is a single value", file=sys.stderr)
+    try:
+        target = _locate(root, parts)
+    except KeyError as exc:
+        print(f"edge-gateway: {exc.args[0]}", file=sys.stderr)
         return 2
-    node[key] = _new_value(args.value, old, args.string)
-    buf = io.StringIO()
-    if empty and text.strip():  # comments only: ruamel would drop them, so the new key goes below
-        buf.write(text if text.endswith("\n") else text + "\n")
-    y.dump(doc, buf)
-    new_text = buf.getvalue()
+    old = target.old
+    value = _new_value(args.value, old, args.string)
+    try:
+        new_text = _splice(text, root, target, value, args.value)
+    except _Unspliceable:
+        new_text = None
+    faithful = new_text is not None and _only_change(text, new_text, target.path, value)
+    rewritten = not faithful
+    if rewritten:
+        try:
+            new_text = _round_trip_set(text, root is None, parts, value)
+        except Exception as exc:  # noqa: BLE001 - ruamel raises many kinds; all mean "cannot edit this"
+            print(f"edge-gateway: {path}: {exc}", file=sys.stderr)
+            return 2
+        faithful = _only_change(text, new_text, target.path, value)
     try:
         config.loads(new_text, str(path), path.resolve().parent)
     except config.ConfigError as exc:
         print(f"edge-gateway: refused, the result would be invalid (file unchanged): {exc}", file=sys.stderr)
         return 2
+    if not faithful:
+        print(f"edge-gateway: refused, {args.key} cannot be written so that it reads back as {value!r} "
+              "(file unchanged)", file=sys.stderr)
+        return 2
+    if rewritten:
+        print(f"note: {args.key} could not be changed in place (an anchor, alias or tag?), so the whole file "
+              "was re-written: its layout may differ, check with diff", file=sys.stderr)
     if args.dry_run:
         sys.stdout.write(new_text)
         return 0
@@ -308,24 +339,406 @@ def set_value(args) -> int:
         print(f"edge-gateway: cannot write {path}: {exc}", file=sys.stderr)
         return 1
     was = "" if old is None else f" (was {old!s})"
-    print(f"{path}: {args.key} = {node[key]!s}{was}")
+    print(f"{path}: {args.key} = {value!s}{was}")
     if isinstance(old, str) and "${" in old:
         print(f"note: this replaced the environment reference {old}", file=sys.stderr)
     return 0
 
 
 def _new_value(raw: str, old, force_string: bool):
-    from ruamel.yaml import YAML
+    """VALUE as the loader would read ``key: VALUE``, except that ``1e20`` is the number it looks like.
 
-    if isinstance(old, str) and type(old) is not str:  # a quoted scalar: keep its quote style
-        return type(old)(raw)
+    A string in the file stays a string (``--string`` forces one), unless it was a ``${VAR}``
+    reference, which stood for any type.
+    """
+    import yaml
+
     if force_string or (isinstance(old, str) and "${" not in old):
         return raw
     try:
-        value = YAML(typ="safe", pure=True).load(raw)
-    except Exception:  # noqa: BLE001 - not YAML: take it as text
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
         return raw
-    return raw if value is None and raw.strip() not in ("null", "~") else value
+    if value is None and raw.strip() not in ("null", "~"):
+        return raw
+    if isinstance(value, str) and _EXP_NUMBER.fullmatch(raw.strip()):
+        return float(raw)
+    return value
+
+
+# --- set: finding the node --------------------------------------------------------------------
+
+def _locate(root, parts: list[str | int]) -> _Target:
+    """Follow the key through the composed nodes as ``lookup`` does through data; KeyError if it cannot."""
+    import yaml
+
+    t = _Target()
+    node = root
+    for i, part in enumerate(parts):
+        where = ".".join(map(str, parts[:i])) or "config"
+        last = i == len(parts) - 1
+        if node is None:  # an empty document: everything is created
+            t.create = parts[i:]
+            t.path += [str(p) for p in parts[i:]]
+            return t
+        t.chain.append(node)
+        if isinstance(node, yaml.SequenceNode):
+            idx = _list_index(_item_ids(node), part)
+            if idx is None:
+                raise KeyError(f"no list item {part!r}" if last else f"{where} has no item {part!r}")
+            t.parent, t.key, child = node, None, node.value[idx]
+            t.path.append(idx)
+        elif isinstance(node, yaml.MappingNode):
+            hits = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)]
+            if not hits:
+                t.parent, t.create = node, parts[i:]
+                t.path += [str(p) for p in parts[i:]]
+                return t
+            t.parent, (t.key, child) = node, hits[-1]  # the one PyYAML keeps
+            t.path.append(_construct(t.key))
+            if not last and _is_null(child):
+                t.node, t.create = child, parts[i + 1:]
+                t.path += [str(p) for p in parts[i + 1:]]
+                return t
+        else:
+            raise KeyError(f"{where} is a single value" + ("" if last else f", it has no {part!r}"))
+        node = child
+    t.node, t.old = node, _construct(node)
+    return t
+
+
+def _item_ids(seq) -> list:
+    """The ``id`` (as written) of each mapping item, in the shape ``_list_index`` takes."""
+    import yaml
+
+    out: list = []
+    for item in seq.value:
+        ids = [v.value for k, v in item.value if isinstance(k, yaml.ScalarNode) and k.value == "id"
+               and isinstance(v, yaml.ScalarNode)] if isinstance(item, yaml.MappingNode) else []
+        out.append({"id": ids[-1]} if ids else None)
+    return out
+
+
+def _construct(node):
+    import yaml
+
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except (yaml.YAMLError, RecursionError):
+        return getattr(node, "value", None) if isinstance(getattr(node, "value", None), str) else None
+
+
+def _is_null(node) -> bool:
+    import yaml
+
+    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _shared(root) -> set[int]:
+    """Nodes reached more than once (through aliases): their text is in one place, their use in several."""
+    import yaml
+
+    seen: set[int] = set()
+    shared: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            shared.add(id(node))
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(n for pair in node.value for n in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    return shared
+
+
+# --- set: splicing ----------------------------------------------------------------------------
+
+def _splice(text: str, root, t: _Target, value, raw: str) -> str:
+    """``text`` with the value written at ``t``; every other byte kept. _Unspliceable if not safe."""
+    shared = _shared(root)
+    if any(id(n) in shared for n in [*t.chain, t.node] if n is not None):
+        raise _Unspliceable
+    if not t.create:
+        return _replace(text, t, value, raw, shared)
+    if t.node is not None:
+        return _fill_null(text, t, value, raw)
+    if t.parent is None:  # an empty document
+        return _insert_lines(text, len(text), 0, _mapping_indent(text), t.create, value, raw)
+    return _add_key(text, t, value, raw, shared)
+
+
+def _replace(text: str, t: _Target, value, raw: str, shared: set[int]) -> str:
+    import yaml
+
+    node = t.node
+    if node.end_mark.index > node.start_mark.index and text[node.start_mark.index] in "&!":
+        raise _Unspliceable  # an anchor or tag belongs to the old value
+    in_seq = isinstance(t.parent, yaml.SequenceNode)
+    style = node.style if isinstance(node, yaml.ScalarNode) and isinstance(value, str) else None
+    context = ("flow" if t.parent.flow_style else "block") + ("seq" if in_seq else "map")
+    new = _render(value, raw, style, context)
+    start, end = node.start_mark.index, _end(text, node, shared)
+    if isinstance(node, yaml.ScalarNode) or node.flow_style:
+        if start == end and start and text[start - 1] not in " \t":
+            new = " " + new  # an empty value right after its ':' or '-'
+        return text[:start] + new + text[end:]
+    end = _line_end(text, end)  # a block collection goes with the comment on its last line
+    if in_seq:
+        return text[:start] + new + text[end:]
+    colon = text.index(":", t.key.end_mark.index) + 1
+    tail = text[colon:start].split("\n", 1)[0].rstrip("\r")  # the key's own comment stays
+    return text[:colon] + " " + new + (tail if tail.lstrip().startswith("#") else "") + text[end:]
+
+
+def _fill_null(text: str, t: _Target, value, raw: str) -> str:
+    """A key whose value is null (``metrics:`` with nothing or only comments below) gets the new keys."""
+    start, end = t.node.start_mark.index, t.node.end_mark.index
+    if t.parent.flow_style:
+        new = _flow_entry(t.create[0], t.create[1:], value, raw, nest=True)
+        return text[:start] + (" " if start and text[start - 1] not in " \t" else "") + new + text[end:]
+    if start != end:  # ``key: ~`` or ``key: null``: the null goes
+        while start and text[start - 1] in " \t":
+            start -= 1
+        text = text[:start] + text[end:]
+    step = _mapping_indent(text)
+    return _insert_lines(text, start, _indent(text, t.key) + step, step, t.create, value, raw)
+
+
+def _add_key(text: str, t: _Target, value, raw: str, shared: set[int]) -> str:
+    """A new key in an existing mapping: after its last entry, before any comments that follow it."""
+    parent = t.parent
+    if parent.flow_style:
+        if not parent.value:
+            if text[parent.start_mark.index] != "{":
+                raise _Unspliceable
+            pos, sep = parent.start_mark.index + 1, ""
+        else:
+            last_key, last = parent.value[-1]
+            pos, sep = max(_end(text, last, shared), last_key.end_mark.index), ", "
+        return text[:pos] + sep + _flow_entry(t.create[0], t.create[1:], value, raw, nest=False) + text[pos:]
+    indent = _indent(text, parent.value[0][0])
+    pos = _end(text, parent.value[-1][1], shared)
+    return _insert_lines(text, pos, indent, _mapping_indent(text), t.create, value, raw)
+
+
+def _end(text: str, node, shared: set[int]) -> int:
+    """Where the node's own text ends: its last character, not the comments or blank lines after it.
+
+    A block collection's end mark is where the next item starts (after any comments in between), so
+    its end is that of its last entry.
+    """
+    import yaml
+
+    if id(node) in shared:
+        raise _Unspliceable
+    if isinstance(node, yaml.ScalarNode):
+        start, end = node.start_mark.index, node.end_mark.index
+        if node.style in ("|", ">"):
+            header = text[start:_line_end(text, start)].split("#", 1)[0]
+            if "+" not in header:
+                return start + len(text[start:end].rstrip())
+            if text[end - 1:end] == "\n":  # "keep": the trailing blank lines are the value's
+                return end - 1
+        return end
+    if node.flow_style or not node.value:
+        return node.end_mark.index
+    last = node.value[-1][1] if isinstance(node, yaml.MappingNode) else node.value[-1]
+    return _end(text, last, shared)
+
+
+def _line_end(text: str, pos: int) -> int:
+    """The index of the line break (CR LF or LF) that ends the line holding ``pos``, or the text's end."""
+    j = text.find("\n", pos)
+    if j < 0:
+        return len(text)
+    return j - 1 if j > pos and text[j - 1] == "\r" else j
+
+
+def _newline(text: str) -> str:
+    return "\r\n" if text.count("\r\n") * 2 > text.count("\n") else "\n"
+
+
+def _indent(text: str, key) -> int:
+    """The column of a block mapping's keys, from its first key's line (``- `` counts, a BOM does not)."""
+    line_start = text.rfind("\n", 0, key.start_mark.index) + 1
+    prefix = text[line_start:key.start_mark.index].replace("\ufeff", "")
+    if set(prefix) - {" ", "-"}:
+        raise _Unspliceable  # ``? key``, ``--- key:`` and the like
+    return len(prefix)
+
+
+def _insert_lines(text: str, pos: int, indent: int, step: int, keys: list, value, raw: str) -> str:
+    """New block lines for ``keys`` (nested) and the value, on their own lines after the line of ``pos``."""
+    j = text.find("\n", pos)
+    nl = ("\r\n" if j > 0 and text[j - 1] == "\r" else "\n") if j >= 0 else _newline(text)
+    lines = [f"{' ' * (indent + i * step)}{_render_key(k)}:" for i, k in enumerate(keys)]
+    lines[-1] += " " + _render(value, raw, None, "blockmap")
+    block = nl.join(lines)
+    if j < 0:  # the last line: kept without a final line break if it had none
+        lead = nl if text and not text.endswith("\n") else ""
+        return text + lead + block + (nl if not text or text.endswith("\n") else "")
+    return text[:j + 1] + block + nl + text[j + 1:]
+
+
+def _flow_entry(key, rest: list, value, raw: str, *, nest: bool) -> str:
+    """``key: value`` for a flow mapping, nested as ``{k: {k2: value}}`` for keys still to create."""
+    inner = _render(value, raw, None, "flowmap")
+    for k in reversed(rest):
+        inner = f"{{{_render_key(k)}: {inner}}}"
+    return f"{{{_render_key(key)}: {inner}}}" if nest else f"{_render_key(key)}: {inner}"
+
+
+def _render_key(key) -> str:
+    s = str(key)
+    if _PLAIN_KEY.fullmatch(s) and _resolves_to_str(s):
+        return s
+    return _dump(s, '"')
+
+
+def _render(value, raw: str, style, context: str) -> str:
+    """One line of YAML that the loader (PyYAML, YAML 1.1) reads back as ``value`` in ``context``.
+
+    Preferred, in order: the old quote style, VALUE as typed, PyYAML's own form (``1.0e+20``,
+    ``'yes'``), single quotes, double quotes.
+    """
+    candidates = []
+    if isinstance(value, str) and style in ("'", '"'):
+        candidates.append(_dump(value, style))
+    if raw and raw == raw.strip():
+        candidates.append(raw)
+    candidates.append(_dump(value, None))
+    if isinstance(value, str):
+        candidates += [_dump(value, "'"), _dump(value, '"')]
+    for c in candidates:
+        if not _BREAKS.search(c) and _reads_as(c, value, context):
+            return c
+    raise _Unspliceable
+
+
+def _dump(value, style) -> str:
+    import yaml
+
+    out = yaml.safe_dump(value, default_style=style, default_flow_style=True, width=1 << 30,
+                         allow_unicode=True)
+    if out.endswith("\n...\n"):
+        out = out[:-4]
+    return out[:-1] if out.endswith("\n") else out
+
+
+def _reads_as(text: str, value, context: str) -> bool:
+    import yaml
+
+    doc = {"blockmap": "k: {}", "blockseq": "- {}", "flowmap": "{{k: {}}}", "flowseq": "[{}]"}[context]
+    try:
+        got = yaml.safe_load(doc.format(text))
+    except yaml.YAMLError:
+        return False
+    if context.endswith("map"):
+        return isinstance(got, dict) and list(got) == ["k"] and _same(got["k"], value)
+    return isinstance(got, list) and len(got) == 1 and _same(got[0], value)
+
+
+def _resolves_to_str(s: str) -> bool:
+    import yaml
+
+    return yaml.resolver.Resolver().resolve(yaml.ScalarNode, s, (True, False)) == _STR_TAG
+
+
+def _same(a, b) -> bool:
+    """Equal and of the same types all the way down (``True`` is not ``1``, ``1`` is not ``1.0``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and a != a:
+        return b != b
+    return a == b
+
+
+def _only_change(old_text: str, new_text: str, path: list, value) -> bool:
+    """``new_text`` loads as ``old_text`` with ``value`` at ``path`` and nothing else changed."""
+    import yaml
+
+    try:
+        expected = yaml.safe_load(old_text) or {}
+        got = yaml.safe_load(new_text)
+        node = expected
+        for part in path[:-1]:
+            if isinstance(node, dict) and node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = value
+        return _same(expected, got)
+    except (yaml.YAMLError, RecursionError, LookupError, TypeError):
+        return False
+
+
+# --- set: the round-trip fallback ---------------------------------------------------------------
+
+def _round_trip_set(text: str, empty: bool, parts: list[str | int], value) -> str:
+    """The edit made by loading and re-dumping with ruamel.yaml: the whole file is re-emitted.
+
+    Only for what a splice cannot do; line endings and a ``...`` end marker are restored, and new
+    floats and strings are written as the loader reads them.
+    """
+    from ruamel.yaml.comments import CommentedMap
+
+    lf = text.replace("\r\n", "\n")
+    y = _round_trip_yaml(lf)
+    y.Representer, new_str = _loader_types()
+    doc = CommentedMap() if empty else y.load(lf)
+    node = doc
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[_list_index(node, part)]
+        else:
+            if part not in node or node[part] is None:
+                node[part] = CommentedMap()
+            node = node[part]
+    key = _list_index(node, parts[-1]) if isinstance(node, list) else parts[-1]
+    old = node[key] if isinstance(node, list) else node.get(key)
+    if isinstance(value, str):
+        value = type(old)(value) if getattr(old, "style", None) in ("'", '"') else new_str(value)
+    node[key] = value
+    y.explicit_end = re.search(r"^\.\.\.\s*$", lf, re.M) is not None
+    buf = io.StringIO()
+    if empty and lf.strip():  # comments only: ruamel would drop them, so the new key goes below
+        buf.write(lf if lf.endswith("\n") else lf + "\n")
+    y.dump(doc, buf)
+    out = buf.getvalue()
+    return out.replace("\n", "\r\n") if _newline(text) == "\r\n" else out
+
+
+def _loader_types():
+    """ruamel's round-trip representer, writing new floats and strings as YAML 1.1 (the loader) reads them.
+
+    Also the type for a new string: ruamel gives a plain ``str`` the type (so the style) of the string it
+    replaces, and a plain ``yes`` there would load as a boolean.
+    """
+    from ruamel.yaml.representer import RoundTripRepresenter
+    from ruamel.yaml.scalarstring import ScalarString
+
+    class Representer(RoundTripRepresenter):
+        pass
+
+    class NewStr(ScalarString):
+        __slots__ = ()
+
+    def float_(self, data):
+        return self.represent_scalar("tag:yaml.org,2002:float", _dump(data, None))
+
+    def str_(self, data):
+        return self.represent_scalar(_STR_TAG, str(data), style=None if _resolves_to_str(data) else "'")
+
+    Representer.add_representer(float, float_)
+    Representer.add_representer(str, str_)
+    Representer.add_representer(NewStr, str_)
+    return Representer, NewStr
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -338,7 +751,7 @@ def atomic_write(path: Path, text: str) -> None:
     st = path.stat()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:  # CRLF stays CRLF
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
