@@ -3,11 +3,15 @@
 Checks, each ``ok``, ``warn``, ``fail`` or ``unknown``:
 
 * config: the file parses and validates;
+* user: the service user (``--user``, default the current one) exists; shown
+  with ``--user``, and a failure without it;
 * serial: every configured serial port exists, is a character device or pty,
-  and the service user (``--user``, default the current one) may read and
-  write it: owner, group membership (``dialout``) and mode;
-* state dir: exists or can be created, is writable, and has free space for
-  the queue (``queue.max_bytes`` plus 50 MB);
+  and the service user may read and write it: owner, group membership
+  (``dialout``) and mode;
+* state dir: the service user may search every folder above it and write it
+  (or, not yet created, the nearest existing folder), by the same owner /
+  group / other mode bits, on a file system mounted read-write; and it has
+  free space for the queue (``queue.max_bytes`` plus 50 MB);
 * broker: the host name resolves (DNS), a TCP connection opens, and with
   ``broker.tls`` the TLS handshake verifies against the configured CA, and the
   client key file is not accessible by group/others (a warning, or a failure
@@ -49,8 +53,8 @@ class Check:
     fix: str = ""
 
 
-CHECKS = ("config", "serial", "state dir", "broker dns", "broker tcp", "broker tls", "broker tls key", "clock",
-          "daemon")
+CHECKS = ("config", "user", "serial", "state dir", "broker dns", "broker tcp", "broker tls", "broker tls key",
+          "clock", "daemon")
 
 
 def _check_prefix(text: str) -> str:
@@ -90,13 +94,14 @@ def handle(args) -> int:
         cfg = None
         checks.append(Check("config", "fail", str(exc), f"edit the file and run `edge-gateway config validate {args.config}`"))
     user = args.user or pwd.getpwuid(os.geteuid()).pw_name
+    checks.extend(check_user(user, shown=bool(args.user)))
     if cfg is not None:
         for s in cfg.sensors:
             port = getattr(s.options, "port", None)
             if isinstance(port, str) and port and "://" not in port and wanted(f"serial {s.id}"):
                 checks.append(check_serial(s.id, port, user))
         if wanted("state dir"):
-            checks.append(check_state_dir(cfg.state_dir, cfg.queue.max_bytes))
+            checks.append(check_state_dir(cfg.state_dir, cfg.queue.max_bytes, user))
         if any(wanted(n) for n in ("broker dns", "broker tcp", "broker tls")):  # skipped: no network waits
             checks.extend(check_broker(cfg.broker, args.timeout))
         if wanted("broker tls key"):
@@ -124,7 +129,11 @@ def handle(args) -> int:
     return 1 if failed else 0
 
 
-# --- serial -----------------------------------------------------------------------------------
+# --- user -------------------------------------------------------------------------------------
+
+ADD_USER = "useradd --system --no-create-home --groups dialout {}"
+SEE_USER = "create the user first (see the user check)"
+
 
 def user_groups(user: str) -> tuple[int, set[int]]:
     """(uid, every gid of ``user``: primary and supplementary)."""
@@ -132,6 +141,53 @@ def user_groups(user: str) -> tuple[int, set[int]]:
     gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
     return pw.pw_uid, gids
 
+
+def check_user(user: str, shown: bool) -> list[Check]:
+    """A missing service user fails on its own: with no serial sensor, nothing else would say so."""
+    try:
+        uid, gids = user_groups(user)
+    except KeyError:
+        return [Check("user", "fail", f"user {user!r} does not exist", ADD_USER.format(user))]
+    if not shown:
+        return []
+    return [Check("user", "ok", f"{user}: uid {uid}, groups {', '.join(sorted(map(_group_name, gids)))}")]
+
+
+def mode_allows(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
+    """Whether ``uid`` (in ``gids``) has all of ``bits`` (r=4, w=2, x=1) on a file by its mode.
+
+    The owner's bits apply to the owner, else the group's to a member, else the others'; root may.
+    """
+    if uid == 0:
+        return True
+    if st.st_uid == uid:
+        granted = st.st_mode >> 6
+    elif st.st_gid in gids:
+        granted = st.st_mode >> 3
+    else:
+        granted = st.st_mode
+    return granted & bits == bits
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _owner_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _describe(st: os.stat_result) -> str:
+    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {_owner_name(st.st_uid)}, group {_group_name(st.st_gid)}"
+
+
+# --- serial -----------------------------------------------------------------------------------
 
 def check_serial(sensor: str, port: str, user: str) -> Check:
     name = f"serial {sensor}"
@@ -146,25 +202,13 @@ def check_serial(sensor: str, port: str, user: str) -> Check:
     if not stat.S_ISCHR(st.st_mode):
         return Check(name, "fail", f"{port} -> {real} is not a character device", "point the sensor at the tty device")
     mode = stat.S_IMODE(st.st_mode)
-    try:
-        gname = grp.getgrgid(st.st_gid).gr_name
-    except KeyError:
-        gname = str(st.st_gid)
+    gname = _group_name(st.st_gid)
     detail = f"{port} -> {real} mode {mode:04o} group {gname}"
     try:
         uid, gids = user_groups(user)
     except KeyError:
-        return Check(name, "fail", f"{detail}; user {user!r} does not exist",
-                     f"useradd --system --no-create-home --groups dialout {user}")
-    if uid == 0:
-        ok = True
-    elif st.st_uid == uid:
-        ok = mode & 0o600 == 0o600
-    elif st.st_gid in gids:
-        ok = mode & 0o060 == 0o060
-    else:
-        ok = mode & 0o006 == 0o006
-    if ok:
+        return Check(name, "fail", f"{detail}; user {user!r} does not exist", SEE_USER)
+    if mode_allows(st, uid, gids, 0o6):
         return Check(name, "ok", f"{detail}; {user} may read and write it")
     if st.st_gid not in gids and mode & 0o060 == 0o060:
         return Check(name, "fail", f"{detail}; {user} is not in group {gname}",
@@ -176,28 +220,64 @@ def check_serial(sensor: str, port: str, user: str) -> Check:
 
 # --- state dir --------------------------------------------------------------------------------
 
-def check_state_dir(state_dir: Path, queue_max: int) -> Check:
+def check_state_dir(state_dir: Path, queue_max: int, user: str | None = None) -> Check:
+    """Room for the queue, and whether ``user`` (default: the current one) may write there or create it."""
+    user = user or pwd.getpwuid(os.geteuid()).pw_name
     probe = state_dir
-    while not probe.exists() and probe != probe.parent:
+    while not os.path.exists(probe) and probe != probe.parent:
         probe = probe.parent
     try:
         usage = shutil.disk_usage(probe)
     except OSError as exc:
         return Check("state dir", "fail", f"{state_dir}: {exc.strerror}", "create it or fix gateway.state_dir")
-    writable = os.access(probe, os.W_OK)
     need = queue_max + 50 * 1024 * 1024
     free_mb = usage.free / 1e6
     detail = f"{state_dir}{'' if probe == state_dir else ' (not yet created)'}: {free_mb:.0f} MB free, " \
              f"queue may use {queue_max / 1e6:.0f} MB"
-    if not writable:
-        return Check("state dir", "fail", detail + "; not writable",
-                     f"chown the directory to the service user, or use StateDirectory= (the unit does)")
+    problem = _write_problem(state_dir, probe, user)
+    if problem:
+        return Check("state dir", "fail", f"{detail}; {problem[0]}", problem[1])
+    detail += f"; {user} may {'write' if probe == state_dir else 'create'} it"
     if usage.free < need:
         return Check("state dir", "fail", detail,
                      "free space on that file system, or lower queue.max_bytes")
     if usage.free < 2 * need:
         return Check("state dir", "warn", detail, "little headroom: consider lowering queue.max_bytes")
     return Check("state dir", "ok", detail)
+
+
+def _write_problem(state_dir: Path, probe: Path, user: str) -> tuple[str, str] | None:
+    """(why ``user`` cannot write ``state_dir``, the fix), or None; ``probe`` is its nearest existing folder.
+
+    Writing needs w+x on that folder and x on every folder above it, both as written and after symlinks.
+    """
+    try:
+        uid, gids = user_groups(user)
+    except KeyError:
+        return f"user {user!r} does not exist", SEE_USER
+    create = probe != state_dir
+    unit = "or use StateDirectory= (the unit does)"
+    fix = f"install -d -o {user} -m 0750 {state_dir}, {unit}" if create else f"chown {user} {state_dir}, {unit}"
+    real = Path(os.path.realpath(probe))
+    above = dict.fromkeys([*reversed(Path(os.path.abspath(probe)).parents), *reversed(real.parents)])
+    try:
+        for folder in above:
+            st = os.stat(folder)
+            if not mode_allows(st, uid, gids, 0o1):
+                return (f"{user} may not enter {folder} ({_describe(st)})",
+                        f"chmod o+x {folder}, or add {user} to its group, or move gateway.state_dir")
+        st = os.stat(real)
+        read_only = os.statvfs(real).f_flag & os.ST_RDONLY
+    except OSError as exc:
+        return f"cannot check {exc.filename}: {exc.strerror}", "check the path and its parent directories"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{probe} is not a directory", "fix gateway.state_dir"
+    if read_only:
+        return f"{real} is on a read-only file system", "move gateway.state_dir to a writable file system"
+    if not mode_allows(st, uid, gids, 0o3):
+        where = f"create it in {probe}" if create else "write it"
+        return f"{user} may not {where} ({_describe(st)})", fix
+    return None
 
 
 # --- broker -----------------------------------------------------------------------------------

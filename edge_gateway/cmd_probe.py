@@ -8,7 +8,9 @@ Modbus RTU devices speak only when asked, so ``--modbus-slave N`` also sends a
 read-holding-registers request (address 0, 1 register) to slave N at each speed
 and looks for a valid answer; without it probe never writes to the port.
 
-Prints e.g. ``9600 8N1, PMS5003 frames, PM2.5=12`` and a config snippet;
+Prints e.g. ``9600 8N1, PMS5003 frames, PM2.5=12`` and a sensor entry to
+paste under ``sensors:`` (for Modbus: the slave, the register read and 8N1
+spelt out, as one block to extend from the meter's register map);
 ``--json`` prints every attempt. Probing stops at the first speed that decodes
 cleanly (``--all`` tries every one). A pty (simulator, ``replay``) ignores the
 baud rate, so the first speed tried wins there.
@@ -107,10 +109,29 @@ def _modbus(ser, slave: int, listen: float) -> dict | None:
     deadline = time.monotonic() + min(listen, 1.0)
     while time.monotonic() < deadline:
         for resp in dec.feed(ser.read(256)):
-            what = f"exception {resp.exception}" if resp.exception else f"register 0 = {int.from_bytes(resp.data, 'big')}"
-            return {"protocol": "modbus-rtu", "driver": "modbus_rtu", "summary": f"Modbus RTU slave {slave}, {what}",
-                    "values": {}, "options": {"slave": slave}}
+            return _modbus_found(slave, resp)
     return None
+
+
+def _modbus_found(slave: int, resp) -> dict:
+    """What one answer to "holding register 0 of ``slave``" tells, as options the modbus_rtu driver takes.
+
+    The driver has no per-sensor slave: it polls ``blocks``, so the suggestion is the block probe read.
+    Parity and stop bits are spelt out: probe talks 8N1 only, while many meters default to 8E1.
+    """
+    block = {"slave": slave, "function": "holding", "address": 0, "count": 1,
+             "fields": [{"name": "reg0", "offset": 0}]}
+    found = {"protocol": "modbus-rtu", "driver": "modbus_rtu", "values": {},
+             "options": {"parity": "N", "stopbits": 1, "blocks": [block]}}
+    if resp.exception:
+        found["summary"] = f"Modbus RTU slave {slave}, holding register 0: exception {resp.exception}"
+        found["note"] = (f"slave {slave} answers but refused holding register 0: set the block's function, "
+                         "address, count and fields to registers from the meter's manual")
+    else:
+        value = int.from_bytes(resp.data, "big")
+        found["summary"] = f"Modbus RTU slave {slave}, holding register 0 = {value}"
+        found["values"] = {"reg0": value}
+    return found
 
 
 def probe(port: str, bauds, listen: float, modbus_slave: int | None = None, stop_at_first: bool = True) -> list[dict]:
@@ -181,8 +202,17 @@ def handle(args) -> int:
             else:
                 print(f"{a['baud']} {a['framing']}: {a['bytes']} bytes, no known protocol")
         if found:
-            f = found[0]
-            opts = {"port": args.port, "baudrate": f["baud"], **f["found"]["options"]}
-            print("\nsuggested sensor config:\n  - id: CHANGE-ME\n"
-                  f"    driver: {f['found']['driver']}\n    options: {json.dumps(opts)}")
+            print(f"\nsuggested sensor config:\n{suggestion(args.port, found[0])}")
+            if found[0]["found"].get("note"):
+                print(f"\nnote: {found[0]['found']['note']}")
     return 0 if found else 1
+
+
+def suggestion(port: str, attempt: dict) -> str:
+    """The sensor entry for an attempt that found a protocol, indented to paste under ``sensors:``.
+
+    Options are JSON, which YAML reads as a flow mapping: no quoting rule of YAML to get wrong.
+    """
+    f = attempt["found"]
+    opts = {"port": port, "baudrate": attempt["baud"], **f["options"]}
+    return f"  - id: CHANGE-ME\n    driver: {f['driver']}\n    options: {json.dumps(opts)}"
