@@ -115,11 +115,11 @@ def main() -> None:
     stream = readings(scen, count)
     topics = messages.Topics(cfg.gateway.topic_prefix, cfg.gateway.id)
     batcher = Batcher()
-    pipe = Pipeline(cfg, topics, batcher)
+    i, t = 0, T0
+    pipe = Pipeline(cfg, topics, batcher, wall_clock=lambda: t)  # the gateway's clock runs in stream time
     out: list[messages.Message] = []
     sent: list[float] = []  # the stream time each message was produced at (the end of its batch)
     step = cfg.gateway.batch_interval_s
-    i, t = 0, T0
     while i < len(stream):
         t += step
         while i < len(stream) and stream[i].ts < t:

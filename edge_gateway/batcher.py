@@ -5,10 +5,13 @@ the pipeline calls :meth:`Batcher.drain` once per batch interval and gets
 parallel ``chan``/``ts``/``val`` arrays that one kernel call can consume.
 An infinite value becomes NaN (missing) there, whichever driver let it through:
 the kernels take only finite or NaN readings (see :mod:`.analytics.chain`).
+:class:`FutureFilter` keeps readings stamped far ahead of the gateway's clock
+out of the window kernels.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,3 +75,85 @@ class Batcher:
         self._chan, self._ts, self._val = [], [], []
         self.total += len(batch)
         return batch
+
+
+FUTURE_TOLERANCE_S = 600.0  # as AWS IoT SiteWise's limit on future timestamps (10 min)
+FUTURE_CONFIRM = 3
+
+
+class FutureFilter:
+    """Drops readings stamped more than ``tolerance_s`` ahead of the gateway's wall clock, per channel.
+
+    One such reading (an RTC glitch, a bad parse) would open a window a day ahead, and every correct
+    reading of the channel after it would then be late. But a gateway without an RTC can run hours
+    behind until NTP syncs, and then it is the sensor that is right: once ``FUTURE_CONFIRM`` readings
+    of a channel in a row are all ahead, each within ``tolerance_s`` of the one before, that one and
+    the following pass, until a reading in range ends the run. ``dropped`` counts per channel.
+    """
+
+    def __init__(self, tolerance_s: float = FUTURE_TOLERANCE_S) -> None:
+        if not (math.isfinite(tolerance_s) and tolerance_s > 0):
+            raise ValueError(f"future tolerance must be a finite number of seconds > 0, got {tolerance_s!r}")
+        self.tolerance_s = float(tolerance_s)
+        self.dropped = np.zeros(0)
+        self._run = np.zeros(0)  # readings ahead in a row, per channel
+        self._last = np.zeros(0)  # timestamp of the last of them
+
+    def ensure_channels(self, n: int) -> None:
+        if n > self.dropped.shape[0]:
+            grow = n - self.dropped.shape[0]
+            self.dropped = np.concatenate([self.dropped, np.zeros(grow)])
+            self._run = np.concatenate([self._run, np.zeros(grow)])
+            self._last = np.concatenate([self._last, np.zeros(grow)])
+
+    def admit(self, batch: Batch, now: float) -> Batch:
+        """``batch`` without the readings it drops; ``batch`` itself when none is ahead of ``now``.
+
+        The common case is one comparison over the batch; only readings ahead are looked at one by one.
+        """
+        if not len(batch):
+            return batch
+        self.ensure_channels(int(batch.chan.max()) + 1)
+        ahead = batch.ts > now + self.tolerance_s
+        if not ahead.any():
+            if self._run.any():
+                self._run[batch.chan] = 0.0
+            return batch
+        suspects = np.unique(batch.chan[ahead])
+        if self._run.any():
+            self._run[np.setdiff1d(batch.chan, suspects)] = 0.0
+        keep = np.ones(len(batch), dtype=bool)
+        for c in suspects.tolist():
+            self._follow(c, np.flatnonzero(batch.chan == c), ahead, batch.ts, keep)
+        return Batch(batch.chan[keep], batch.ts[keep], batch.val[keep])
+
+    def _follow(self, c: int, idx: np.ndarray, ahead: np.ndarray, ts: np.ndarray, keep: np.ndarray) -> None:
+        """Channel ``c``'s readings ``idx`` (in order): continue its run through those ahead, reset it
+        at each one in range; mark the dropped ones in ``keep``."""
+        mine = ahead[idx]
+        in_range = np.cumsum(~mine)  # readings in range up to each position
+        run, last, seen = self._run[c], self._last[c], 0
+        tol = self.tolerance_s
+        for j in np.flatnonzero(mine).tolist():
+            if in_range[j] > seen:
+                run, seen = 0.0, in_range[j]
+            t = ts[idx[j]]
+            run = run + 1.0 if run > 0 and abs(t - last) <= tol else 1.0
+            last = t
+            if run < FUTURE_CONFIRM:
+                keep[idx[j]] = False
+                self.dropped[c] += 1.0
+        if in_range[-1] > seen:
+            run = 0.0
+        self._run[c], self._last[c] = run, last
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"dropped": self.dropped.copy(), "run": self._run.copy(), "last": self._last.copy()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state` (a checkpoint from before this filter has none: counts start at 0)."""
+        for name, attr in (("dropped", "dropped"), ("run", "_run"), ("last", "_last")):
+            a = state.get(name)
+            if a is not None and a.ndim == 1:
+                self.ensure_channels(a.shape[0])
+                getattr(self, attr)[: a.shape[0]] = a

@@ -111,10 +111,13 @@ class SensorSection:
 class WindowSection:
     seconds: float = 60.0
     grace_s: float = 2.0
+    future_tolerance_s: float = 600.0  # readings stamped further ahead of the gateway clock are dropped
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
             raise ValueError("seconds: must be positive")
+        if self.future_tolerance_s <= 0:
+            raise ValueError("future_tolerance_s: must be positive")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class Gateway:
         self.last_round: float | None = None  # loop.time() at the end of the last round; None outside the rounds
         self.topics = messages.Topics(cfg.gateway.topic_prefix, cfg.gateway.id)
         self.batcher = Batcher()
-        self.pipeline = Pipeline(cfg, self.topics, self.batcher)
+        self.pipeline = Pipeline(cfg, self.topics, self.batcher, wall_clock=clock)
         self.queue = DurableQueue(cfg.queue_path, messages.encode, clock, QueueLimits.from_config(cfg.queue))
         self.router = None  # downlink commands (see _start_uplink, docs/uplink.md)
         self.supervisor = Supervisor(self._on_gap, clock=clock)
@@ -62,7 +62,7 @@ class Gateway:
         from .metrics import Telemetry
 
         self.tap = Tap()  # readings/events for `edge-gateway tail`; never blocks
-        self.telemetry = Telemetry(clock)
+        self.telemetry = Telemetry(clock, channel_counters=self.pipeline.channel_counters)
         self.control = None
         self.prometheus = None
         self._reload_lock = asyncio.Lock()
@@ -84,7 +84,8 @@ class Gateway:
         if full and self.telemetry.cached:
             c = self.telemetry.cached
             doc.update({k: c[k] for k in ("uptime_s", "counts", "published", "queue", "link") if k in c})
-            doc["sensors"] = {sid: {k: v[k] for k in ("rate_per_s", "readings", "malformed", "link_errors")}
+            doc["sensors"] = {sid: {k: v[k] for k in ("rate_per_s", "readings", "malformed", "link_errors",
+                                                      "late", "future") if k in v}
                               for sid, v in c.get("sensors", {}).items()}
         return msgpack.packb(doc)
 

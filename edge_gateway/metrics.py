@@ -48,10 +48,17 @@ class RateMeter:
 
 
 class Telemetry:
-    """Observes the pipeline; assembles the status document."""
+    """Observes the pipeline; assembles the status document.
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    ``channel_counters`` (e.g. :meth:`.pipeline.Pipeline.channel_counters`) gives each
+    ``(sensor, channel)``'s ``late`` and ``future`` drops; when set, every sensor's entry
+    has their totals and a ``channel_drops`` breakdown of the channels that lost any.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 channel_counters: Callable[[], dict[tuple[str, str], dict[str, int]]] | None = None) -> None:
         self.clock = clock
+        self.channel_counters = channel_counters
         self.rates = RateMeter()
         self.last_values: dict[tuple[str, str], tuple[float, float, str]] = {}
         self.events: collections.deque = collections.deque(maxlen=RECENT_EVENTS)
@@ -88,6 +95,7 @@ class Telemetry:
 
     def sensors(self, drivers: list, started: float) -> dict:
         now = self.clock()
+        counters = self.channel_counters() if self.channel_counters is not None else None
         out = {}
         for d in drivers:
             st = d.stats
@@ -102,6 +110,11 @@ class Telemetry:
                 "last_reading_age_s": round(now - st.last_reading_ts, 1) if st.last_reading_ts else None,
                 "last_values": values,
             }
+            if counters is not None:
+                mine = {ch: c for (sid, ch), c in counters.items() if sid == d.sensor_id}
+                out[d.sensor_id].update(
+                    late=sum(c["late"] for c in mine.values()), future=sum(c["future"] for c in mine.values()),
+                    channel_drops={ch: dict(c) for ch, c in mine.items() if c["late"] or c["future"]})
         return out
 
     def sample_rates(self, drivers: list) -> None:
@@ -158,6 +171,9 @@ def _collector(get_status: Callable[[], dict]):
                 readings.add_metric([gw, sid], float(st.get("readings", 0)))
                 errors.add_metric([gw, sid, "malformed"], float(st.get("malformed", 0)))
                 errors.add_metric([gw, sid, "link"], float(st.get("link_errors", 0)))
+                for kind in ("late", "future"):
+                    if kind in st:
+                        errors.add_metric([gw, sid, kind], float(st[kind]))
                 for ch, v in st.get("last_values", {}).items():
                     last.add_metric([gw, sid, ch, v.get("unit", "")], float(v["value"]))
             yield from (rate, readings, errors, last)

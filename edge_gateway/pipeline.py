@@ -10,6 +10,8 @@ commits what :meth:`Pipeline.process` returns and checkpoints what
 from __future__ import annotations
 
 import dataclasses
+import time
+from typing import Callable
 
 import msgpack
 import numpy as np
@@ -17,7 +19,7 @@ import numpy as np
 from . import messages
 from .analytics.chain import Detector, DetectorSettings
 from .analytics.engine import Engine
-from .batcher import Batch, Batcher
+from .batcher import Batch, Batcher, FutureFilter
 from .config import DetectorSection, GatewayConfig
 
 
@@ -41,13 +43,20 @@ class Pipeline:
     the config's ``detector.sensors`` tunes some sensors apart); each detector's
     tables have a row for every channel but only its own channels' rows are used,
     so the checkpoint stays one table per state, whatever the grouping.
+
+    Readings stamped too far ahead of ``wall_clock`` never reach the kernels (see
+    :class:`~.batcher.FutureFilter`). That is a clock of its own: reading timestamps
+    are epoch seconds, while the ``now`` given to :meth:`process` only measures idle time.
     """
 
-    def __init__(self, cfg: GatewayConfig, topics: messages.Topics, batcher: Batcher) -> None:
+    def __init__(self, cfg: GatewayConfig, topics: messages.Topics, batcher: Batcher,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self.topics = topics
         self.batcher = batcher
+        self.wall_clock = wall_clock
         self.engine = Engine(cfg.windows.seconds)
+        self.future = FutureFilter(cfg.windows.future_tolerance_s)
         self._last_arrival = np.zeros(0)
         self._announced = np.zeros(0)  # per channel: start of the open event already published, NaN: none
         self._use_detectors(cfg.detector)
@@ -116,8 +125,10 @@ class Pipeline:
         self._last_arrival = _padded(self._last_arrival, n_keys, now)
         self._announced = _padded(self._announced, n_keys, np.nan)
         self.engine.ensure_channels(n_keys)
+        self.future.ensure_channels(n_keys)
         self._assign(n_keys)
         out: list[messages.Message] = []
+        batch = self.future.admit(batch, self.wall_clock())
         if len(batch):
             rows = self.engine.process(batch.chan, batch.ts, batch.val)
             out += messages.aggregates(rows, keys, cfg.windows.seconds, self.topics, gw)
@@ -138,6 +149,16 @@ class Pipeline:
         if idle.size:
             out += messages.aggregates(self.engine.flush_channels(idle), keys, cfg.windows.seconds, self.topics, gw)
         return out
+
+    def channel_counters(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Readings each ``(sensor, channel)`` lost before its windows: ``late`` (older than the window
+        open or last closed) and ``future`` (stamped too far ahead of the gateway's clock)."""
+        keys = self.batcher.keys
+        late = self.engine.late_counts()
+        future = self.future.dropped
+        return {(k.sensor, k.channel): {"late": int(late[i]) if i < late.shape[0] else 0,
+                                        "future": int(future[i]) if i < future.shape[0] else 0}
+                for i, k in enumerate(keys)}
 
     def _anomaly(self, ev: dict, state: str) -> messages.Message:
         """An ``anomaly`` event message; an ``open`` one has no ``end`` yet."""
@@ -173,6 +194,7 @@ class Pipeline:
         arrays = {f"win.{k}": v for k, v in self.engine.state().items()}
         arrays.update({f"det.{k}": v for k, v in self._detector_state().items()})
         arrays["announced"] = self._announced
+        arrays.update({f"future.{k}": v for k, v in self.future.state().items()})
         return msgpack.packb({
             "version": 2,
             "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys],
@@ -197,6 +219,7 @@ class Pipeline:
         n = len(self.batcher.keys)
         announced = arrays.get("announced", np.zeros(0))[:n]  # absent in older checkpoints: announce again
         self._announced = _padded(announced, n, np.nan)
+        self.future.load_state({k[7:]: v[:n] for k, v in arrays.items() if k.startswith("future.")})
         return len(data["keys"])
 
 

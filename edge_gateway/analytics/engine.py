@@ -61,6 +61,10 @@ class Engine:
         qrows[:, 0] = idx[qrows[:, 0].astype(np.int64)]
         return _join(rows, qrows)
 
+    def late_counts(self) -> np.ndarray:
+        """Readings each channel dropped as late (the tumbling table's count; the quantile table drops the same)."""
+        return self._win[: self.n_channels, windows.S_LATE].copy()
+
     def open_mask(self) -> np.ndarray:
         """Which channels have a window open."""
         return self._win[: self.n_channels, windows.S_COUNT] > 0

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from . import windows as _windows
 from ._jit import kernel
 
 Q_EXACT = 32
@@ -29,6 +30,12 @@ P95 = P50 + P2_WIDTH
 STATE_WIDTH = SKETCH_WIDTH
 WINDOW_WIDTH = 1 + SKETCH_WIDTH
 WINDOW_FIELDS = ("channel", "start", "count", "p50", "p95")
+
+# the tumbling windows' boundary code (the engine joins the two tables on start), wrapped again here
+# so that this module's pure twin gets plain Python functions
+_grid = kernel(_windows._grid.py_func)
+_window_start = kernel(_windows._window_start.py_func)
+_window_end = kernel(_windows._window_end.py_func)
 
 
 def new_state(n_channels: int) -> np.ndarray:
@@ -161,6 +168,7 @@ def window_update(chan, ts, val, window_s, state, out):
     and returns the row count; readings older than the open window, or than the
     last closed one (its start stays in column 0), are dropped.
     """
+    scale, n, _ = _grid(window_s, window_s)
     m = 0
     for i in range(chan.shape[0]):
         x = val[i]
@@ -168,7 +176,7 @@ def window_update(chan, ts, val, window_s, state, out):
             continue
         c = chan[i]
         s = state[c]
-        start = math.floor(ts[i] / window_s) * window_s
+        start = _window_start(ts[i], window_s, scale, n)
         if s[1] > 0:
             if start < s[0]:
                 continue
@@ -186,10 +194,11 @@ def window_update(chan, ts, val, window_s, state, out):
 @kernel
 def window_flush(watermark, window_s, state, out):
     """Close every open quantile window ending at or before ``watermark``."""
+    scale, n, _ = _grid(window_s, window_s)
     m = 0
     for c in range(state.shape[0]):
         s = state[c]
-        if s[1] > 0 and s[0] + window_s <= watermark:
+        if s[1] > 0 and _window_end(s[0], scale, n) <= watermark:
             _close(c, s, out, m)
             m += 1
     return m
