@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from typing import Any, Callable
@@ -32,7 +33,7 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
 
 
-_constructor = yaml.constructor.SafeConstructor()
+_EXPONENT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")  # YAML 1.2 floats 1.1 reads as text
 _TAG_NAMES = {
     "tag:yaml.org,2002:int": "an integer",
     "tag:yaml.org,2002:float": "a number",
@@ -51,6 +52,7 @@ class Validator:
         self.source = source
         self.resolve_options = resolve_options
         self._visited = 0
+        self._constructor = yaml.constructor.SafeConstructor()  # per load: it keeps every node it built
 
     def error(self, node: yaml.Node, path: str, message: str) -> ConfigError:
         mark = node.start_mark
@@ -103,6 +105,8 @@ class Validator:
                 raise self.error(node, path, f"expected an integer, got {_describe(node)}")
             return value
         if tp is float:
+            if isinstance(node, yaml.ScalarNode) and node.style is None and _EXPONENT.fullmatch(node.value):
+                node.tag = "tag:yaml.org,2002:float"  # 1e3, which YAML 1.1 resolves to a string
             value = self._scalar(node, path)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.error(node, path, f"expected a number, got {_describe(node)}")
@@ -114,14 +118,14 @@ class Validator:
                 raise self.error(node, path, f"expected a string, got {_describe(node)}")
             return str(node.value)
         if tp is Any:
-            return _constructor.construct_object(node, deep=True)
+            return self._constructor.construct_object(node, deep=True)
         raise TypeError(f"unsupported schema type {tp!r} at {path}")
 
     def _scalar(self, node: yaml.Node, path: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.error(node, path, f"expected a single value, got {_describe(node)}")
         try:
-            return _constructor.construct_object(node)
+            return self._constructor.construct_object(node)
         except yaml.constructor.ConstructorError as exc:
             raise self.error(node, path, str(exc.problem)) from None
 

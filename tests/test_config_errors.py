@@ -227,3 +227,30 @@ def test_a_key_given_twice_inside_units_or_detector_maps_is_refused():
 def test_a_deeply_nested_document_is_an_error_not_a_crash():
     e = error_of("gateway:\n  id: x\nsensors: " + "[" * 2000 + "]" * 2000 + "\n")
     assert str(e) == "site.yaml:1:1: document nested too deeply"
+
+
+@pytest.mark.parametrize("text,value", [("1e3", 1000.0), ("1.5E+2", 150.0), (".5e1", 5.0), ("2E-1", 0.2)])
+def test_a_number_in_exponent_form_is_a_number(text, value):
+    """YAML 1.1 (PyYAML) reads 1e3 as a string; a number field takes it as the number it looks like."""
+    assert config.loads(f"gateway:\n  id: x\nwindows:\n  seconds: {text}\n").windows.seconds == value
+
+
+def test_a_quoted_exponent_stays_a_string():
+    with pytest.raises(config.ConfigError) as exc:
+        config.loads("gateway:\n  id: x\nwindows:\n  seconds: '1e3'\n", "q.yaml")
+    assert str(exc.value) == "q.yaml:4:12: windows.seconds: expected a number, got a string '1e3'"
+
+
+def test_a_load_keeps_nothing_of_the_document_alive():
+    """A reload must not leak: the constructor that builds values is the validator's, not a module global."""
+    import gc
+    import weakref
+
+    from edge_gateway.schema import Validator
+
+    root = config.compose("gateway:\n  id: x\nwindows:\n  seconds: 5\n")
+    ref = weakref.ref(root.value[1][1].value[0][1])  # the scalar 5, built by the constructor
+    Validator("<string>", config._driver_options).convert(root, config.GatewayConfig, "")
+    del root
+    gc.collect()
+    assert ref() is None
