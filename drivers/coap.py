@@ -3,23 +3,43 @@
 Payloads are recognised by their content format: text/plain (0) a single
 number, JSON (50) a number or an object of numbers, SenML JSON (110) and SenML
 CBOR (112) through :mod:`drivers.senml`, CBOR (60) like JSON. A payload that
-does not decode is counted in ``stats.malformed`` and skipped.
+does not decode is counted in ``stats.malformed`` and skipped. Block-wise
+responses (RFC 7959) are put together here, so a payload over
+``max_payload_bytes`` is refused after at most that many bytes rather than
+fetched whole; a pack (or JSON object) over ``max_records`` is refused whole.
+Both count one ``malformed`` and one ``oversize`` for the resource.
+
+Each resource fails on its own: a 4.xx/5.xx answer (or error notification) is
+counted in :attr:`CoapDriver.resources` and that resource alone is asked again
+later (after the 5.03's Max-Age, else with a doubling delay), while the others
+go on being read. Only a node that does not answer (timeout, network error), or
+whose every resource answers with an error, raises LinkLost, and the supervisor
+retries with backoff and reports the gap.
 
 Observations are lossy by design, and a node that reboots forgets its
-observers without telling them. So an observation that has been silent for
-``observe_timeout_s`` is cancelled and registered again; if that registration
-gets no answer within ``request_timeout_s``, or the node answers with an
-error, the driver raises LinkLost and the supervisor retries with backoff and
-reports the gap. Not here: DTLS/OSCORE, block-wise uploads, discovery.
+observers without telling them. So an observation whose last notification is
+older than its Max-Age plus ``max_age_margin_s`` times 1 to 3 (RFC 7641 section
+3.3.1 asks for 5 to 15 s), and never older than ``observe_timeout_s``, is
+registered again. The old one is ended on the node first (a GET with its token
+and Observe=1, section 3.6), so observers do not pile up on a node that is
+still running. The first response to a registration repeats the node's current
+representation: a payload identical to the one last published for that resource
+is not published again, and SenML records no newer than the last ones published
+per channel are dropped. SenML with relative times cannot be told apart
+otherwise, so for it byte-identity is the test: the same pack is the same
+sample, and a changed one is stamped from when it arrived. Not here:
+DTLS/OSCORE, block-wise uploads, discovery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
+import random
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import cbor2
 
@@ -31,7 +51,10 @@ from .base import Driver, LinkLost
 
 CT_TEXT = 0
 CT_CBOR = 60
+DEFAULT_MAX_AGE = 60
+MAX_RETRY_S = 300.0
 Sample = tuple[str, float, float, str]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,7 +79,12 @@ class CoapResource:
 
 @dataclass(frozen=True)
 class CoapOptions:
-    """Options of a ``coap`` sensor (one node, one or more resources)."""
+    """Options of a ``coap`` sensor (one node, one or more resources).
+
+    ``max_age_margin_s``: how long past a notification's Max-Age (times 1 to 3, for jitter) a silent
+    observation is trusted before it is registered again. ``max_payload_bytes`` and ``max_records``
+    bound what one response may cost the gateway.
+    """
 
     uri: str
     resources: tuple[CoapResource, ...]
@@ -64,22 +92,32 @@ class CoapOptions:
     interval_s: float = 5.0
     request_timeout_s: float = 10.0
     observe_timeout_s: float = 60.0
+    max_age_margin_s: float = 5.0
+    max_payload_bytes: int = 65536
+    max_records: int = 4096
 
     def __post_init__(self) -> None:
         if not self.uri.startswith(("coap://", "coap+tcp://")):
             raise ValueError("uri: expected coap://host[:port]")
         if not self.resources:
             raise ValueError("resources: give at least one resource")
-        for name in ("interval_s", "request_timeout_s", "observe_timeout_s"):
+        for name in ("interval_s", "request_timeout_s", "observe_timeout_s", "max_age_margin_s",
+                     "max_payload_bytes", "max_records"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive")
+        paths = [r.path for r in self.resources]
+        if len(set(paths)) != len(paths):
+            raise ValueError("resources: a path is listed twice")
 
 
 def decode_payload(payload: bytes, content_format: int | None, res: CoapResource,
-                   now: float) -> tuple[list[Sample], int]:
-    """(channel, value, ts, unit) samples of one response, and how many parts were rejected."""
+                   now: float, max_records: int | None = None) -> tuple[list[Sample], int]:
+    """(channel, value, ts, unit) samples of one response, and how many parts were rejected.
+
+    Raises :class:`senml.TooLarge` for a pack or object of more than ``max_records`` entries, if given.
+    """
     if content_format in (senml.CT_SENML_JSON, senml.CT_SENML_CBOR):
-        records, errors = senml.decode(payload, content_format, now)
+        records, errors = senml.decode(payload, content_format, now, max_records)
         strip = res.strip_prefix
         out = [(r.name[len(strip):] if strip and r.name.startswith(strip) else r.name, r.value, r.ts, r.unit)
                for r in records]
@@ -98,6 +136,8 @@ def decode_payload(payload: bytes, content_format: int | None, res: CoapResource
     except Exception:  # noqa: BLE001 - any undecodable payload is one error, never a crash
         return [], 1
     if isinstance(obj, dict):
+        if max_records is not None and len(obj) > max_records:
+            raise senml.TooLarge(f"object of {len(obj)} keys exceeds max_records={max_records}")
         out, errors = [], 0
         for key, value in obj.items():
             v = _finite(value)
@@ -122,6 +162,39 @@ def _finite(x) -> float | None:
     return v if math.isfinite(v) else None
 
 
+@dataclass
+class ResourceStats:
+    """Per-resource counters: which resource fails or is held back, and how often."""
+
+    requests: int = 0  # GETs sent: polls, registrations, further blocks
+    responses: int = 0  # 2.xx answers (blocks included) and notifications
+    errors: int = 0  # 4.xx/5.xx answers (blocks included) and error notifications
+    last_code: str = ""
+    reregistrations: int = 0
+    duplicates: int = 0  # readings a registration's first response repeated, not published again
+    oversize: int = 0  # payloads over max_payload_bytes, packs over max_records
+
+
+@dataclass
+class _Last:
+    """What was last published for a resource, to recognise a registration's replay of it."""
+
+    content_format: int | None
+    payload: bytes
+    count: int
+    ts: dict[str, float]
+
+
+class _State:
+    def __init__(self) -> None:
+        self.stats = ResourceStats()
+        self.last: _Last | None = None
+        self.failures = 0  # in a row, for the retry delay and to log once
+        self.failing = False  # in this connection, for "every resource fails"
+        self.retry_at = 0.0
+        self.warned_oversize = False
+
+
 class CoapDriver(Driver):
     """Reads the resources of one CoAP node."""
 
@@ -132,12 +205,21 @@ class CoapDriver(Driver):
         super().__init__(*args, **kwargs)
         self.reregistrations = 0
         self._is_connected = False
+        self._states = {res.path: _State() for res in self.options.resources}
+        self._rng = random.Random()
+
+    @property
+    def resources(self) -> dict[str, ResourceStats]:
+        return {path: st.stats for path, st in self._states.items()}
 
     async def run(self) -> None:
         from aiocoap import Context
 
         opts: CoapOptions = self.options
         self._is_connected = False
+        for st in self._states.values():
+            st.failing = False
+            st.retry_at = 0.0
         ctx = await Context.create_client_context()
         try:
             if opts.mode == "poll":
@@ -148,75 +230,260 @@ class CoapDriver(Driver):
         finally:
             await ctx.shutdown()
 
+    def _uri(self, res: CoapResource) -> str:
+        return self.options.uri.rstrip("/") + res.path
+
     def _message(self, res: CoapResource, observe: bool):
         from aiocoap import GET, Message
 
-        msg = Message(code=GET, uri=self.options.uri.rstrip("/") + res.path)
+        msg = Message(code=GET, uri=self._uri(res))
         if observe:
             msg.opt.observe = 0
         return msg
 
-    async def _first_response(self, request, res: CoapResource):
+    async def _answer(self, request, res: CoapResource):
+        """The request's first response, whatever its code; LinkLost when the node does not answer."""
         from aiocoap import error
 
         try:
-            response = await aio.wait_for(request.response, self.options.request_timeout_s)
+            return await aio.wait_for(request.response, self.options.request_timeout_s)
         except asyncio.TimeoutError:
-            raise LinkLost(f"{self.options.uri}{res.path}: no response in {self.options.request_timeout_s} s")
+            raise LinkLost(f"{self._uri(res)}: no response in {self.options.request_timeout_s} s")
         except error.Error as exc:
-            raise LinkLost(f"{self.options.uri}{res.path}: {exc}") from exc
-        if not response.code.is_successful():
-            raise LinkLost(f"{self.options.uri}{res.path}: {response.code}")
-        return response
+            raise LinkLost(f"{self._uri(res)}: {exc}") from exc
 
     async def _poll_forever(self, ctx) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time()
         while True:
             for res in self.options.resources:
-                response = await self._first_response(ctx.request(self._message(res, False)), res)
-                self._handle(response, res)
+                st = self._states[res.path]
+                if st.retry_at > loop.time():
+                    continue
+                st.stats.requests += 1
+                response = await self._answer(ctx.request(self._message(res, False), handle_blockwise=False), res)
+                if response.code.is_successful():
+                    await self._handle(ctx, response, res)
+                else:
+                    self._failed(res, response)
             due += self.options.interval_s
             due = max(due, loop.time())
             await asyncio.sleep(due - loop.time())
 
     async def _observe_forever(self, ctx, res: CoapResource) -> None:
-        from aiocoap import error
-
+        loop = asyncio.get_running_loop()
+        st = self._states[res.path]
         while True:
-            request = ctx.request(self._message(res, True))
+            delay = st.retry_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            msg = self._message(res, True)
+            st.stats.requests += 1
+            request = ctx.request(msg, handle_blockwise=False)
+            deregister = None
             try:
-                response = await self._first_response(request, res)
-                self._handle(response, res)
-                if response.opt.observe is None:
-                    await asyncio.sleep(self.options.interval_s)
+                response = await self._answer(request, res)
+                if not response.code.is_successful():
+                    self._failed(res, response)
                     continue
-                notifications = request.observation.__aiter__()
-                while True:
-                    try:
-                        response = await aio.wait_for(notifications.__anext__(),
-                                                      self.options.observe_timeout_s)
-                    except (asyncio.TimeoutError, StopAsyncIteration):
-                        break
-                    except error.Error as exc:
-                        raise LinkLost(f"{self.options.uri}{res.path}: {exc}") from exc
-                    if not response.code.is_successful():
-                        break
-                    self._handle(response, res)
+                if response.opt.observe is None:
+                    await self._handle(ctx, response, res)
+                    st.retry_at = loop.time() + self.options.interval_s
+                    continue
+                deregister = await self._deregistration(ctx, msg)
+                await self._handle(ctx, response, res, registration=True)
+                if not await self._follow(ctx, request, res, response):
+                    deregister = None
+                    continue
                 self.reregistrations += 1
+                st.stats.reregistrations += 1
             finally:
                 if request.observation is not None and not request.observation.cancelled:
                     request.observation.cancel()
+                if deregister is not None:
+                    deregister()
 
-    def _handle(self, response, res: CoapResource) -> None:
+    async def _follow(self, ctx, request, res: CoapResource, response) -> bool:
+        """Publish notifications until the observation ends; True if it went silent (the node may still hold it)."""
+        from aiocoap import error
+
+        notifications = request.observation.__aiter__()
+        while True:
+            try:
+                response = await aio.wait_for(notifications.__anext__(), self._silence_limit(response))
+            except asyncio.TimeoutError:
+                return True
+            except StopAsyncIteration:
+                return False
+            except error.Error as exc:
+                raise LinkLost(f"{self._uri(res)}: {exc}") from exc
+            if not response.code.is_successful():
+                self._failed(res, response)
+                return False
+            await self._handle(ctx, response, res)
+
+    def _silence_limit(self, response) -> float:
+        """RFC 7641 section 3.3.1: a notification is fresh for its Max-Age; re-register 1-3 margins after."""
+        max_age = response.opt.max_age
+        margin = self.options.max_age_margin_s * self._rng.uniform(1.0, 3.0)
+        return min(self.options.observe_timeout_s, (DEFAULT_MAX_AGE if max_age is None else max_age) + margin)
+
+    async def _deregistration(self, ctx, msg) -> Callable[[], None] | None:
+        """A callable that ends this observation on the node: a GET with its token and Observe=1 (RFC 7641 3.6).
+
+        aiocoap's own ``cancel()`` only forgets the observation locally, and its requests always get a
+        new token, so the message goes to the token manager's message layer directly. Where that layer
+        is not there (another aiocoap or transport), None: the node then drops the observer when it
+        next notifies and gets a reset, as before.
+        """
+        try:
+            iface = await ctx.find_remote_and_interface(msg)
+            send = iface.token_interface.send_message
+        except Exception as exc:  # noqa: BLE001 - only an optimisation is lost
+            log.debug("sensor %s: cannot deregister observations explicitly: %r", self.sensor_id, exc)
+            return None
+        cancel = msg.copy(mid=None, observe=1)
+
+        def deregister() -> None:
+            try:
+                send(cancel, lambda: log.debug("sensor %s: deregistration of %s got no answer",
+                                               self.sensor_id, msg.get_request_uri()))
+            except Exception as exc:  # noqa: BLE001 - the context may be shutting down
+                log.debug("sensor %s: deregistration not sent: %r", self.sensor_id, exc)
+
+        return deregister
+
+    def _failed(self, res: CoapResource, response) -> None:
+        """Count an error answer and set when to ask this resource again; LinkLost once every resource fails."""
+        from aiocoap import SERVICE_UNAVAILABLE
+
+        st = self._states[res.path]
+        st.stats.errors += 1
+        st.stats.last_code = str(response.code)
+        st.failures += 1
+        st.failing = True
+        self.stats.last_error = f"{res.path}: {response.code}"
+        max_age = response.opt.max_age
+        if response.code == SERVICE_UNAVAILABLE and max_age is not None:
+            delay = min(float(max_age), MAX_RETRY_S)
+        else:
+            delay = min(self.options.interval_s * 2.0 ** min(st.failures - 1, 20),
+                        max(MAX_RETRY_S, self.options.interval_s))
+        st.retry_at = asyncio.get_running_loop().time() + delay
+        if all(s.failing for s in self._states.values()):
+            raise LinkLost(f"{self.options.uri}: every resource answers with an error, last {res.path}: "
+                           f"{response.code}")
+        if st.failures == 1:
+            log.warning("sensor %s: %s answers %s; asking it again in %.2f s, the other resources go on",
+                        self.sensor_id, self._uri(res), response.code, delay)
+
+    def _recovered(self, res: CoapResource) -> None:
+        st = self._states[res.path]
+        st.stats.responses += 1
+        if st.failures:
+            log.info("sensor %s: %s answers again after %d errors", self.sensor_id, self._uri(res), st.failures)
+        st.failures = 0
+        st.failing = False
+
+    def _oversize(self, res: CoapResource, what: str) -> None:
+        st = self._states[res.path]
+        st.stats.oversize += 1
+        self.stats.malformed += 1
+        self.stats.last_error = f"{res.path}: {what}"
+        if not st.warned_oversize:
+            st.warned_oversize = True
+            log.warning("sensor %s: %s: %s; such payloads are dropped", self.sensor_id, self._uri(res), what)
+
+    async def _body(self, ctx, res: CoapResource, response, observed: bool) -> bytes | None:
+        """The whole payload, fetching the other blocks of a block-wise one (RFC 7959); None if refused.
+
+        An observation's response carries the first block only (section 2.6). The rest is fetched with
+        plain GETs from block 0 again: a server may keep the representation for later blocks only
+        when a plain GET asked for block 0 (aiocoap does), so asking straight for block 1 can fail.
+        """
+        from aiocoap import GET, Message
+
+        cap = self.options.max_payload_bytes
+        st = self._states[res.path]
+        block = response.opt.block2
+        self.stats.bytes += len(response.payload)
+        if block is None or not block.more:
+            if len(response.payload) > cap:
+                self._oversize(res, f"payload of {len(response.payload)} bytes exceeds max_payload_bytes={cap}")
+                return None
+            return response.payload
+        if block.block_number != 0 or block.size_exponent > 6:
+            self.stats.malformed += 1
+            return None
+        parts = bytearray() if observed else bytearray(response.payload)
+        etag = None if observed else response.opt.etag
+        more = True
+        while more:
+            size2 = response.opt.size2
+            if size2 is not None and size2 > cap:
+                self._oversize(res, f"payload of {size2} bytes (Size2) exceeds max_payload_bytes={cap}")
+                return None
+            if len(parts) >= cap:
+                self._oversize(res, f"payload of more than {cap} bytes exceeds max_payload_bytes={cap}")
+                return None
+            number = len(parts) >> (block.size_exponent + 4)
+            st.stats.requests += 1
+            msg = Message(code=GET, uri=self._uri(res), block2=(number, False, block.size_exponent))
+            response = await self._answer(ctx.request(msg, handle_blockwise=False), res)
+            self.stats.bytes += len(response.payload)
+            block = response.opt.block2
+            if not parts and etag is None:
+                etag = response.opt.etag
+            whole = block is None and not parts  # the representation shrank to one datagram meanwhile
+            if response.code.is_successful():
+                st.stats.responses += 1
+            else:
+                st.stats.errors += 1
+                st.stats.last_code = str(response.code)
+            if not response.code.is_successful() or not whole and (
+                    block is None or block.start != len(parts) or response.opt.etag != etag):
+                log.debug("sensor %s: %s: block-wise transfer broken at byte %d: %s %s", self.sensor_id,
+                          self._uri(res), len(parts), response.code, block)
+                self.stats.malformed += 1
+                return None
+            parts += response.payload
+            more = not whole and block.more
+        if len(parts) > cap:
+            self._oversize(res, f"payload of {len(parts)} bytes exceeds max_payload_bytes={cap}")
+            return None
+        return bytes(parts)
+
+    async def _handle(self, ctx, response, res: CoapResource, registration: bool = False) -> None:
+        """Publish a successful response; a registration's first response only with what is new."""
+        self._recovered(res)
         if not self._is_connected:
             self._is_connected = True
             self.connected()
+        payload = await self._body(ctx, res, response, response.opt.observe is not None)
+        if payload is None:
+            return
+        st = self._states[res.path]
+        content_format = response.opt.content_format
+        last = st.last if registration else None
+        if last is not None and last.content_format == content_format and last.payload == payload:
+            st.stats.duplicates += last.count
+            return
         now = self.clock()
-        payload = response.payload
-        self.stats.bytes += len(payload)
-        samples, errors = decode_payload(payload, response.opt.content_format, res, now)
+        try:
+            samples, errors = decode_payload(payload, content_format, res, now, self.options.max_records)
+        except senml.TooLarge as exc:
+            self._oversize(res, str(exc))
+            return
         self.stats.malformed += errors
+        newest: dict[str, float] = {}
+        for channel, _, ts, _ in samples:
+            if ts > newest.get(channel, -math.inf):
+                newest[channel] = ts
+        st.last = _Last(content_format, payload, len(samples), newest)
+        if last is not None:
+            fresh = [s for s in samples if s[2] > last.ts.get(s[0], -math.inf)]
+            st.stats.duplicates += len(samples) - len(fresh)
+            samples = fresh
         for channel, value, ts, unit in samples:
             self.sink(Reading(self.sensor_id, channel, value, ts, unit))
         if samples:

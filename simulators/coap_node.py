@@ -1,20 +1,28 @@
 """A CoAP sensor node: an aiocoap server whose resources are observable (RFC 7641).
 
 Each resource holds its latest payload and content format; :meth:`publish`
-replaces them and notifies observers. :meth:`CoapNode.stop` and
-:meth:`CoapNode.start` on the same port play a node that reboots: its
-observers are forgotten, as a real node forgets them.
+replaces them and notifies observers (or, with ``notify=False``, plays a
+notification the network lost), optionally with a Max-Age. :meth:`fail` makes a
+resource answer with an error code, as a removed or overloaded resource does.
+:meth:`CoapNode.stop` and :meth:`CoapNode.start` on the same port play a node
+that reboots: its observers are forgotten, as a real node forgets them.
+
+A payload over one block (1024 bytes) goes block-wise (RFC 7959): aiocoap does
+that for plain GETs, and here for an observation's responses too, which carry
+the first block only (section 2.6), as a constrained node's do; aiocoap itself
+would send them whole, in a datagram the client's buffer cuts short.
 """
 
 from __future__ import annotations
 
 import socket
 
-from aiocoap import Context, Message
+from aiocoap import Code, Context, Message
 from aiocoap import resource
 
 from drivers import senml
 
+BLOCK_SIZE_EXP = 6
 CONTENT_FORMATS = {"text": 0, "json": senml.CT_JSON, "cbor": 60,
                    "senml-json": senml.CT_SENML_JSON, "senml-cbor": senml.CT_SENML_CBOR}
 
@@ -33,16 +41,39 @@ class SampleResource(resource.ObservableResource):
         super().__init__()
         self.payload = b""
         self.content_format = 0
+        self.max_age: int | None = None
+        self.error: tuple[Code, int | None] | None = None
         self.gets = 0
 
-    def publish(self, payload: bytes, content_format: int) -> None:
+    @property
+    def observers(self) -> int:
+        """Observations the node holds for this resource (stale ones included)."""
+        return len(self._observations)
+
+    def publish(self, payload: bytes, content_format: int, max_age: int | None = None,
+                notify: bool = True) -> None:
         self.payload = payload
         self.content_format = content_format
+        self.max_age = max_age
+        self.error = None
+        if notify:
+            self.updated_state()
+
+    def fail(self, code: Code, max_age: int | None = None) -> None:
+        """Answer every GET (and notify observers, which ends their observations) with ``code``."""
+        self.error = (code, max_age)
         self.updated_state()
 
     async def render_get(self, request):
         self.gets += 1
-        return Message(payload=self.payload, content_format=self.content_format)
+        if self.error is not None:
+            code, max_age = self.error
+            return Message(code=code, max_age=max_age)
+        size = 2 ** (BLOCK_SIZE_EXP + 4)
+        if request.opt.observe == 0 and len(self.payload) > size:
+            return Message(payload=self.payload[:size], content_format=self.content_format, max_age=self.max_age,
+                           block2=(0, True, BLOCK_SIZE_EXP))
+        return Message(payload=self.payload, content_format=self.content_format, max_age=self.max_age)
 
 
 class CoapNode:

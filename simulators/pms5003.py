@@ -10,6 +10,7 @@ frame so the checksum fails, as line noise would.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link", help="make this path a symlink to the pty")
     ap.add_argument("--corrupt-every", type=int, default=0)
     args = ap.parse_args(argv)
+    if not (args.rate > 0 and math.isfinite(args.rate)):
+        ap.error(f"--rate: must be a positive number of frames per second, not {args.rate:g}")
     port = PtyPort(args.link, nonblocking=True)
     print(port.path, flush=True)
     interval = 1.0 / args.rate

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 
 import cbor2
@@ -185,14 +186,96 @@ def test_senml_arbitrary_structures_never_raise(pack, cpack):
         payload = b"[]"
     for r in senml.decode_json(payload, 1e9)[0] + senml.decode_cbor(cbor2.dumps(cpack), 1e9)[0]:
         assert isinstance(r.name, str) and r.name and math.isfinite(r.value) and math.isfinite(r.ts)
+        assert RFC8428_NAME.fullmatch(r.name)
 
 
-records = st.lists(st.tuples(names, st.floats(-1e9, 1e9), st.floats(-1000, 1000), st.sampled_from(["", "Cel", "%"])),
-                   min_size=1, max_size=8)
+# RFC 8428 section 4.5.1, written out again here rather than imported
+RFC8428_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9:./_-]*")
+NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-:./_"
+valid_names = st.builds(lambda first, rest: first + rest, st.sampled_from(NAME_CHARS[:62]),
+                        st.text(NAME_CHARS, max_size=30))
+invalid_names = (st.text(max_size=12).filter(lambda n: not RFC8428_NAME.fullmatch(n))
+                 | st.builds(lambda first, rest: first + rest, st.sampled_from("-:./_"),
+                             st.text(NAME_CHARS, max_size=8))
+                 | st.builds(lambda a, bad, b: a + bad + b, valid_names,
+                             st.sampled_from(" \n\t+#$%&'\"*,;=?@[]{}|~ä\x00"), st.text(NAME_CHARS, max_size=8)))
+formats = st.sampled_from(["json", "cbor"])
+
+
+def _decode(pack: list[dict], fmt: str, now: float = 1e9):
+    if fmt == "json":
+        return senml.decode_json(senml.encode_json(pack), now)
+    return senml.decode_cbor(senml.encode_cbor(pack), now)
 
 
 @SETTINGS
-@given(names, st.floats(1.5e9, 2e9), records, st.sampled_from(["json", "cbor"]))
+@given(valid_names, st.integers(0, 40), finite, formats)
+def test_senml_valid_names_round_trip(name, cut, v, fmt):
+    """Any name RFC 8428 allows, split anywhere between bn and n, resolves to itself."""
+    cut = min(cut, len(name))
+    pack = [{"bn": name[:cut], "n": name[cut:], "v": v}, {"n": "", "v": v}]
+    records, errors = _decode(pack, fmt)
+    base_ok = bool(RFC8428_NAME.fullmatch(name[:cut]))
+    assert records[0] == senml.Record(name, float(v), 1e9, "")
+    assert records[1:] == ([senml.Record(name[:cut], float(v), 1e9, "")] if base_ok else [])
+    assert errors == (0 if base_ok else 1)
+
+
+@SETTINGS
+@given(invalid_names, st.integers(0, 20), formats)
+def test_senml_names_breaking_rfc8428_4_5_1_are_rejected(name, cut, fmt):
+    cut = min(cut, len(name))
+    pack = [{"n": "ok", "v": 1}, {"bn": name[:cut], "n": name[cut:], "v": 2}, {"bn": "", "n": "ok2", "v": 3}]
+    assert _decode(pack, fmt) == ([senml.Record("ok", 1.0, 1e9, ""), senml.Record("ok2", 3.0, 1e9, "")], 1)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(valid_names, finite), min_size=1, max_size=6), st.data(), formats)
+def test_senml_must_understand_fields_and_newer_versions_refuse_the_whole_pack(recs, data, fmt):
+    pack = [{"n": n, "v": v} for n, v in recs]
+    at = data.draw(st.integers(0, len(pack) - 1))
+    assert _decode(pack, fmt) == ([senml.Record(n, float(v), 1e9, "") for n, v in recs], 0)
+    bad = data.draw(st.one_of(
+        st.builds(lambda k: {k + "_": 0}, st.text(max_size=6)),
+        st.builds(lambda b: {"bver": b}, st.integers(11, 2 ** 64) | st.integers(-2 ** 64, 0) | st.floats()
+                  | st.text(max_size=3) | st.booleans() | st.none())))
+    pack[at] = {**pack[at], **bad}
+    assert _decode(pack, fmt) == ([], len(pack))
+    if "bver" in bad:
+        pack[at]["bver"] = data.draw(st.integers(1, 10))
+        assert _decode(pack, fmt) == ([senml.Record(n, float(v), 1e9, "") for n, v in recs], 0)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(valid_names, finite), min_size=2, max_size=8), st.data(), formats)
+def test_senml_records_after_an_invalid_base_are_rejected_until_it_is_set_again(recs, data, fmt):
+    """Never resolved with the base the sender replaced: each is rejected until the next valid base of that kind."""
+    at = data.draw(st.integers(1, len(recs) - 1))
+    again = data.draw(st.integers(at + 1, len(recs)))
+    field, bad = data.draw(st.sampled_from([("bn", 7), ("bn", None), ("bn", ["x"]), ("bt", "2023-11-14T22:13:20Z"),
+                                            ("bt", None), ("bt", True)]))
+    good = {"bn": "c:", "bt": 1.6e9}[field]
+    pack = [{"n": n, "v": v} for n, v in recs]
+    pack[0].update(bn="b:", bt=1.5e9)
+    pack[at][field] = bad
+    if again < len(pack):
+        pack[again][field] = good
+    want = []
+    for i, (n, v) in enumerate(recs):
+        if at <= i < again:
+            continue
+        bn = "c:" if field == "bn" and i >= again else "b:"
+        bt = 1.6e9 if field == "bt" and i >= again else 1.5e9
+        want.append(senml.Record(bn + n, float(v), bt, ""))
+    assert _decode(pack, fmt) == (want, again - at)
+
+
+records = st.lists(st.tuples(valid_names, st.floats(-1e9, 1e9), st.floats(-1000, 1000),
+                             st.sampled_from(["", "Cel", "%"])), min_size=1, max_size=8)
+
+
+@SETTINGS
+@given(valid_names, st.floats(1.5e9, 2e9), records, st.sampled_from(["json", "cbor"]))
 def test_senml_valid_packs_decode_exactly(base, bt, recs, fmt):
     pack = [{"n": n, "v": v, "t": t, "u": u} for n, v, t, u in recs]
     pack[0] = {"bn": base + ":", "bt": bt, **pack[0]}

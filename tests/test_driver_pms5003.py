@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from driver_fixtures import by_channel, pty, running, wait_until, write_all  # noqa: F401
 
+from drivers import pms5003
 from drivers.pms5003 import Pms5003Decoder, Pms5003Driver, Pms5003Frame, Pms5003Options, encode_frame
 from edge_gateway.readings import Quality
-from simulators.pms5003 import corrupt, frame_bytes, frame_words, scenario_frames, scenario_values
+from simulators.pms5003 import corrupt, frame_bytes, frame_words, main, scenario_frames, scenario_values
 
 # Written out by hand from the datasheet layout; checksum 0x024E = sum of the first 30 bytes.
 FRAME = bytes.fromhex("424d001c00050008000a00050008000a03e8012c0050000a000200010000024e")
@@ -89,3 +90,40 @@ async def test_out_of_range_mass_is_bad_quality(pty):  # noqa: F811
 def test_options_validate():
     with pytest.raises(ValueError, match="baudrate"):
         Pms5003Options(port="x", baudrate=0)
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="frame_interval_s"):
+            Pms5003Options(port="x", frame_interval_s=bad)
+
+
+async def test_frames_read_together_get_the_times_they_were_sent(pty):  # noqa: F811
+    """Frames that queued up while the loop was busy are dated back one frame interval each, not all stamped now."""
+    clock = {"now": 1000.0}
+    out = []
+    driver = Pms5003Driver("pm-1", Pms5003Options(port=pty.slave_path), out.append, clock=lambda: clock["now"])
+    async with running(driver):
+        assert await wait_until(lambda: driver.stats.connects == 1)
+        for now, values in ((1000.5, (1,)), (1010.0, (2, 3, 4, 5)), (1011.0, (6, 7, 8, 9))):
+            clock["now"] = now
+            write_all(pty, b"".join(frame_bytes(0, v, 0) for v in values))
+            assert await wait_until(lambda: len(out) == 3 * values[-1])
+    got = {r.value: r.ts for r in by_channel(out)["pm2_5"]}
+    assert got == {1.0: 1000.5, 2.0: 1007.0, 3.0: 1008.0, 4.0: 1009.0, 5.0: 1010.0,
+                   # one second after the last read: spread over it, not dated before it
+                   6.0: 1010.25, 7.0: 1010.5, 8.0: 1010.75, 9.0: 1011.0}
+    assert driver.stats.last_reading_ts == 1011.0
+
+
+def test_frame_times():
+    assert pms5003.frame_times(1, 50.0, 40.0, 1.0) == [50.0]
+    assert pms5003.frame_times(3, 50.0, 40.0, 2.0) == [46.0, 48.0, 50.0]
+    assert pms5003.frame_times(2, 50.0, 49.0, 2.0) == [49.5, 50.0]
+    assert pms5003.frame_times(2, 50.0, 60.0, 1.0) == [49.0, 50.0]  # the wall clock went back: the interval only
+
+
+@pytest.mark.parametrize("rate", ["0", "-1", "inf", "nan"])
+def test_simulator_refuses_a_rate_that_is_not_positive(rate, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--rate", rate, "--count", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr()
+    assert "--rate: must be a positive number of frames per second" in err.err and err.out == ""
