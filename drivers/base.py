@@ -58,6 +58,11 @@ class Driver(abc.ABC):
         if self.on_connect is not None:
             self.on_connect()
 
+    def part_stats(self) -> dict[str, dict]:
+        """Counters per part of the link (a Modbus block, a CoAP resource), for ``status``: which
+        meter or resource fails when the link as a whole is up. None by default."""
+        return {}
+
     @abc.abstractmethod
     async def run(self) -> None:
         """Open the link and read until cancelled; raise :class:`LinkLost` when the link fails."""

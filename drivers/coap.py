@@ -38,7 +38,7 @@ import json
 import logging
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
 
 import cbor2
@@ -211,6 +211,9 @@ class CoapDriver(Driver):
     @property
     def resources(self) -> dict[str, ResourceStats]:
         return {path: st.stats for path, st in self._states.items()}
+
+    def part_stats(self) -> dict[str, dict]:
+        return {path: asdict(st) for path, st in self.resources.items()}
 
     async def run(self) -> None:
         from aiocoap import Context

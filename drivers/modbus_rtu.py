@@ -26,7 +26,7 @@ reporting for every driver; requests are still built by pymodbus
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
 from edge_gateway.readings import Quality, Reading
@@ -143,6 +143,9 @@ class ModbusRtuDriver(Driver):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.blocks: dict[str, BlockStats] = {b.label: BlockStats() for b in self.options.blocks}
+
+    def part_stats(self) -> dict[str, dict]:
+        return {label: asdict(st) for label, st in self.blocks.items()}
 
     async def run(self) -> None:
         opts: ModbusOptions = self.options

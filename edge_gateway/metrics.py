@@ -110,6 +110,9 @@ class Telemetry:
                 "last_reading_age_s": round(now - st.last_reading_ts, 1) if st.last_reading_ts else None,
                 "last_values": values,
             }
+            parts = d.part_stats() if hasattr(d, "part_stats") else {}
+            if parts:
+                out[d.sensor_id]["parts"] = parts
             if counters is not None:
                 mine = {ch: c for (sid, ch), c in counters.items() if sid == d.sensor_id}
                 out[d.sensor_id].update(
