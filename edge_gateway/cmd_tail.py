@@ -3,9 +3,12 @@
 Streams through the daemon's control socket. One line per reading
 (``TIME SENSOR CHANNEL VALUE UNIT``) and per event (``TIME SENSOR EVENT ...``);
 ``--json`` prints the daemon's JSON lines unchanged; ``--events`` shows events
-only; ``--count N`` stops after N lines (for scripts and tests). When the
-terminal cannot keep up, the daemon drops lines for this client only and a
-``(N lines dropped)`` note says so; the gateway itself never waits.
+only; ``--count N`` stops after N lines (for scripts and tests). The daemon
+keeps about 1 MiB of unread lines per client (several pipeline rounds); a
+client that falls further behind (a slow terminal, pipe or ssh link) loses
+lines, for itself only, and a ``(N lines dropped ...)`` note says so; the
+gateway itself never waits. At most 32 clients may be connected to the daemon;
+more are refused with an error.
 
 Exit statuses: 0 stopped by --count or the daemon closed the stream; 1 error;
 2 bad usage; 3 the daemon is not running; 130 Ctrl-C.
@@ -78,7 +81,7 @@ def format_item(item: dict) -> str:
         t = time.strftime("%H:%M:%S", time.localtime(item["ts"])) + f".{int(item['ts'] * 1000) % 1000:03d}"
         return f"{t} {item['sensor']:<12} {item['channel']:<12} {item['value']:>12g} {item.get('unit', '')}".rstrip()
     if kind == "dropped":
-        return f"({item['count']} lines dropped: this terminal was too slow)"
+        return f"({item['count']} lines dropped: this tail fell too far behind the gateway)"
     ts = item.get("start") or item.get("ts") or time.time()
     t = time.strftime("%H:%M:%S", time.localtime(ts))
     rest = " ".join(f"{k}={v}" for k, v in item.items()

@@ -9,15 +9,23 @@ Protocol (UTF-8, ``\\n``-terminated JSON lines, one request per connection)::
     -> {"cmd": "tail", "sensor": "air-1"} <- {"ok": true, "tail": "air-1"}
                                           <- {"type": "reading", "sensor": ..., "channel": ..., "value": ..., "ts": ...}
                                           <- {"type": "event", ...}   (anomalies, link gaps)
-                                          <- {"type": "dropped", "count": N}   (this client was too slow)
+                                          <- {"type": "dropped", "count": N}   (this client fell too far behind)
     -> {"cmd": "reload"}                  <- {"ok": true, "reload": {...}} or {"ok": false, "error": "..."}
     -> anything else                      <- {"ok": false, "error": "..."}
 
 The socket file is made mode 0660 (the service runs with ``UMask=0077``, so it is
 chmod-ed explicitly after bind): the service's user and group may connect, no one
-else. :class:`Tap` broadcasts readings and events to ``tail`` clients through
-bounded per-client queues; a slow client loses items (and is told how many),
-the pipeline never waits for it.
+else. At most :data:`MAX_CLIENTS` connections are served at once; more get
+``{"ok": false, "error": "too many clients ..."}`` and are closed, so clients can
+never use up the daemon's file descriptors (serial ports and the MQTT socket need
+them). A failing ``accept()`` (EMFILE) is retried with backoff and logged once.
+
+:class:`Tap` broadcasts readings and events to ``tail`` clients. Each item is
+encoded once; each client's buffer is bounded in bytes
+(:data:`CLIENT_BUFFER_BYTES`), not items, because the daemon publishes a whole
+pipeline round (thousands of readings) before a client can run: a client that
+keeps up gets every round, one that falls behind by more than the buffer loses
+the newest items (and is told how many); the pipeline never waits for it.
 
 Not here: what a snapshot contains (:meth:`edge_gateway.daemon.Gateway.status`).
 """
@@ -32,6 +40,8 @@ import logging
 import os
 import socket
 import stat
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,7 +50,13 @@ from . import aio
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
-CLIENT_BUFFER = 1000
+MAX_CLIENTS = 32
+LISTEN_BACKLOG = 64
+# About 9,000 readings: 4 rounds at 10,000 readings/s and 0.2 s rounds. Items are shared by all
+# clients; each client holds at most this much that it has not read yet.
+CLIENT_BUFFER_BYTES = 1024 * 1024
+ACCEPT_BACKOFF_S = (0.05, 1.0)  # first and longest pause after a failed accept()
+REFUSED_LOG_EVERY_S = 60.0
 SOCKET_MODE = 0o660
 
 
@@ -51,17 +67,54 @@ class DaemonNotRunning(Exception):
 # --- the broadcast of readings and events -----------------------------------------------------
 
 class Subscription:
-    def __init__(self, sensor: str | None, maxsize: int) -> None:
+    """One ``tail`` client's unread lines, bounded in bytes (and in items, if ``max_items``)."""
+
+    def __init__(self, sensor: str | None, max_bytes: int, max_items: int = 0) -> None:
         self.sensor = sensor
-        self.queue: asyncio.Queue = asyncio.Queue(maxsize)
+        self.max_bytes = max_bytes
+        self.max_items = max_items
+        self.lines: deque[bytes] = deque()
+        self.size = 0  # bytes in ``lines``
+        self.peak = 0  # largest ``size`` seen (tests, diagnostics)
         self.dropped = 0
+        self._ready: asyncio.Future | None = None
+
+    def offer(self, line: bytes) -> bool:
+        if self.size + len(line) > self.max_bytes or (self.max_items and len(self.lines) >= self.max_items):
+            self.dropped += 1
+            return False
+        self.lines.append(line)
+        self.size += len(line)
+        self.peak = max(self.peak, self.size)
+        ready = self._ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+        return True
+
+    async def wait(self) -> None:
+        """Until there is something to take."""
+        while not self.lines:
+            self._ready = asyncio.get_running_loop().create_future()
+            try:
+                await self._ready
+            finally:
+                self._ready = None
+
+    def take(self) -> bytes:
+        data = b"".join(self.lines)
+        self.lines.clear()
+        self.size = 0
+        return data
 
 
 class Tap:
-    """Fan-out of pipeline items to subscribers; :meth:`publish` never blocks."""
+    """Fan-out of pipeline items to subscribers; :meth:`publish` never blocks.
 
-    def __init__(self, maxsize: int = CLIENT_BUFFER) -> None:
+    ``maxsize`` optionally bounds each client in items too (0: bytes only)."""
+
+    def __init__(self, maxsize: int = 0, max_bytes: int = CLIENT_BUFFER_BYTES) -> None:
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
         self._subs: list[Subscription] = []
         self.dropped = 0
 
@@ -70,11 +123,15 @@ class Tap:
         """True when someone listens (so the daemon builds items only then)."""
         return bool(self._subs)
 
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        return tuple(self._subs)
+
     def wants(self, sensor: str) -> bool:
         return any(s.sensor is None or s.sensor == sensor for s in self._subs)
 
     def subscribe(self, sensor: str | None = None) -> Subscription:
-        sub = Subscription(sensor, self.maxsize)
+        sub = Subscription(sensor, self.max_bytes, self.maxsize)
         self._subs.append(sub)
         return sub
 
@@ -84,13 +141,13 @@ class Tap:
 
     def publish(self, item: dict) -> None:
         sensor = item.get("sensor")
+        line = None
         for sub in self._subs:
             if sub.sensor is not None and sensor != sub.sensor:
                 continue
-            try:
-                sub.queue.put_nowait(item)
-            except asyncio.QueueFull:
-                sub.dropped += 1
+            if line is None:
+                line = _line(item)
+            if not sub.offer(line):
                 self.dropped += 1
 
 
@@ -103,36 +160,103 @@ class ControlServer:
     """Serves ``status``/``tail``/``reload`` on a Unix socket owned by the daemon."""
 
     def __init__(self, path: str | os.PathLike, snapshot: Callable[[], Any], tap: Tap | None = None,
-                 commands: dict[str, Handler] | None = None, mode: int = SOCKET_MODE) -> None:
+                 commands: dict[str, Handler] | None = None, mode: int = SOCKET_MODE,
+                 max_clients: int = MAX_CLIENTS) -> None:
         self.path = Path(path)
         self.snapshot = snapshot
         self.tap = tap or Tap()
         self.commands = dict(commands or {})
         self.mode = mode
-        self._server: asyncio.base_events.Server | None = None
+        self.max_clients = max_clients
+        self.refused = 0  # connections turned away because max_clients were being served
+        self.accept_errors = 0
+        self._listener: socket.socket | None = None
+        self._acceptor: asyncio.Task | None = None
         self._clients: set[asyncio.Task] = set()
+        self._refused_logged = float("-inf")
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(self.path)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST)
-        os.chmod(self.path, self.mode)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(self.path))
+            os.chmod(self.path, self.mode)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._listener = sock
+        self._acceptor = asyncio.get_running_loop().create_task(self._accept_loop(), name="control-accept")
         log.info("control socket %s", self.path)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            if self._acceptor is not None:
+                await aio.cancel_and_wait([self._acceptor])
+                self._acceptor = None
+            self._listener.close()
+            self._listener = None
             await aio.cancel_and_wait(list(self._clients))
-            with contextlib.suppress(Exception):
-                await aio.wait_for(self._server.wait_closed(), 2.0)
-            self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
+    async def _accept_loop(self) -> None:
+        """Our own accept loop: asyncio's logs every failed accept() with a traceback and retries
+        them in a burst (11,000 log lines in 10 s once descriptors ran out); this one backs off and
+        logs once per episode."""
+        loop = asyncio.get_running_loop()
+        listener = self._listener
+        assert listener is not None
+        failed, pause = 0, 0.0
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                failed += 1
+                self.accept_errors += 1
+                if failed == 1:
+                    log.error("control socket: accept failed (%s); retrying with backoff", exc.strerror or exc)
+                pause = min(ACCEPT_BACKOFF_S[1], max(ACCEPT_BACKOFF_S[0], pause * 2))
+                await asyncio.sleep(pause)
+                continue
+            if failed:
+                log.warning("control socket: accepting again after %d failed accepts", failed)
+                failed, pause = 0, 0.0
+            if len(self._clients) >= self.max_clients:
+                self._refuse(conn)
+                continue
+            task = loop.create_task(self._client(conn), name="control-client")
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+
+    def _refuse(self, conn: socket.socket) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= REFUSED_LOG_EVERY_S:
+            self._refused_logged = now
+            log.warning("control socket: %d clients connected, refusing more (%d refused so far)",
+                        self.max_clients, self.refused)
+        with conn:
+            with contextlib.suppress(OSError):
+                conn.send(_line({"ok": False, "error": f"too many clients (at most {self.max_clients}); "
+                                                       "try again later"}))
+                conn.recv(MAX_REQUEST)  # an unread request would turn the close into a reset
+
+    async def _client(self, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=conn, limit=MAX_REQUEST)
+        except OSError:
+            conn.close()
+            return
+        await self._serve(reader, writer)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients.add(task)
         try:
             try:
                 line = await aio.wait_for(reader.readline(), 10.0)
@@ -142,33 +266,44 @@ class ControlServer:
             except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError) as exc:
                 await _send(writer, {"ok": False, "error": f"bad request: {exc}"})
                 return
-            cmd = req.get("cmd")
+            await self._dispatch(req, reader, writer)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _dispatch(self, req: dict, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        cmd, sensor = req.get("cmd"), req.get("sensor")
+        if not isinstance(cmd, str):
+            await _send(writer, {"ok": False, "error": f"bad request: cmd must be a string, not {_kind(cmd)}"})
+        elif cmd == "tail" and sensor is not None and not isinstance(sensor, str):
+            await _send(writer, {"ok": False, "error": f"bad request: sensor must be a string, not {_kind(sensor)}"})
+        elif cmd == "tail":
+            await self._tail(sensor or None, reader, writer)
+        else:
+            await _send(writer, await self._answer(cmd, req))
+
+    async def _answer(self, cmd: str, req: dict) -> dict:
+        try:
             if cmd == "status":
                 snap = self.snapshot()
                 if inspect.isawaitable(snap):
                     snap = await snap
-                await _send(writer, {"ok": True, "status": snap})
-            elif cmd == "tail":
-                await self._tail(req.get("sensor") or None, reader, writer)
-            elif cmd in self.commands:
-                try:
-                    result = self.commands[cmd](req)
-                    if inspect.isawaitable(result):
-                        result = await result
-                except Exception as exc:  # noqa: BLE001 - report to the client, keep serving
-                    await _send(writer, {"ok": False, "error": str(exc)})
-                else:
-                    await _send(writer, {"ok": True, cmd: result})
-            else:
-                known = ", ".join(["status", "tail", *self.commands])
-                await _send(writer, {"ok": False, "error": f"unknown cmd {cmd!r}; known: {known}"})
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            self._clients.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                return {"ok": True, "status": snap}
+            if cmd in self.commands:
+                result = self.commands[cmd](req)
+                if inspect.isawaitable(result):
+                    result = await result
+                return {"ok": True, cmd: result}
+        except ValueError as exc:  # a handler's refusal (e.g. reload): its text is for the user
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - a bug: one log entry, an error reply, keep serving
+            log.exception("control command %r failed", cmd)
+            return {"ok": False, "error": str(exc) or type(exc).__name__}
+        known = ", ".join(["status", "tail", *self.commands])
+        return {"ok": False, "error": f"unknown cmd {cmd[:64]!r}; known: {known}"}
 
     async def _tail(self, sensor: str | None, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sub = self.tap.subscribe(sensor)
@@ -177,22 +312,24 @@ class ControlServer:
             await _send(writer, {"ok": True, "tail": sensor})
             reported = 0
             while not eof.done():
-                get = asyncio.ensure_future(sub.queue.get())
-                done, _ = await asyncio.wait({get, eof}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
+                ready = asyncio.ensure_future(sub.wait())
+                done, _ = await asyncio.wait({ready, eof}, return_when=asyncio.FIRST_COMPLETED)
+                if ready not in done:
+                    ready.cancel()
                     break
-                items = [get.result()]
-                while not sub.queue.empty() and len(items) < 256:
-                    items.append(sub.queue.get_nowait())
+                data = sub.take()
                 if sub.dropped != reported:
-                    items.append({"type": "dropped", "count": sub.dropped - reported})
+                    data += _line({"type": "dropped", "count": sub.dropped - reported})
                     reported = sub.dropped
-                writer.write(b"".join(_line(i) for i in items))
+                writer.write(data)
                 await writer.drain()
         finally:
             eof.cancel()
             self.tap.unsubscribe(sub)
+
+
+def _kind(x: Any) -> str:
+    return "null" if x is None else type(x).__name__
 
 
 def _line(obj: dict) -> bytes:
@@ -238,10 +375,17 @@ def _connect(path: str | os.PathLike, timeout: float) -> socket.socket:
     return s
 
 
+def _send_request(s: socket.socket, req: dict) -> None:
+    """A daemon that refuses the connection (too many clients) may close it before reading:
+    its one-line reply is still there to read."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        s.sendall(_line(req))
+
+
 def request(path: str | os.PathLike, req: dict, timeout: float = 10.0) -> dict:
     """Send one request and return the one reply (raise DaemonNotRunning if nothing listens)."""
     with _connect(path, timeout) as s:
-        s.sendall(_line(req))
+        _send_request(s, req)
         f = s.makefile("rb")
         line = f.readline()
     if not line:
@@ -254,7 +398,7 @@ def stream(path: str | os.PathLike, req: dict, timeout: float | None = None) -> 
     s = _connect(path, 10.0)
     s.settimeout(timeout)
     try:
-        s.sendall(_line(req))
+        _send_request(s, req)
         with s.makefile("rb") as f:
             for line in f:
                 yield json.loads(line)

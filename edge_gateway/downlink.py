@@ -9,8 +9,13 @@ gets an error reply and changes nothing. Handlers are plain or async callables
 the daemon registers: ``handler(args: dict) -> result``; a ``CommandError`` (or
 ``ValueError``) they raise becomes the error text. Nothing here raises to the caller.
 
-Not here: the MQTT side (``uplink.py`` subscribes and delivers) and what the
-commands do (``daemon.py``).
+A command name is the last topic level and is echoed into the reply topic, so
+only short names (:func:`valid_name`) are looked up; anything else is refused
+and counted (``refused``) without being echoed. Requests larger than
+:data:`MAX_REQUEST` are refused before they are decoded.
+
+Not here: the MQTT side (``uplink.py`` subscribes, caps inbound size, refuses
+invalid topics) and what the commands do (``daemon.py``).
 """
 
 from __future__ import annotations
@@ -19,12 +24,21 @@ import inspect
 import json
 import logging
 import math
+import re
 from typing import Any, Callable, Iterable
 
 import msgpack
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 8 * 1024
+MAX_NAME = 64  # characters; every real command name is far shorter
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_NAME)
+
+
+def valid_name(name: object) -> bool:
+    """True for a name that may be looked up and echoed into ``cmd-res/<name>``: short, no ``/``,
+    no wildcard, so the reply topic stays far inside MQTT's 65,535 bytes."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
 
 
 class CommandError(Exception):
@@ -81,14 +95,23 @@ class CommandRouter:
         self.allowed = frozenset(allowed)
         self._handlers: dict[str, Callable[[dict], Any]] = {}
         self.counts = {"ok": 0, "error": 0}
+        self.refused = 0  # requests whose name is not valid_name() (also counted as errors)
 
     def register(self, name: str, handler: Callable[[dict], Any]) -> None:
         self._handlers[name] = handler
 
+    def refuse(self) -> None:
+        """Count a request whose name is not :func:`valid_name` (its reply topic would echo it)."""
+        self.refused += 1
+        self.counts["error"] += 1
+
     async def handle(self, name: str, payload: bytes) -> bytes:
         """Run one command; return the encoded reply (never raises, except on cancellation)."""
-        rid, is_json = None, payload.lstrip()[:1] == b"{"
+        rid, is_json = None, payload[:MAX_REQUEST].lstrip()[:1] == b"{"
         try:
+            if not valid_name(name):
+                self.refused += 1
+                raise CommandError(f"not a command name (at most {MAX_NAME} of A-Z a-z 0-9 _ -)")
             rid, args, is_json = parse_request(payload)
             if name not in self.allowed or name not in self._handlers:
                 raise CommandError(f"command {name[:64]!r} is not enabled (broker.commands)")

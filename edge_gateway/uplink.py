@@ -35,6 +35,13 @@ Acknowledgements are tracked through ``on_publish`` only (see
 table on every PUBACK); the forwarder bounds what is outstanding.
 
 The status topic carries a retained birth ``online`` and a retained last will ``offline``.
+
+Failures stay local (docs/uplink.md, "When something fails on the network thread"): a topic MQTT
+cannot carry is refused by :meth:`MqttLink.publish` (:class:`TopicError`) or, inside a burst,
+acknowledged as rejected; an exception in one of our paho callbacks is logged and counted; one that
+escapes a connection cycle ends that connection only; and should the thread itself end, the link
+reports itself down and the event loop starts a new one. Inbound messages are capped at
+:data:`MAX_INBOUND` bytes (MQTT 5: Maximum Packet Size in the CONNECT; 3.1.1: dropped on arrival).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from typing import Callable
 
@@ -66,6 +74,35 @@ log = logging.getLogger(__name__)
 PERMANENT_REJECTS = frozenset({0x90, 0x95, 0x99})  # topic name invalid, packet too large, payload format invalid
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
+_TOPIC_INVALID, _PAYLOAD_INVALID = 0x90, 0x99  # MQTT 5 reason codes, both in PERMANENT_REJECTS
+
+MAX_TOPIC = 65535  # bytes: MQTT's limit on a topic name
+# Largest packet the broker may send us: downlink requests are at most 8 KiB (downlink.MAX_REQUEST),
+# so this leaves room for long topics and properties while a 200 MB message cannot reach the daemon.
+MAX_INBOUND = 64 * 1024
+DROP_LOG_EVERY_S = 60.0
+
+
+def topic_problem(topic: str) -> str:
+    """Why MQTT cannot carry a PUBLISH on ``topic`` ("" if it can); checked before paho, which raises."""
+    if not isinstance(topic, str) or not topic:
+        return "empty topic" if isinstance(topic, str) else "topic is not a string"
+    if "+" in topic or "#" in topic:
+        return "wildcard in topic"
+    if "\0" in topic:
+        return "NUL in topic"
+    try:
+        n = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "topic is not valid UTF-8"
+    if n > MAX_TOPIC:
+        return f"topic is {n} bytes (MQTT allows {MAX_TOPIC})"
+    return ""
+
+
+class TopicError(RuntimeError):
+    """``publish()`` refused a topic MQTT cannot carry. A RuntimeError, as callers already handle
+    a publish that cannot be made, so a bad reply topic costs one log line, not the link."""
 
 
 class TlsFilesError(Exception):
@@ -108,15 +145,47 @@ def backoff_delay(attempt: int, lo: float, hi: float, rand: Callable[[], float] 
 
 
 class _Client(mqtt.Client):
-    """paho's client with one shortcut: a successful PUBACK without properties (reason code below
-    0x80, no property bytes) reuses one ReasonCode and one empty Properties object per reason code
-    instead of building new ones per packet (paho 2.2 fills two dozen-entry dicts for each: about a
-    third of the network thread's time in a drain). Anything else (failure reason codes, properties,
-    PUBCOMP) goes through paho unchanged; paho still owns the connection, the session and its
-    outgoing table, and calls ``on_publish`` as usual."""
+    """paho's client with two shortcuts.
+
+    A successful PUBACK without properties (reason code below 0x80, no property bytes) reuses one
+    ReasonCode and one empty Properties object per reason code instead of building new ones per
+    packet (paho 2.2 fills two dozen-entry dicts for each: about a third of the network thread's
+    time in a drain). Anything else (failure reason codes, properties, PUBCOMP) goes through paho
+    unchanged; paho still owns the connection, the session and its outgoing table, and calls
+    ``on_publish`` as usual.
+
+    With MQTT 3.1.1 (no Maximum Packet Size to give the broker) a PUBLISH longer than
+    ``max_inbound`` is read through without being kept: paho keeps its topic and packet id and one
+    byte, so it still acknowledges it, and :meth:`skipping` tells ``on_message`` to drop it. paho
+    would otherwise hold the whole packet and copy it three times while decoding it (a 200 MB
+    message took the daemon from 153 MB to 750 MB)."""
 
     _NO_PROPS = Properties(PacketTypes.PUBACK)
     _REASONS: dict[int, ReasonCode] = {}
+    _KEEP = 2 + MAX_TOPIC + 2  # topic length, topic, packet id: all paho needs to acknowledge it
+    max_inbound = 0
+    _skipped: dict | None = None  # paho's _in_packet being read through
+
+    def _sock_recv(self, bufsize: int) -> bytes:  # paho 2.x internal: every read of a packet's body
+        p = self._in_packet
+        if (not self.max_inbound or not p["have_remaining"] or p["remaining_length"] <= self.max_inbound
+                or (p["command"] & 0xF0) != 0x30 or self._protocol == mqtt.MQTTv5):
+            return super()._sock_recv(bufsize)
+        have = p["remaining_length"] - p["to_process"]
+        if have < self._KEEP:
+            return super()._sock_recv(min(bufsize, self._KEEP - have))
+        self._skipped = p
+        while p["to_process"] > 1:
+            chunk = super()._sock_recv(min(p["to_process"] - 1, 65536))  # BlockingIOError: resumed later
+            if not chunk:
+                return chunk
+            p["to_process"] -= len(chunk)
+        return super()._sock_recv(1)
+
+    def skipping(self) -> int:
+        """The size of the PUBLISH being handled if it was read through without being kept, else 0."""
+        p = self._skipped
+        return p["remaining_length"] if p is not None and p is self._in_packet else 0
 
     def _handle_pubackcomp(self, cmd):  # noqa: ANN001 - paho 2.2 internal hook
         packet = self._in_packet["packet"]
@@ -180,23 +249,35 @@ class MqttLink:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._woken = False
-        self.connected = False
+        self._up = False
         self.last_error = ""
         self.connects = 0
         self.disconnects = 0
+        self.refused_topics = 0  # publish() calls refused by topic_problem(), and rejected burst messages
+        self.inbound_dropped = 0  # messages larger than MAX_INBOUND (a 3.1.1 broker still sends them)
+        self.callback_errors = 0  # exceptions caught in our paho callbacks
+        self.loop_errors = 0  # exceptions that ended a connection cycle
+        self.thread_restarts = 0  # network threads that ended unexpectedly and were replaced
+        self._respawn_pending = False
+        self._died = False  # set by a network thread on its way out after an unexpected exception
+        self._abandon = False  # on_connect failed: drop this connection and connect again
+        self._drop_logged = float("-inf")
         self._v5 = cfg.protocol == "5"
         self.client = _Client(
             CallbackAPIVersion.VERSION2, client_id=client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
             clean_session=None if self._v5 else False,
         )
+        self.client.max_inbound = MAX_INBOUND
         self.client.max_inflight_messages_set(0)  # unlimited: the forwarder bounds what is outstanding
         self.client.max_queued_messages_set(0)
         self.client.will_set(status_topic, will, qos=1, retain=True)
-        self.client.on_connect = self._cb_connect
-        self.client.on_disconnect = self._cb_disconnect
-        self.client.on_publish = self._cb_publish
-        self.client.on_message = self._cb_message
+        # paho would catch these too (suppress_exceptions), but only log one line: ours count them, log
+        # the traceback, and a failed on_connect drops the connection instead of leaving it half set up
+        self.client.on_connect = self._safe(self._cb_connect, abandon=True)
+        self.client.on_disconnect = self._safe(self._cb_disconnect)
+        self.client.on_publish = self._safe(self._cb_publish)
+        self.client.on_message = self._safe(self._cb_message)
         # paho formats every debug line when on_log is set; a logger that only passes errors costs
         # one level check per line instead (errors reach the log and the status as before)
         self.client.enable_logger(_PahoErrors(self._error))
@@ -205,13 +286,53 @@ class MqttLink:
         self.client.on_socket_register_write = lambda client, userdata, sock: None
         self.client.suppress_exceptions = True
 
+    @property
+    def connected(self) -> bool:
+        """Session up (after the CONNACK) and a network thread alive to serve it."""
+        t = self._thread
+        return self._up and not self._died and t is not None and t.is_alive()
+
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background; reconnect with jittered exponential backoff until stopped."""
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._respawn_pending = False
+        old = self._thread
+        if self._stopping.is_set() or (old is not None and old.is_alive() and not self._died):
+            return
+        if old is not None:
+            old.join(1.0)  # a dead thread is past its last statement; this returns at once
+        self._died = False
+        self._thread = threading.Thread(target=self._main, name="mqtt", daemon=True)
         self._thread.start()
+
+    def _main(self) -> None:
+        """The network thread. Whatever escapes :meth:`_run` must not leave a link that claims to be
+        up while nothing is sent: report it down and have the event loop start a new thread."""
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too: this thread is ours to replace
+            self._died = True
+            self._went_down(f"network thread died: {exc!r}")
+            self.thread_restarts += 1
+            log.critical("mqtt network thread died; starting a new one", exc_info=True)
+            if not self._stopping.is_set():
+                self._post(self._respawn)
+                return
+        self._finish()
+
+    def _respawn(self) -> None:
+        """Event loop: a new network thread after the usual backoff (a crash loop must not storm)."""
+        if self._respawn_pending or self._stopping.is_set():
+            return
+        self._respawn_pending = True
+        delay = backoff_delay(self.thread_restarts - 1, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+        assert self._loop is not None
+        self._loop.call_later(delay, self._spawn)
 
     def _prepare(self) -> None:
         """TLS context and credentials, read again before every connect attempt, so that files renewed
@@ -236,40 +357,47 @@ class MqttLink:
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.cfg.session_expiry_s
+            props.MaximumPacketSize = MAX_INBOUND  # the broker drops larger messages for us
             kwargs = {"clean_start": False, "properties": props}
         self.client.connect(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, **kwargs)
 
     def _run(self) -> None:
-        try:
-            while not self._stopping.is_set():
-                self._run_calls()
-                try:
-                    self._prepare()
-                    self._connect()
-                except Exception as exc:  # OSError, ssl.SSLError, SecretsError, bad cert files...
-                    self._error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {exc}")
-                else:
-                    self._serve()
-                    if self._stopping.is_set():
-                        break  # the disconnect() queued by stop() runs below
-                    if self.connected:  # paho did not report it (e.g. a refused CONNACK)
-                        self._cb_disconnect(self.client, None, None, "connection lost", None)
-                self._flush_acks()
-                if self._stopping.is_set():
-                    break
-                delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
-                self._attempt += 1
-                log.debug("reconnecting in %.2f s (attempt %d)", delay, self._attempt)
-                self._stopping.wait(delay)
-        finally:  # a disconnect() queued by stop(): write it, so that the broker does not fire the will
+        while not self._stopping.is_set():
             self._run_calls()
             try:
-                if self.client.socket() is not None and self.client.want_write():
-                    self.client.loop_write()
-            except Exception:  # noqa: BLE001
-                pass
-            self._wake_r.close()
-            self._wake_w.close()
+                self._prepare()
+                self._connect()
+            except Exception as exc:  # OSError, ssl.SSLError, SecretsError, bad cert files...
+                self._error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {exc}")
+            else:
+                try:
+                    self._serve()
+                except Exception as exc:  # noqa: BLE001 - a bug must cost this connection, not the link
+                    self.loop_errors += 1
+                    log.exception("mqtt: connection cycle failed; reconnecting")
+                    self._error(f"network thread error: {exc!r}")
+                if self._stopping.is_set():
+                    break  # the disconnect() queued by stop() runs in _finish
+                if self._up:  # paho did not report it (e.g. a refused CONNACK, or the error above)
+                    self._went_down("connection lost")
+            self._flush_acks()
+            if self._stopping.is_set():
+                break
+            delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
+            self._attempt += 1
+            log.debug("reconnecting in %.2f s (attempt %d)", delay, self._attempt)
+            self._stopping.wait(delay)
+
+    def _finish(self) -> None:
+        """Stopping: write a disconnect() queued by stop(), so that the broker does not fire the will."""
+        self._run_calls()
+        try:
+            if self.client.socket() is not None and self.client.want_write():
+                self.client.loop_write()
+        except Exception:  # noqa: BLE001
+            pass
+        self._wake_r.close()
+        self._wake_w.close()
 
     def _serve(self) -> None:
         """One connection: select on paho's socket and our wake-up pipe until it ends."""
@@ -277,7 +405,10 @@ class MqttLink:
         wake = self._wake_r
         while not self._stopping.is_set():
             self._run_calls()
-            if self.connected and self._submitted:
+            if self._abandon:
+                self._abandon = False
+                return
+            if self._up and self._submitted:
                 self._publish_submitted()
             sock = c.socket()
             if sock is None:
@@ -332,7 +463,11 @@ class MqttLink:
         self._wake()
 
     def _publish_submitted(self) -> None:
-        """Network thread, session up: give queued messages to paho, oldest first, then write them."""
+        """Network thread, session up: give queued messages to paho, oldest first, then write them.
+
+        A message paho raises on (invalid topic, payload too large or of a wrong type) is acknowledged
+        as rejected with the matching MQTT 5 reason code: the forwarder drops it for good rather than
+        resending it, and the rest of the burst goes out."""
         c = self.client
         sub = self._submitted
         unacked = self._unacked
@@ -342,13 +477,26 @@ class MqttLink:
         with self._lock:
             while sub:
                 token, topic, payload, retain = sub.popleft()
-                info = c.publish(topic, payload, qos=1, retain=retain)
+                try:
+                    info = c.publish(topic, payload, qos=1, retain=retain)
+                except (ValueError, TypeError) as exc:
+                    reason = _TOPIC_INVALID if topic_problem(topic) else _PAYLOAD_INVALID
+                    self._reject(token, reason, f"publish on {str(topic)[:64]!r} refused: {exc}")
+                    continue
                 unacked[token] = (topic, payload, retain)
                 mid_token[info.mid] = token
-                if info.rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):  # e.g. payload too large
+                if info.rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):  # e.g. a mid still in use: resent
                     log.error("publish refused by paho: %s", mqtt.error_string(info.rc))
         _coalesce(queued, before)
         c.loop_write()
+        self._flush_acks()
+
+    def _reject(self, token: int, reason: int, text: str) -> None:
+        """Network thread, under ``_lock``: ``token`` will never be sent; tell the forwarder so."""
+        if reason == _TOPIC_INVALID:
+            self.refused_topics += 1
+        log.error("%s", text)
+        self._acks.append((token, reason))
 
     def _error(self, text: str) -> None:
         if text != self.last_error:
@@ -359,7 +507,13 @@ class MqttLink:
         """Queue a QoS 1 publish (any thread); return its token (the ack arrives via ``on_ack``).
 
         Sent in the order of the calls, while the session is up; kept and sent again on every
-        reconnect until the broker acknowledges it (or the process ends)."""
+        reconnect until the broker acknowledges it (or the process ends). Raises :class:`TopicError`
+        for a topic MQTT cannot carry (paho would raise on the network thread)."""
+        problem = topic_problem(topic)
+        if problem:
+            self.refused_topics += 1
+            shown = str(topic)
+            raise TopicError(f"{problem}: {shown[:64]!r}{'...' if len(shown) > 64 else ''}")
         token = next(self._tokens)
         self._submitted.append((token, topic, bytes(payload), retain))
         self._wake()
@@ -387,6 +541,9 @@ class MqttLink:
     def kick(self) -> None:
         """Drop the connection so that it reconnects and sends the un-acknowledged again."""
         log.warning("forcing a reconnect (acknowledgements stalled)")
+        if self._thread is not None and self._died and not self._stopping.is_set():
+            self._spawn()  # a dead thread cannot run the disconnect: replace it now
+            return
         self._call(self.client.disconnect)
 
     async def stop(self, offline_payload: bytes | None = None, timeout: float = 2.0) -> None:
@@ -405,6 +562,8 @@ class MqttLink:
         self._stopping.set()
         if self._thread is not None:
             await loop.run_in_executor(None, self._thread.join, 5.0)
+            if self._died:  # that thread skipped _finish; nothing else will run it
+                self._finish()
 
     # --- paho callbacks (network thread) ------------------------------------------------------
 
@@ -416,36 +575,40 @@ class MqttLink:
             except RuntimeError:
                 pass
 
+    def _went_down(self, reason: str) -> None:
+        was, self._up = self._up, False
+        if was:
+            self.disconnects += 1
+            self.last_error = f"disconnected: {reason}"
+            log.warning("disconnected from broker: %s", reason)
+            self._post(self._on_state, False)
+
     def _cb_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._error(f"broker refused connection: {reason_code}")
             return
-        self.connected = True
-        self.connects += 1
-        self._attempt = 0
-        self.last_error = ""
         # Take the resend over from paho (before its own resend, which runs after this callback):
         # every message not acknowledged goes again, oldest first, before anything new.
         client.drop_out_messages()
-        client.publish(self.status_topic, self._birth(), qos=1, retain=True)
+        birth = self._guarded("birth message", self._birth)
+        if birth is not None:
+            self._guarded("birth publish", client.publish, self.status_topic, birth, qos=1, retain=True)
         with self._lock:
             self._mid_token.clear()
             for token, (topic, payload, retain) in self._unacked.items():
                 self._mid_token[client.publish(topic, payload, qos=1, retain=retain).mid] = token
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
+        self._up = True
+        self.connects += 1
+        self._attempt = 0
+        self.last_error = ""
         log.info("connected to %s:%d (session present: %s, resending %d)", self.cfg.host, self.cfg.port,
                  flags.session_present, len(self._unacked))
         self._post(self._on_state, True)
 
     def _cb_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        was = self.connected
-        self.connected = False
-        if was:
-            self.disconnects += 1
-            self.last_error = f"disconnected: {reason_code}"
-            log.warning("disconnected from broker: %s", reason_code)
-            self._post(self._on_state, False)
+        self._went_down(str(reason_code))
 
     def _cb_publish(self, client, userdata, mid, reason_code, properties) -> None:
         token = self._mid_token.pop(mid, None)
@@ -455,6 +618,42 @@ class MqttLink:
         with self._lock:
             self._unacked.pop(token, None)
             self._acks.append((token, rc))
+
+    def _cb_message(self, client, userdata, msg) -> None:
+        if self._on_message is None:
+            return
+        payload = msg.payload
+        topic = msg.topic
+        size = client.skipping() or len(payload) + len(topic)
+        if size > MAX_INBOUND:  # copy and decode nothing more
+            self.inbound_dropped += 1
+            now = time.monotonic()
+            if now - self._drop_logged >= DROP_LOG_EVERY_S:
+                self._drop_logged = now
+                log.warning("dropped a %d-byte message on %r: larger than %d bytes (%d dropped so far)",
+                            size, topic[:64], MAX_INBOUND, self.inbound_dropped)
+            return
+        self._post(self._on_message, topic, payload if type(payload) is bytes else bytes(payload))
+
+    def _safe(self, fn: Callable[..., None], abandon: bool = False) -> Callable[..., None]:
+        def callback(*args) -> None:
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - never into paho's read loop
+                self.callback_errors += 1
+                log.exception("mqtt: %s failed", fn.__name__)
+                if abandon:
+                    self._abandon = True
+        return callback
+
+    def _guarded(self, what: str, fn, *args, **kwargs):
+        """``fn(*args)``, or None if it raised: logged and counted, so that the rest of a callback runs."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception:  # noqa: BLE001
+            self.callback_errors += 1
+            log.exception("mqtt: %s failed", what)
+            return None
 
     def _flush_acks(self) -> None:
         """Network thread: hand the acknowledgements of this pass to the event loop in one call."""
@@ -469,11 +668,6 @@ class MqttLink:
         on_ack = self._on_ack
         for token, rc in acks:
             on_ack(token, rc)
-
-    def _cb_message(self, client, userdata, msg) -> None:
-        if self._on_message is not None:
-            self._post(self._on_message, msg.topic, bytes(msg.payload))
-
 
 
 def _coalesce(queued: deque, start: int) -> None:

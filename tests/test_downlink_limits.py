@@ -1,0 +1,242 @@
+"""Downlink and uplink limits against a real Mosquitto: reply topics MQTT cannot carry, failures on the
+network thread, oversize inbound messages (review 14, #1 and #9)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+
+import msgpack
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_gateway import control, messages
+from edge_gateway.config import BrokerSection
+from edge_gateway.downlink import CommandRouter
+from edge_gateway.uplink import MqttLink
+from support import REPO, GatewayProcess, Subscriber, wait_for
+from uplink_support import gateway_config, until
+
+TOPICS = messages.Topics("city", "lim-gw")
+
+
+class Publisher:
+    """A plain MQTT 3.1.1 client that publishes QoS 1 and collects what arrives on ``listen``."""
+
+    def __init__(self, port: int, listen: str | None = None) -> None:
+        self.got: list[tuple[str, bytes]] = []
+        self.ready = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lim-publisher", protocol=mqtt.MQTTv311)
+        self.c.on_connect = lambda c, u, f, rc, p: (listen and c.subscribe(listen, qos=1), self.ready.set())
+        self.c.on_message = lambda c, u, m: self.got.append((m.topic, bytes(m.payload)))
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        wait_for(self.ready.is_set, 10, what="publisher connected")
+
+    def send(self, topic: str, payload: bytes) -> None:
+        self.c.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def stop(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def make_link(port: int, protocol: str = "5", *, birth=lambda: b"online", acks=None, states=None, inbox=None,
+              reconnect_min_s: float = 0.05) -> MqttLink:
+    cfg = BrokerSection(port=port, protocol=protocol, keepalive_s=5, reconnect_min_s=reconnect_min_s,
+                        reconnect_max_s=0.5)
+    return MqttLink(cfg, f"lim-{protocol}", TOPICS.status, birth=birth, will=b"offline",
+                    on_ack=lambda t, rc: (acks if acks is not None else []).append((t, rc)),
+                    on_state=(states if states is not None else []).append,
+                    subscriptions=(TOPICS.cmd("+"),),
+                    on_message=lambda topic, payload: (inbox if inbox is not None else []).append((topic, payload)))
+
+
+async def test_publish_refuses_topics_mqtt_cannot_carry_and_the_link_keeps_working(broker):
+    """#1: paho raises on an over-long or wildcard topic; on the network thread that ended it for good."""
+    sub = Subscriber(broker.port, "city/lim-gw/agg/#", client_id="lim-sub").start()
+    acks: list = []
+    link = make_link(broker.port, acks=acks)
+    link.start()
+    try:
+        await until(lambda: link.connected, 5, "connected")
+        too_long = TOPICS.cmd_res("a" * 65_532)
+        with pytest.raises(RuntimeError):  # uplink.TopicError: what the daemon's reply code catches
+            link.publish(too_long, b"reply")
+        with pytest.raises(RuntimeError):
+            link.publish("city/lim-gw/cmd-res/+", b"reply")
+        tokens = link.publish_many([(TOPICS.agg("a"), b"1"), (too_long, b"2"), ("city/#", b"3"),
+                                    (TOPICS.agg("b"), b"4")])
+        await until(lambda: len(acks) == 4, 3, "all four settled")
+        assert sorted(acks) == sorted(zip(tokens, [0, 0x90, 0x90, 0]))  # topic invalid: dropped for good
+        await until(lambda: len(sub.snapshot()) == 2, 3, "the two valid messages")
+        await asyncio.sleep(0.2)
+        assert [(m.topic, m.payload) for m in sub.snapshot()] == [(TOPICS.agg("a"), b"1"), (TOPICS.agg("b"), b"4")]
+        assert link.refused_topics == 4 and link.thread_restarts == 0 and link.loop_errors == 0
+        assert link.connected and link._thread is not None and link._thread.is_alive()
+    finally:
+        await link.stop()
+        sub.stop()
+
+
+async def test_an_exception_in_a_paho_callback_is_counted_and_the_session_still_comes_up(broker):
+    """The old on_connect stopped at the first exception: no subscriptions, no resend, yet 'connected'."""
+    calls = []
+
+    def birth() -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("status not ready")
+        return b"online"
+
+    acks, inbox = [], []
+    link = make_link(broker.port, birth=birth, acks=acks, inbox=inbox)
+    link.start()
+    pub = None
+    try:
+        await until(lambda: link.connected, 5, "connected")
+        pub = Publisher(broker.port)
+        await asyncio.to_thread(pub.send, TOPICS.cmd("ping"), b'{"id": 1}')
+        await until(lambda: len(inbox) == 1, 3, "the command delivered")
+        token = link.publish(TOPICS.agg("a"), b"x")
+        await until(lambda: acks == [(token, 0)], 3, "the ack")
+        await asyncio.sleep(0.2)
+        assert inbox == [(TOPICS.cmd("ping"), b'{"id": 1}')]
+        assert link.callback_errors == 1 and link.connects == 1 and link.thread_restarts == 0
+    finally:
+        if pub:
+            pub.stop()
+        await link.stop()
+
+
+async def test_a_network_thread_that_dies_is_reported_down_and_replaced(broker):
+    """Whatever escapes the connection cycle (here SystemExit, past every ``except Exception``)."""
+    calls = []
+
+    def birth() -> bytes:
+        calls.append(1)
+        if len(calls) == 1:
+            raise SystemExit("escapes everything but the thread's own handler")
+        return b"online"
+
+    acks, states = [], []
+    link = make_link(broker.port, birth=birth, acks=acks, states=states, reconnect_min_s=0.5)
+    link.start()
+    try:
+        await until(lambda: len(calls) == 1, 5, "the first CONNACK")
+        await until(lambda: not link.connected, 1, "the link reported down")  # no thread serves it
+        await until(lambda: len(calls) == 2 and link.connected, 5, "a new thread connected")
+        token = link.publish(TOPICS.agg("a"), b"x")
+        await until(lambda: acks == [(token, 0)], 3, "the ack")
+        assert states == [True] and link.thread_restarts == 1 and link.connects == 1
+    finally:
+        await link.stop()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_oversize_inbound_messages_never_reach_the_daemon(broker, protocol):
+    """#9: MQTT 5 asks the broker not to send packets over MAX_INBOUND; 3.1.1 drops them on arrival."""
+    inbox: list = []
+    link = make_link(broker.port, protocol, inbox=inbox)
+    link.start()
+    pub = None
+    try:
+        await until(lambda: link.connected, 5, "connected")
+        pub = Publisher(broker.port)
+        sizes = [200 * 1024, 50, 60 * 1024, 64 * 1024, 7]  # uplink.MAX_INBOUND is 64 KiB
+        for i, n in enumerate(sizes):
+            await asyncio.to_thread(pub.send, TOPICS.cmd("ping"), bytes([i]) * n)
+        await until(lambda: inbox and inbox[-1][1] == bytes([4]) * 7, 5, "the last message")
+        await asyncio.sleep(0.2)
+        assert [len(p) for _, p in inbox] == [50, 60 * 1024, 7]
+        assert link.inbound_dropped == (0 if protocol == "5" else 2)  # MQTT 5: the broker never sent them
+        assert link.connected and link.connects == 1 and link.callback_errors == 0
+    finally:
+        if pub:
+            pub.stop()
+        await link.stop()
+
+
+PUBLISH_BIG = """\
+import sys
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+port, topic, size = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lim-big", protocol=mqtt.MQTTv311)
+c.connect("127.0.0.1", port)
+c.loop_start()
+c.publish(topic, b"{" + b" " * size, qos=1)
+c.publish(topic, b"end", qos=1).wait_for_publish(20)
+c.disconnect()
+c.loop_stop()
+"""
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_a_30_mb_command_is_never_held_in_the_gateways_memory(broker, protocol):
+    """#9: paho held the whole packet and copied it three times while decoding (200 MB: +600 MB peak).
+    With 3.1.1 the link reads an oversize PUBLISH through, keeping 64 KiB at most."""
+    inbox: list = []
+    link = make_link(broker.port, protocol, inbox=inbox)
+    link.start()
+    try:
+        await until(lambda: link.connected, 5, "connected")
+        tracemalloc.start()
+        try:
+            args = [sys.executable, "-c", PUBLISH_BIG, str(broker.port), TOPICS.cmd("ping"), str(30 << 20)]
+            r = await asyncio.to_thread(subprocess.run, args, cwd=REPO, capture_output=True, timeout=30)
+            assert r.returncode == 0, r.stderr
+            await until(lambda: inbox, 5, "the small message after the big one")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert inbox == [(TOPICS.cmd("ping"), b"end")]
+        assert peak < 4 << 20, f"{peak / 2**20:.1f} MiB traced while a 30 MB message went by"
+        assert link.inbound_dropped == (0 if protocol == "5" else 1) and link.connects == 1
+    finally:
+        await link.stop()
+
+
+async def test_router_refuses_names_it_cannot_echo_into_a_reply_topic():
+    r = CommandRouter(["ping"])
+    r.register("ping", lambda args: {"pong": 1})
+    for name in ("a" * 65_532, "a" * 65, "pi+ng", "", "ping\x00"):
+        rep = json.loads(await r.handle(name, b'{"id": 1}'))
+        assert rep["ok"] is False and "a" * 80 not in rep["error"]
+    assert msgpack.unpackb(await r.handle("ping", msgpack.packb({"id": 2}))) == {"id": 2, "ok": True,
+                                                                                 "result": {"pong": 1}}
+    assert r.refused == 5 and r.counts == {"ok": 1, "error": 5}
+
+
+def test_a_command_on_a_65535_byte_topic_leaves_the_gateway_uplink_working(broker, tmp_path):
+    """Review 14 #1 end to end: the MQTT 3.1.1 gateway gets the command (Mosquitto delivers it), and
+    before the fix its network thread died on the reply while status said 'link up'."""
+    cfg = gateway_config(tmp_path, broker.port, "lim-gw", sensors="sensors: []",
+                         broker_extra="protocol: '3.1.1', commands: [ping, status]")
+    gw = GatewayProcess(cfg, tmp_path / "gateway.log").start()
+    pub = None
+    try:
+        gw.wait_ready()
+        wait_for(lambda: "connected to" in gw.log_text(), 5, what="gateway connected")
+        pub = Publisher(broker.port, listen="city/lim-gw/cmd-res/#")
+        long_topic = TOPICS.cmd("x" * (65_535 - len(TOPICS.cmd(""))))
+        assert len(long_topic.encode()) == 65_535
+        pub.send(long_topic, b'{"id": 1}')
+        pub.send(TOPICS.cmd("ping"), b'{"id": 2}')
+        wait_for(lambda: pub.got, 3, what="the ping reply")
+        time.sleep(0.3)
+        assert [(t, json.loads(p)["id"]) for t, p in pub.got] == [(TOPICS.cmd_res("ping"), 2)]
+        s = control.request(tmp_path / "state" / "control.sock", {"cmd": "status"})["status"]
+        assert s["link"] == "up" and s["uplink"]["commands"] == {"ok": 1, "error": 0}
+        assert "Traceback" not in gw.log_text()
+    finally:
+        if pub:
+            pub.stop()
+        rc = gw.stop()
+    assert rc == 0
