@@ -37,11 +37,16 @@ class Batch:
 
 
 class Batcher:
-    """Maps (sensor, channel) to a dense index and buffers readings until drained."""
+    """Maps (sensor, channel, unit) to a dense index and buffers readings until drained.
+
+    The unit is part of a channel's identity: when a reload or a restart corrects it, the readings in
+    the new unit open windows of their own, and the window open in the old unit closes as idle under
+    its own unit, so no aggregate mixes the two or carries the wrong one.
+    """
 
     def __init__(self) -> None:
         self.keys: list[ChannelKey] = []
-        self._index: dict[tuple[str, str], int] = {}
+        self._index: dict[tuple[str, str, str], int] = {}
         self._chan: list[int] = []
         self._ts: list[float] = []
         self._val: list[float] = []
@@ -49,7 +54,7 @@ class Batcher:
         self.last_value: dict[int, tuple[float, float]] = {}
 
     def index_of(self, sensor: str, channel: str, unit: str = "") -> int:
-        key = (sensor, channel)
+        key = (sensor, channel, unit)
         idx = self._index.get(key)
         if idx is None:
             idx = len(self.keys)
@@ -58,7 +63,7 @@ class Batcher:
         return idx
 
     def add(self, r: Reading) -> None:
-        idx = self._index.get((r.sensor, r.channel))
+        idx = self._index.get((r.sensor, r.channel, r.unit))
         if idx is None:
             idx = self.index_of(r.sensor, r.channel, r.unit)
         self._chan.append(idx)

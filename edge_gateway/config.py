@@ -132,15 +132,18 @@ class DetectorOverride:
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.threshold is not None and not 0 < self.threshold <= 1:
-            raise ValueError("threshold: the combined score is in [0, 1]; give a value in (0, 1]")
+        if self.threshold is not None and not _in_score_range(self.threshold):
+            raise ValueError(f"threshold: {_THRESHOLD_RANGE}")
         if self.params:
             from .analytics.chain import DetectorSettings
 
             try:
-                DetectorSettings().with_overrides(self.overrides())
+                settings = DetectorSettings().with_overrides(self.overrides())
             except ValueError as exc:
                 raise ValueError(f"params: {exc}") from None
+            if "event_threshold" in self.params and not _in_score_range(settings.event_threshold):
+                # the same setting as ``threshold``: above 1 no event could ever open, near 0 noise opens them
+                raise ValueError(f"params: event_threshold: {_THRESHOLD_RANGE}")
 
     def overrides(self) -> dict[str, str]:
         """``params`` as the ``key=value`` strings ``DetectorSettings.with_overrides`` takes."""
@@ -153,6 +156,13 @@ class DetectorOverride:
                 raise ValueError(f"{k}: expected finite numbers, got {v!r}")
             out[k] = ",".join(repr(float(x)) for x in items)
         return out
+
+
+_THRESHOLD_RANGE = "the combined score is in [0, 1]; give a value in (0, 1]"
+
+
+def _in_score_range(value: float) -> bool:
+    return 0 < value <= 1
 
 
 _UNBOUNDED = ("range_lo", "range_hi")  # detector params where -.inf/.inf mean "no bound" (their default)

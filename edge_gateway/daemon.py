@@ -3,11 +3,20 @@
 Start order follows Telegraf's agent: sinks first (queue, uplink, forwarder),
 then the analytics (kernels warmed), then the drivers; stop in reverse, so
 nothing a driver produced is dropped at shutdown.
+
+Numba compiles in threads of their own, never on the event loop: every kernel
+the config needs before ``READY=1``, and the kernels of new detector settings
+(reload, downlink ``set``) before they replace the running ones. A compile
+cannot be interrupted, so a stop does not wait for one (see :func:`run`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -24,6 +33,11 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_S = 60.0  # written with the next append, and only when changed (docs/uplink.md)
 STATS_EVERY_S = 5.0
+LOCK_FILE = "gateway.lock"
+
+
+class AlreadyRunning(RuntimeError):
+    """Another gateway holds the state directory's lock."""
 
 
 class Gateway:
@@ -65,8 +79,12 @@ class Gateway:
         self.telemetry = Telemetry(clock, channel_counters=self.pipeline.channel_counters)
         self.control = None
         self.prometheus = None
-        self._reload_lock = asyncio.Lock()
+        self._reload_lock = asyncio.Lock()  # reloads and downlink ``set`` change the config one at a time
         self._background: set[asyncio.Task] = set()
+        self._applying: set[asyncio.Task] = set()  # background tasks a shutdown lets finish
+        self._started = asyncio.Event()  # the drivers run: reloads and ``set`` wait for it
+        self.compiler = kernel_cache.Compiler()
+        self._lock_fd: int | None = None
 
     # --- wiring -----------------------------------------------------------------------------
 
@@ -89,13 +107,22 @@ class Gateway:
                               for sid, v in c.get("sensors", {}).items()}
         return msgpack.packb(doc)
 
-    async def start(self) -> None:
+    async def start(self) -> bool:
+        """Lock the state directory, open the queue, connect, warm every kernel, start the drivers, READY=1.
+
+        False when a stop is asked for during the warm-up: then nothing after the uplink was started
+        and the compile goes on unawaited. Raises :class:`AlreadyRunning` before touching anything.
+        """
+        self._lock_state_dir()
         await self.queue.open()
         await self._restore_checkpoint()
         self._start_uplink()
         self.notify("STATUS=warming analytics kernels")
         t0 = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(None, self._warm)
+        if not await self._unless_stopped(self.compiler.submit(self._warm)):
+            log.warning("stop requested while the kernels were warming (%.1f s in): not starting",
+                        time.perf_counter() - t0)
+            return False
         log.info("kernels ready in %.2f s", time.perf_counter() - t0)
         for d in self.drivers:
             self.supervisor.start(d)
@@ -104,11 +131,56 @@ class Gateway:
         log.info("gateway %s running: %d sensors, queue %s (%d queued)", self.cfg.gateway.id,
                  len(self.drivers), self.cfg.queue_path, self.queue.depth)
         memory.trim()
-        self.notify("READY=1")
+        self._started.set()
+        if not self._stop.is_set():  # systemd must not hear READY=1 after its SIGTERM
+            self.notify("READY=1")
+        return True
 
     def _warm(self) -> None:
         with memory.numba_without_cffi():
             self.pipeline.warm()
+
+    async def _unless_stopped(self, fut: asyncio.Future) -> bool:
+        """Wait for ``fut``; False, with ``fut`` cancelled, if a stop is asked for first."""
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({fut, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if fut.done():
+            fut.result()
+            return not self._stop.is_set()
+        fut.cancel()
+        return False
+
+    def _lock_state_dir(self) -> None:
+        """Take ``<state_dir>/gateway.lock`` (``flock``) or raise :class:`AlreadyRunning`.
+
+        Two gateways on one state directory would share the queue and take the MQTT session (one
+        client id) from each other. The kernel drops the lock with the process: a crash leaves no
+        stale lock behind.
+        """
+        path = self.cfg.state_dir / LOCK_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise AlreadyRunning(f"another edge-gateway{who} is running on state directory {self.cfg.state_dir} "
+                                 f"(it holds {path}); stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock_state_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _start_uplink(self) -> None:
         from .forwarder import Forwarder
@@ -128,7 +200,16 @@ class Gateway:
         self.link.start()
 
     async def run(self) -> None:
-        await self.start()
+        try:
+            ready = await self.start()
+        except AlreadyRunning:
+            raise
+        except BaseException:
+            await self._abort_start()
+            raise
+        if not ready:
+            await self._abort_start()
+            return
         loop = asyncio.get_running_loop()
         next_ckpt = loop.time() + CHECKPOINT_EVERY_S
         next_stats = loop.time() + STATS_EVERY_S
@@ -227,9 +308,33 @@ class Gateway:
         if self.forwarder is not None:
             self.forwarder.on_link(up)
         if up and self.queue.stats_now().dropped_pending:
-            task = asyncio.get_running_loop().create_task(self._report_drops(), name="dropped-report")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._report_drops(), "dropped-report")
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        """A background task, cancelled by a shutdown unless it is applying a change (:meth:`_applying_change`)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    @contextlib.contextmanager
+    def _applying_change(self):
+        """Mark the current task as changing the running gateway: a shutdown waits for it, never cuts it
+        in half (drivers stopped but not restarted, a link stopped but not replaced)."""
+        task = asyncio.current_task()
+        self._applying.add(task)
+        try:
+            yield
+        finally:
+            self._applying.discard(task)
+
+    async def _cancel_background(self) -> None:
+        """Cancel what is still waiting (for the start, the reload lock, a compile); let a change being
+        applied finish."""
+        await aio.cancel_and_wait([t for t in self._background if t not in self._applying])
+        applying = [t for t in self._background if not t.done()]
+        if applying:
+            await asyncio.wait(applying, timeout=15.0)
 
     async def _report_drops(self) -> None:
         """Commit a ``dropped`` event with what the queue discarded since the last report."""
@@ -254,7 +359,12 @@ class Gateway:
                 "link_error": getattr(link, "last_error", ""),
                 "connects": getattr(link, "connects", 0),
                 "rejected": fw.stats.rejected if fw else 0, "rewinds": fw.stats.rewinds if fw else 0,
-                "commands": dict(self.router.counts) if self.router else {}}
+                "commands": dict(self.router.counts) if self.router else {},
+                "commands_refused": self.router.refused if self.router else 0,
+                "inbound_dropped": getattr(link, "inbound_dropped", 0),
+                "refused_topics": getattr(link, "refused_topics", 0),
+                "callback_errors": getattr(link, "callback_errors", 0),
+                "thread_restarts": getattr(link, "thread_restarts", 0)}
 
     def _command_router(self):
         from .downlink import CommandRouter
@@ -267,8 +377,14 @@ class Gateway:
         return router
 
     def _on_command(self, topic: str, payload: bytes) -> None:
+        from .downlink import valid_name
+
         name = topic.rsplit("/", 1)[-1]
         if self.router is None or self.link is None:
+            return
+        if not valid_name(name):  # never echoed into a reply topic (review 14 #1)
+            self.router.refuse()
+            log.debug("command with an invalid name refused (%d bytes)", len(name))
             return
 
         async def run() -> None:
@@ -278,27 +394,40 @@ class Gateway:
             except RuntimeError as exc:
                 log.warning("command reply not sent: %s", exc)
 
-        task = asyncio.get_running_loop().create_task(run(), name=f"cmd:{name[:32]}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(run(), f"cmd:{name[:32]}")
 
-    def set_parameter(self, name, value) -> dict:
-        """Downlink ``set``: the event ``threshold`` or one detector parameter, at run time."""
-        import dataclasses
+    async def set_parameter(self, name, value) -> dict:
+        """Downlink ``set``: the event ``threshold`` or one detector parameter, at run time.
 
+        A bad value is refused at once. A good one waits for the start-up, then for its kernels to
+        compile off the event loop (the reply waits, the watchdog pings do not), and applies only then.
+        """
         if not isinstance(name, str) or not name:
             raise ValueError("name: give the detector parameter to set")
         if isinstance(value, bool) or not isinstance(value, (int, float, list)):
             raise ValueError(f"value: {name} needs a number")
-        det = self.cfg.detector
-        if name == "threshold":
-            det = dataclasses.replace(det, threshold=float(value))
-        else:
-            det = dataclasses.replace(det, params={**det.params, name: value})
-        self.pipeline.set_detector(det)
-        self.cfg = dataclasses.replace(self.cfg, detector=det)
+        _with_parameter(self.cfg.detector, name, value)
+        await self._wait_started("set")
+        async with self._reload_lock:
+            det = _with_parameter(self.cfg.detector, name, value)  # on top of any reload applied meanwhile
+            await self._warm_detector(det, self.cfg.sensors)
+            self.pipeline.set_detector(det)
+            self.cfg = dataclasses.replace(self.cfg, detector=det)
         log.info("detector parameter %s set to %r (downlink)", name, value)
         return {name: value}
+
+    async def _warm_detector(self, section, sensors) -> None:
+        """Compile (or load) the detector kernels ``section`` needs for ``sensors``, off the event loop."""
+        from .pipeline import warm_detectors
+
+        t0 = time.perf_counter()
+        n = await self.compiler.submit(warm_detectors, section, [s.id for s in sensors])
+        log.info("detector kernels for the new settings ready in %.2f s (%d variants)", time.perf_counter() - t0, n)
+
+    async def _wait_started(self, what: str) -> None:
+        if not self._started.is_set():
+            log.info("%s asked for during the start-up: it applies once the gateway is ready", what)
+            await self._started.wait()
 
     # --- operations: control socket, metrics, status, reload (see docs/operations.md) --------
 
@@ -312,6 +441,9 @@ class Gateway:
                       "oldest_age_s": round(self.clock() - q.oldest_created, 1) if q.oldest_created else None}
         s["link_error"] = getattr(self.link, "last_error", "") if s["link"] == "down" else ""
         s["tail_dropped"] = self.tap.dropped
+        if self.control is not None:
+            s["control"] = {"clients": self.control.clients, "refused": self.control.refused,
+                            "accept_errors": self.control.accept_errors}
         return s
 
     def _observe(self, batch, out: list) -> None:
@@ -345,7 +477,8 @@ class Gateway:
         from .metrics import PrometheusEndpoint
 
         self.control = ControlServer(self.cfg.state_dir / "control.sock", self.status, self.tap,
-                                     commands={"reload": lambda req: self.reload_from_file()})
+                                     commands={"reload": lambda req: asyncio.shield(
+                                         self._spawn(self.reload_from_file(), "reload"))})
         await self.control.start()
         self.telemetry.cached = await self.status()
         if self.cfg.metrics.prometheus_port:
@@ -361,21 +494,27 @@ class Gateway:
             self.prometheus = None
 
     def request_reload(self) -> None:
-        """Reload the config file in the background (SIGHUP, MQTT ``reload``); see :meth:`reload`."""
+        """Reload the config file in the background (SIGHUP, MQTT ``reload``); see :meth:`reload`.
+
+        Asked for during the start-up, it waits until the drivers run (a sensor it adds is started
+        once); asked for once stopping, it is ignored.
+        """
+        if self._stop.is_set():
+            return
+
         async def _reload() -> None:
             try:
                 await self.reload_from_file()
             except ValueError:
                 pass  # logged and reported on the status topic by reload()
 
-        task = asyncio.get_running_loop().create_task(_reload(), name="reload")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(_reload(), "reload")
 
     async def reload_from_file(self) -> dict:
         """Read ``cfg.source`` again and :meth:`reload` it; raise ValueError if it is refused."""
         from . import config
 
+        await self._wait_started("reload")
         try:
             new_cfg = await asyncio.get_running_loop().run_in_executor(None, config.load, self.cfg.source)
         except config.ConfigError as exc:
@@ -393,40 +532,49 @@ class Gateway:
 
         Refused (ValueError; the old config keeps running) when the change needs a restart.
         """
-        import dataclasses
-
         from . import reload as reload_planning
 
+        await self._wait_started("reload")
         async with self._reload_lock:
             plan = reload_planning.plan(self.cfg, new_cfg)
             if not plan.ok:
                 self._reload_refused(plan.reason(), plan.summary())
                 raise ValueError(plan.reason())
-            import drivers
+            if plan.detector_changed or plan.start:
+                try:
+                    await self._warm_detector(new_cfg.detector, new_cfg.sensors)  # the old settings run meanwhile
+                except Exception as exc:  # noqa: BLE001 - refused like any other reload that cannot apply
+                    self._reload_refused(f"detector kernels did not compile: {exc!r}", plan.summary())
+                    raise ValueError(str(exc)) from exc
+            with self._applying_change():
+                return await self._apply(plan, new_cfg)
 
-            new_sensors = {s.id: s for s in new_cfg.sensors}
-            for sid in plan.stop:
-                await self.supervisor.stop(sid)
-            self.drivers = [d for d in self.drivers if d.sensor_id not in plan.stop]
-            for sid in plan.start:
-                s = new_sensors[sid]
-                d = drivers.get(s.driver)(s.id, s.options, self.batcher.add, clock=self.clock)
-                self.drivers.append(d)
-                self.supervisor.start(d)
-            order = {s.id: i for i, s in enumerate(new_cfg.sensors)}
-            self.drivers.sort(key=lambda d: order.get(d.sensor_id, 0))
-            if plan.detector_changed:
-                self.pipeline.set_detector(new_cfg.detector)
-            if new_cfg.log_level != self.cfg.log_level:
-                logging.getLogger().setLevel(new_cfg.log_level.upper())
-            old_cfg, self.cfg = self.cfg, new_cfg
-            if plan.broker_changed:
-                await self._replace_uplink(old_cfg)
-            summary = plan.summary()
-            log.info("config reloaded from %s: %s", new_cfg.source, json.dumps(summary))
-            self.telemetry.reload_done(True, "", summary)
-            self._publish_status()
-            return summary
+    async def _apply(self, plan, new_cfg: GatewayConfig) -> dict:
+        import drivers
+
+        new_sensors = {s.id: s for s in new_cfg.sensors}
+        for sid in plan.stop:
+            await self.supervisor.stop(sid)
+        self.drivers = [d for d in self.drivers if d.sensor_id not in plan.stop]
+        for sid in plan.start:
+            s = new_sensors[sid]
+            d = drivers.get(s.driver)(s.id, s.options, self.batcher.add, clock=self.clock)
+            self.drivers.append(d)
+            self.supervisor.start(d)
+        order = {s.id: i for i, s in enumerate(new_cfg.sensors)}
+        self.drivers.sort(key=lambda d: order.get(d.sensor_id, 0))
+        if plan.detector_changed:
+            self.pipeline.set_detector(new_cfg.detector)
+        if new_cfg.log_level != self.cfg.log_level:
+            logging.getLogger().setLevel(new_cfg.log_level.upper())
+        old_cfg, self.cfg = self.cfg, new_cfg
+        if plan.broker_changed:
+            await self._replace_uplink(old_cfg)
+        summary = plan.summary()
+        log.info("config reloaded from %s: %s", new_cfg.source, json.dumps(summary))
+        self.telemetry.reload_done(True, "", summary)
+        self._publish_status()
+        return summary
 
     async def _replace_uplink(self, old_cfg: GatewayConfig) -> None:
         """New broker settings: a new link and forwarder; the queue resends what was not acknowledged."""
@@ -446,8 +594,26 @@ class Gateway:
                  s["counts"]["readings"], s["counts"]["aggregates"], s["counts"]["events"],
                  s["published"], s["queue_depth"], s["inflight"], s["link"])
 
+    async def _abort_start(self) -> None:
+        """Undo a start that did not finish: close what it opened, the queue cleanly."""
+        self.notify("STOPPING=1")
+        await self._cancel_background()
+        await self._stop_operations()
+        await self.supervisor.stop()
+        if self.batcher.pending():  # drivers ran, so the kernels are warm: commit what they read
+            await self.tick()
+            await self._save_checkpoint()
+        if self.forwarder is not None:
+            await self.forwarder.stop()
+        if self.link is not None:
+            await self.link.stop(self._status_payload("offline"))
+        await self.queue.close()
+        self._unlock_state_dir()
+        log.info("stopped before the gateway was ready")
+
     async def shutdown(self) -> None:
         self.notify("STOPPING=1")
+        await self._cancel_background()
         await self._stop_operations()
         await self.supervisor.stop()
         await self.tick()
@@ -462,28 +628,61 @@ class Gateway:
         await self.queue.close()
         path = self.cfg.state_dir / "last-run.json"
         path.write_text(json.dumps(summary, indent=1, default=str))
+        self._unlock_state_dir()
         log.info("stopped: %s", json.dumps({k: summary[k] for k in ("counts", "published", "queue_depth")}))
 
 
 async def run(cfg: GatewayConfig, notify: Callable[[str], None] = lambda s: None) -> int:
-    gw = Gateway(cfg, notify)
+    """Run a gateway until SIGTERM or SIGINT (SIGHUP reloads); the exit status.
+
+    1, after one line in the log, when another gateway holds the state directory. A compile still
+    running at the end (a stop during the warm-up, or during a ``set``) is not waited for: once
+    everything is closed the process ends with ``os._exit``, as an interpreter shutting down around
+    a thread inside LLVM could crash on its way out.
+    """
     loop = asyncio.get_running_loop()
+    gw: Gateway
+
+    def stop() -> None:
+        gw.request_stop()
+
+    def reload() -> None:
+        gw.request_reload()
+
+    # before Gateway(), which imports Numba: a signal meanwhile waits for the loop, never kills the process
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, gw.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, gw.request_reload)
+        loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    gw = Gateway(cfg, notify)
     monitor = stall.StallMonitor(loop, stall.STALL_AFTER_S).start()
     progress = stall.ProgressMonitor(loop, lambda: gw.last_round, stall.STALL_AFTER_S, stall.STUCK_AFTER_S).start()
     watchdog = getattr(notify, "watchdog_task", None)  # sdnotify.Notifier: pings from this loop
     pinger = loop.create_task(watchdog(progress.healthy), name="watchdog") if watchdog else None
     try:
         await gw.run()
+    except AlreadyRunning as exc:
+        log.error("%s", exc)
+        return 1
     finally:
         progress.stop()
         monitor.stop()
         if pinger is not None:
             pinger.cancel()
             await asyncio.gather(pinger, return_exceptions=True)
+    if gw.compiler.busy:
+        log.warning("exiting without waiting for the kernel compile still running")
+        logging.shutdown()
+        os._exit(0)
     return 0
+
+
+def _with_parameter(det, name: str, value):
+    """``det`` with a downlink ``set`` applied; ValueError, from the config's own checks, if it is refused."""
+    if name == "threshold":
+        if isinstance(value, list):
+            raise ValueError("value: threshold needs a number")
+        return dataclasses.replace(det, threshold=float(value))
+    return dataclasses.replace(det, params={**det.params, name: value})
 
 
 def prepare_environment(cfg: GatewayConfig) -> None:

@@ -1,4 +1,5 @@
-"""Where Numba keeps the compiled kernels: a folder per version of the code it compiled.
+"""Where Numba keeps the compiled kernels: a folder per version of the code it compiled; and
+:class:`Compiler`, which compiles them beside the event loop.
 
 Numba's ``cache=True`` checks a kernel's own source file, not the helpers or the
 Numba and Python it was built with, and never deletes anything. Keying the folder on
@@ -8,13 +9,17 @@ folders of older versions keeps them from piling up on the SD card.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import re
 import shutil
 import sys
+import threading
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -43,3 +48,46 @@ def cache_dir(root: Path) -> Path:
                 shutil.rmtree(old, ignore_errors=True)
                 log.info("removed the Numba cache of another code version: %s", old)
     return root / tag
+
+
+class Compiler:
+    """Runs kernel compiles in daemon threads of their own, each seen from asyncio as a future.
+
+    Not the default executor, which ``asyncio.run`` joins at exit: nothing interrupts a compile,
+    and on a Pi one takes minutes. Cancelling a future abandons its compile; :attr:`busy` then
+    tells the daemon not to let the interpreter shut down around it.
+    """
+
+    def __init__(self) -> None:
+        self._threads: set[threading.Thread] = set()
+
+    def submit(self, fn: Callable, *args) -> asyncio.Future:
+        """``fn(*args)`` in a new thread; a future, of the running loop, of its result."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def settle(result, exc) -> None:
+            if not fut.done():
+                if exc is None:
+                    fut.set_result(result)
+                else:
+                    fut.set_exception(exc)
+
+        def work() -> None:
+            result, exc = None, None
+            try:
+                result = fn(*args)
+            except Exception as e:  # noqa: BLE001 - handed to whoever awaits the future
+                exc = e
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(settle, result, exc)
+
+        thread = threading.Thread(target=work, name="kernel-compile", daemon=True)
+        self._threads = {t for t in self._threads if t.is_alive()} | {thread}
+        thread.start()
+        return fut
+
+    @property
+    def busy(self) -> bool:
+        """A compile is still running (perhaps one nobody waits for any more)."""
+        return any(t.is_alive() for t in self._threads)

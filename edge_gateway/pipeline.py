@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 import msgpack
 import numpy as np
@@ -34,6 +34,37 @@ def detector_settings(section: DetectorSection, sensor: str = "", channel: str =
         if layer.threshold is not None:
             base = dataclasses.replace(base, event_threshold=layer.threshold)
     return base
+
+
+def detector_variants(section: DetectorSection, sensors: Iterable[str]) -> list[DetectorSettings]:
+    """Every distinct settings a channel of ``sensors`` can be scored with under ``section``.
+
+    A channel is scored with the section's settings, its sensor's, or its own ``sensor/channel``
+    entry's; a channel of a sensor no longer configured (restored from a checkpoint) gets the section's.
+    """
+    found = {detector_settings(section): None}
+    for sensor in sensors:
+        found.setdefault(detector_settings(section, sensor))
+    for key in section.sensors:
+        sensor, _, channel = key.partition("/")
+        if channel:
+            found.setdefault(detector_settings(section, sensor, channel))
+    return list(found)
+
+
+def warm_detectors(section: DetectorSection, sensors: Iterable[str]) -> int:
+    """Compile (or load from the Numba cache) the detector kernel of every variant in
+    :func:`detector_variants`; returns how many there are.
+
+    Each variant with another ``spec`` (or with the statistical detectors switched on or off) is a
+    Numba specialization of its own. One left out would compile on the event loop at the first
+    reading it scores: seconds on a PC, a watchdog abort on a Pi. Touches no pipeline state, so it
+    can run in a thread while the pipeline goes on with the old settings.
+    """
+    variants = detector_variants(section, sensors)
+    for settings in variants:
+        Detector(settings).warm()
+    return len(variants)
 
 
 class Pipeline:
@@ -91,12 +122,18 @@ class Pipeline:
         return self._detectors[int(self._group[channel])].settings
 
     def warm(self) -> None:
-        """Compile (or load from the Numba cache) every kernel the pipeline calls."""
+        """Compile (or load from the Numba cache) every kernel the pipeline calls with this config.
+
+        Only the compile: no state of this pipeline is touched.
+        """
         self.engine.warm()
-        self._detectors[0].warm()
+        warm_detectors(self._section, [s.id for s in self.cfg.sensors])
 
     def set_detector(self, section: DetectorSection) -> None:
-        """New detector settings (reload, downlink ``set``); the learned state is kept."""
+        """New detector settings (reload, downlink ``set``); the learned state is kept.
+
+        Call :func:`warm_detectors` for ``section`` off the event loop first: this compiles nothing.
+        """
         state = self._detector_state()
         self._use_detectors(section)
         self._load_detector_state(state)
@@ -153,12 +190,14 @@ class Pipeline:
     def channel_counters(self) -> dict[tuple[str, str], dict[str, int]]:
         """Readings each ``(sensor, channel)`` lost before its windows: ``late`` (older than the window
         open or last closed) and ``future`` (stamped too far ahead of the gateway's clock)."""
-        keys = self.batcher.keys
         late = self.engine.late_counts()
         future = self.future.dropped
-        return {(k.sensor, k.channel): {"late": int(late[i]) if i < late.shape[0] else 0,
-                                        "future": int(future[i]) if i < future.shape[0] else 0}
-                for i, k in enumerate(keys)}
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for i, k in enumerate(self.batcher.keys):  # a channel whose unit changed has a key per unit
+            c = out.setdefault((k.sensor, k.channel), {"late": 0, "future": 0})
+            c["late"] += int(late[i]) if i < late.shape[0] else 0
+            c["future"] += int(future[i]) if i < future.shape[0] else 0
+        return out
 
     def _anomaly(self, ev: dict, state: str) -> messages.Message:
         """An ``anomaly`` event message; an ``open`` one has no ``end`` yet."""

@@ -65,10 +65,20 @@ class Supervisor:
         self._tasks: dict[str, asyncio.Task] = {}
         self.drivers: dict[str, Driver] = {}
 
-    def start(self, driver: Driver) -> None:
-        self.drivers[driver.sensor_id] = driver
-        self._tasks[driver.sensor_id] = asyncio.create_task(self._keep_running(driver),
-                                                            name=f"driver:{driver.sensor_id}")
+    def start(self, driver: Driver) -> bool:
+        """Run ``driver``; False (and nothing started) when its sensor id already has a running task.
+
+        A second task for one sensor would share the device with the first, and the first, no
+        longer tracked, would outlive :meth:`stop`: stop the running one first.
+        """
+        sid = driver.sensor_id
+        running = self._tasks.get(sid)
+        if running is not None and not running.done():
+            log.error("sensor %s: already running, not started again", sid)
+            return False
+        self.drivers[sid] = driver
+        self._tasks[sid] = asyncio.create_task(self._keep_running(driver), name=f"driver:{sid}")
+        return True
 
     async def stop(self, sensor_id: str | None = None) -> None:
         """Cancel one driver, or all of them, and wait until they have closed their links."""
