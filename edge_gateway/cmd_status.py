@@ -16,6 +16,7 @@ Exit statuses: 0 ok; 1 the daemon refused the reload / answered with an error;
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 
 
@@ -31,10 +32,13 @@ def add_to(sub) -> None:
                        description="Reload the config; a refused config leaves the old one running (exit 1).")
     add_socket_args(r)
     r.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
+    r.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="wait this long for the answer (default 600: new detector settings are compiled "
+                        "first, minutes on a Pi with an empty cache)")
     r.set_defaults(func=reload)
 
 
-def _ask(args, req: dict):
+def _ask(args, req: dict, timeout: float = 10.0):
     from . import config, control
     from .cmd_common import error, socket_path
 
@@ -44,13 +48,16 @@ def _ask(args, req: dict):
         error(str(exc))
         return None, 2
     try:
-        return control.request(path, req), 0
+        return control.request(path, req, timeout), 0
     except control.DaemonNotRunning as exc:
         error(f"the daemon is not running: {exc}")
         error("start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`")
         return None, 3
     except PermissionError:
         error(f"{path}: permission denied (run as root or as a member of the service's group)")
+        return None, 1
+    except TimeoutError:
+        error(f"{path}: no answer within {timeout:g} s; a reload may still apply (see `edge-gateway status`)")
         return None, 1
     except (OSError, ValueError) as exc:
         error(f"{path}: {exc}")
@@ -117,7 +124,10 @@ def _g(x) -> str:
 def reload(args) -> int:
     from .cmd_common import error, print_json
 
-    reply, rc = _ask(args, {"cmd": "reload"})
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        error(f"--timeout must be a positive number of seconds, got {args.timeout}")
+        return 2
+    reply, rc = _ask(args, {"cmd": "reload"}, args.timeout)
     if reply is None:
         return rc
     if args.json:

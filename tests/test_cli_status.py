@@ -23,6 +23,21 @@ def test_not_running_exits_3(tmp_path):
     assert cli("status", "--config", cfg).returncode == 3
 
 
+def test_reload_waits_as_long_as_it_is_told_and_says_it_may_still_apply(tmp_path):
+    """A reload may compile new kernels first (minutes on a Pi): the wait is --timeout, 600 s by default."""
+    import socket
+
+    sock = tmp_path / "control.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:  # a daemon that never answers
+        srv.bind(str(sock))
+        srv.listen(1)
+        r = cli("reload", "--socket", sock, "--timeout", "0.5")
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == (f"edge-gateway: {sock}: no answer within 0.5 s; a reload may still apply "
+                        "(see `edge-gateway status`)\n")
+    assert cli("reload", "--socket", sock, "--timeout", "-1").returncode == 2
+
+
 def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
     link = tmp_path / "air-1.tty"
     secret = tmp_path / "secrets.txt"
