@@ -11,6 +11,7 @@ out of the window kernels.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -36,6 +37,10 @@ class Batch:
         return int(self.chan.shape[0])
 
 
+MAX_CHANNELS_PER_SENSOR = 1024  # a device names its channels (SenML): one must not grow memory without end
+log = logging.getLogger(__name__)
+
+
 class Batcher:
     """Maps (sensor, channel, unit) to a dense index and buffers readings until drained.
 
@@ -44,9 +49,12 @@ class Batcher:
     its own unit, so no aggregate mixes the two or carries the wrong one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_channels_per_sensor: int = MAX_CHANNELS_PER_SENSOR) -> None:
         self.keys: list[ChannelKey] = []
         self._index: dict[tuple[str, str, str], int] = {}
+        self.max_channels_per_sensor = max_channels_per_sensor
+        self._per_sensor: dict[str, int] = {}
+        self.refused: dict[str, int] = {}  # readings of channels over the cap, per sensor
         self._chan: list[int] = []
         self._ts: list[float] = []
         self._val: list[float] = []
@@ -60,11 +68,18 @@ class Batcher:
             idx = len(self.keys)
             self._index[key] = idx
             self.keys.append(ChannelKey(sensor, channel, unit))
+            self._per_sensor[sensor] = self._per_sensor.get(sensor, 0) + 1
         return idx
 
     def add(self, r: Reading) -> None:
         idx = self._index.get((r.sensor, r.channel, r.unit))
         if idx is None:
+            if self._per_sensor.get(r.sensor, 0) >= self.max_channels_per_sensor:
+                if r.sensor not in self.refused:
+                    log.warning("sensor %s: more than %d channels; readings of new channels are dropped "
+                                "(first: %r)", r.sensor, self.max_channels_per_sensor, r.channel)
+                self.refused[r.sensor] = self.refused.get(r.sensor, 0) + 1
+                return
             idx = self.index_of(r.sensor, r.channel, r.unit)
         self._chan.append(idx)
         self._ts.append(r.ts)

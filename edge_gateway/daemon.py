@@ -76,7 +76,9 @@ class Gateway:
         from .metrics import Telemetry
 
         self.tap = Tap()  # readings/events for `edge-gateway tail`; never blocks
-        self.telemetry = Telemetry(clock, channel_counters=self.pipeline.channel_counters)
+        self.telemetry = Telemetry(clock, channel_counters=self.pipeline.channel_counters,
+                                   sensor_counters=lambda: {sid: {"channels_refused": n}
+                                                            for sid, n in self.batcher.refused.items()})
         self.control = None
         self.prometheus = None
         self._reload_lock = asyncio.Lock()  # reloads and downlink ``set`` change the config one at a time

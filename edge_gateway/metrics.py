@@ -56,9 +56,11 @@ class Telemetry:
     """
 
     def __init__(self, clock: Callable[[], float] = time.time,
-                 channel_counters: Callable[[], dict[tuple[str, str], dict[str, int]]] | None = None) -> None:
+                 channel_counters: Callable[[], dict[tuple[str, str], dict[str, int]]] | None = None,
+                 sensor_counters: Callable[[], dict[str, dict[str, int]]] | None = None) -> None:
         self.clock = clock
         self.channel_counters = channel_counters
+        self.sensor_counters = sensor_counters
         self.rates = RateMeter()
         self.last_values: dict[tuple[str, str], tuple[float, float, str]] = {}
         self.events: collections.deque = collections.deque(maxlen=RECENT_EVENTS)
@@ -110,6 +112,8 @@ class Telemetry:
                 "last_reading_age_s": round(now - st.last_reading_ts, 1) if st.last_reading_ts else None,
                 "last_values": values,
             }
+            if self.sensor_counters is not None:
+                out[d.sensor_id].update(self.sensor_counters().get(d.sensor_id, {}))
             parts = d.part_stats() if hasattr(d, "part_stats") else {}
             if parts:
                 out[d.sensor_id]["parts"] = parts
