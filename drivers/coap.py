@@ -478,13 +478,16 @@ class CoapDriver(Driver):
             self._oversize(res, str(exc))
             return
         self.stats.malformed += errors
-        newest: dict[str, float] = {}
+        seen = st.last.ts if st.last is not None else {}
+        newest = dict(seen)
         for channel, _, ts, _ in samples:
             if ts > newest.get(channel, -math.inf):
                 newest[channel] = ts
         st.last = _Last(content_format, payload, len(samples), newest)
-        if last is not None:
-            fresh = [s for s in samples if s[2] > last.ts.get(s[0], -math.inf)]
+        if seen:
+            # a sample stamped by the node is published once: a poll of an unchanged SenML pack, a refresh
+            # or a registration repeats it; one stamped on receipt (now) is always new
+            fresh = [s for s in samples if s[2] == now or s[2] > seen.get(s[0], -math.inf)]
             st.stats.duplicates += len(samples) - len(fresh)
             samples = fresh
         for channel, value, ts, unit in samples:

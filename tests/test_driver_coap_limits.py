@@ -13,8 +13,8 @@ from simulators.coap_node import CoapNode
 NOW = 1_700_000_000.0
 
 
-def _pack(n: int, v0: float = 0.0) -> bytes:
-    return senml.encode_json([{"bn": "d:", "bt": NOW, "n": f"c{i:03d}", "u": "%", "v": v0 + i} for i in range(n)])
+def _pack(n: int, v0: float = 0.0, bt: float = NOW) -> bytes:
+    return senml.encode_json([{"bn": "d:", "bt": bt, "n": f"c{i:03d}", "u": "%", "v": v0 + i} for i in range(n)])
 
 
 async def _node(payload: bytes, cf: int = senml.CT_SENML_JSON) -> CoapNode:
@@ -26,7 +26,7 @@ async def _node(payload: bytes, cf: int = senml.CT_SENML_JSON) -> CoapNode:
 
 @pytest.mark.parametrize("mode", ["poll", "observe"])
 async def test_a_blockwise_pack_is_put_together_exactly(mode):
-    first, second = _pack(200), _pack(150, 1000.0)
+    first, second = _pack(200), _pack(150, 1000.0, NOW + 60)
     assert len(first) > 5 * 1024 and len(second) > 3 * 1024
     node = await _node(first)
     out = []

@@ -147,3 +147,39 @@ async def test_registering_again_ends_the_old_observation_on_the_node():
     finally:
         await node.stop()
     assert [r.value for r in out] == [1.0, 2.0]
+
+
+async def test_polling_an_unchanged_absolute_senml_pack_publishes_each_sample_once():
+    """A poll returns the node's last pack until it has a new one: its samples are not counted again."""
+    pack = senml.encode_json([{"bn": "d:", "bt": NOW, "n": "a", "v": 1.0}])
+    node = await _node(pack, senml.CT_SENML_JSON)
+    out = []
+    opts = CoapOptions(uri=node.uri, resources=(CoapResource("/t"),), mode="poll", interval_s=0.05)
+    driver = CoapDriver("n", opts, out.append)
+    try:
+        async with running(driver):
+            assert await wait_until(lambda: driver.resources["/t"].duplicates >= 3)
+            node.resources["/t"].publish(senml.encode_json([{"bn": "d:", "bt": NOW + 60, "n": "a", "v": 2.0}]),
+                                         senml.CT_SENML_JSON)
+            assert await wait_until(lambda: len(out) == 2)
+            polls = driver.resources["/t"].responses
+            assert await wait_until(lambda: driver.resources["/t"].responses >= polls + 3)
+    finally:
+        await node.stop()
+    assert [(r.channel, r.ts, r.value) for r in out] == [("d:a", NOW, 1.0), ("d:a", NOW + 60, 2.0)]
+    assert driver.stats.malformed == 0
+
+
+async def test_polling_a_plain_number_publishes_every_poll():
+    """Stamped on receipt, every poll is a new sample even when the value is the same."""
+    node = await _node(b"21.5", 0)
+    out = []
+    opts = CoapOptions(uri=node.uri, resources=(CoapResource("/t"),), mode="poll", interval_s=0.05)
+    driver = CoapDriver("n", opts, out.append)
+    try:
+        async with running(driver):
+            assert await wait_until(lambda: len(out) >= 4)
+    finally:
+        await node.stop()
+    assert {r.value for r in out} == {21.5}
+    assert driver.resources["/t"].duplicates == 0
