@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 from support import REPO, free_port
@@ -47,3 +50,37 @@ def status_json(sock: Path) -> dict:
     r = cli("status", "--socket", sock, "--json", timeout=30)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+class NotifyReceiver:
+    """A stand-in for systemd's notify socket: every datagram with its arrival time (monotonic), in a thread."""
+
+    def __init__(self, address) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(0.1)
+        self.got: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.got.append((time.monotonic(), data.decode()))
+
+    def messages(self) -> list[str]:
+        return [m for _, m in self.got]
+
+    def first(self, message: str) -> float | None:
+        return next((t for t, m in self.got if m == message), None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()

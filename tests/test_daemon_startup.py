@@ -14,60 +14,31 @@ import fcntl
 import os
 import shutil
 import signal
-import socket
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
 import drivers
 from edge_gateway import config
 from edge_gateway.supervisor import Supervisor
-from ops_support import cli, serial_sensor, status_json, write_config
+from ops_support import NotifyReceiver, cli, serial_sensor, status_json, write_config
 from support import GatewayProcess, Process, wait_for
 
 DETECTOR_KERNEL = "detect_spec"  # the Numba kernel specialized per detector settings
 
 
-class Notifications:
-    """A fake systemd notify socket: every datagram with its arrival time (monotonic)."""
+class Notifications(NotifyReceiver):
+    """The notify socket at ``path``, and the environment that points the daemon at it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.got: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.got.append((time.monotonic(), data.decode()))
-
-    def messages(self) -> list[str]:
-        return [m for _, m in self.got]
-
-    def first(self, message: str) -> float | None:
-        return next((t for t, m in self.got if m == message), None)
+        super().__init__(str(path))
 
     def env(self, watchdog_usec: int = 0) -> dict:
         env = {"NOTIFY_SOCKET": str(self.path)}
         if watchdog_usec:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
         return env
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 def numba_cache_copy(dest: Path, *, without: str = "") -> Path:

@@ -5,46 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-import threading
 import time
 
 import pytest
 
 from edge_gateway import sdnotify
-from ops_support import write_config
+from ops_support import NotifyReceiver, write_config
 from support import GatewayProcess, wait_for
-
-
-class Receiver:
-    """A bound datagram socket collecting (monotonic time, message) in a thread."""
-
-    def __init__(self, address) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(address)
-        self.sock.settimeout(0.1)
-        self.got: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.got.append((time.monotonic(), data.decode()))
-
-    def messages(self) -> list[str]:
-        return [m for _, m in self.got]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
 
 
 def test_address_forms_and_watchdog_interval():
@@ -66,7 +33,7 @@ def test_datagrams_reach_path_and_abstract_sockets(tmp_path, form):
     else:
         name = f"edge-gateway-test-{os.getpid()}-{time.monotonic_ns()}"
         address, env_value = b"\0" + name.encode(), "@" + name
-    rx = Receiver(address)
+    rx = NotifyReceiver(address)
     n = sdnotify.Notifier({"NOTIFY_SOCKET": env_value})
     try:
         assert n.send("READY=1") and n("STATUS=warming analytics kernels")
@@ -79,7 +46,7 @@ def test_datagrams_reach_path_and_abstract_sockets(tmp_path, form):
 
 def test_daemon_ready_after_warm_watchdog_pings_and_stopping(tmp_path):
     """The real daemon under a fake systemd: STATUS, READY=1 once the control socket is up, pings, STOPPING."""
-    rx = Receiver(str(tmp_path / "notify.sock"))
+    rx = NotifyReceiver(str(tmp_path / "notify.sock"))
     cfg = write_config(tmp_path)
     gw = GatewayProcess(cfg, tmp_path / "gw.log", env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
                                                        "WATCHDOG_USEC": "200000"}).start()
@@ -105,7 +72,7 @@ async def _run_in_process(tmp_path):
     from edge_gateway import daemon
     from edge_gateway.config import load
 
-    rx = Receiver(str(tmp_path / "notify.sock"))
+    rx = NotifyReceiver(str(tmp_path / "notify.sock"))
     notifier = sdnotify.Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "100000"})
     run = asyncio.create_task(daemon.run(load(write_config(tmp_path)), notifier))
     for _ in range(1200):
