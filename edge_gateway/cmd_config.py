@@ -220,7 +220,6 @@ def get(args) -> int:
 
 # --- set --------------------------------------------------------------------------------------
 
-_EXP_NUMBER = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+")
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/]*")
 _STR_TAG = "tag:yaml.org,2002:str"
 _BREAKS = re.compile("[\r\n\x85\u2028\u2029]")  # YAML 1.1 line breaks: written raw, they split a value
@@ -265,17 +264,6 @@ def _mapping_indent(text: str) -> int:
     return 2
 
 
-def _read_exact(path: Path) -> str:
-    """The file's text with its line endings as they are (``read_text`` would turn CRLF into LF)."""
-    from . import config
-
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise config.ConfigError(str(path), 0, 0, "", f"cannot read: {exc}") from None
-
-
 def set_value(args) -> int:
     import yaml
 
@@ -283,7 +271,7 @@ def set_value(args) -> int:
 
     path = Path(args.file)
     try:
-        text = _read_exact(path)
+        text = config.read_text(path, newline="")
         root = config.compose(text, str(path))
     except config.ConfigError as exc:
         print(f"edge-gateway: {exc}", file=sys.stderr)
@@ -353,6 +341,8 @@ def _new_value(raw: str, old, force_string: bool):
     """
     import yaml
 
+    from . import schema
+
     if force_string or (isinstance(old, str) and "${" not in old):
         return raw
     try:
@@ -361,7 +351,7 @@ def _new_value(raw: str, old, force_string: bool):
         return raw
     if value is None and raw.strip() not in ("null", "~"):
         return raw
-    if isinstance(value, str) and _EXP_NUMBER.fullmatch(raw.strip()):
+    if isinstance(value, str) and schema.EXPONENT_FLOAT.fullmatch(raw.strip()):
         return float(raw)
     return value
 
@@ -371,6 +361,8 @@ def _new_value(raw: str, old, force_string: bool):
 def _locate(root, parts: list[str | int]) -> _Target:
     """Follow the key through the composed nodes as ``lookup`` does through data; KeyError if it cannot."""
     import yaml
+
+    from . import schema
 
     t = _Target()
     node = root
@@ -396,7 +388,7 @@ def _locate(root, parts: list[str | int]) -> _Target:
                 return t
             t.parent, (t.key, child) = node, hits[-1]  # the one PyYAML keeps
             t.path.append(_construct(t.key))
-            if not last and _is_null(child):
+            if not last and schema.is_null(child):
                 t.node, t.create = child, parts[i + 1:]
                 t.path += [str(p) for p in parts[i + 1:]]
                 return t
@@ -426,12 +418,6 @@ def _construct(node):
         return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
     except (yaml.YAMLError, RecursionError):
         return getattr(node, "value", None) if isinstance(getattr(node, "value", None), str) else None
-
-
-def _is_null(node) -> bool:
-    import yaml
-
-    return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
 
 def _shared(root) -> set[int]:

@@ -220,9 +220,8 @@ def check_serial(sensor: str, port: str, user: str) -> Check:
 
 # --- state dir --------------------------------------------------------------------------------
 
-def check_state_dir(state_dir: Path, queue_max: int, user: str | None = None) -> Check:
-    """Room for the queue, and whether ``user`` (default: the current one) may write there or create it."""
-    user = user or pwd.getpwuid(os.geteuid()).pw_name
+def check_state_dir(state_dir: Path, queue_max: int, user: str) -> Check:
+    """Room for the queue, and whether ``user`` may write there or create it."""
     probe = state_dir
     while not os.path.exists(probe) and probe != probe.parent:
         probe = probe.parent

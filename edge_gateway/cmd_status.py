@@ -16,12 +16,11 @@ Exit statuses: 0 ok; 1 the daemon refused the reload / answered with an error;
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import time
 
 
 def add_to(sub) -> None:
-    from .cmd_common import add_socket_args, doc_part
+    from .cmd_common import add_socket_args, doc_part, positive_float
 
     p = sub.add_parser("status", help="show the running daemon's state (exit 3 if not running)",
                        description=doc_part(__doc__, 1))
@@ -32,7 +31,7 @@ def add_to(sub) -> None:
                        description="Reload the config; a refused config leaves the old one running (exit 1).")
     add_socket_args(r)
     r.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
-    r.add_argument("--timeout", type=float, default=600.0, metavar="S",
+    r.add_argument("--timeout", type=positive_float, default=600.0, metavar="S",
                    help="wait this long for the answer (default 600: new detector settings are compiled "
                         "first, minutes on a Pi with an empty cache)")
     r.set_defaults(func=reload)
@@ -124,9 +123,6 @@ def _g(x) -> str:
 def reload(args) -> int:
     from .cmd_common import error, print_json
 
-    if not (args.timeout > 0 and math.isfinite(args.timeout)):
-        error(f"--timeout must be a positive number of seconds, got {args.timeout}")
-        return 2
     reply, rc = _ask(args, {"cmd": "reload"}, args.timeout)
     if reply is None:
         return rc

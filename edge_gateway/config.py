@@ -424,10 +424,14 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None, *,
     return _resolve_paths(cfg, base_dir, source)
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """The file's text; ConfigError (no line) if it cannot be read or is not UTF-8."""
+def read_text(path: str | os.PathLike, newline: str | None = None) -> str:
+    """The file's text; ConfigError (no line) if it cannot be read or is not UTF-8.
+
+    ``newline=""`` keeps line endings as they are (``config set`` writes CRLF files back as CRLF).
+    """
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, encoding="utf-8", newline=newline) as f:
+            return f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), 0, 0, "", f"cannot read: {exc}") from None
 

@@ -33,7 +33,7 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
 
 
-_EXPONENT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")  # YAML 1.2 floats 1.1 reads as text
+EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")  # YAML 1.2 floats 1.1 reads as text
 _TAG_NAMES = {
     "tag:yaml.org,2002:int": "an integer",
     "tag:yaml.org,2002:float": "a number",
@@ -65,7 +65,7 @@ class Validator:
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin in (typing.Union, types.UnionType):
-            if _is_null(node) and type(None) in args:
+            if is_null(node) and type(None) in args:
                 return None
             rest = [a for a in args if a is not type(None)]
             if len(rest) == 1:
@@ -105,7 +105,7 @@ class Validator:
                 raise self.error(node, path, f"expected an integer, got {_describe(node)}")
             return value
         if tp is float:
-            if isinstance(node, yaml.ScalarNode) and node.style is None and _EXPONENT.fullmatch(node.value):
+            if isinstance(node, yaml.ScalarNode) and node.style is None and EXPONENT_FLOAT.fullmatch(node.value):
                 node.tag = "tag:yaml.org,2002:float"  # 1e3, which YAML 1.1 resolves to a string
             value = self._scalar(node, path)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -114,7 +114,7 @@ class Validator:
                 raise self.error(node, path, f"expected a finite number, got {node.value}")
             return float(value)
         if tp is str:
-            if not isinstance(node, yaml.ScalarNode) or _is_null(node):
+            if not isinstance(node, yaml.ScalarNode) or is_null(node):
                 raise self.error(node, path, f"expected a string, got {_describe(node)}")
             return str(node.value)
         if tp is Any:
@@ -130,7 +130,7 @@ class Validator:
             raise self.error(node, path, str(exc.problem)) from None
 
     def _key(self, node: yaml.Node, path: str) -> str:
-        if not isinstance(node, yaml.ScalarNode) or _is_null(node):
+        if not isinstance(node, yaml.ScalarNode) or is_null(node):
             raise self.error(node, path, "keys must be plain names")
         return str(node.value)
 
@@ -215,13 +215,13 @@ def _entry(node: yaml.Node, key: str) -> tuple[yaml.Node, yaml.Node] | None:
     return next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key), None)
 
 
-def _is_null(node: yaml.Node) -> bool:
+def is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
 
 def _describe(node: yaml.Node) -> str:
     name = _TAG_NAMES.get(node.tag, node.tag)
-    if isinstance(node, yaml.ScalarNode) and not _is_null(node):
+    if isinstance(node, yaml.ScalarNode) and not is_null(node):
         return f"{name} {node.value!r}"
     return name
 
