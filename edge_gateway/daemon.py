@@ -207,10 +207,10 @@ class Gateway:
         except AlreadyRunning:
             raise
         except BaseException:
-            await self._abort_start()
+            await self.shutdown(started=False)
             raise
         if not ready:
-            await self._abort_start()
+            await self.shutdown(started=False)
             return
         loop = asyncio.get_running_loop()
         next_ckpt = loop.time() + CHECKPOINT_EVERY_S
@@ -596,43 +596,35 @@ class Gateway:
                  s["counts"]["readings"], s["counts"]["aggregates"], s["counts"]["events"],
                  s["published"], s["queue_depth"], s["inflight"], s["link"])
 
-    async def _abort_start(self) -> None:
-        """Undo a start that did not finish: close what it opened, the queue cleanly."""
+    async def shutdown(self, started: bool = True) -> None:
+        """Stop in order, committing what was read and closing the queue cleanly.
+
+        ``started=False`` undoes a start that did not finish: a tick only if drivers read something
+        (then the kernels are warm), no draining of the backlog and no last-run.json.
+        """
         self.notify("STOPPING=1")
         await self._cancel_background()
         await self._stop_operations()
         await self.supervisor.stop()
-        if self.batcher.pending():  # drivers ran, so the kernels are warm: commit what they read
+        if started or self.batcher.pending():
             await self.tick()
             await self._save_checkpoint()
         if self.forwarder is not None:
-            await self.forwarder.stop()
-        if self.link is not None:
-            await self.link.stop(self._status_payload("offline"))
-        await self.queue.close()
-        self._unlock_state_dir()
-        log.info("stopped before the gateway was ready")
-
-    async def shutdown(self) -> None:
-        self.notify("STOPPING=1")
-        await self._cancel_background()
-        await self._stop_operations()
-        await self.supervisor.stop()
-        await self.tick()
-        await self._save_checkpoint()
-        if self.forwarder is not None:
-            if self.link is not None and self.link.connected:
+            if started and self.link is not None and self.link.connected:
                 await self.forwarder.drain(timeout=5.0)
             await self.forwarder.stop()
         if self.link is not None:
             await self.link.stop(self._status_payload("offline"))
-        summary = self.snapshot()
+        summary = self.snapshot() if started else None
         await self.queue.close()
-        path = self.cfg.state_dir / "last-run.json"
-        path.write_text(json.dumps(summary, indent=1, default=str))
+        if summary is not None:
+            path = self.cfg.state_dir / "last-run.json"
+            path.write_text(json.dumps(summary, indent=1, default=str))
         self._unlock_state_dir()
-        log.info("stopped: %s", json.dumps({k: summary[k] for k in ("counts", "published", "queue_depth")}))
-
+        if summary is None:
+            log.info("stopped before the gateway was ready")
+        else:
+            log.info("stopped: %s", json.dumps({k: summary[k] for k in ("counts", "published", "queue_depth")}))
 
 async def run(cfg: GatewayConfig, notify: Callable[[str], None] = lambda s: None) -> int:
     """Run a gateway until SIGTERM or SIGINT (SIGHUP reloads); the exit status.
