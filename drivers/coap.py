@@ -203,10 +203,13 @@ class CoapDriver(Driver):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.reregistrations = 0
         self._is_connected = False
         self._states = {res.path: _State() for res in self.options.resources}
         self._rng = random.Random()
+
+    @property
+    def reregistrations(self) -> int:
+        return sum(st.stats.reregistrations for st in self._states.values())
 
     @property
     def resources(self) -> dict[str, ResourceStats]:
@@ -298,7 +301,6 @@ class CoapDriver(Driver):
                 if not await self._follow(ctx, request, res, response):
                     deregister = None
                     continue
-                self.reregistrations += 1
                 st.stats.reregistrations += 1
             finally:
                 if request.observation is not None and not request.observation.cancelled:

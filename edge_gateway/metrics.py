@@ -97,7 +97,12 @@ class Telemetry:
 
     def sensors(self, drivers: list, started: float) -> dict:
         now = self.clock()
-        counters = self.channel_counters() if self.channel_counters is not None else None
+        by_sensor: dict[str, dict[str, dict[str, int]]] | None = None
+        if self.channel_counters is not None:
+            by_sensor = {}
+            for (sid, ch), c in self.channel_counters().items():
+                by_sensor.setdefault(sid, {})[ch] = c
+        extra = self.sensor_counters() if self.sensor_counters is not None else {}
         out = {}
         for d in drivers:
             st = d.stats
@@ -112,13 +117,12 @@ class Telemetry:
                 "last_reading_age_s": round(now - st.last_reading_ts, 1) if st.last_reading_ts else None,
                 "last_values": values,
             }
-            if self.sensor_counters is not None:
-                out[d.sensor_id].update(self.sensor_counters().get(d.sensor_id, {}))
+            out[d.sensor_id].update(extra.get(d.sensor_id, {}))
             parts = d.part_stats() if hasattr(d, "part_stats") else {}
             if parts:
                 out[d.sensor_id]["parts"] = parts
-            if counters is not None:
-                mine = {ch: c for (sid, ch), c in counters.items() if sid == d.sensor_id}
+            if by_sensor is not None:
+                mine = by_sensor.get(d.sensor_id, {})
                 out[d.sensor_id].update(
                     late=sum(c["late"] for c in mine.values()), future=sum(c["future"] for c in mine.values()),
                     channel_drops={ch: dict(c) for ch, c in mine.items() if c["late"] or c["future"]})

@@ -162,7 +162,6 @@ class Pipeline:
         self._last_arrival = _padded(self._last_arrival, n_keys, now)
         self._announced = _padded(self._announced, n_keys, np.nan)
         self.engine.ensure_channels(n_keys)
-        self.future.ensure_channels(n_keys)
         self._assign(n_keys)
         out: list[messages.Message] = []
         batch = self.future.admit(batch, self.wall_clock())
