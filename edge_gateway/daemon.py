@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_EVERY_S = 60.0  # written with the next append, and only when changed (docs/uplink.md)
 STATS_EVERY_S = 5.0
 LOCK_FILE = "gateway.lock"
+CACHE_DIR = "numba-cache"
 
 
 class AlreadyRunning(RuntimeError):
@@ -116,6 +117,7 @@ class Gateway:
         and the compile goes on unawaited. Raises :class:`AlreadyRunning` before touching anything.
         """
         self._lock_state_dir()
+        kernel_cache.prune(self.cfg.state_dir / CACHE_DIR)
         await self.queue.open()
         await self._restore_checkpoint()
         self._start_uplink()
@@ -684,5 +686,5 @@ def prepare_environment(cfg: GatewayConfig) -> None:
     before any kernel module is imported."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     if "NUMBA_CACHE_DIR" not in os.environ:
-        os.environ["NUMBA_CACHE_DIR"] = str(kernel_cache.cache_dir(cfg.state_dir / "numba-cache"))
+        os.environ["NUMBA_CACHE_DIR"] = str(kernel_cache.cache_dir(cfg.state_dir / CACHE_DIR))
     memory.limit_arenas()

@@ -40,14 +40,22 @@ def code_tag() -> str:
 
 
 def cache_dir(root: Path) -> Path:
-    """``root/<code_tag>``, after deleting the tag folders of other versions under ``root``."""
+    """``root/<code_tag>``: the folder of the running code version (nothing is created or deleted)."""
+    return root / code_tag()
+
+
+def prune(root: Path) -> None:
+    """Delete the tag folders under ``root`` of every code version but the running one.
+
+    The daemon calls it only once it holds the state directory's lock, so a second
+    ``run`` that is then refused cannot delete the cache of the gateway that is running.
+    """
     tag = code_tag()
     if root.is_dir():
         for old in root.iterdir():
             if old.is_dir() and _TAG.fullmatch(old.name) and old.name != tag:
                 shutil.rmtree(old, ignore_errors=True)
                 log.info("removed the Numba cache of another code version: %s", old)
-    return root / tag
 
 
 class Compiler:

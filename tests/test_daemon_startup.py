@@ -15,6 +15,8 @@ import os
 import shutil
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import drivers
 from edge_gateway import config
 from edge_gateway.supervisor import Supervisor
 from ops_support import NotifyReceiver, cli, serial_sensor, status_json, write_config
-from support import GatewayProcess, Process, wait_for
+from support import REPO, GatewayProcess, Process, wait_for
 
 DETECTOR_KERNEL = "detect_spec"  # the Numba kernel specialized per detector settings
 
@@ -132,12 +134,19 @@ def test_a_second_gateway_on_the_same_state_directory_exits_at_once(tmp_path, br
     live gateway keeps its one MQTT connection. The lock goes with the gateway that held it."""
     cfg = write_config(tmp_path, broker_port=broker.port)
     sock = tmp_path / "state" / "control.sock"
+    other_version = tmp_path / "state" / "numba-cache" / "0123456789abcdef"
+    other_version.mkdir(parents=True)
     gw = GatewayProcess(cfg, tmp_path / "gw.log").start()
     try:
         gw.wait_ready()
+        assert not other_version.exists(), "the lock holder removes other code versions' kernels"
         wait_for(lambda: status_json(sock)["link"] == "up", 20, 0.1, "link up")
         connects = status_json(sock)["uplink"]["connects"]
-        second = cli("run", cfg, timeout=60)
+        other_version.mkdir()  # e.g. the live gateway is the older version, the second run an upgrade
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+        second = subprocess.run([sys.executable, "-m", "edge_gateway", "run", str(cfg)], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert other_version.exists(), "a refused run deleted kernels of a code version it does not run"
         out = second.stdout + second.stderr
         assert second.returncode == 1, out
         assert "Traceback" not in out, out

@@ -19,7 +19,10 @@ def test_the_cache_folder_follows_the_code_and_old_ones_go(tmp_path):
     other.mkdir()
     d = kernel_cache.cache_dir(root)
     assert d == root / kernel_cache.code_tag() and len(d.name) == 16
-    assert not stale.exists() and other.exists()
+    assert stale.exists() and not d.exists(), "naming the folder creates and deletes nothing"
+    d.mkdir()
+    kernel_cache.prune(root)
+    assert not stale.exists() and other.exists() and d.exists()
     assert kernel_cache.cache_dir(root) == d  # stable while the code is
 
 
