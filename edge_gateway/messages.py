@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 
 from .analytics.engine import ROW_FIELDS
-from .analytics.windows import AGG_FIELDS
+from .analytics.windows import AGG_FIELDS, window_end
 from .batcher import ChannelKey
 
 KIND_AGG = "agg"
@@ -73,7 +73,7 @@ def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics
         start = float(row[_AGG_COL["start"]])
         fields = {
             "gw": gateway_id, "sensor": key.sensor, "channel": key.channel, "unit": key.unit,
-            "start": start, "end": start + window_s, "count": int(row[_AGG_COL["count"]]),
+            "start": start, "end": window_end(start, window_s), "count": int(row[_AGG_COL["count"]]),
             "min": float(row[_AGG_COL["min"]]), "max": float(row[_AGG_COL["max"]]),
             "mean": float(row[_AGG_COL["mean"]]), "std": float(row[_AGG_COL["std"]]),
             "first": float(row[_AGG_COL["first"]]), "last": float(row[_AGG_COL["last"]]),

@@ -18,7 +18,7 @@ from edge_gateway import config, messages
 from edge_gateway.analytics import quantiles, windows
 from edge_gateway.analytics._pure import pure_twin
 from edge_gateway.analytics.engine import Engine
-from edge_gateway.batcher import Batch, Batcher, FutureFilter
+from edge_gateway.batcher import Batch, Batcher, ChannelKey, FutureFilter
 from edge_gateway.metrics import Telemetry
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.readings import Reading
@@ -214,6 +214,18 @@ def test_window_quantiles_join_tenth_of_a_second_windows():
     rows = np.vstack([rows, eng.flush_channels(np.zeros(1, np.int64))])
     assert rows[:, 1].tolist() == [k / 10 for k in range(10)] and rows[:, 2].tolist() == [2.0] * 10
     assert rows[:, -2].tolist() == [2.0 * k for k in range(10)]  # p50 present: the tables agree on starts
+
+
+def test_aggregate_messages_of_tenth_of_a_second_windows_end_where_the_next_begins():
+    """``end`` is the next window's start (0.3), not ``start + 0.1`` (0.30000000000000004)."""
+    eng = Engine(0.1)
+    eng.ensure_channels(1)
+    ts = np.round(np.arange(0.0, 1.0, 0.05), 2)
+    rows = eng.process(np.zeros(ts.size, np.int64), ts, np.ones(ts.size))
+    rows = np.vstack([rows, eng.flush_channels(np.zeros(1, np.int64))])
+    out = messages.aggregates(rows, [ChannelKey("s1", "temp", "C")], 0.1, TOPICS, "p-gw")
+    assert [(m.fields["start"], m.fields["end"]) for m in out] == [(k / 10, (k + 1) / 10) for k in range(10)]
+    assert windows.window_end(1_700_000_000.0, 10.0) == 1_700_000_010.0
 
 
 def naive_windows(ticks: list[int], chan: list[int], val: list[float], w: int, h: int) -> dict:

@@ -133,6 +133,13 @@ def _window_end(start, scale, n):
     return b * n if scale == 1.0 else b * n / scale
 
 
+def window_end(start: float, window_s: float) -> float:
+    """The end of the tumbling window starting at ``start``: the next one's start, exactly as the kernels
+    place it (``0.2 + 0.1`` is 0.30000000000000004, the boundary 0.3). Plain Python, for messages."""
+    scale, n, _ = _grid.py_func(window_s, window_s)
+    return _window_end.py_func(start, scale, n)
+
+
 @kernel
 def tumbling_update(chan, ts, val, window_s, state, out):
     """Fold a batch into the open windows; write each window it closes to ``out``.
