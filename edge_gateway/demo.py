@@ -152,15 +152,37 @@ def pump(stream, prefix: str, ready: threading.Event | None = None) -> None:
             ready.set()
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _end(proc: subprocess.Popen, timeout: float) -> int | None:
+    """SIGTERM ``proc`` and wait; SIGKILL it if it is still there after ``timeout``. Its exit status, or
+    None when it had to be killed."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edge_gateway.demo", description=__doc__)
     ap.add_argument("config", nargs="?", default=str(REPO / "configs" / "demo.yaml"))
     ap.add_argument("--scenario", default=str(REPO / "simulators" / "scenarios" / "city_block.yaml"),
                     help="city simulator scenario serving the config's sensors")
     ap.add_argument("--seconds", type=float, default=float(os.environ.get("DEMO_SECONDS") or 0))
+    ap.add_argument("--run-dir", default=str(REPO / "run" / "demo"),
+                    help="folder for the broker, simulators and gateway state (emptied first)")
     args = ap.parse_args(argv)
+    # A hang-up (an SSH session that drops) or a SIGTERM takes the Ctrl-C path: the children are stopped.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
 
-    run_dir = (REPO / "run" / "demo").resolve()
+    run_dir = Path(args.run_dir).resolve()
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     port = free_port()
@@ -200,20 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         rc = None
         if gateway is not None:
-            if gateway.poll() is None:
-                gateway.send_signal(signal.SIGTERM)
-            rc = gateway.wait(60)
+            rc = _end(gateway, 60)
         time.sleep(0.5)
         for p in procs:
-            p.terminate()
-            p.wait(10)
+            _end(p, 10)
         if monitor is not None:
             monitor.stop()
-        broker.terminate()
-        broker.wait(10)
+        _end(broker, 10)
     summary_path = run_dir / "state" / "last-run.json"
     if rc is None or not summary_path.exists():
         print(f"demo: the gateway did not finish cleanly (exit {rc})", file=sys.stderr)
