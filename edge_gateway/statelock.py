@@ -1,0 +1,51 @@
+"""One gateway per state directory: an exclusive ``flock`` on ``<state_dir>/gateway.lock``.
+
+Two gateways on one state directory would share the queue and take the MQTT session (one
+client id) from each other. The kernel drops the lock with the process: a crash leaves no
+stale lock behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+LOCK_FILE = "gateway.lock"
+
+
+class AlreadyRunning(RuntimeError):
+    """Another gateway holds the state directory's lock."""
+
+
+class StateDirLock:
+    """The lock of one state directory; holds the pid of its holder for the refusal message."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock now or raise :class:`AlreadyRunning` (never waits)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise AlreadyRunning(f"another edge-gateway{who} is running on state directory {self.state_dir} "
+                                 f"(it holds {self.path}); stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
