@@ -30,7 +30,7 @@ def socket_path(args) -> Path:
     if getattr(args, "config", None):
         from . import config
 
-        return config.load(args.config).state_dir / "control.sock"
+        return config.load(args.config).control_socket
     env = os.environ.get("EG_CONTROL_SOCKET")
     if env:
         return Path(env)
@@ -38,7 +38,7 @@ def socket_path(args) -> Path:
         from . import config
 
         try:
-            return config.load(DEFAULT_CONFIG).state_dir / "control.sock"
+            return config.load(DEFAULT_CONFIG).control_socket
         except config.ConfigError:
             pass
     return Path(DEFAULT_STATE_DIR) / "control.sock"

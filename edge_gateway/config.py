@@ -265,6 +265,10 @@ class GatewayConfig:
         return Path(self.gateway.state_dir)
 
     @property
+    def control_socket(self) -> Path:
+        return self.state_dir / CONTROL_SOCKET
+
+    @property
     def queue_path(self) -> Path:
         return self.state_dir / self.queue.path
 
@@ -421,7 +425,28 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None, *,
         cfg = _EnvValidator(source, _driver_options, expanded).convert(root, GatewayConfig, "")
     except RecursionError:  # the validator recurses per nesting level too
         raise ConfigError(source, 1, 1, "", "document nested too deeply") from None
-    return _resolve_paths(cfg, base_dir, source)
+    cfg = _resolve_paths(cfg, base_dir, source)
+    _check_socket_path(cfg, root, source)
+    return cfg
+
+
+CONTROL_SOCKET = "control.sock"
+_MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+
+
+def _check_socket_path(cfg: GatewayConfig, root: yaml.Node, source: str) -> None:
+    """The control socket ``<state_dir>/control.sock`` must fit a Unix socket address, or ``run`` would fail
+    only after warming every kernel (minutes on a Pi)."""
+    sock = os.fsencode(str(cfg.control_socket))
+    if len(sock) <= _MAX_UNIX_PATH:
+        return
+    node = root
+    for key in ("gateway", "state_dir"):
+        node = next((v for k, v in node.value if getattr(k, "value", None) == key), node)
+    mark = node.start_mark
+    raise ConfigError(source, mark.line + 1, mark.column + 1, "gateway.state_dir",
+                      f"too long: the control socket {sock.decode(errors='replace')} would be {len(sock)} bytes, "
+                      f"a Unix socket path holds at most {_MAX_UNIX_PATH}")
 
 
 def read_text(path: str | os.PathLike, newline: str | None = None) -> str:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -28,17 +27,13 @@ import msgpack
 
 from . import aio, kernel_cache, memory, stall
 from .config import GatewayConfig
+from .statelock import AlreadyRunning, StateDirLock
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_S = 60.0  # written with the next append, and only when changed (docs/uplink.md)
 STATS_EVERY_S = 5.0
-LOCK_FILE = "gateway.lock"
 CACHE_DIR = "numba-cache"
-
-
-class AlreadyRunning(RuntimeError):
-    """Another gateway holds the state directory's lock."""
 
 
 class Gateway:
@@ -87,7 +82,7 @@ class Gateway:
         self._applying: set[asyncio.Task] = set()  # background tasks a shutdown lets finish
         self._started = asyncio.Event()  # the drivers run: reloads and ``set`` wait for it
         self.compiler = kernel_cache.Compiler()
-        self._lock_fd: int | None = None
+        self.state_lock = StateDirLock(cfg.state_dir)
 
     # --- wiring -----------------------------------------------------------------------------
 
@@ -116,7 +111,7 @@ class Gateway:
         False when a stop is asked for during the warm-up: then nothing after the uplink was started
         and the compile goes on unawaited. Raises :class:`AlreadyRunning` before touching anything.
         """
-        self._lock_state_dir()
+        self.state_lock.acquire()
         kernel_cache.prune(self.cfg.state_dir / CACHE_DIR)
         await self.queue.open()
         await self._restore_checkpoint()
@@ -156,35 +151,6 @@ class Gateway:
             return not self._stop.is_set()
         fut.cancel()
         return False
-
-    def _lock_state_dir(self) -> None:
-        """Take ``<state_dir>/gateway.lock`` (``flock``) or raise :class:`AlreadyRunning`.
-
-        Two gateways on one state directory would share the queue and take the MQTT session (one
-        client id) from each other. The kernel drops the lock with the process: a crash leaves no
-        stale lock behind.
-        """
-        path = self.cfg.state_dir / LOCK_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            who = f" (pid {holder})" if holder.isdigit() else ""
-            raise AlreadyRunning(f"another edge-gateway{who} is running on state directory {self.cfg.state_dir} "
-                                 f"(it holds {path}); stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
-    def _unlock_state_dir(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     def _start_uplink(self) -> None:
         from .forwarder import Forwarder
@@ -480,7 +446,7 @@ class Gateway:
         from .control import ControlServer
         from .metrics import PrometheusEndpoint
 
-        self.control = ControlServer(self.cfg.state_dir / "control.sock", self.status, self.tap,
+        self.control = ControlServer(self.cfg.control_socket, self.status, self.tap,
                                      commands={"reload": lambda req: asyncio.shield(
                                          self._spawn(self.reload_from_file(), "reload"))})
         await self.control.start()
@@ -622,7 +588,7 @@ class Gateway:
         if summary is not None:
             path = self.cfg.state_dir / "last-run.json"
             path.write_text(json.dumps(summary, indent=1, default=str))
-        self._unlock_state_dir()
+        self.state_lock.release()
         if summary is None:
             log.info("stopped before the gateway was ready")
         else:
@@ -685,6 +651,8 @@ def prepare_environment(cfg: GatewayConfig) -> None:
     """Point Numba's cache at the state directory (a folder per code version, see :mod:`.kernel_cache`)
     before any kernel module is imported."""
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(cfg.state_dir, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(cfg.state_dir))
     if "NUMBA_CACHE_DIR" not in os.environ:
         os.environ["NUMBA_CACHE_DIR"] = str(kernel_cache.cache_dir(cfg.state_dir / CACHE_DIR))
     memory.limit_arenas()

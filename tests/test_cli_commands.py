@@ -37,3 +37,17 @@ def test_every_help_works_without_docstrings():
                            capture_output=True, text=True)
         assert r.returncode == 0, (command, r.stderr)
         assert f"usage: edge-gateway {command}" in r.stdout
+
+
+def test_run_on_a_state_dir_it_may_not_create_says_so_in_one_line(tmp_path):
+    """Review 15 (operations) #6: a state dir outside what the unit may write was a PermissionError traceback
+    (exit 1, restarted by systemd). Now one line naming the key and the folder, exit 2."""
+    state = "/sys/kernel/edge-gateway-state"  # refused even to root, as ProtectSystem=strict refuses the service
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text(f"gateway: {{id: t1, state_dir: {state}}}\n")
+    out = subprocess.run([sys.executable, "-m", "edge_gateway", "run", str(cfg)], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == "" and out.stderr == (
+        f"edge-gateway: gateway.state_dir: cannot use {state}: Operation not permitted"
+        " (under the service unit only /var/lib/edge-gateway is writable)\n")

@@ -254,3 +254,14 @@ def test_a_load_keeps_nothing_of_the_document_alive():
     del root
     gc.collect()
     assert ref() is None
+
+
+def test_a_state_dir_too_long_for_the_control_socket_is_a_config_error():
+    """Review 15 (operations) #9: validate and doctor passed, then `run` warmed every kernel and died on bind."""
+    ok = "/var/lib/" + "d" * (107 - len("/var/lib//control.sock"))
+    assert len(str(config.loads(GOOD.replace("  id: gw-1", f"  id: gw-1\n  state_dir: {ok}")).control_socket)) == 107
+    long = ok + "d"
+    e = error_of(GOOD.replace("  id: gw-1", f"  id: gw-1\n  state_dir: {long}"))
+    assert (e.line, e.column, e.path) == (3, 14, "gateway.state_dir")
+    assert str(e) == (f"site.yaml:3:14: gateway.state_dir: too long: the control socket {long}/control.sock would be "
+                      "108 bytes, a Unix socket path holds at most 107")
