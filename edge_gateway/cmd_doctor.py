@@ -3,16 +3,21 @@
 Checks, each ``ok``, ``warn``, ``fail`` or ``unknown``:
 
 * config: the file parses and validates;
-* user: the service user (``--user``, default the current one) exists; shown
-  with ``--user``, and a failure without it;
+* user: the service user exists: ``--user``, else ``edge-gateway`` when that
+  user exists (said so in the output), else the current one; shown with
+  ``--user`` or as the default service user; a missing user is a failure;
 * serial: every configured serial port exists, is a character device or pty,
+  the unit's ``DevicePolicy=closed`` lets the service open it (the group of
+  its major number in /proc/devices is one of the unit's ``DeviceAllow=``),
   and the service user may read and write it: owner, group membership
   (``dialout``) and mode;
 * state dir: the service user may search every folder above it and write it
   (or, not yet created, the nearest existing folder), by the same owner /
   group / other mode bits, on a file system mounted read-write; and it has
-  free space for the queue (``queue.max_bytes`` plus 50 MB);
-* broker: the host name resolves (DNS), a TCP connection opens, and with
+  free space for the queue (``queue.max_bytes`` plus 50 MB); a warning when it
+  is not inside /var/lib/edge-gateway, the only folder the unit may write;
+* broker: ``broker.secrets_file`` (if set) opens and parses, by the rules the
+  gateway applies; the host name resolves (DNS), a TCP connection opens, and with
   ``broker.tls`` the TLS handshake verifies against the configured CA, and the
   client key file is not accessible by group/others (a warning, or a failure
   with ``broker.strict_secrets``: the gateway then refuses it);
@@ -44,6 +49,9 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .cmd_service import (CLOSED_POLICY_GROUPS, CLOSED_POLICY_NODES, DEFAULTS, DEVICE_GROUPS, HIDDEN_DIRS,
+                          STATE_DIR)
+
 
 @dataclass
 class Check:
@@ -53,8 +61,8 @@ class Check:
     fix: str = ""
 
 
-CHECKS = ("config", "user", "serial", "state dir", "broker dns", "broker tcp", "broker tls", "broker tls key",
-          "clock", "daemon")
+CHECKS = ("config", "user", "serial", "state dir", "broker secrets", "broker dns", "broker tcp", "broker tls",
+          "broker tls key", "clock", "daemon")
 
 
 def _check_prefix(text: str) -> str:
@@ -72,7 +80,7 @@ def add_to(sub) -> None:
     p = sub.add_parser("doctor", help="check ports, broker, clock, disk and config; print fixes",
                        description=doc_part(__doc__, 1))
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
-    p.add_argument("--user", help="the user the service runs as (default: the current user)")
+    p.add_argument("--user", help="the user the service runs as (default: edge-gateway if it exists, else you)")
     p.add_argument("--timeout", type=positive_float, default=3.0, help="network timeout in seconds")
     p.add_argument("--skip", action="append", default=[], metavar="CHECK", type=_check_prefix,
                    help="leave out checks whose name starts with CHECK (serial, state, broker, clock, daemon)")
@@ -93,8 +101,11 @@ def handle(args) -> int:
     except config.ConfigError as exc:
         cfg = None
         checks.append(Check("config", "fail", str(exc), f"edit the file and run `edge-gateway config validate {args.config}`"))
-    user = args.user or pwd.getpwuid(os.geteuid()).pw_name
-    checks.extend(check_user(user, shown=bool(args.user)))
+    if args.user:
+        user, note = args.user, ""
+    else:
+        user, note = default_user()
+    checks.extend(check_user(user, shown=bool(args.user or note), note=note))
     if cfg is not None:
         for s in cfg.sensors:
             port = getattr(s.options, "port", None)
@@ -102,6 +113,8 @@ def handle(args) -> int:
                 checks.append(check_serial(s.id, port, user))
         if wanted("state dir"):
             checks.append(check_state_dir(cfg.state_dir, cfg.queue.max_bytes, user))
+        if wanted("broker secrets"):
+            checks.extend(check_secrets(cfg.broker))
         if any(wanted(n) for n in ("broker dns", "broker tcp", "broker tls")):  # skipped: no network waits
             checks.extend(check_broker(cfg.broker, args.timeout))
         if wanted("broker tls key"):
@@ -142,7 +155,17 @@ def user_groups(user: str) -> tuple[int, set[int]]:
     return pw.pw_uid, gids
 
 
-def check_user(user: str, shown: bool) -> list[Check]:
+def default_user(service_user: str | None = None) -> tuple[str, str]:
+    """(the user to check as, a note for the output): the unit's user when it exists, else the current one."""
+    service_user = service_user or DEFAULTS["user"]
+    try:
+        pwd.getpwnam(service_user)
+    except KeyError:
+        return pwd.getpwuid(os.geteuid()).pw_name, ""
+    return service_user, "checked as the service user (the default when it exists; --user NAME for another)"
+
+
+def check_user(user: str, shown: bool, note: str = "") -> list[Check]:
     """A missing service user fails on its own: with no serial sensor, nothing else would say so."""
     try:
         uid, gids = user_groups(user)
@@ -150,7 +173,8 @@ def check_user(user: str, shown: bool) -> list[Check]:
         return [Check("user", "fail", f"user {user!r} does not exist", ADD_USER.format(user))]
     if not shown:
         return []
-    return [Check("user", "ok", f"{user}: uid {uid}, groups {', '.join(sorted(map(_group_name, gids)))}")]
+    detail = f"{user}: uid {uid}, groups {', '.join(sorted(map(_group_name, gids)))}"
+    return [Check("user", "ok", f"{detail}; {note}" if note else detail)]
 
 
 def mode_allows(st: os.stat_result, uid: int, gids: set[int], bits: int) -> bool:
@@ -204,6 +228,9 @@ def check_serial(sensor: str, port: str, user: str) -> Check:
     mode = stat.S_IMODE(st.st_mode)
     gname = _group_name(st.st_gid)
     detail = f"{port} -> {real} mode {mode:04o} group {gname}"
+    denied = _device_denied(real, st.st_rdev)
+    if denied:
+        return Check(name, "fail", f"{detail}; {denied[0]}", denied[1])
     try:
         uid, gids = user_groups(user)
     except KeyError:
@@ -216,6 +243,39 @@ def check_serial(sensor: str, port: str, user: str) -> Check:
     return Check(name, "fail", f"{detail}; {user} may not read and write it",
                  f"fix the udev rule so the device is group {gname} mode 0660, e.g. "
                  f'SUBSYSTEM=="tty", GROUP="dialout", MODE="0660"')
+
+
+def char_device_groups(major: int, proc_devices: str = "/proc/devices") -> list[str]:
+    """The names /proc/devices gives character-device ``major`` (one major may have several: 4 is tty and ttyS)."""
+    names, chars = [], False
+    with open(proc_devices) as f:
+        for line in f:
+            if line.strip().endswith("devices:"):
+                chars = line.startswith("Character")
+                continue
+            number, _, group = line.strip().partition(" ")
+            if chars and number.isdigit() and int(number) == major:
+                names.append(group.strip())
+    return names
+
+
+def _device_denied(real: str, rdev: int) -> tuple[str, str] | None:
+    """(why the unit's device policy denies the device, the fix), or None; unknown (no /proc/devices): None.
+
+    systemd resolves ``DeviceAllow=char-NAME`` to NAME's major number, all minors."""
+    if real in CLOSED_POLICY_NODES:
+        return None
+    major = os.major(rdev)
+    try:
+        groups = char_device_groups(major)
+    except OSError:
+        return None
+    if set(groups) & set(DEVICE_GROUPS + CLOSED_POLICY_GROUPS):
+        return None
+    named = "/".join(groups) if groups else "not in /proc/devices"
+    return (f"the service may not open it: major {major} ({named}) is not one of the unit's DeviceAllow= groups "
+            f"({', '.join(DEVICE_GROUPS)})",
+            f"`systemctl edit edge-gateway` and add [Service] DeviceAllow=char-{groups[0] if groups else 'NAME'} rw")
 
 
 # --- state dir --------------------------------------------------------------------------------
@@ -240,9 +300,30 @@ def check_state_dir(state_dir: Path, queue_max: int, user: str) -> Check:
     if usage.free < need:
         return Check("state dir", "fail", detail,
                      "free space on that file system, or lower queue.max_bytes")
+    warnings, fixes = [], []
+    outside = _outside_unit(state_dir)
+    if outside:
+        warnings.append(outside)
+        fixes.append(f"set gateway.state_dir: {STATE_DIR} (the unit's StateDirectory=)")
     if usage.free < 2 * need:
-        return Check("state dir", "warn", detail, "little headroom: consider lowering queue.max_bytes")
+        fixes.append("little headroom: consider lowering queue.max_bytes")
+    if fixes:
+        return Check("state dir", "warn", "; ".join([detail, *warnings]), "; ".join(fixes))
     return Check("state dir", "ok", detail)
+
+
+def _outside_unit(state_dir: Path) -> str:
+    """Why the service could not keep its state in ``state_dir`` (its unit's sandbox), or ""."""
+    path = os.path.normpath(os.path.abspath(state_dir))
+    if path == STATE_DIR or path.startswith(STATE_DIR + "/"):
+        return ""
+    for top, setting in HIDDEN_DIRS.items():
+        if path == top or path.startswith(top + "/"):
+            if setting.startswith("PrivateTmp"):
+                return (f"not inside {STATE_DIR}: under the service {top} is its own, emptied at each restart "
+                        f"({setting}): the queue would be lost")
+            return f"not inside {STATE_DIR}: the service does not see {top} ({setting})"
+    return f"not inside {STATE_DIR}: the service may write nothing else (ProtectSystem=strict)"
 
 
 def _write_problem(state_dir: Path, probe: Path, user: str) -> tuple[str, str] | None:
@@ -280,6 +361,23 @@ def _write_problem(state_dir: Path, probe: Path, user: str) -> tuple[str, str] |
 
 
 # --- broker -----------------------------------------------------------------------------------
+
+def check_secrets(broker) -> list[Check]:
+    """``broker.secrets_file`` opens and parses, by the rules the gateway applies at each connect."""
+    from .secrets import SecretsError, read
+
+    path = getattr(broker, "secrets_file", "")
+    if not path:
+        return []
+    fix = (f"write 'username: ...' and 'password: ...' lines to {path} (chmod 600); a broker without a password "
+           "needs no secrets_file: remove broker.secrets_file")
+    try:
+        creds, problem = read(path, bool(getattr(broker, "strict_secrets", False)))
+    except SecretsError as exc:
+        return [Check("broker secrets", "fail", str(exc), fix)]
+    if problem:
+        return [Check("broker secrets", "warn", problem, f"chmod 600 {path} (owned by root or the service user)")]
+    return [Check("broker secrets", "ok", f"{path}: username and {'password' if creds.password else 'no password'}")]
 
 def check_broker(broker, timeout: float) -> list[Check]:
     host, port = broker.host, broker.port

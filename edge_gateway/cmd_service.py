@@ -9,19 +9,32 @@ setting and why ``MemoryDenyWriteExecute`` is not among them: Numba's JIT
 writes machine code and then runs it).
 
 Only the state directory (``StateDirectory=edge-gateway``, i.e.
-/var/lib/edge-gateway: queue, Numba cache, control socket) is writable. Serial
-devices: ``DeviceAllow=char-ttyUSB``, ``char-ttyACM`` and ``char-ttyAMA``
-(the Pi's UART). Broker credentials come through ``LoadCredential=`` and are
-read from ``$CREDENTIALS_DIRECTORY``; point ``broker.secrets_file`` at
+/var/lib/edge-gateway: queue, Numba cache, control socket) is writable, so the
+config's ``gateway.state_dir`` must be /var/lib/edge-gateway (checked here, as
+the service will load the config). Serial devices: ``DeviceAllow=`` for the
+groups ttyUSB, ttyACM (USB adapters), ttyAMA and ttyS (the Pi's PL011 and mini
+UARTs) and ttySC (SC16IS7xx RS-485 HATs). Broker credentials come through
+``LoadCredential=`` (an empty one when the file is missing: a broker without a
+password) and are read from ``$CREDENTIALS_DIRECTORY``; point
+``broker.secrets_file`` at
 ``${CREDENTIALS_DIRECTORY:-/etc/edge-gateway/credentials}/broker-secrets`` (the default is the
 credential's source file, so the config also validates from a technician's shell).
 
-Exit statuses: 0 written (or printed with ``--stdout``); 1 cannot write; 2 bad usage.
+Refused (exit 2) unless ``--force``: an executable, venv or config under a
+folder the unit hides (/home, /root, /run/user by ProtectHome; /tmp, /var/tmp
+by PrivateTmp), a config whose state dir is not /var/lib/edge-gateway, and an
+installed unit that differs from this one (local changes belong in a drop-in:
+``systemctl edit edge-gateway``; ``--force`` keeps the old file as ``.bak``).
+``--stdout`` prints the unit and checks nothing.
+
+Exit statuses: 0 written, unchanged (or printed with ``--stdout``); 1 cannot write; 2 bad usage or refused.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import pwd
 import re
 import shutil
 import sys
@@ -30,20 +43,33 @@ from pathlib import Path
 UNIT_NAME = "edge-gateway.service"
 DEFAULTS = {"exec": "/usr/local/bin/edge-gateway", "config": "/etc/edge-gateway/gateway.yaml",
             "user": "edge-gateway", "watchdog": 30}
+STATE_DIR = "/var/lib/edge-gateway"  # StateDirectory=edge-gateway: the only folder the service may write
+CREDENTIAL_SOURCE = "/etc/edge-gateway/credentials/broker-secrets"
+# DeviceAllow=char-NAME rw for each: NAME is a character-device group of /proc/devices. Used by doctor too.
+DEVICE_GROUPS = ("ttyUSB", "ttyACM", "ttyAMA", "ttyS", "ttySC")
+# What DevicePolicy=closed allows besides DeviceAllow= (systemd src/core/cgroup.c): these nodes and every pty.
+CLOSED_POLICY_NODES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx")
+CLOSED_POLICY_GROUPS = ("pts",)
+# Folders the unit hides from the service, and the setting that does it (systemd.exec(5)).
+HIDDEN_DIRS = {"/home": "ProtectHome=yes", "/root": "ProtectHome=yes", "/run/user": "ProtectHome=yes",
+               "/tmp": "PrivateTmp=yes", "/var/tmp": "PrivateTmp=yes"}
+DIFF_LINES = 12
 
 TEMPLATE = """\
 # edge-gateway: street-cabinet IoT gateway (written by `edge-gateway service install`).
 # systemd-analyze security --offline=yes rates this unit 1.5 "OK" (systemd 252).
+# Local changes: `systemctl edit edge-gateway` (a drop-in), not this file: `service install` replaces it.
 # Before the first start:
 #   useradd --system --no-create-home --shell /usr/sbin/nologin --groups dialout {user}
-#   install -d -m 0750 /etc/edge-gateway/credentials     # broker-secrets here, mode 0600
+#   install -d -m 0700 /etc/edge-gateway/credentials     # broker-secrets here, mode 0600 (if the broker has a password)
 [Unit]
 Description=edge-gateway street-cabinet IoT gateway
 Documentation=file:/usr/share/doc/edge-gateway/operations.md
-Wants=network-online.target modprobe@usbserial.service
-After=network-online.target time-sync.target modprobe@usbserial.service
-StartLimitIntervalSec=10min
-StartLimitBurst=10
+# ttyUSB and ttyACM come from modules: DeviceAllow= only resolves groups that exist when the unit starts.
+Wants=network-online.target modprobe@usbserial.service modprobe@cdc_acm.service
+After=network-online.target time-sync.target modprobe@usbserial.service modprobe@cdc_acm.service
+# No start limit: a fault that lasts a while (broker, device, disk) must not leave the gateway down for good.
+StartLimitIntervalSec=0
 
 [Service]
 Type=notify
@@ -53,7 +79,10 @@ ExecReload=/bin/kill -HUP $MAINPID
 # WATCHDOG=1 comes from the event loop every WatchdogSec/2: a hung loop gets SIGABRT and a restart.
 WatchdogSec={watchdog}
 Restart=on-failure
-RestartSec=5
+# With no start limit, the pause between restarts is what keeps a persistent fault from flooding the journal.
+RestartSec=10
+# Exit 2 is an invalid config (or a state dir it may not write): restarting cannot fix it.
+RestartPreventExitStatus=2
 # The first start compiles the Numba kernels into the state directory: allow for a slow Pi.
 TimeoutStartSec=600
 # a shutdown stuck past it gets SIGABRT, not SIGKILL: faulthandler then writes each thread's stack to the journal
@@ -65,19 +94,19 @@ Group={user}
 SupplementaryGroups=dialout
 StateDirectory=edge-gateway
 StateDirectoryMode=0750
-Environment=EG_STATE_DIR=/var/lib/edge-gateway
 Environment=PYTHONDONTWRITEBYTECODE=1
 # No docstrings or asserts (python -OO): about 3 MB less resident, most of it NumPy's docstrings.
 # The venv is read-only to the service: byte-compile it once with `python -OO -m compileall -q VENV`.
 Environment=PYTHONOPTIMIZE=2
-LoadCredential=broker-secrets:/etc/edge-gateway/credentials/broker-secrets
+LoadCredential=broker-secrets:{credential}
+# Used when that file is missing (a broker without a password) instead of failing the start (243/CREDENTIALS).
+# systemd 252 ignores an empty SetCredential= value: this one is a comment, i.e. a secrets file with no entries.
+SetCredential=broker-secrets:# {credential} is missing
 # Files are private; the control socket is chmod-ed to 0660 by the daemon itself.
 UMask=0077
 
 DevicePolicy=closed
-DeviceAllow=char-ttyUSB rw
-DeviceAllow=char-ttyACM rw
-DeviceAllow=char-ttyAMA rw
+{device_allow}
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
@@ -118,7 +147,9 @@ WantedBy=multi-user.target
 
 def render(exec_path: str = DEFAULTS["exec"], config: str = DEFAULTS["config"], user: str = DEFAULTS["user"],
            watchdog: int = DEFAULTS["watchdog"]) -> str:
-    return TEMPLATE.format(exec=_exec_word(exec_path), config=_exec_word(config), user=user, watchdog=watchdog)
+    device_allow = "\n".join(f"DeviceAllow=char-{g} rw" for g in DEVICE_GROUPS)
+    return TEMPLATE.format(exec=_exec_word(exec_path), config=_exec_word(config), user=user, watchdog=watchdog,
+                           credential=CREDENTIAL_SOURCE, device_allow=device_allow)
 
 
 def _exec_word(word: str) -> str:
@@ -141,6 +172,75 @@ def _find_executable() -> str | None:
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
+def hidden_by_unit(path: str) -> tuple[str, str, str] | None:
+    """(the path as written or resolved, the hidden folder it is under, the unit setting), or None."""
+    for shown in dict.fromkeys([os.path.abspath(path), os.path.realpath(path)]):
+        for top, setting in HIDDEN_DIRS.items():
+            if shown == top or shown.startswith(top + "/"):
+                return shown, top, setting
+    return None
+
+
+def _interpreter(exe: str) -> str | None:
+    """The ``#!`` interpreter of a console script (the venv's Python), or None."""
+    try:
+        with open(exe, "rb") as f:
+            first = f.readline(512)
+    except OSError:
+        return None
+    words = first[2:].split() if first.startswith(b"#!") else []
+    return os.fsdecode(words[0]) if words else None
+
+
+def path_problems(exe: str, config: str) -> list[str]:
+    """Why the service could not see its executable, venv or config (ProtectHome=, PrivateTmp=)."""
+    problems = []
+    python = _interpreter(exe)
+    for what, path in (("executable", exe), ("the executable's Python (its venv)", python), ("config", config)):
+        hidden = hidden_by_unit(path) if path else None
+        if hidden is None:
+            continue
+        shown, top, setting = hidden
+        where = path if shown == os.path.abspath(path) else f"{path} -> {shown}"
+        fix = ("put it in /etc/edge-gateway/" if what == "config" else
+               "install into e.g. /opt/edge-gateway (python3 -m venv /opt/edge-gateway) and give "
+               "--exec /opt/edge-gateway/bin/edge-gateway")
+        problems.append(f"{what} {where} is under {top}, which the unit's {setting} hides from the service: {fix}")
+    return problems
+
+
+def service_env(unit_text: str, user: str) -> dict[str, str]:
+    """The environment systemd gives the service (systemd.exec(5)), for loading the config as it will."""
+    try:
+        pw = pwd.getpwnam(user)
+        home, shell = pw.pw_dir, pw.pw_shell
+    except KeyError:  # created after the unit is written (the printed next steps)
+        home, shell = "/", "/usr/sbin/nologin"
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin", "USER": user, "LOGNAME": user,
+           "HOME": home, "SHELL": shell, "STATE_DIRECTORY": STATE_DIR,
+           "CREDENTIALS_DIRECTORY": f"/run/credentials/{UNIT_NAME}"}
+    for line in unit_text.splitlines():
+        if line.startswith("Environment="):
+            name, _, value = line[len("Environment="):].partition("=")
+            env[name] = value
+    return env
+
+
+def config_problems(config_path: str, unit_text: str, user: str) -> list[str]:
+    """The config as the service will load it: it must be valid and keep its state in STATE_DIR."""
+    from . import config
+
+    try:
+        cfg = config.load(config_path, env=service_env(unit_text, user))
+    except config.ConfigError as exc:
+        return [f"{exc} (loaded as the service will load it, it would exit 2)"]
+    state_dir = os.path.normpath(os.path.abspath(cfg.state_dir))
+    if state_dir == STATE_DIR:
+        return []
+    return [f"{config_path}: gateway.state_dir is {state_dir} for the service; it must be {STATE_DIR}, the unit's "
+            f"StateDirectory= (the only folder the service may write, and where status, reload and doctor look)"]
+
+
 def add_to(sub) -> None:
     from .cmd_common import doc_part
 
@@ -153,7 +253,9 @@ def add_to(sub) -> None:
     i.add_argument("--user", default=DEFAULTS["user"], help="system user (and group) to run as")
     i.add_argument("--exec", dest="exec_path", help="edge-gateway executable (default: the one on PATH)")
     i.add_argument("--watchdog-sec", type=int, default=DEFAULTS["watchdog"], help="WatchdogSec (0: off)")
-    i.add_argument("--stdout", action="store_true", help="print the unit instead of writing it")
+    i.add_argument("--stdout", action="store_true", help="print the unit instead of writing it (checks nothing)")
+    i.add_argument("--force", action="store_true",
+                   help="install despite the checks, and replace a unit that differs (kept as .bak)")
     i.set_defaults(func=install)
 
 
@@ -170,15 +272,42 @@ def install(args) -> int:
     if not _USER.fullmatch(args.user):
         error(f"--user {args.user!r}: not a system user name (lower case letters, digits, '_', '-')")
         return 2
-    text = render(os.path.abspath(exe), os.path.abspath(args.config), args.user, args.watchdog_sec)
+    exe, config_path = os.path.abspath(exe), os.path.abspath(args.config)
+    text = render(exe, config_path, args.user, args.watchdog_sec)
     if args.watchdog_sec == 0:
         text = text.replace("WatchdogSec=0\n", "")
     if args.stdout:
         sys.stdout.write(text)
         return 0
+    problems = path_problems(exe, config_path) + config_problems(config_path, text, args.user)
+    for problem in problems:
+        error(f"warning: {problem} (--force: installed anyway)" if args.force else f"{problem} (or --force)")
+    if problems and not args.force:
+        return 2
     target = Path(args.unit_dir) / UNIT_NAME
     try:
+        old = target.read_text()
+    except FileNotFoundError:
+        old = None
+    except (OSError, UnicodeDecodeError) as exc:
+        error(f"cannot read {target}: {exc}")
+        return 1
+    if old == text:
+        print(f"{target} unchanged")
+        return 0
+    if old is not None and not args.force:
+        error(f"{target} differs from the unit this version writes: not replaced; put local changes in a drop-in "
+              f"with `systemctl edit edge-gateway`, or give --force to replace it (the old file is kept as "
+              f"{target.name}.bak)")
+        diff = list(difflib.unified_diff(old.splitlines(), text.splitlines(), str(target), "new", n=0, lineterm=""))
+        more = len(diff) - DIFF_LINES
+        shown = diff[:DIFF_LINES] + ([f"... {more} more lines"] if more > 0 else [])
+        sys.stderr.write("".join(f"{ln}\n" for ln in shown))
+        return 2
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        if old is not None:
+            shutil.copy2(target, target.with_name(target.name + ".bak"))
         tmp = target.with_name(f".{UNIT_NAME}.tmp{os.getpid()}")
         tmp.write_text(text)
         os.chmod(tmp, 0o644)
@@ -186,11 +315,16 @@ def install(args) -> int:
     except OSError as exc:
         error(f"cannot write {target}: {exc}")
         return 1
-    print(f"wrote {target}")
+    print(f"wrote {target}" + ("" if old is None else f" (the old one is {target.name}.bak)"))
     print("next:\n"
           f"  useradd --system --no-create-home --shell /usr/sbin/nologin --groups dialout {args.user}\n"
+          "  install -d -m 0700 /etc/edge-gateway/credentials\n"
+          "  # only if the broker needs a password: 'username: ...' and 'password: ...' lines in\n"
+          f"  #   {CREDENTIAL_SOURCE} (chmod 600), and in the config\n"
+          "  #   broker.secrets_file: ${CREDENTIALS_DIRECTORY:-/etc/edge-gateway/credentials}/broker-secrets\n"
           f"  edge-gateway config validate {args.config}\n"
           f"  {sys.executable} -OO -m compileall -q {sys.prefix}      # the unit runs with PYTHONOPTIMIZE=2\n"
+          f"  edge-gateway doctor {args.config} --user {args.user}\n"
           "  systemctl daemon-reload && systemctl enable --now edge-gateway\n"
           "  systemd-analyze security edge-gateway      # expect 1.5 OK")
     return 0

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_gateway import cmd_service, config
+from edge_gateway import config
 from support import REPO
 
 UNSET = "EG_TEST_ENV_UNSET"
@@ -129,7 +129,8 @@ def test_the_documented_credentials_line_loads_inside_and_outside_the_unit(monke
     docs = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
     line = re.search(r"secrets_file: \$\{CREDENTIALS_DIRECTORY[^`\n]*", docs).group(0)
     text = f"gateway:\n  id: x\nbroker:\n  {line}\n"
-    source = re.search(r"^LoadCredential=broker-secrets:(\S+)$", cmd_service.TEMPLATE, re.M).group(1)
+    unit = (REPO / "configs" / "edge-gateway.service").read_text(encoding="utf-8")
+    source = re.search(r"^LoadCredential=broker-secrets:(\S+)$", unit, re.M).group(1)
     assert config.loads(text).broker.secrets_file == source  # a technician's shell: the credential's source file
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/edge-gateway.service")
     assert config.loads(text).broker.secrets_file == "/run/credentials/edge-gateway.service/broker-secrets"

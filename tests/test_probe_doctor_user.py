@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import shutil
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -22,6 +23,8 @@ from simulators.modbus_slave import ModbusSlaveSim, RegisterBank
 from simulators.pty_port import PtyPort
 
 NO_USER = "eg-no-such-user-7q"
+IN_TMP = ("; not inside /var/lib/edge-gateway: under the service /tmp is its own, emptied at each restart "
+          "(PrivateTmp=yes): the queue would be lost")
 
 
 @contextlib.contextmanager
@@ -183,13 +186,14 @@ def test_doctor_checks_the_state_dir_as_the_service_user(tree):
                                          "group root)"), out
     assert f"state dir: install -d -o nobody -m 0750 {rootonly}/state" in out
 
-    rc, rows, out = _doctor(write_config(rootonly))
-    assert rc == 0 and rows["state dir"][0] == "OK" and rows["state dir"][1].endswith("; root may create it"), out
+    rc, rows, out = _doctor(write_config(rootonly))  # a WARN: the tree is in /tmp (PrivateTmp=yes)
+    assert rc == 0 and rows["state dir"][0] == "WARN" and rows["state dir"][1].endswith(
+        "; root may create it" + IN_TMP), out
 
     for folder in (shared, given):
         rc, rows, out = _doctor(write_config(folder), "--user", "nobody")
-        assert rc == 0 and rows["state dir"][0] == "OK", out
-        assert rows["state dir"][1].endswith("; nobody may create it"), out
+        assert rc == 0 and rows["state dir"][0] == "WARN", out
+        assert rows["state dir"][1].endswith("; nobody may create it" + IN_TMP), out
 
     (given / "state").mkdir(mode=0o700)
     rc, rows, out = _doctor(write_config(given), "--user", "nobody")
@@ -223,3 +227,100 @@ def test_doctor_reports_a_missing_user_as_its_own_check(tmp_path):
         ("config", "ok"), ("user", "fail"), ("serial air-1", "fail"), ("state dir", "fail")]
     rc, rows, out = _doctor(cfg, "--user", NO_USER, "--skip", "serial", "--skip", "state")
     assert rc == 1 and list(rows) == ["config", "user"] and rows["user"][0] == "FAIL", out
+
+
+# --- review 15 (operations): what the unit allows ---------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="mknod needs root")
+def test_doctor_fails_a_port_whose_device_group_the_unit_does_not_allow(tmp_path):
+    """#2: DevicePolicy=closed opens only the DeviceAllow= groups (by /proc/devices major), ptys and a few nodes.
+    The Pi's mini UART ttyS0 (major 4) is allowed now; a device of another group fails, whatever its mode."""
+    from edge_gateway import cmd_doctor
+
+    uart, other = tmp_path / "ttyS0", tmp_path / "other0"
+    os.mknod(uart, 0o660 | stat.S_IFCHR, os.makedev(4, 64))
+    os.mknod(other, 0o660 | stat.S_IFCHR, os.makedev(1, 1))
+    uart.chmod(0o660)
+    other.chmod(0o660)
+    bad = cmd_doctor.check_serial("meter", str(other), "root")
+    assert (bad.status, bad.detail, bad.fix) == (
+        "fail", f"{other} -> {other} mode 0660 group root; the service may not open it: major 1 (mem) is not one "
+                "of the unit's DeviceAllow= groups (ttyUSB, ttyACM, ttyAMA, ttyS, ttySC)",
+        "`systemctl edit edge-gateway` and add [Service] DeviceAllow=char-mem rw")
+    ok = cmd_doctor.check_serial("air-1", str(uart), "root")
+    assert (ok.status, ok.detail) == ("ok", f"{uart} -> {uart} mode 0660 group root; root may read and write it")
+    assert "ttyS" in cmd_doctor.char_device_groups(4) and cmd_doctor.char_device_groups(1) == ["mem"]
+    master, slave = os.openpty()
+    try:
+        pty = cmd_doctor.check_serial("sim", os.ttyname(slave), "root")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert pty.status == "ok", pty
+
+
+def test_doctor_warns_about_a_state_dir_the_service_cannot_keep():
+    """#6: only /var/lib/edge-gateway is writable under the unit; /tmp is private to it, /home and /root hidden."""
+    from edge_gateway import cmd_doctor
+
+    def state(path: str):
+        c = cmd_doctor.check_state_dir(Path(path), 1000, "root")
+        return c.status, c.detail.partition("; root may ")[2].partition("; ")[2], c.fix
+
+    fix = "set gateway.state_dir: /var/lib/edge-gateway (the unit's StateDirectory=)"
+    assert state("/var/lib/edge-gateway/site-a") == ("ok", "", "")
+    assert state("/tmp/eg-state") == ("warn", IN_TMP[2:], fix)
+    assert state("/home/pi/eg-state") == (
+        "warn", "not inside /var/lib/edge-gateway: the service does not see /home (ProtectHome=yes)", fix)
+    assert state("/srv/eg-state") == (
+        "warn", "not inside /var/lib/edge-gateway: the service may write nothing else (ProtectSystem=strict)", fix)
+
+
+def test_doctor_checks_as_the_service_user_when_it_exists():
+    """#6: under sudo the default user was root, for whom every permission check passes."""
+    from edge_gateway import cmd_doctor
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert cmd_doctor.default_user(NO_USER) == (me, "")
+    user, note = cmd_doctor.default_user("nobody")
+    assert (user, note) == ("nobody", "checked as the service user (the default when it exists; --user NAME for "
+                                      "another)")
+    (row,) = cmd_doctor.check_user(user, shown=True, note=note)
+    assert row.detail.startswith("nobody: uid 65534, groups ") and row.detail.endswith("; " + note)
+    assert cmd_doctor.default_user()[0] == ("edge-gateway" if _exists("edge-gateway") else me)
+
+
+def _exists(user: str) -> bool:
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        return False
+    return True
+
+
+def test_doctor_checks_the_secrets_file(tmp_path):
+    """#1: a secrets_file that is missing or empty fails doctor, with the fix (a broker without password needs none)."""
+    from edge_gateway import cmd_doctor
+
+    def check(name: str, text: str | None):
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+            path.chmod(0o600)
+        cfg = config.loads(f"gateway: {{id: s, state_dir: {tmp_path}/state}}\nbroker: {{secrets_file: {path}}}\n")
+        (c,) = cmd_doctor.check_secrets(cfg.broker)
+        return c.status, c.detail, c.fix
+
+    fix = ("write 'username: ...' and 'password: ...' lines to {} (chmod 600); a broker without a password needs no "
+           "secrets_file: remove broker.secrets_file")
+    missing = tmp_path / "missing"
+    assert check("missing", None) == ("fail", f"secrets file {missing}: cannot open: No such file or directory",
+                                      fix.format(missing))
+    empty = tmp_path / "empty"
+    assert check("empty", "# nothing yet\n") == (
+        "fail", f"secrets file {empty} is empty: a broker without a password needs no secrets_file: remove "
+                "broker.secrets_file from the config; otherwise write its 'username: ...' and 'password: ...' lines",
+        fix.format(empty))
+    assert check("good", "username: gw-1\npassword: pw\n") == ("ok", f"{tmp_path}/good: username and password", "")
+    assert config.loads("gateway: {id: s}\n").broker.secrets_file == ""
+    assert cmd_doctor.check_secrets(config.loads("gateway: {id: s}\n").broker) == []

@@ -47,10 +47,43 @@ def test_shipped_unit_is_the_generated_one_and_has_the_required_settings():
     assert any(ln.startswith("LoadCredential=") for ln in lines)
 
 
+def test_unit_starts_without_a_credential_file_opens_every_pi_uart_and_keeps_restarting():
+    """Review 15 (operations) #1, #2, #3, #4, as the unit's lines (systemd is not PID 1 here)."""
+    lines = UNIT.read_text().splitlines()
+    # #1: without the file, LoadCredential= alone fails the start (243/CREDENTIALS); SetCredential= is the default
+    assert "LoadCredential=broker-secrets:/etc/edge-gateway/credentials/broker-secrets" in lines
+    assert "SetCredential=broker-secrets:# /etc/edge-gateway/credentials/broker-secrets is missing" in lines
+    # #2: the Pi's mini UART (ttyS0), SC16IS7xx RS-485 HATs, and cdc_acm loaded before the groups are resolved
+    assert [ln for ln in lines if ln.startswith("DeviceAllow=")] == [
+        "DeviceAllow=char-ttyUSB rw", "DeviceAllow=char-ttyACM rw", "DeviceAllow=char-ttyAMA rw",
+        "DeviceAllow=char-ttyS rw", "DeviceAllow=char-ttySC rw"]
+    assert "Wants=network-online.target modprobe@usbserial.service modprobe@cdc_acm.service" in lines
+    assert "After=network-online.target time-sync.target modprobe@usbserial.service modprobe@cdc_acm.service" in lines
+    # #3: the state dir comes from the config, as it does for status/doctor/reload run from a shell
+    assert not any("EG_STATE_DIR" in ln for ln in lines)
+    # #4: an invalid config (exit 2) is not retried; any other failure is, every 10 s, for ever
+    unit = [ln for ln in lines if not ln.startswith("#")]
+    assert [ln for ln in unit if ln.startswith(("Restart", "StartLimit"))] == [
+        "StartLimitIntervalSec=0", "Restart=on-failure", "RestartSec=10", "RestartPreventExitStatus=2"]
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_unit_has_no_setting_systemd_ignores(tmp_path):
+    """``systemd-analyze verify`` (systemd 252 here) says nothing: e.g. an empty SetCredential= value would be
+    "Invalid syntax, ignoring" and the credential fallback of #1 would not exist."""
+    unit = tmp_path / cmd_service.UNIT_NAME
+    unit.write_text(cmd_service.render(exec_path=shutil.which("true")))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+
+
 def test_service_install_writes_the_unit(tmp_path):
     r = cli("service", "install", "--unit-dir", tmp_path, "--config", "/etc/eg/site.yaml", "--user", "eg",
-            "--exec", "/opt/eg/bin/edge-gateway")
+            "--exec", "/opt/eg/bin/edge-gateway", "--force")
     assert r.returncode == 0, r.stderr
+    assert r.stderr == ("edge-gateway: warning: /etc/eg/site.yaml: cannot read: [Errno 2] No such file or directory: "
+                        "'/etc/eg/site.yaml' (loaded as the service will load it, it would exit 2) "
+                        "(--force: installed anyway)\n")
     text = (tmp_path / "edge-gateway.service").read_text()
     assert "ExecStart=/opt/eg/bin/edge-gateway run /etc/eg/site.yaml" in text
     assert "User=eg\n" in text and "Group=eg\n" in text

@@ -91,6 +91,76 @@ def test_secrets_file_parsing_and_modes(tmp_path, caplog):
         secrets.load(str(tmp_path / "missing"))
 
 
+EMPTY_HINT = ("a broker without a password needs no secrets_file: remove broker.secrets_file from the config; "
+              "otherwise write its 'username: ...' and 'password: ...' lines")
+
+
+def test_an_empty_secrets_file_says_a_broker_without_a_password_needs_none(tmp_path, monkeypatch):
+    """Review 15 (operations) #1: the unit's fallback credential (its source file missing) is a file with no
+    entries; the error must say so in one line instead of "no 'username:' line"."""
+    from edge_gateway import cmd_service
+
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    empty = write_secret(tmp_path / "empty.secret", "", 0o600)
+    with pytest.raises(secrets.SecretsError) as exc:
+        secrets.load(empty)
+    assert str(exc.value) == f"secrets file {empty} is empty: {EMPTY_HINT}"
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (line,) = [ln for ln in cmd_service.render().splitlines() if ln.startswith("SetCredential=broker-secrets:")]
+    fallback = write_secret(creds / "broker-secrets", line.partition(":")[2], 0o400)  # as systemd writes it
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    with pytest.raises(secrets.SecretsError) as exc:
+        secrets.load(fallback, strict=True)
+    assert str(exc.value) == (f"secrets file {fallback} is empty (in $CREDENTIALS_DIRECTORY: the unit's "
+                              f"LoadCredential= source file is missing or empty): {EMPTY_HINT}")
+    with pytest.raises(secrets.SecretsError, match="^empty: a broker without a password needs no secrets_file"):
+        secrets.parse("\n  \n")
+
+
+def _credential(path, mode: int) -> int:
+    """A credential as systemd >= 254 writes it: 0400 plus an ACL granting the service user (nobody) read
+    access, which stat() shows as group read (0440); plain chmod where the file system has no ACLs."""
+    import struct
+
+    path.write_text("username: gw-17\npassword: s3cret\n")
+    path.chmod(0o400)
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, uid) for tag, perm, uid in (
+        (0x01, 4, 0xFFFFFFFF), (0x02, 4, 65534), (0x04, 0, 0xFFFFFFFF), (0x10, 4, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)))
+    try:
+        os.setxattr(path, "system.posix_acl_access", acl)
+    except OSError:
+        pass
+    if mode != 0o440 or os.stat(path).st_mode & 0o777 != 0o440:
+        path.chmod(mode)
+    return os.stat(path).st_mode & 0o777
+
+
+def test_a_credential_readable_through_systemds_acl_is_accepted_only_in_credentials_directory(
+        tmp_path, monkeypatch, caplog):
+    """Review 15 (operations) #10: group read is systemd's ACL in $CREDENTIALS_DIRECTORY, a real problem elsewhere;
+    group/other write and any other bits stay refused there too."""
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    cred = creds / "broker-secrets"
+    assert _credential(cred, 0o440) == 0o440
+    assert secrets.load(str(cred), strict=True) == ("gw-17", "s3cret")
+    assert caplog.text == ""
+    for mode in (0o460, 0o444, 0o441):
+        cred.unlink()
+        assert _credential(cred, mode) == mode
+        with pytest.raises(secrets.SecretsError) as exc:
+            secrets.load(str(cred), strict=True)
+        assert str(exc.value) == (f"secrets file {cred} is accessible by group/others (mode {mode:04o}); chmod 600 it "
+                                  "(refused: broker.strict_secrets is true)")
+    for elsewhere in (tmp_path / "broker-secrets", creds / "sub" / "broker-secrets"):
+        elsewhere.parent.mkdir(exist_ok=True)
+        assert _credential(elsewhere, 0o440) == 0o440
+        with pytest.raises(secrets.SecretsError, match=r"is accessible by group/others \(mode 0440\)"):
+            secrets.load(str(elsewhere), strict=True)
+
+
 @pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="mosquitto_passwd not installed")
 def test_password_from_secrets_file_never_logged_and_strict_mode_refuses(tmp_path):
     pw_file = tmp_path / "passwd"
