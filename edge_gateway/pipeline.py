@@ -10,6 +10,7 @@ commits what :meth:`Pipeline.process` returns and checkpoints what
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Callable, Iterable
 
@@ -21,6 +22,8 @@ from .analytics.chain import Detector, DetectorSettings
 from .analytics.engine import Engine
 from .batcher import Batch, Batcher, FutureFilter
 from .config import DetectorSection, GatewayConfig
+
+log = logging.getLogger(__name__)
 
 
 def detector_settings(section: DetectorSection, sensor: str = "", channel: str = "") -> DetectorSettings:
@@ -90,6 +93,7 @@ class Pipeline:
         self.future = FutureFilter(cfg.windows.future_tolerance_s)
         self._last_arrival = np.zeros(0)
         self._announced = np.zeros(0)  # per channel: start of the open event already published, NaN: none
+        self._orphans: list[dict] = []  # announced events a restore could not keep: closed by the next round
         self._use_detectors(cfg.detector)
 
     def _use_detectors(self, section: DetectorSection) -> None:
@@ -163,7 +167,8 @@ class Pipeline:
         self._announced = _padded(self._announced, n_keys, np.nan)
         self.engine.ensure_channels(n_keys)
         self._assign(n_keys)
-        out: list[messages.Message] = []
+        out = [self._anomaly(ev, "closed") for ev in self._orphans]
+        self._orphans = []
         batch = self.future.admit(batch, self.wall_clock())
         if len(batch):
             rows = self.engine.process(batch.chan, batch.ts, batch.val)
@@ -180,11 +185,22 @@ class Pipeline:
                 if self._announced[ev["channel"]] != ev["start"]:
                     self._announced[ev["channel"]] = ev["start"]
                     out.append(self._anomaly(ev, "open"))
-        idle = np.nonzero(self.engine.open_mask()
-                          & (now - self._last_arrival[:n_keys] >= cfg.windows.seconds + cfg.windows.grace_s))[0]
+        stale = now - self._last_arrival[:n_keys] >= cfg.windows.seconds + cfg.windows.grace_s
+        idle = np.nonzero(self.engine.open_mask() & stale)[0]
         if idle.size:
             out += messages.aggregates(self.engine.flush_channels(idle), keys, cfg.windows.seconds, self.topics, gw)
+        if stale.any():  # no reading will ever close an event on a silent channel
+            for ev in self._close_events(np.nonzero(stale)[0]):
+                out.append(self._anomaly(ev, "closed"))
         return out
+
+    def _close_events(self, channels: np.ndarray) -> list[dict]:
+        closed = []
+        for g, det in enumerate(self._detectors):
+            closed += det.close_events(channels[self._group[channels] == g])
+        for ev in closed:
+            self._announced[ev["channel"]] = np.nan
+        return closed
 
     def channel_counters(self) -> dict[tuple[str, str], dict[str, int]]:
         """Readings each ``(sensor, channel)`` lost before its windows: ``late`` (older than the window
@@ -250,13 +266,23 @@ class Pipeline:
                   for name, (shape, raw) in data["arrays"].items()}
         self.engine.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("win.")})
         self._assign(len(self.batcher.keys))
+        n = len(self.batcher.keys)
+        announced = _padded(arrays.get("announced", np.zeros(0))[:n], n, np.nan)  # absent in older ones
         try:
             self._load_detector_state({k[4:]: v for k, v in arrays.items() if k.startswith("det.")})
-        except (ValueError, KeyError):
-            pass
-        n = len(self.batcher.keys)
-        announced = arrays.get("announced", np.zeros(0))[:n]  # absent in older checkpoints: announce again
-        self._announced = _padded(announced, n, np.nan)
+        except (ValueError, KeyError) as exc:
+            # e.g. an upgrade changed a table's layout: the detectors relearn, and the events the cloud was
+            # told are open are closed now, since no state is left that could ever close them
+            opened = np.nonzero(~np.isnan(announced))[0]
+            log.warning("detector state not restored (%s): detectors start learning again; %d announced "
+                        "event(s) closed", exc, opened.size)
+            self._orphans = [{"channel": int(c), "start": float(announced[c]), "end": float(announced[c]),
+                              "peak_score": float("nan"), "peak_value": float("nan"), "detector": "none"}
+                             for c in opened]
+            announced = np.full(n, np.nan)
+        for det in self._detectors:
+            det.resume()
+        self._announced = announced
         self.future.load_state({k[7:]: v[:n] for k, v in arrays.items() if k.startswith("future.")})
         return len(data["keys"])
 

@@ -212,7 +212,7 @@ def deadband(chan, ts, val, band, heartbeat_s):
             out.append(False)
             continue
         last = sent.get(c)
-        send = last is None or abs(x - last[0]) > band or t - last[1] >= heartbeat_s
+        send = last is None or abs(x - last[0]) > band or abs(t - last[1]) >= heartbeat_s
         if send:
             sent[c] = (x, t)
         out.append(send)

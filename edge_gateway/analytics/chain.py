@@ -278,6 +278,22 @@ class Detector:
         cols = [_D.E_START, _D.E_END, _D.E_PEAK, _D.E_PEAK_VAL, _D.E_DOM]
         return [_event_dict([c] + r) for c, r in zip(rows.tolist(), ev[np.ix_(rows, cols)].tolist())]
 
+    def close_events(self, channels: np.ndarray) -> list[dict]:
+        """Close the events open on ``channels`` now, as :meth:`open_events` shows them: for a channel that
+        went silent (or sends only NaN), which the hysteresis would otherwise keep open for good."""
+        channels = channels[channels < self.n_channels]
+        closing = self.open_events(channels)
+        ev = self._state["events"]
+        for e in closing:
+            ev[e["channel"], _D.E_OPEN] = 0.0
+            ev[e["channel"], _D.E_BELOW] = 0.0
+        return closing
+
+    def resume(self) -> None:
+        """After a restore: the gateway's own downtime is not a sensor's dropout. Each channel's next
+        reading re-anchors the gap clock; the typical interval learnt before is kept."""
+        self._state["dropout"][:, 2] = 0.0
+
     def state(self) -> dict[str, np.ndarray]:
         """Copies of every state table (rows = channels), for a checkpoint."""
         return {k: a[: self.n_channels].copy() for k, a in self._state.items()}

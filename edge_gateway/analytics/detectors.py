@@ -346,8 +346,8 @@ def drop_local(last, typ, n, t, k, eta, clip):
     gap = t - last
     if gap <= 0.0:
         return 0.0, last, typ, n
-    if n == 1.0:
-        return 0.0, t, gap, n + 1.0
+    if n == 1.0:  # a typical gap kept from before a restart (re-anchored: n = 0) is not relearnt
+        return 0.0, t, gap if typ <= 0.0 else typ, n + 1.0
     score = 0.0
     if rare(gap > k * typ):
         score = 1.0 - k * typ / gap
@@ -849,7 +849,7 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
                 continue
             t = ts[i]
             if emit is not None:
-                send = db_seen == 0.0 or abs(x - db_x) > db_band or t - db_t >= db_heartbeat
+                send = db_seen == 0.0 or abs(x - db_x) > db_band or abs(t - db_t) >= db_heartbeat
                 emit[i] = send
                 if send:
                     db_x = x
@@ -952,8 +952,10 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
                 if e_open == 0.0:
                     e_open = 1.0
                     e_start = t
+                    e_end = t
                     e_peak = -1.0
-                e_end = t
+                elif t > e_end:  # a reading stamped earlier never moves the end back
+                    e_end = t
                 e_below = 0.0
                 if ev > e_peak:
                     e_peak = ev
@@ -1007,8 +1009,10 @@ def events_update(chan, ts, val, score, dominant, threshold, close_after, state,
             if s[E_OPEN] == 0.0:
                 s[E_OPEN] = 1.0
                 s[E_START] = ts[i]
+                s[E_END] = ts[i]
                 s[E_PEAK] = -1.0
-            s[E_END] = ts[i]
+            elif ts[i] > s[E_END]:
+                s[E_END] = ts[i]
             s[E_BELOW] = 0.0
             if v > s[E_PEAK]:
                 s[E_PEAK] = v

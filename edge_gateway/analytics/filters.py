@@ -113,7 +113,8 @@ def lowpass(chan, val, alpha, state, out):
 def deadband(chan, ts, val, band, heartbeat_s, state, emit):
     """Report by exception: emit when |x - last sent| > ``band`` or ``heartbeat_s`` passed.
 
-    The first reading of a channel is always emitted. State = [last sent, its ts, seen].
+    The first reading of a channel is always emitted. State = [last sent, its ts, seen]. A clock
+    stepped back by a heartbeat or more also sends (and re-anchors), so it cannot silence a channel.
     """
     for i in range(chan.shape[0]):
         x = val[i]
@@ -121,7 +122,7 @@ def deadband(chan, ts, val, band, heartbeat_s, state, emit):
             emit[i] = False
             continue
         s = state[chan[i]]
-        send = s[2] == 0.0 or abs(x - s[0]) > band or ts[i] - s[1] >= heartbeat_s
+        send = s[2] == 0.0 or abs(x - s[0]) > band or abs(ts[i] - s[1]) >= heartbeat_s
         emit[i] = send
         if send:
             s[0] = x
