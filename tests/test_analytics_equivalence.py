@@ -170,3 +170,40 @@ def test_fused_detect(b, glevel, close_after, vol_season, value_gate):
     check_pure(E.detect, make, chan, ts, val, s.params(), 0)
     check(E.events_update, lambda: [E.new_event_state(k), np.zeros((n, 6))],
           chan, ts, val, np.abs(np.nan_to_num(val)) / 50.0, np.zeros(n, np.int64), 0.5, 2.0)
+
+
+def test_numba_disable_jit_takes_the_pure_python_path_with_the_same_messages():
+    """Review 15 (analytics) #12: with Numba's own switch, NUMBA_DISABLE_JIT=1, `edge_gateway.pipeline` did not
+    import (no ``py_func``) and the detector failed on its branch hint. It now runs as where Numba is missing."""
+    import os
+    import subprocess
+    import sys
+
+    from support import REPO
+
+    code = """if True:
+        import hashlib, math, sys
+        from edge_gateway import config, messages
+        from edge_gateway.analytics import _jit
+        from edge_gateway.batcher import Batcher
+        from edge_gateway.pipeline import Pipeline
+        from edge_gateway.readings import Reading
+        cfg = config.loads("gateway: {id: g}\\nwindows: {seconds: 10}\\n"
+                           "detector: {params: {weights: [0, 0, 0, 0, 1, 1, 1, 1], nov_warmup: 50}}\\n")
+        b = Batcher()
+        p = Pipeline(cfg, messages.Topics("c", "g"), b)
+        out = []
+        for k in range(800):
+            b.add(Reading("s", "x", 20.0 + math.sin(k / 9.0) + (30.0 if k == 600 else 0.0), 1000.0 + k, "C"))
+            if k % 50 == 49:
+                out += [repr(sorted(m.fields.items())) for m in p.process(b.drain(), now=1000.0 + k)]
+        print(_jit.HAVE_NUMBA, len(out), hashlib.sha256("\\n".join(out).encode()).hexdigest())
+    """
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"}
+    runs = [subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env={**env, **extra}) for extra in ({}, {"NUMBA_DISABLE_JIT": "1"})]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+    (jit, n, digest), (pure, n2, digest2) = (r.stdout.split() for r in runs)
+    assert (jit, pure) == ("True", "False") and (n2, digest2) == (n, digest)
+    assert n == "80"  # 79 closed windows and the spike at reading 600, closed

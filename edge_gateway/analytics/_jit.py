@@ -14,8 +14,11 @@ F = TypeVar("F", bound=Callable)
 
 try:  # pragma: no cover - depends on the platform
     from numba import njit as _njit
+    from numba.core import config as _numba_config
 
-    HAVE_NUMBA = True
+    HAVE_NUMBA = not _numba_config.DISABLE_JIT  # NUMBA_DISABLE_JIT=1: the pure-Python path, as without Numba
+    if not HAVE_NUMBA:
+        _njit = None
 except ImportError:  # pragma: no cover
     _njit = None
     HAVE_NUMBA = False
