@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,13 +50,88 @@ def to_epoch(stamps) -> np.ndarray:
     return np.array(list(stamps), dtype="datetime64[us]").astype(np.int64) / 1e6
 
 
+class SeriesError(ValueError):
+    """A data file that cannot be read as ``timestamp,value`` rows; the message names the file (and row)."""
+
+
+_EPOCH = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")  # all-numeric: epoch seconds, int or float
+_DATE = re.compile(r"\s*\d{4}-\d\d-\d\d")  # what an ISO date-time starts with (not "NaT", "now", a number)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_header(row: list[str]) -> bool:
+    stamp, value = (row + [""])[:2]
+    return (bool(value.strip()) and not _is_number(value)
+            and not (_DATE.match(stamp) or _EPOCH.fullmatch(stamp.strip())))
+
+
+def read_table(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A ``timestamp,value`` CSV as (timestamps as written, epoch seconds, values), for both commands.
+
+    The first row is a header (and skipped) only when its value field is text that is not a
+    number and its timestamp field is not a timestamp. Timestamps are ISO date-times
+    (``2014-04-01 00:00:00``, the NAB layout) or, if the first row's is all-numeric, epoch
+    seconds in every row. An empty value is missing (NaN); an infinite one is returned as
+    written. Anything else raises :class:`SeriesError` naming the file and its first bad row
+    (1-based, counting every line of the file).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, r) for r in reader if r]
+    except OSError as exc:
+        raise SeriesError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise SeriesError(f"{path}: not a timestamp,value CSV ({exc})") from None
+    if rows and _is_header(rows[0][1]):
+        rows = rows[1:]
+    stamps: list[str] = []
+    val = np.empty(len(rows), dtype=np.float64)
+    epoch = bool(rows) and _EPOCH.fullmatch(rows[0][1][0].strip()) is not None
+    for i, (line, r) in enumerate(rows):
+        if len(r) < 2:
+            raise SeriesError(f"{path}, row {line}: expected two fields (timestamp,value), got 1")
+        s, v = r[0], r[1].strip()
+        if not s.strip():
+            raise SeriesError(f"{path}, row {line}: empty timestamp")
+        if epoch and not _EPOCH.fullmatch(s.strip()):
+            raise SeriesError(f"{path}, row {line}: timestamp {s!r} is not epoch seconds "
+                              "(the first row's timestamp is)")
+        if not epoch and not _DATE.match(s):
+            raise SeriesError(f"{path}, row {line}: timestamp {s!r} is not a date-time "
+                              "(YYYY-MM-DD hh:mm:ss) or epoch seconds")
+        try:
+            val[i] = float(v) if v else math.nan
+        except ValueError:
+            raise SeriesError(f"{path}, row {line}: value {r[1]!r} is not a number") from None
+        stamps.append(s)
+    if epoch:
+        return stamps, np.array([float(s) for s in stamps], dtype=np.float64), val
+    try:
+        return stamps, to_epoch(stamps), val
+    except ValueError:
+        for (line, _), s in zip(rows, stamps):
+            try:
+                to_epoch([s])
+            except ValueError:
+                raise SeriesError(f"{path}, row {line}: timestamp {s!r} is not a valid date-time "
+                                  "(YYYY-MM-DD hh:mm:ss)") from None
+        raise
+
+
 def read_series(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A NAB CSV (``timestamp,value``) as (epoch seconds, values); an infinite value is read as missing."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    body = [r for r in rows[1:] if r]
-    ts = to_epoch(r[0] for r in body)
-    val = np.array([float(r[1]) if r[1] != "" else math.nan for r in body], dtype=np.float64)
+    """A NAB CSV (``timestamp,value``) as (epoch seconds, values); an infinite value is read as missing.
+
+    Raises :class:`SeriesError` (see :func:`read_table`).
+    """
+    _, ts, val = read_table(path)
     val[np.isinf(val)] = math.nan
     return ts, val
 

@@ -3,7 +3,9 @@
 ``analyze`` replays each file through a fresh :class:`~.analytics.chain.Detector`
 in small batches, exactly as the daemon would see it live (no look-ahead, no
 per-file ranges), so the scores written are the scores the gateway would have
-produced. ``evaluate`` scores a labelled corpus with :mod:`.nab`.
+produced. ``evaluate`` scores a labelled corpus with :mod:`.nab`. Both read their
+data files with :func:`.nab.read_table`, and neither writes or scores anything
+until every input has been read: a bad file is one line naming it and its row.
 """
 
 from __future__ import annotations
@@ -43,7 +45,12 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
                    help="override a DetectorSettings field (repeatable)")
 
 
-def _settings(args):
+# settings that only open and close events: they never change anomaly_score
+_EVENT_ONLY_PREFIXES = ("event_", "guard_")
+
+
+def _settings(args, prog: str):
+    """The settings of ``--detector``/``--set``; warns on stderr about a key that cannot change the score."""
     from .analytics.chain import DetectorSettings
 
     pairs = {}
@@ -52,25 +59,51 @@ def _settings(args):
         if not sep:
             raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
         pairs[key.strip()] = value.strip()
-    return DetectorSettings().with_overrides(pairs).only(args.detector)
+    settings = DetectorSettings().with_overrides(pairs).only(args.detector)
+    if "weights" in pairs and args.detector != "ensemble":
+        raise ValueError(f"--set weights cannot be combined with --detector {args.detector}, which sets "
+                         "the weights itself (use --detector ensemble)")
+    for key in pairs:
+        why = _why_scoreless(settings, key)
+        if why:
+            print(f"edge-gateway {prog}: warning: --set {key} has no effect on anomaly_score ({why})",
+                  file=sys.stderr)
+    return settings
 
 
-def _csv_files(path: Path) -> list[tuple[Path, Path]]:
-    """(file, path relative to what was given) for a file or every CSV below a folder."""
-    if path.is_dir():
-        return [(f, f.relative_to(path)) for f in sorted(path.rglob("*.csv")) if f.is_file()]
-    return [(path, Path(path.name))]
+def _detector_of(key: str) -> str | None:
+    """The detector a setting belongs to, by its prefix (``flat_eps`` -> flatline), if exactly one."""
+    from .analytics.chain import DETECTOR_NAMES
+
+    prefix = key.split("_", 1)[0]
+    owners = [d for d in DETECTOR_NAMES if d.startswith(prefix)]
+    return owners[0] if "_" in key and len(owners) == 1 else None
 
 
-def _read(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    from .nab import to_epoch
+def _why_scoreless(settings, key: str) -> str | None:
+    """Why ``--set key=...`` cannot change the anomaly score under ``settings``' weights (None: it can)."""
+    from .analytics.chain import _RENAMED, DETECTOR_NAMES
 
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f)][1:]
-    rows = [r for r in rows if r]
-    stamps = [r[0] for r in rows]
-    val = np.array([float(r[1]) if r[1].strip() else math.nan for r in rows], dtype=np.float64)
-    return stamps, to_epoch(stamps), val
+    key = _RENAMED.get(key, key)
+    if key.startswith(_EVENT_ONLY_PREFIXES):
+        return "it only opens and closes events"
+    owner = _detector_of(key)
+    if owner is not None and settings.weights[DETECTOR_NAMES.index(owner)] == 0.0:
+        return f"the {owner} detector has weight 0"
+    return None
+
+
+def _csv_files(path: Path, skip: Path | None = None) -> list[tuple[Path, Path]]:
+    """(file, path relative to what was given) for a file or every CSV below a folder.
+
+    ``skip`` (a resolved folder strictly inside ``path``, such as the out-dir) is not searched.
+    """
+    if not path.is_dir():
+        return [(path, Path(path.name))]
+    if skip is not None and (skip == path.resolve() or not skip.is_relative_to(path.resolve())):
+        skip = None
+    return [(f, f.relative_to(path)) for f in sorted(path.rglob("*.csv"))
+            if f.is_file() and not (skip is not None and f.parent.resolve().is_relative_to(skip))]
 
 
 def stream_scores(settings, ts: np.ndarray, val: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -86,30 +119,52 @@ def stream_scores(settings, ts: np.ndarray, val: np.ndarray, batch: int = 64) ->
     return out
 
 
+def _jobs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(source, destination) of every input.
+
+    ValueError if a PATH is missing, two inputs would be written to one file, or a result over an input.
+    """
+    skip = out_dir.resolve()
+    by_dst: dict[Path, tuple[Path, Path]] = {}
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise ValueError(f"no such file or folder: {p}")
+        for src, rel in _csv_files(path, skip):
+            dst = out_dir / rel
+            prev = by_dst.setdefault(dst.resolve(), (src, dst))
+            if prev[0] != src and prev[0].resolve() != src.resolve():
+                raise ValueError(f"{prev[0]} and {src} would both be written to {dst} "
+                                 "(analyze them in separate runs, with separate --out-dir)")
+    sources = {src.resolve() for src, _ in by_dst.values()}
+    for key, (src, dst) in by_dst.items():
+        if key in sources:
+            raise ValueError(f"{dst} is an input: its results would overwrite it (choose another --out-dir)")
+    return list(by_dst.values())
+
+
 def cmd_analyze(args) -> int:
+    from . import nab
+
     try:
-        settings = _settings(args)
+        settings = _settings(args, "analyze")
+        jobs = _jobs(args.paths, args.out_dir)
     except ValueError as exc:
         print(f"edge-gateway analyze: {exc}", file=sys.stderr)
         return 2
-    jobs = []
-    for p in args.paths:
-        path = Path(p)
-        if not path.exists():
-            print(f"edge-gateway analyze: no such file or folder: {p}", file=sys.stderr)
-            return 2
-        jobs.extend(_csv_files(path))
-    for src, rel in jobs:
+    inputs, bad = [], 0
+    for src, dst in jobs:  # every input is read before anything is written
         try:
-            stamps, ts, val = _read(src)
-        except OSError as exc:
-            print(f"edge-gateway analyze: cannot read {src}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-        except (ValueError, IndexError) as exc:
-            print(f"edge-gateway analyze: {src}: not a timestamp,value CSV ({exc})", file=sys.stderr)
-            return 1
+            inputs.append((dst, *nab.read_table(src)))
+        except nab.SeriesError as exc:
+            print(f"edge-gateway analyze: {exc}", file=sys.stderr)
+            bad += 1
+    if bad:
+        print(f"edge-gateway analyze: {bad} of {len(jobs)} file(s) not readable; nothing written",
+              file=sys.stderr)
+        return 1
+    for dst, stamps, ts, val in inputs:
         score = stream_scores(settings, ts, np.where(np.isinf(val), math.nan, val), args.batch)
-        dst = args.out_dir / rel
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -130,20 +185,21 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-def corpus_scores(settings, data_dir: Path, keys: list[str]) -> dict[str, np.ndarray]:
-    """Run the detector over every file at once, one channel per file."""
+def corpus_scores(settings, data_dir: Path, keys: list[str],
+                  series: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
+    """Run the detector over every file at once, one channel per file (``series``: as already read)."""
     from .analytics.chain import Detector
     from .nab import read_series
 
-    series = [read_series(data_dir / k) for k in keys]
-    if not series:
+    read = [series[k] if series is not None else read_series(data_dir / k) for k in keys]
+    if not read:
         return {}
-    chan = np.concatenate([np.full(ts.shape[0], c, dtype=np.int64) for c, (ts, _) in enumerate(series)])
-    ts = np.concatenate([s[0] for s in series])
-    val = np.concatenate([s[1] for s in series])
+    chan = np.concatenate([np.full(ts.shape[0], c, dtype=np.int64) for c, (ts, _) in enumerate(read)])
+    ts = np.concatenate([s[0] for s in read])
+    val = np.concatenate([s[1] for s in read])
     score, _ = Detector(settings, capacity=len(keys)).process(chan, ts, val)
     out, start = {}, 0
-    for k, (t, _) in zip(keys, series):
+    for k, (t, _) in zip(keys, read):
         out[k] = score[start : start + t.shape[0]]
         start += t.shape[0]
     return out
@@ -163,7 +219,7 @@ def cmd_evaluate(args) -> int:
     from . import nab
 
     try:
-        settings = _settings(args)
+        settings = _settings(args, "evaluate")
         windows = _load_json(nab.load_windows, args.windows,
                              'a NAB windows file ({"dir/file.csv": [["start", "end"], ...], ...})')
         profiles = _load_json(nab.load_profiles, args.profiles, "a NAB profiles file")
@@ -172,11 +228,26 @@ def cmd_evaluate(args) -> int:
         return 2
     only = {c for c in args.only.split(",") if c}
     keys = [k for k in sorted(windows)
-            if (not only or k.split("/")[0] in only) and fnmatch.fnmatch(k, args.files_glob)
-            and (args.data_dir / k).exists()]
+            if (not only or k.split("/")[0] in only) and fnmatch.fnmatch(k, args.files_glob)]
+    missing = [k for k in keys if not (args.data_dir / k).exists()]
+    if missing:
+        names = ", ".join(str(args.data_dir / k) for k in missing[:5])
+        names += f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        if not only and args.files_glob == "*":
+            print(f"edge-gateway evaluate: labelled file(s) missing from {args.data_dir}: {names} "
+                  "(to score part of the corpus, select it with --only or --files-glob)", file=sys.stderr)
+            return 2
+        print(f"edge-gateway evaluate: warning: skipping labelled file(s) missing from {args.data_dir}: "
+              f"{names}", file=sys.stderr)
+        keys = [k for k in keys if k not in set(missing)]
     if not keys:
         print("edge-gateway evaluate: no labelled files selected", file=sys.stderr)
         return 2
+    try:  # every data file is read (once) before anything is scored
+        series = {k: nab.read_series(args.data_dir / k) for k in keys}
+    except nab.SeriesError as exc:
+        print(f"edge-gateway evaluate: {exc}", file=sys.stderr)
+        return 1
     if args.results_dir:
         scores = {}
         for k in keys:
@@ -193,8 +264,8 @@ def cmd_evaluate(args) -> int:
                       f"(no usable anomaly_score column: {exc})", file=sys.stderr)
                 return 2
     else:
-        scores = corpus_scores(settings, args.data_dir, keys)
-    labels = {k: nab.label_rows(nab.read_series(args.data_dir / k)[0], windows[k]) for k in keys}
+        scores = corpus_scores(settings, args.data_dir, keys, series)
+    labels = {k: nab.label_rows(series[k][0], windows[k]) for k in keys}
     for k in keys:
         if scores[k].shape[0] != labels[k].window.shape[0]:
             print(f"edge-gateway evaluate: {args.results_dir / k}: {scores[k].shape[0]} scores for "
