@@ -25,6 +25,9 @@ from .config import DetectorSection, GatewayConfig
 
 log = logging.getLogger(__name__)
 
+# marks, per channel: the start of the newest aggregate sent, of the newest event sent closed and open
+_M_WINDOW, _M_CLOSED, _M_OPENED = range(3)
+
 
 def detector_settings(section: DetectorSection, sensor: str = "", channel: str = "") -> DetectorSettings:
     """The ensemble's settings for one channel: the tuned defaults, then the section's threshold and
@@ -94,6 +97,8 @@ class Pipeline:
         self._last_arrival = np.zeros(0)
         self._announced = np.zeros(0)  # per channel: start of the open event already published, NaN: none
         self._orphans: list[dict] = []  # announced events a restore could not keep: closed by the next round
+        self._marks = np.full((0, 3), np.nan)  # per channel, what was sent last (the _M_* columns)
+        self._marks_dirty = False
         self._use_detectors(cfg.detector)
 
     def _use_detectors(self, section: DetectorSection) -> None:
@@ -160,19 +165,18 @@ class Pipeline:
         """Aggregates of the windows this batch (or the passage of time) closed, and anomaly events:
         each closed one, and each newly open one once (``state`` ``closed`` / ``open``)."""
         cfg = self.cfg
-        gw = cfg.gateway.id
-        keys = self.batcher.keys
-        n_keys = len(keys)
+        n_keys = len(self.batcher.keys)
         self._last_arrival = _padded(self._last_arrival, n_keys, now)
         self._announced = _padded(self._announced, n_keys, np.nan)
+        if self._marks.shape[0] < n_keys:
+            self._marks = np.vstack([self._marks, np.full((n_keys - self._marks.shape[0], 3), np.nan)])
         self.engine.ensure_channels(n_keys)
         self._assign(n_keys)
         out = [self._anomaly(ev, "closed") for ev in self._orphans]
         self._orphans = []
         batch = self.future.admit(batch, self.wall_clock())
         if len(batch):
-            rows = self.engine.process(batch.chan, batch.ts, batch.val)
-            out += messages.aggregates(rows, keys, cfg.windows.seconds, self.topics, gw)
+            out += self._aggregates(self.engine.process(batch.chan, batch.ts, batch.val))
             touched = np.unique(batch.chan)
             # only a value keeps a window open: a sensor sending nothing but NaN is idle for windows
             self._last_arrival[np.unique(batch.chan[~np.isnan(batch.val)])] = now
@@ -188,7 +192,7 @@ class Pipeline:
         stale = now - self._last_arrival[:n_keys] >= cfg.windows.seconds + cfg.windows.grace_s
         idle = np.nonzero(self.engine.open_mask() & stale)[0]
         if idle.size:
-            out += messages.aggregates(self.engine.flush_channels(idle), keys, cfg.windows.seconds, self.topics, gw)
+            out += self._aggregates(self.engine.flush_channels(idle))
         if stale.any():  # no reading will ever close an event on a silent channel
             for ev in self._close_events(np.nonzero(stale)[0]):
                 out.append(self._anomaly(ev, "closed"))
@@ -214,9 +218,20 @@ class Pipeline:
             c["future"] += int(future[i]) if i < future.shape[0] else 0
         return out
 
+    def _aggregates(self, rows: np.ndarray) -> list[messages.Message]:
+        if rows.shape[0]:
+            c = rows[:, 0].astype(np.int64)
+            np.fmax.at(self._marks[:, _M_WINDOW], c, rows[:, 1])
+            self._marks_dirty = True
+        return messages.aggregates(rows, self.batcher.keys, self.cfg.windows.seconds, self.topics, self.cfg.gateway.id)
+
     def _anomaly(self, ev: dict, state: str) -> messages.Message:
         """An ``anomaly`` event message; an ``open`` one has no ``end`` yet."""
-        key = self.batcher.keys[ev["channel"]]
+        c = ev["channel"]
+        col = _M_CLOSED if state == "closed" else _M_OPENED
+        self._marks[c, col] = np.fmax(self._marks[c, col], ev["start"])
+        self._marks_dirty = True
+        key = self.batcher.keys[c]
         fields = dict(channel=key.channel, unit=key.unit, detector=ev["detector"], start=ev["start"])
         if state == "closed":
             fields["end"] = ev["end"]
@@ -255,8 +270,54 @@ class Pipeline:
             "arrays": {name: [list(a.shape), a.tobytes()] for name, a in arrays.items()},
         })
 
-    def restore(self, blob: bytes) -> int:
-        """Load a checkpoint; returns the number of channels restored (0 when it is unusable)."""
+    def take_marks(self) -> bytes | None:
+        """What was sent per channel, when it changed since the last call: the daemon stores it in the
+        transaction that commits the messages (see :meth:`restore`)."""
+        if not self._marks_dirty:
+            return None
+        self._marks_dirty = False
+        return msgpack.packb({"version": 1, "marks": [list(self._marks.shape), self._marks.tobytes()]})
+
+    def restore(self, blob: bytes | None, marks: bytes | None = None) -> int:
+        """Load a checkpoint; returns the number of channels restored (0 when it is unusable).
+
+        The checkpoint is written once a minute, the messages every round: after a crash it can be
+        older than what was committed. ``marks`` (:meth:`take_marks`, committed with the messages)
+        then says which windows and events the cloud already has, and they are not sent again.
+        """
+        n = self._restore(blob) if blob else 0
+        if marks and n:
+            self._apply_marks(marks, n)
+        return n
+
+    def _apply_marks(self, blob: bytes, n: int) -> None:
+        """Only the first ``n`` channels: others were numbered after the checkpoint and may be numbered
+        differently in this run."""
+        data = msgpack.unpackb(blob)
+        if not isinstance(data, dict) or data.get("version") != 1:
+            return
+        shape, raw = data["marks"]
+        marks = np.frombuffer(raw, dtype=np.float64).reshape(shape)[:n].copy()
+        windows = self.engine.close_through(marks[:, _M_WINDOW])
+        sent_closed = marks[:, _M_CLOSED]
+        events = sum(det.forget_events(sent_closed) for det in self._detectors)
+        k = marks.shape[0]
+        ann = self._announced[:k]
+        ann[ann <= sent_closed] = np.nan  # NaN compares false: kept
+        open_now = {e["channel"]: e["start"] for det in self._detectors for e in det.open_events(np.arange(k))}
+        for c in np.nonzero(~(marks[:, _M_OPENED] <= sent_closed) & ~np.isnan(marks[:, _M_OPENED]))[0].tolist():
+            start = marks[c, _M_OPENED]
+            if open_now.get(c) == start:
+                ann[c] = start
+            elif not any(o["channel"] == c and o["start"] == start for o in self._orphans):  # announced after the checkpoint, unknown to the restored detector: nothing would close it
+                self._orphans.append({"channel": c, "start": start, "end": start, "peak_score": float("nan"),
+                                      "peak_value": float("nan"), "detector": "none"})
+        self._marks = _padded_rows(marks, self._marks.shape[0])
+        if windows or events or self._orphans:
+            log.info("the checkpoint was older than what was sent: %d window(s) and %d event(s) already sent "
+                     "dropped, %d event(s) announced since closed", windows, events, len(self._orphans))
+
+    def _restore(self, blob: bytes) -> int:
         data = msgpack.unpackb(blob)
         if not isinstance(data, dict) or data.get("version") != 2:
             return 0
@@ -285,6 +346,12 @@ class Pipeline:
         self._announced = announced
         self.future.load_state({k[7:]: v[:n] for k, v in arrays.items() if k.startswith("future.")})
         return len(data["keys"])
+
+
+def _padded_rows(marks: np.ndarray, n: int) -> np.ndarray:
+    if marks.shape[0] >= n:
+        return marks
+    return np.vstack([marks, np.full((n - marks.shape[0], marks.shape[1]), np.nan)])
 
 
 def _padded(a: np.ndarray, n: int, fill: float) -> np.ndarray:

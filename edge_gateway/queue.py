@@ -238,17 +238,22 @@ class DurableQueue:
 
     # --- append -------------------------------------------------------------------------------
 
-    async def append(self, messages: Iterable[Message], protect: int = 0) -> list[int]:
+    async def append(self, messages: Iterable[Message], protect: int = 0,
+                     checkpoint: tuple[str, bytes] | None = None) -> list[int]:
         """Commit messages in one transaction; return their sequence numbers ([] if the disk is full).
 
         ``protect``: the highest seq that may be in flight (never rolled up or dropped).
+        ``checkpoint``: ``(name, blob)`` stored in that same transaction, so it is saved exactly
+        when the messages are (the pipeline's marks of what it has sent, see :mod:`.pipeline`).
         """
         msgs = list(messages)
         if not msgs:
             return []
-        return await self._call(self._append, msgs, protect)
+        return await self._call(self._append, msgs, protect, checkpoint)
 
-    def _append(self, msgs: list[Message], protect: int) -> list[int]:
+    def _append(self, msgs: list[Message], protect: int, checkpoint: tuple[str, bytes] | None = None) -> list[int]:
+        if checkpoint is not None:
+            self._ckpt_pending[checkpoint[0]] = checkpoint[1]
         self._set_page_cap()
         try:
             seqs = self._insert(msgs)
@@ -259,13 +264,16 @@ class DurableQueue:
                 log.error("queue full (file cap %d bytes or disk full): dropping oldest to make room",
                           self.page_cap * self._page_size)
             for name in self._ckpt_pending:
-                log.error("queue full: analytics checkpoint %r not saved", name)
+                if checkpoint is None or name != checkpoint[0]:
+                    log.error("queue full: analytics checkpoint %r not saved", name)
             self._ckpt_pending.clear()
             self.full = True
             protect = max(protect, self._handed_out)
             need = sum(len(self.encode(m.fields, 0)) for m in msgs) * 2 + 64 * 1024
             self._drop_to(max(0, self._bytes - need), protect, "disk_full")
             self._set_page_cap(force=True)
+            if checkpoint is not None:  # it belongs to these messages: stored if they are
+                self._ckpt_pending[checkpoint[0]] = checkpoint[1]
             try:
                 seqs = self._insert(msgs)
             except sqlite3.OperationalError as exc2:

@@ -289,6 +289,16 @@ class Detector:
             ev[e["channel"], _D.E_BELOW] = 0.0
         return closing
 
+    def forget_events(self, sent: np.ndarray) -> int:
+        """Drop, without a row, the events open on channel ``c`` that started at or before ``sent[c]`` (NaN:
+        none): they were closed and sent after the state was saved. Returns how many."""
+        n = min(sent.shape[0], self.n_channels)
+        ev = self._state["events"]
+        gone = np.nonzero((ev[:n, _D.E_OPEN] != 0.0) & (ev[:n, _D.E_START] <= sent[:n]))[0]
+        ev[gone, _D.E_OPEN] = 0.0
+        ev[gone, _D.E_BELOW] = 0.0
+        return int(gone.size)
+
     def resume(self) -> None:
         """After a restore: the gateway's own downtime is not a sensor's dropout. Each channel's next
         reading re-anchors the gap clock; the typical interval learnt before is kept."""

@@ -61,6 +61,21 @@ class Engine:
         qrows[:, 0] = idx[qrows[:, 0].astype(np.int64)]
         return _join(rows, qrows)
 
+    def close_through(self, marks: np.ndarray) -> int:
+        """Treat every window of channel ``c`` starting at or before ``marks[c]`` as closed and sent (NaN:
+        no mark): its open one is dropped without a row, and its readings now count as late. After a
+        crash the restored state can be older than what was already committed. Returns how many
+        open windows were dropped."""
+        n = min(marks.shape[0], self.n_channels)
+        m = marks[:n]
+        has = np.nonzero(~np.isnan(m))[0]
+        win = self._win
+        sent = has[(win[has, windows.S_COUNT] > 0) & (win[has, windows.S_START] <= m[has])]
+        self.flush_channels(sent)
+        win[has, windows.S_START] = np.fmax(win[has, windows.S_START], m[has])
+        self._q[has, 0] = np.fmax(self._q[has, 0], m[has])
+        return int(sent.size)
+
     def late_counts(self) -> np.ndarray:
         """Readings each channel dropped as late (the tumbling table's count; the quantile table drops the same)."""
         return self._win[: self.n_channels, windows.S_LATE].copy()
