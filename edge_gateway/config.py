@@ -97,10 +97,41 @@ class BrokerSection:
 
 
 @dataclass(frozen=True)
+class FilterSection:
+    """Conditioning of one sensor's values (:mod:`.conditioning`); everything off by default.
+
+    ``despike_window`` readings of rolling median/MAD (Hampel; 0: off) replace a reading more than
+    ``despike_sigma`` scaled MADs away, and ``lowpass_alpha`` < 1 smooths (EMA): both change only the
+    values the windows aggregate, never what the detectors score. ``deadband`` > 0: a channel's
+    aggregate is sent only when its mean moved more than that since the last one sent, or
+    ``heartbeat_s`` after it.
+    """
+
+    despike_window: int = 0
+    despike_sigma: float = 3.0
+    lowpass_alpha: float = 1.0
+    deadband: float = 0.0
+    heartbeat_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.despike_window and not 3 <= self.despike_window <= 101:
+            raise ValueError("despike_window: 0 (off) or 3 to 101 readings")
+        if not self.despike_sigma > 0:
+            raise ValueError("despike_sigma: must be positive")
+        if not 0 < self.lowpass_alpha <= 1:
+            raise ValueError("lowpass_alpha: must be in (0, 1] (1: off)")
+        if not self.deadband >= 0:
+            raise ValueError("deadband: must be 0 (off) or more")
+        if not self.heartbeat_s > 0:
+            raise ValueError("heartbeat_s: must be positive")
+
+
+@dataclass(frozen=True)
 class SensorSection:
     id: str
     driver: str
     options: Any = field(default=None, metadata={"options_of": "driver"})
+    filters: FilterSection = FilterSection()
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.id):

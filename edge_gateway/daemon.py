@@ -536,6 +536,7 @@ class Gateway:
         self.drivers.sort(key=lambda d: order.get(d.sensor_id, 0))
         if plan.detector_changed:
             self.pipeline.set_detector(new_cfg.detector)
+        self.pipeline.set_filters(new_cfg.sensors)
         if new_cfg.log_level != self.cfg.log_level:
             logging.getLogger().setLevel(new_cfg.log_level.upper())
         old_cfg, self.cfg = self.cfg, new_cfg

@@ -21,6 +21,7 @@ from . import messages
 from .analytics.chain import Detector, DetectorSettings
 from .analytics.engine import Engine
 from .batcher import Batch, Batcher, FutureFilter
+from .conditioning import Conditioning
 from .config import DetectorSection, GatewayConfig
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Pipeline:
         self.batcher = batcher
         self.wall_clock = wall_clock
         self.engine = Engine(cfg.windows.seconds)
+        self.conditioning = Conditioning(cfg.sensors)
         self.future = FutureFilter(cfg.windows.future_tolerance_s)
         self._last_arrival = np.zeros(0)
         self._announced = np.zeros(0)  # per channel: start of the open event already published, NaN: none
@@ -136,7 +138,12 @@ class Pipeline:
         Only the compile: no state of this pipeline is touched.
         """
         self.engine.warm()
+        Conditioning.warm()
         warm_detectors(self._section, [s.id for s in self.cfg.sensors])
+
+    def set_filters(self, sensors) -> None:
+        """New per-sensor ``filters`` (reload): kernels already warm (:meth:`warm`), nothing compiles."""
+        self.conditioning.set_sensors(sensors)
 
     def set_detector(self, section: DetectorSection) -> None:
         """New detector settings (reload, downlink ``set``); the learned state is kept.
@@ -176,7 +183,11 @@ class Pipeline:
         self._orphans = []
         batch = self.future.admit(batch, self.wall_clock())
         if len(batch):
-            out += self._aggregates(self.engine.process(batch.chan, batch.ts, batch.val))
+            val = batch.val
+            if self.conditioning.active:
+                self.conditioning.ensure(self.batcher.keys)
+                val = self.conditioning.values(batch.chan, val)
+            out += self._aggregates(self.engine.process(batch.chan, batch.ts, val))
             touched = np.unique(batch.chan)
             # only a value keeps a window open: a sensor sending nothing but NaN is idle for windows
             self._last_arrival[np.unique(batch.chan[~np.isnan(batch.val)])] = now
@@ -221,8 +232,11 @@ class Pipeline:
     def _aggregates(self, rows: np.ndarray) -> list[messages.Message]:
         if rows.shape[0]:
             c = rows[:, 0].astype(np.int64)
-            np.fmax.at(self._marks[:, _M_WINDOW], c, rows[:, 1])
+            np.fmax.at(self._marks[:, _M_WINDOW], c, rows[:, 1])  # also those the deadband holds back
             self._marks_dirty = True
+            if self.conditioning.active:
+                self.conditioning.ensure(self.batcher.keys)
+                rows = rows[self.conditioning.reportable(rows)]
         return messages.aggregates(rows, self.batcher.keys, self.cfg.windows.seconds, self.topics, self.cfg.gateway.id)
 
     def _anomaly(self, ev: dict, state: str) -> messages.Message:
@@ -264,6 +278,8 @@ class Pipeline:
         arrays.update({f"det.{k}": v for k, v in self._detector_state().items()})
         arrays["announced"] = self._announced
         arrays.update({f"future.{k}": v for k, v in self.future.state().items()})
+        self.conditioning.ensure(self.batcher.keys)
+        arrays.update({f"filters.{k}": v for k, v in self.conditioning.state().items()})
         return msgpack.packb({
             "version": 2,
             "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys],
@@ -345,6 +361,8 @@ class Pipeline:
             det.resume()
         self._announced = announced
         self.future.load_state({k[7:]: v[:n] for k, v in arrays.items() if k.startswith("future.")})
+        self.conditioning.ensure(self.batcher.keys)
+        self.conditioning.load_state({k[8:]: v for k, v in arrays.items() if k.startswith("filters.")})
         return len(data["keys"])
 
 

@@ -9,7 +9,7 @@ What a reload can change while the gateway runs:
 
 * ``sensors``: a removed sensor's driver is stopped, a new one started, a
   changed one (driver or options) restarted; unchanged sensors keep running
-  untouched. Detector and window state is per (sensor, channel) and is kept
+  untouched. A sensor's ``filters`` apply live (its channels' filters start afresh). Detector and window state is per (sensor, channel) and is kept
   for every channel, so an unchanged sensor loses nothing.
 * ``broker``: the MQTT link is replaced; the durable queue is untouched, and
   what was in flight is sent again (same ``seq``: a duplicate, never a gap).
@@ -71,18 +71,24 @@ def _get(cfg: GatewayConfig, dotted: str):
     return obj
 
 
+def _driver_of(s) -> tuple:
+    """What a sensor's driver is built from: a change restarts it (``filters`` apply live)."""
+    return s.driver, s.options
+
+
 def plan(old: GatewayConfig, new: GatewayConfig) -> ReloadPlan:
     """Compare two configs; see the module docstring for what each difference means."""
     old_s = {s.id: s for s in old.sensors}
     new_s = {s.id: s for s in new.sensors}
     removed = [i for i in old_s if i not in new_s]
     added = [i for i in new_s if i not in old_s]
-    changed = [i for i in new_s if i in old_s and new_s[i] != old_s[i]]
-    keep = [i for i in new_s if i in old_s and new_s[i] == old_s[i]]
+    changed = [i for i in new_s if i in old_s and _driver_of(new_s[i]) != _driver_of(old_s[i])]
+    keep = [i for i in new_s if i in old_s and i not in changed]
     restart = tuple(f for f in RESTART_FIELDS if _get(old, f) != _get(new, f))
     live = []
     if old.log_level != new.log_level:
         live.append("log_level")
+    live += [f"sensors.{i}.filters" for i in keep if new_s[i].filters != old_s[i].filters]
     old_gw = dataclasses.asdict(old.gateway)
     new_gw = dataclasses.asdict(new.gateway)
     for key in sorted(set(old_gw) | set(new_gw)):
