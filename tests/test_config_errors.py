@@ -265,3 +265,10 @@ def test_a_state_dir_too_long_for_the_control_socket_is_a_config_error():
     assert (e.line, e.column, e.path) == (3, 14, "gateway.state_dir")
     assert str(e) == (f"site.yaml:3:14: gateway.state_dir: too long: the control socket {long}/control.sock would be "
                       "108 bytes, a Unix socket path holds at most 107")
+
+
+def test_a_guard_level_of_zero_is_refused():
+    """Review 15 (analytics): with guard_level 0 every reading kept an event open, so none ever closed."""
+    e = error_of("gateway: {id: g}\ndetector: {params: {guard_level: 0}}\n")
+    assert str(e) == ("site.yaml:2:21: detector.params.guard_level: must be positive "
+                      "(above 1: guards open no events)")

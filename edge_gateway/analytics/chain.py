@@ -134,6 +134,9 @@ class DetectorSettings:
             raise ValueError(f"nov_season_bins: must be in [1, {NOV_MAX_BINS}]")
         if not 0.0 < self.ewma_alpha <= 1.0:
             raise ValueError("ewma_alpha: must be in (0, 1]")
+        if not self.guard_level > 0.0:
+            # every reading would be a guard alarm: events would open and never close
+            raise ValueError("guard_level: must be positive (above 1: guards open no events)")
         for f in dataclasses.fields(self):
             if f.name in ("range_lo", "range_hi"):
                 continue
