@@ -231,7 +231,7 @@ class Gateway:
         self._observe(batch, out)
         if out:
             marks = self.pipeline.take_marks()
-            await self.queue.append(out, checkpoint=("marks", marks) if marks else None)
+            await self.queue.append(out, note=("marks", marks) if marks else None)
             if self.queue.stats_now().dropped_pending and self.link is not None and self.link.connected:
                 await self._report_drops()
             for m in out:
@@ -247,7 +247,7 @@ class Gateway:
     async def _restore_checkpoint(self) -> None:
         blob = await self.queue.load_checkpoint("analytics")
         if blob:
-            n = self.pipeline.restore(blob, await self.queue.load_checkpoint("marks"))
+            n = self.pipeline.restore(blob, await self.queue.load_note("marks"))
             log.info("restored analytics state of %d channels", n)
 
     def snapshot(self) -> dict:

@@ -239,24 +239,23 @@ class DurableQueue:
     # --- append -------------------------------------------------------------------------------
 
     async def append(self, messages: Iterable[Message], protect: int = 0,
-                     checkpoint: tuple[str, bytes] | None = None) -> list[int]:
+                     note: tuple[str, bytes] | None = None) -> list[int]:
         """Commit messages in one transaction; return their sequence numbers ([] if the disk is full).
 
         ``protect``: the highest seq that may be in flight (never rolled up or dropped).
-        ``checkpoint``: ``(name, blob)`` stored in that same transaction, so it is saved exactly
-        when the messages are (the pipeline's marks of what it has sent, see :mod:`.pipeline`).
+        ``note``: ``(name, blob)``, a small blob stored in that same transaction, so it is saved exactly
+        when the messages are (the pipeline's marks of what it sent: see :mod:`.pipeline`); read back
+        with :meth:`load_note`. It goes in the ``meta`` page each append rewrites anyway.
         """
         msgs = list(messages)
         if not msgs:
             return []
-        return await self._call(self._append, msgs, protect, checkpoint)
+        return await self._call(self._append, msgs, protect, note)
 
-    def _append(self, msgs: list[Message], protect: int, checkpoint: tuple[str, bytes] | None = None) -> list[int]:
-        if checkpoint is not None:
-            self._ckpt_pending[checkpoint[0]] = checkpoint[1]
+    def _append(self, msgs: list[Message], protect: int, note: tuple[str, bytes] | None = None) -> list[int]:
         self._set_page_cap()
         try:
-            seqs = self._insert(msgs)
+            seqs = self._insert(msgs, note)
         except sqlite3.OperationalError as exc:
             if not _is_full(exc):
                 raise
@@ -264,18 +263,15 @@ class DurableQueue:
                 log.error("queue full (file cap %d bytes or disk full): dropping oldest to make room",
                           self.page_cap * self._page_size)
             for name in self._ckpt_pending:
-                if checkpoint is None or name != checkpoint[0]:
-                    log.error("queue full: analytics checkpoint %r not saved", name)
+                log.error("queue full: analytics checkpoint %r not saved", name)
             self._ckpt_pending.clear()
             self.full = True
             protect = max(protect, self._handed_out)
             need = sum(len(self.encode(m.fields, 0)) for m in msgs) * 2 + 64 * 1024
             self._drop_to(max(0, self._bytes - need), protect, "disk_full")
             self._set_page_cap(force=True)
-            if checkpoint is not None:  # it belongs to these messages: stored if they are
-                self._ckpt_pending[checkpoint[0]] = checkpoint[1]
             try:
-                seqs = self._insert(msgs)
+                seqs = self._insert(msgs, note)
             except sqlite3.OperationalError as exc2:
                 if not _is_full(exc2):
                     raise
@@ -287,7 +283,7 @@ class DurableQueue:
         self._enforce(protect)
         return seqs
 
-    def _insert(self, msgs: list[Message]) -> list[int]:
+    def _insert(self, msgs: list[Message], note: tuple[str, bytes] | None = None) -> list[int]:
         db = self._db
         assert db is not None
         now = self.clock()
@@ -305,6 +301,8 @@ class DurableQueue:
             db.executemany("INSERT INTO outbox(seq, kind, topic, payload, created, prio) VALUES (?,?,?,?,?,?)",
                            rows)
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?)", (last,))
+            if note is not None:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (_NOTE + note[0], note[1]))
             db.execute("COMMIT")
         except BaseException:
             _rollback(db)
@@ -700,6 +698,15 @@ class DurableQueue:
             return
         self._ack([])  # on a full disk the checkpoint is given up (logged), the deletes still go
 
+    async def load_note(self, name: str) -> bytes | None:
+        """The last ``note`` of that name committed with an :meth:`append`."""
+        return await self._call(self._load_note, name)
+
+    def _load_note(self, name: str) -> bytes | None:
+        assert self._db is not None
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (_NOTE + name,)).fetchone()
+        return bytes(row[0]) if row else None
+
     async def load_checkpoint(self, name: str) -> bytes | None:
         return await self._call(self._load_checkpoint, name)
 
@@ -723,6 +730,9 @@ class DurableQueue:
             log.error("queue close: deferred deletes/checkpoint not written: %s", exc)
         self._db.close()
         self._db = None
+
+
+_NOTE = "note:"  # meta keys of append notes
 
 
 def _meta_without_rowid(db: sqlite3.Connection) -> None:

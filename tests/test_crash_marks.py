@@ -109,11 +109,11 @@ async def test_the_marks_are_stored_exactly_when_their_messages_are(tmp_path):
     q = DurableQueue(tmp_path / "q.db", messages.encode)
     await q.open()
     msg = messages.event(TOPICS, "gw", "s0", "anomaly", state="open", start=1.0)
-    assert await q.append([msg], checkpoint=("marks", b"m1")) == [1]
+    assert await q.append([msg], note=("marks", b"m1")) == [1]
     await q.close()
     q = DurableQueue(tmp_path / "q.db", messages.encode)
     await q.open()
-    assert await q.load_checkpoint("marks") == b"m1" and q.last_seq == 1
+    assert await q.load_note("marks") == b"m1" and q.last_seq == 1
     await q.close()
 
 
