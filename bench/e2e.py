@@ -132,7 +132,8 @@ def steady(work: Path, broker: Broker, seconds: float) -> dict:
     cfg, log = work / "st.yaml", work / "st.log"
     write_config(cfg, work / "st-state", broker.port, links)
     sims = [subprocess.Popen([sys.executable, "-m", "simulators.serial_line", "--rate", str(1000 / 12),
-                              "--seed", str(i + 1), "--link", str(link), "--timestamps", "--wait-open"],
+                              "--seed", str(i + 1), "--link", str(link), "--timestamps", "--wait-open",
+                              "--backpressure"],
                              cwd=REPO, stdout=subprocess.PIPE) for i, link in enumerate(links)]
     for s in sims:
         s.stdout.readline()

@@ -348,7 +348,7 @@ detector: {{}}
 
     threading.Thread(target=read_log, daemon=True).start()
     sim = subprocess.Popen([sys.executable, "-m", "simulators.serial_line", "--rate", "333.3333", "--link",
-                            str(link), "--batch", "20", "--wait-open"], cwd=REPO, stdout=subprocess.DEVNULL,
+                            str(link), "--batch", "20", "--wait-open", "--backpressure"], cwd=REPO, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     wal, db = state / "queue.db-wal", state / "queue.db"
     try:

@@ -28,10 +28,17 @@ CONTENT_FORMATS = {"text": 0, "json": senml.CT_JSON, "cbor": 60,
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    """A UDP port nobody is bound to right now (for tests that restart a node on the same port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
+    """A UDP port nobody is bound to right now on ``host`` (IPv4 or IPv6; for tests that restart a
+    node on the same port)."""
+    family, _, _, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind(addr)
         return s.getsockname()[1]
+
+
+def host_in_uri(host: str) -> str:
+    """``host`` as a URI's authority writes it: an IPv6 address in brackets (RFC 3986, 3.2.2)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 class SampleResource(resource.ObservableResource):
@@ -91,7 +98,7 @@ class CoapNode:
 
     @property
     def uri(self) -> str:
-        return f"coap://{self.host}:{self.port}"
+        return f"coap://{host_in_uri(self.host)}:{self.port}"
 
     @property
     def running(self) -> bool:

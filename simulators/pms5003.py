@@ -4,7 +4,9 @@ The atmospheric PM1.0/PM2.5/PM10 words come from the seeded signals (integers,
 as the sensor reports); the CF=1 words equal them (as the real sensor does
 below about 30 ug/m3) and the particle counts are derived from them, so a test
 can check every word. ``--corrupt-every N`` flips one data bit in every Nth
-frame so the checksum fails, as line noise would.
+frame so the checksum fails, as line noise would. Frames nobody reads once
+the pty buffer is full are dropped, as a UART drops them (counted on stderr
+at exit). SIGTERM and SIGHUP stop it as Ctrl-C does, removing the ``--link``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from drivers.pms5003 import encode_frame
 
 from .pty_port import PtyPort
 from .signals import ChannelSignal, channel_values
+from .stopping import exit_on_signals
 
 DEFAULT_CHANNELS = (
     ChannelSignal("pm1_0", baseline=8.0, amplitude=3.0, noise=1.0, decimals=0),
@@ -69,13 +72,29 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not (args.rate > 0 and math.isfinite(args.rate)):
         ap.error(f"--rate: must be a positive number of frames per second, not {args.rate:g}")
-    port = PtyPort(args.link, nonblocking=True)
-    print(port.path, flush=True)
-    interval = 1.0 / args.rate
-    t0 = time.time() if args.t0 is None else args.t0
-    started = time.monotonic()
-    k = 0
+    if args.seed < 0:
+        ap.error(f"--seed: must be >= 0, not {args.seed}")
+    if args.count < 0:
+        ap.error(f"--count: must be >= 0 (0: run forever), not {args.count}")
+    if args.t0 is not None and not math.isfinite(args.t0):
+        ap.error(f"--t0: must be a finite time, not {args.t0:g}")
+    with exit_on_signals():
+        return _run(args)
+
+
+def _run(args) -> int:
+    port = None
     try:
+        try:
+            port = PtyPort(args.link, nonblocking=True)
+        except OSError as exc:
+            print(f"edge-gateway-sim pms5003: {exc}", file=sys.stderr)
+            return 1
+        print(port.path, flush=True)
+        interval = 1.0 / args.rate
+        t0 = time.time() if args.t0 is None else args.t0
+        started = time.monotonic()
+        k = 0
         while not args.count or k < args.count:
             frame = next(scenario_frames(args.seed, t0, interval, 1, k))
             if args.corrupt_every and (k + 1) % args.corrupt_every == 0:
@@ -89,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        port.close()
+        if port is not None:
+            port.close()
+            if port.dropped:
+                print(f"edge-gateway-sim pms5003: dropped {port.dropped} bytes nobody read", file=sys.stderr)
     return 0
 
 

@@ -25,6 +25,7 @@ class PtyPort:
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         self.nonblocking = nonblocking
+        self.dropped = 0  # bytes try_write could not write (nobody read them in time)
         if nonblocking:
             os.set_blocking(self.master, False)
         self.slave_path = os.ttyname(self.slave)
@@ -95,11 +96,13 @@ class PtyPort:
 
     def try_write(self, data: bytes) -> int:
         """Write what fits without blocking (a nonblocking port); bytes beyond are dropped, as a
-        UART nobody reads would lose them. Returns the number of bytes written."""
+        UART nobody reads would lose them (counted in ``dropped``). Returns the number of bytes written."""
         try:
-            return os.write(self.master, data)
+            n = os.write(self.master, data)
         except (BlockingIOError, OSError):
-            return 0
+            n = 0
+        self.dropped += len(data) - n
+        return n
 
     def read(self, max_bytes: int = 4096) -> bytes:
         """What the gateway wrote to the device (b"" when nothing is waiting on a nonblocking port)."""

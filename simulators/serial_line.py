@@ -3,24 +3,39 @@
 Writes ``pm25=12.5,pm10=20.1,noise_db=48.2`` lines (or CSV, or JSON lines) at a
 fixed rate from a seeded scenario, and prints the port path on stdout.
 ``--t0`` with ``--timestamps`` adds a ``ts=`` field holding the simulated time,
-so a test knows exactly which window each sample falls in.
+so a test knows exactly which window each sample falls in. Values are written
+with ``repr`` (shortest exact text), so what a decoder reads is exactly the
+value computed here.
+
+Like a UART, the port does not wait for a reader: bytes nobody reads once the
+pty buffer is full are dropped (and counted on stderr at exit);
+``--backpressure`` makes writes wait instead. SIGTERM and SIGHUP stop it as
+Ctrl-C does, removing the ``--link``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
 from .pty_port import PtyPort
 from .signals import ChannelSignal, channel_values
+from .stopping import exit_on_signals
 
 DEFAULT_CHANNELS = (
     ChannelSignal("pm25", baseline=12.0, amplitude=4.0, noise=0.8),
     ChannelSignal("pm10", baseline=20.0, amplitude=6.0, noise=1.2),
     ChannelSignal("noise_db", baseline=48.0, amplitude=8.0, noise=1.5),
 )
+
+
+def format_value(v: float) -> str:
+    """The shortest text that reads back as exactly ``v`` (``repr``), without a trailing ``.0``."""
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def format_line(fmt: str, names: list[str], values: list[float], ts: float | None) -> bytes:
@@ -30,7 +45,7 @@ def format_line(fmt: str, names: list[str], values: list[float], ts: float | Non
         if ts is not None:
             obj["ts"] = ts
         return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
-    cells = [f"{v:g}" for v in values]
+    cells = [format_value(v) for v in values]
     if fmt == "csv":
         return (",".join(([repr(ts)] if ts is not None else []) + cells) + "\n").encode()
     pairs = [f"{n}={c}" for n, c in zip(names, cells)]
@@ -78,21 +93,45 @@ def main(argv: list[str] | None = None) -> int:
                     help="add MAG to CHANNEL at sample K (repeatable)")
     ap.add_argument("--wait-open", action="store_true",
                     help="start writing only once a reader has opened the port")
+    ap.add_argument("--backpressure", action="store_true",
+                    help="wait for the reader when the pty is full instead of dropping bytes as a UART does")
     args = ap.parse_args(argv)
-    port = PtyPort(args.link)
-    print(port.path, flush=True)
-    if args.wait_open:
-        port.wait_opened()
-    interval = 1.0 / args.rate
-    t0 = time.time() if args.t0 is None else args.t0
-    chunk = max(1, args.batch)
-    started = time.monotonic()
-    k = 0
+    if not (args.rate > 0 and math.isfinite(args.rate)):
+        ap.error(f"--rate: must be a positive number of lines per second, not {args.rate:g}")
+    if args.seed < 0:
+        ap.error(f"--seed: must be >= 0, not {args.seed}")
+    if args.count < 0:
+        ap.error(f"--count: must be >= 0 (0: run forever), not {args.count}")
+    if args.t0 is not None and not math.isfinite(args.t0):
+        ap.error(f"--t0: must be a finite time, not {args.t0:g}")
+    with exit_on_signals():
+        return _run(args)
+
+
+def _run(args) -> int:
+    port = None
     try:
+        try:
+            port = PtyPort(args.link, nonblocking=not args.backpressure)
+        except OSError as exc:
+            print(f"edge-gateway-sim serial-line: {exc}", file=sys.stderr)
+            return 1
+        print(port.path, flush=True)
+        if args.wait_open:
+            port.wait_opened()
+        interval = 1.0 / args.rate
+        t0 = time.time() if args.t0 is None else args.t0
+        chunk = max(1, args.batch)
+        started = time.monotonic()
+        k = 0
         while not args.count or k < args.count:
             n = chunk if not args.count else min(chunk, args.count - k)
-            port.write(b"".join(scenario_lines(args.seed, t0, interval, n, args.format, args.timestamps, k,
-                                                    tuple(args.spike))))
+            data = b"".join(scenario_lines(args.seed, t0, interval, n, args.format, args.timestamps, k,
+                                           tuple(args.spike)))
+            if args.backpressure:
+                port.write(data)
+            else:
+                port.try_write(data)
             k += n
             delay = started + k * interval - time.monotonic()
             if delay > 0:
@@ -101,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        port.close()
+        if port is not None:
+            port.close()
+            if port.dropped:
+                print(f"edge-gateway-sim serial-line: dropped {port.dropped} bytes nobody read", file=sys.stderr)
     return 0
 
 

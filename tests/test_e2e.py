@@ -72,7 +72,7 @@ def test_serial_reading_reaches_broker_exactly(broker, tmp_path):
     try:
         gw.wait_ready()
         sim = Process(["-m", "simulators.serial_line", "--seed", str(SEED), "--rate", str(RATE), "--count",
-                       str(COUNT), "--timestamps", "--t0", str(T0), "--link", str(link), "--batch", "10", "--wait-open",
+                       str(COUNT), "--timestamps", "--t0", str(T0), "--link", str(link), "--batch", "10", "--wait-open", "--backpressure",
                        *[f"--spike={k}:{ch}:{m}" for k, ch, m in SPIKES]])
         assert sim.first_line == str(link)
         expected_aggs, expected_events = expected_from_scenario()

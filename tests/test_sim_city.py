@@ -105,21 +105,28 @@ def test_city_cli_prints_its_endpoints(tmp_path):
                              str(tmp_path), "--coap-port", str(port), "--count", "2", "--linger", "0"],
                             cwd=REPO, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    lines, links_at_ready = [], None
     try:
-        out, _ = proc.communicate(timeout=30)
+        for line in proc.stdout:  # the printed ptys exist when "ready" is read (review 15 #3)
+            lines.append(line.rstrip("\n"))
+            if lines[-1] == "ready":
+                links_at_ready = {p: os.path.realpath(p).startswith("/dev/pts/")
+                                  for k, _, p in (x.split() for x in lines if x.split()[0] in ("serial", "modbus"))}
+        proc.wait(30)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(5)
     assert proc.returncode == 0
-    lines = out.splitlines()
     assert lines[0].startswith("t0 ") and lines[-1] == "ready"
     assert f"serial air-1 {tmp_path}/air-1.tty" in lines
     assert f"modbus meters {tmp_path}/meters.tty" in lines
     assert f"coap bins-1 coap://127.0.0.1:{port}/bins" in lines
     assert f"coap traffic-1 coap://127.0.0.1:{port + 1}/speed" in lines
+    assert links_at_ready == {str(tmp_path / f"{s}.tty"): True for s in ("air-1", "noise-1", "pm-1", "meters")}
+    assert not any(tmp_path.glob("*.tty"))  # all removed at the end
     truth = tmp_path / "ground_truth.jsonl"
-    assert f"truth {truth}" in lines and truth.read_text().count("\n") > 100
+    assert f"truth {truth}" in lines and truth.read_text() == ""  # no fault before sample 2
 
 
 def test_city_block_config_validates(monkeypatch):

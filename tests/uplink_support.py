@@ -237,7 +237,7 @@ def gateway_config(tmp_path: Path, port: int, gw_id: str, *, broker_extra: str =
 
 def simulator_args(link: Path, rate: float, count: int, seed: int = 3, t0: float = 1_700_000_000.0) -> list[str]:
     return ["-m", "simulators.serial_line", "--seed", str(seed), "--rate", str(rate), "--count", str(count),
-            "--timestamps", "--t0", str(t0), "--link", str(link), "--batch", "5", "--wait-open"]
+            "--timestamps", "--t0", str(t0), "--link", str(link), "--batch", "5", "--wait-open", "--backpressure"]
 
 
 def committed_last_seq(db_path: Path) -> int:
