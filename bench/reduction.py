@@ -42,7 +42,6 @@ import sys
 from pathlib import Path
 
 import msgpack
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -26,7 +26,7 @@ reporting for every driver; requests are still built by pymodbus
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Literal, Optional
 
 from edge_gateway.readings import Quality, Reading

@@ -20,7 +20,7 @@ def add_socket_args(p) -> None:
     p.add_argument("--socket", metavar="PATH",
                    help="control socket (default: <state_dir>/control.sock of --config, "
                         "$EG_CONTROL_SOCKET, or /var/lib/edge-gateway/control.sock)")
-    p.add_argument("--config", "-c", metavar="FILE", help=f"config file to find the state directory in")
+    p.add_argument("--config", "-c", metavar="FILE", help="config file to find the state directory in")
 
 
 def socket_path(args) -> Path:

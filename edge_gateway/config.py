@@ -166,7 +166,7 @@ class DetectorOverride:
         if self.threshold is not None and not _in_score_range(self.threshold):
             raise ValueError(f"threshold: {_THRESHOLD_RANGE}")
         if self.params:
-            from .analytics.chain import DetectorSettings
+            from .analytics.settings import DetectorSettings  # no Numba: its cache is not placed yet
 
             try:
                 settings = DetectorSettings().with_overrides(self.overrides())

@@ -23,7 +23,7 @@ from pathlib import Path
 import drivers
 from edge_gateway import config
 from edge_gateway.supervisor import Supervisor
-from ops_support import NotifyReceiver, cli, serial_sensor, status_json, write_config
+from ops_support import NotifyReceiver, serial_sensor, status_json, write_config
 from support import REPO, GatewayProcess, Process, wait_for
 
 DETECTOR_KERNEL = "detect_spec"  # the Numba kernel specialized per detector settings

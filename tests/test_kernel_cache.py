@@ -40,7 +40,9 @@ def test_the_tag_changes_with_any_analytics_source(tmp_path, monkeypatch):
 
 def test_the_daemon_points_numba_there_before_importing_it(tmp_path):
     cfg = tmp_path / "gw.yaml"
-    cfg.write_text("gateway: {id: c1, state_dir: st}\n")
+    # detector.params, as both example configs have: validating them must not import Numba (review 15 walk #1)
+    cfg.write_text("gateway: {id: c1, state_dir: st}\ndetector: {params: {flat_min_run: 20}, "
+                   "sensors: {}}\n")
     code = ("import os, sys; from edge_gateway import config, daemon; "
             f"daemon.prepare_environment(config.load({str(cfg)!r})); "
             "print(os.environ['NUMBA_CACHE_DIR']); print('numba' in sys.modules)")

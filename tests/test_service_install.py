@@ -63,9 +63,9 @@ def test_install_refuses_paths_that_protecthome_and_privatetmp_hide(visible, tmp
     r = _install(units, link, exe=str(script))
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.splitlines() == [
-        f"edge-gateway: the executable's Python (its venv) /root/eg-venv/bin/python is under /root, which the unit's "
-        f"ProtectHome=yes hides from the service: install into e.g. /opt/edge-gateway (python3 -m venv "
-        f"/opt/edge-gateway) and give --exec /opt/edge-gateway/bin/edge-gateway (or --force)",
+        "edge-gateway: the executable's Python (its venv) /root/eg-venv/bin/python is under /root, which the unit's "
+        "ProtectHome=yes hides from the service: install into e.g. /opt/edge-gateway (python3 -m venv "
+        "/opt/edge-gateway) and give --exec /opt/edge-gateway/bin/edge-gateway (or --force)",
         f"edge-gateway: config {link} -> {in_tmp} is under /tmp, which the unit's PrivateTmp=yes hides from the "
         f"service: put it in /etc/edge-gateway/ (or --force)"]
     assert not units.exists()

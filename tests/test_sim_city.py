@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from driver_fixtures import wait_until
 
 import drivers
 from edge_gateway import config

@@ -24,8 +24,6 @@ batcher, ``analyze`` and ``evaluate``) turn it into NaN first.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,178 +31,11 @@ import numpy as np
 from . import detectors as _D
 from . import ensemble as ens
 from . import filters as _filters
-from .detectors import DETECTOR_NAMES, N_DETECTORS, NOV_FEATURES, NOV_MAX_BINS, NOV_NF, new_state
+from .detectors import DETECTOR_NAMES, N_DETECTORS, new_state
+from .settings import _RENAMED, DetectorSettings  # noqa: F401 - re-exported
 
 _STATE_NAMES = ("ewma", "robust", "rate", "cusum", "flatline", "dropout", "novelty")
 _EVENT_ROWS = 1024
-# fields of the previous ensemble with a direct successor (the mute after an alarm)
-_RENAMED = {"suppress_n": "nov_hold", "suppress_level": "nov_level"}
-
-
-@dataclass(frozen=True)
-class DetectorSettings:
-    """Every tunable of the detector ensemble. ``weights`` follow ``DETECTOR_NAMES``."""
-
-    ewma_alpha: float = 0.01
-    ewma_warmup: float = 30.0
-    ewma_half: float = 2.0
-    robust_eta: float = 0.02
-    robust_clip: float = 3.0
-    robust_warmup: float = 30.0
-    robust_floor: float = 0.03
-    robust_half: float = 2.0
-    rate_eta: float = 0.05
-    rate_clip: float = 2.0
-    rate_warmup: float = 30.0
-    rate_half: float = 4.0
-    cusum_eta: float = 0.01
-    cusum_clip: float = 3.0
-    cusum_warmup: float = 50.0
-    cusum_k: float = 0.5
-    cusum_h: float = 5.0
-    range_lo: float = -math.inf
-    range_hi: float = math.inf
-    flat_eps: float = 0.0
-    flat_min_run: float = 10.0
-    flat_alpha: float = 0.01
-    drop_k: float = 10.0
-    drop_eta: float = 0.05
-    drop_clip: float = 3.0
-    # novelty detector (NAB-tuned): see detectors.novelty_step
-    nov_warmup: float = 500.0
-    nov_hold: float = 100.0
-    nov_level: float = 0.25
-    nov_half: float = 0.05
-    nov_short_alpha: float = 0.05
-    nov_season_alpha: float = 0.1
-    nov_season_bins: float = 24.0
-    nov_season_warmup: float = 50.0
-    nov_vol_alpha: float = 0.03
-    nov_long_alpha: float = 0.01
-    nov_season_norm: float = 1.0
-    nov_spread_alpha: float = 0.1
-    nov_spread_floor: float = 0.0
-    nov_bin_warmup: float = 5.0
-    nov_bypass: float = 2.0
-    # per feature (value, diff, short, season, vol, long): range shrink per reading, weight
-    nov_decay: tuple = (0.0, 0.0, 1e-5, 0.001, 0.0, 1e-4)
-    nov_weights: tuple = (1.0, 0.0, 0.5, 0.3, 0.5, 0.5)
-    # the long feature as short minus long EWMA (a level shift) instead of the long EWMA itself
-    nov_long_mode: float = 1.0
-    # the season residual range's shrink is nov_decay[3] * m / (m + residuals seen) (0: constant)
-    nov_season_mature: float = 30000.0
-    # the squash's half of the season and vol features (0: nov_half)
-    nov_half_season: float = 0.1
-    nov_half_vol: float = 0.0
-    # the season profile follows the value blended toward its short EWMA by this much
-    nov_season_smooth: float = 0.25
-    # refractory period: r readings after a hold ends, a novelty score is multiplied by
-    # 1 - nov_refract_damp * (1 - r / nov_refract) while r < nov_refract (nov_refract 0: off)
-    nov_refract: float = 0.0
-    nov_refract_damp: float = 0.5
-    # noise floors (0: off): the season residual range (in bin spreads) always holds
-    # [-nov_season_floor, nov_season_floor], the level-shift range +-nov_shift_floor * volatility EWMA
-    nov_season_floor: float = 3.0
-    nov_shift_floor: float = 1.0
-    # > 0 (with the season feature): the volatility EWMA takes in the step less the day profile's own
-    # step since the previous reading when that is smaller (a regular daily jump is not volatility)
-    nov_vol_season: float = 0.0
-    # > 0: a new extreme of the value scores x min(1, |value - short EWMA| / (nov_value_gate x volatility
-    # EWMA))**2, both EWMAs before the reading (a slow climb to a new extreme is not a spike); round 6, off
-    nov_value_gate: float = 0.0
-    guard_level: float = 0.5
-    # ewma, robust, rate, cusum, range, flatline, dropout, novelty
-    weights: tuple = (0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0)
-    event_threshold: float = 0.25
-    event_close_after: float = 5.0
-
-    def __post_init__(self) -> None:
-        w = tuple(float(v) for v in self.weights)
-        if len(w) == N_DETECTORS - 1:  # written before the novelty detector existed
-            w = w + (0.0,)
-        if len(w) != N_DETECTORS:
-            raise ValueError(f"weights: needs {N_DETECTORS} entries ({', '.join(DETECTOR_NAMES)})")
-        object.__setattr__(self, "weights", w)
-        for key in ("nov_decay", "nov_weights"):
-            v = tuple(float(x) for x in getattr(self, key))
-            if len(v) != NOV_NF:
-                raise ValueError(f"{key}: needs {NOV_NF} entries ({', '.join(NOV_FEATURES)})")
-            object.__setattr__(self, key, v)
-        if not 1.0 <= self.nov_season_bins <= NOV_MAX_BINS:
-            raise ValueError(f"nov_season_bins: must be in [1, {NOV_MAX_BINS}]")
-        if not 0.0 < self.ewma_alpha <= 1.0:
-            raise ValueError("ewma_alpha: must be in (0, 1]")
-        if not self.guard_level > 0.0:
-            # every reading would be a guard alarm: events would open and never close
-            raise ValueError("guard_level: must be positive (above 1: guards open no events)")
-        for f in dataclasses.fields(self):
-            if f.name in ("range_lo", "range_hi"):
-                continue
-            v = getattr(self, f.name)
-            if any(not float(x) >= 0.0 for x in (v if isinstance(v, tuple) else (v,))):
-                # a negative half, rate or count has no meaning, and some would divide by zero in a kernel
-                raise ValueError(f"{f.name}: must be 0 or more")
-
-    def only(self, name: str) -> "DetectorSettings":
-        """The same settings with one detector weighted 1 and the rest 0 ("ensemble": unchanged)."""
-        if name == "ensemble":
-            return self
-        if name not in DETECTOR_NAMES:
-            raise ValueError(f"unknown detector {name!r}; choose from ensemble, {', '.join(DETECTOR_NAMES)}")
-        w = tuple(1.0 if n == name else 0.0 for n in DETECTOR_NAMES)
-        return dataclasses.replace(self, weights=w)
-
-    def with_overrides(self, pairs: dict[str, str]) -> "DetectorSettings":
-        """Apply ``key=value`` strings (as from ``--set``); raises ValueError on a bad key or value."""
-        names = {f.name: f for f in dataclasses.fields(self)}
-        changes: dict[str, object] = {}
-        for key, text in pairs.items():
-            key = _RENAMED.get(key, key)
-            if key not in names:
-                near = difflib.get_close_matches(key, list(names), n=1, cutoff=0.6)
-                hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(sorted(names))}"
-                raise ValueError(f"unknown setting {key!r}; {hint}")
-            try:
-                if key in ("weights", "nov_decay", "nov_weights"):
-                    changes[key] = tuple(float(v) for v in text.split(","))
-                else:
-                    changes[key] = float(text)
-            except ValueError:
-                raise ValueError(f"bad value for {key}: {text!r}") from None
-        return dataclasses.replace(self, **changes)
-
-    def params(self) -> tuple:
-        """The parameter tuple :func:`detectors.detect` reads (``P_*`` layout).
-
-        A tuple, not an array: Numba passes it by value, so reading a parameter
-        never has to be repeated after a store to a state array it might alias.
-        """
-        p = np.empty(_D.N_PARAMS, dtype=np.float64)
-        p[: _D.P_NOV_DECAY0] = [
-            self.ewma_alpha, self.ewma_warmup, self.ewma_half,
-            self.robust_eta, self.robust_clip, self.robust_warmup, self.robust_floor, self.robust_half,
-            self.rate_eta, self.rate_clip, self.rate_warmup, self.rate_half,
-            self.cusum_eta, self.cusum_clip, self.cusum_warmup, self.cusum_k, self.cusum_h,
-            self.range_lo, self.range_hi,
-            self.flat_eps, self.flat_min_run, self.flat_alpha,
-            self.drop_k, self.drop_eta, self.drop_clip,
-            self.nov_warmup, self.nov_hold, self.nov_level, self.nov_half, self.nov_short_alpha,
-            self.nov_season_alpha, self.nov_season_bins, self.nov_season_warmup, self.nov_vol_alpha,
-            self.nov_long_alpha, self.nov_season_norm, self.nov_spread_alpha, self.nov_spread_floor,
-            self.nov_bin_warmup, self.nov_bypass,
-        ]
-        p[_D.P_NOV_DECAY0 : _D.P_NOV_W0] = self.nov_decay
-        p[_D.P_NOV_W0 : _D.P_GUARD_LEVEL] = self.nov_weights
-        p[_D.P_GUARD_LEVEL] = self.guard_level
-        p[_D.P_EVENT_THRESHOLD] = self.event_threshold
-        p[_D.P_EVENT_CLOSE] = self.event_close_after
-        p[_D.P_W0 : _D.P_NOV_LONG_MODE] = self.weights
-        p[_D.P_NOV_LONG_MODE :] = [self.nov_long_mode, self.nov_season_mature, self.nov_half_season,
-                                   self.nov_half_vol, self.nov_season_smooth,
-                                   1.0 / self.nov_refract if self.nov_refract > 0.0 else 0.0,
-                                   self.nov_refract_damp, self.nov_season_floor, self.nov_shift_floor,
-                                   self.nov_vol_season, self.nov_value_gate]
-        return tuple(p.tolist())
 
 
 def _grow(a: np.ndarray, n: int) -> np.ndarray:

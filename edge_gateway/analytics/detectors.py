@@ -50,6 +50,23 @@ import numpy as np
 
 from . import _jit
 from ._jit import kernel
+from .layout import (  # noqa: F401 - re-exported: callers index state tables by these
+    DETECTOR_NAMES, N_DETECTORS, D_EWMA, D_ROBUST, D_RATE, D_CUSUM, D_RANGE, D_FLAT, D_DROP, D_NOV, GUARDS,
+    NOV_FEATURES, NOV_NF, NOV_MAX_BINS, NS_N, NS_PREV, NS_SHORT, NS_HOLD, NS_NR, NS_VOL, NS_LONG, NS_BIN,
+    NS_BIN_LO, NS_BIN_HI, NS_PEAK, NS_F0, NS_SEAS, NOVELTY_WIDTH, EWMA_WIDTH, ROBUST_WIDTH, RATE_WIDTH,
+    CUSUM_WIDTH, FLAT_WIDTH, DROP_WIDTH, STATE_WIDTHS, P_EWMA_ALPHA, P_EWMA_WARMUP, P_EWMA_HALF, P_ROB_ETA,
+    P_ROB_CLIP, P_ROB_WARMUP, P_ROB_FLOOR, P_ROB_HALF, P_RATE_ETA, P_RATE_CLIP, P_RATE_WARMUP, P_RATE_HALF,
+    P_CUSUM_ETA, P_CUSUM_CLIP, P_CUSUM_WARMUP, P_CUSUM_K, P_CUSUM_H, P_RANGE_LO, P_RANGE_HI, P_FLAT_EPS,
+    P_FLAT_MIN_RUN, P_FLAT_ALPHA, P_DROP_K, P_DROP_ETA, P_DROP_CLIP, P_NOV_WARMUP, P_NOV_HOLD, P_NOV_LEVEL,
+    P_NOV_HALF, P_NOV_A_SHORT, P_NOV_A_SEASON, P_NOV_BINS, P_NOV_SEASON_WARMUP, P_NOV_A_VOL, P_NOV_A_LONG,
+    P_NOV_SEASON_NORM, P_NOV_A_SPREAD, P_NOV_SPREAD_FLOOR, P_NOV_BIN_WARMUP, P_NOV_BYPASS, P_NOV_DECAY0,
+    P_NOV_W0, P_GUARD_LEVEL, P_EVENT_THRESHOLD, P_EVENT_CLOSE, P_W0, P_NOV_LONG_MODE, P_NOV_SEASON_MATURE,
+    P_NOV_HALF_SEASON, P_NOV_HALF_VOL, P_NOV_SEASON_SMOOTH, P_NOV_REFRACT_INV, P_NOV_REFRACT_DAMP,
+    P_NOV_SEASON_FLOOR, P_NOV_SHIFT_FLOOR, P_NOV_VOL_SEASON, P_NOV_VALUE_GATE, N_PARAMS, P_AFTER_NORM,
+    SPEC_NOV0, SPEC_NOV1, SPEC_NOV2, SPEC_NOV3, SPEC_NOV4, SPEC_NOV5, SPEC_NORM, SPEC_RANGE, SPEC_FLAT,
+    SPEC_DROP, SPEC_VOL_SEASON, SPEC_VALUE_GATE, N_SPEC, EVENT_WIDTH, EVENT_FIELDS, E_OPEN, E_START, E_END,
+    E_PEAK, E_PEAK_VAL, E_DOM, E_BELOW,
+)
 
 if _jit.HAVE_NUMBA and kernel.__module__ == _jit.__name__:
     from numba import njit as _njit
@@ -88,79 +105,6 @@ else:  # no Numba, or this is the pure-Python twin: the same as ``kernel``
     def rare(cond):
         """The identity (Numba's version only adds a branch hint)."""
         return cond
-
-DETECTOR_NAMES = ("ewma", "robust", "rate", "cusum", "range", "flatline", "dropout", "novelty")
-N_DETECTORS = len(DETECTOR_NAMES)
-D_EWMA, D_ROBUST, D_RATE, D_CUSUM, D_RANGE, D_FLAT, D_DROP, D_NOV = range(N_DETECTORS)
-GUARDS = (D_RANGE, D_FLAT, D_DROP)
-
-# novelty detector: features tracked for "outside the range seen so far"
-NOV_FEATURES = ("value", "diff", "short", "season", "vol", "long")
-NOV_NF = len(NOV_FEATURES)
-NOV_MAX_BINS = 96
-(NS_N, NS_PREV, NS_SHORT, NS_HOLD, NS_NR, NS_VOL, NS_LONG, NS_BIN, NS_BIN_LO, NS_BIN_HI, NS_PEAK) = range(11)
-NS_F0 = 11
-NS_SEAS = NS_F0 + 2 * NOV_NF
-NOVELTY_WIDTH = NS_SEAS + 3 * NOV_MAX_BINS
-
-EWMA_WIDTH = 3
-ROBUST_WIDTH = 3
-RATE_WIDTH = 6
-CUSUM_WIDTH = 5
-FLAT_WIDTH = 4
-DROP_WIDTH = 3
-STATE_WIDTHS = {
-    "ewma": EWMA_WIDTH,
-    "robust": ROBUST_WIDTH,
-    "rate": RATE_WIDTH,
-    "cusum": CUSUM_WIDTH,
-    "flatline": FLAT_WIDTH,
-    "dropout": DROP_WIDTH,
-    "novelty": NOVELTY_WIDTH,
-}
-
-# parameter vector of the fused kernel and of the novelty detector
-(
-    P_EWMA_ALPHA, P_EWMA_WARMUP, P_EWMA_HALF,
-    P_ROB_ETA, P_ROB_CLIP, P_ROB_WARMUP, P_ROB_FLOOR, P_ROB_HALF,
-    P_RATE_ETA, P_RATE_CLIP, P_RATE_WARMUP, P_RATE_HALF,
-    P_CUSUM_ETA, P_CUSUM_CLIP, P_CUSUM_WARMUP, P_CUSUM_K, P_CUSUM_H,
-    P_RANGE_LO, P_RANGE_HI,
-    P_FLAT_EPS, P_FLAT_MIN_RUN, P_FLAT_ALPHA,
-    P_DROP_K, P_DROP_ETA, P_DROP_CLIP,
-    P_NOV_WARMUP, P_NOV_HOLD, P_NOV_LEVEL, P_NOV_HALF, P_NOV_A_SHORT, P_NOV_A_SEASON, P_NOV_BINS,
-    P_NOV_SEASON_WARMUP, P_NOV_A_VOL, P_NOV_A_LONG,
-    P_NOV_SEASON_NORM, P_NOV_A_SPREAD, P_NOV_SPREAD_FLOOR, P_NOV_BIN_WARMUP, P_NOV_BYPASS,
-    P_NOV_DECAY0,
-) = range(41)
-P_NOV_W0 = P_NOV_DECAY0 + NOV_NF
-P_GUARD_LEVEL = P_NOV_W0 + NOV_NF
-P_EVENT_THRESHOLD = P_GUARD_LEVEL + 1
-P_EVENT_CLOSE = P_EVENT_THRESHOLD + 1
-P_W0 = P_EVENT_CLOSE + 1
-# novelty parameters added later, appended to keep the layout above
-P_NOV_LONG_MODE = P_W0 + N_DETECTORS
-P_NOV_SEASON_MATURE = P_NOV_LONG_MODE + 1
-P_NOV_HALF_SEASON = P_NOV_LONG_MODE + 2
-P_NOV_HALF_VOL = P_NOV_LONG_MODE + 3
-P_NOV_SEASON_SMOOTH = P_NOV_LONG_MODE + 4
-P_NOV_REFRACT_INV = P_NOV_LONG_MODE + 5  # 1 / nov_refract (0: off)
-P_NOV_REFRACT_DAMP = P_NOV_LONG_MODE + 6
-P_NOV_SEASON_FLOOR = P_NOV_LONG_MODE + 7  # the season residual range always holds [-floor, floor]
-P_NOV_SHIFT_FLOOR = P_NOV_LONG_MODE + 8  # the level-shift range always holds +-(this x volatility EWMA)
-P_NOV_VOL_SEASON = P_NOV_LONG_MODE + 9  # > 0: the volatility EWMA's step, if smaller, less the day profile's step
-P_NOV_VALUE_GATE = P_NOV_LONG_MODE + 10  # > 0: the value feature's score x min(1, |x - short| / (this x vol))**2
-N_PARAMS = P_NOV_LONG_MODE + 11
-_P_AFTER_NORM = P_NOV_SEASON_NORM + 1
-
-# compile-time switches of detect (``spec``): a float turns a part on, None compiles it out
-(SPEC_NOV0, SPEC_NOV1, SPEC_NOV2, SPEC_NOV3, SPEC_NOV4, SPEC_NOV5, SPEC_NORM, SPEC_RANGE, SPEC_FLAT,
- SPEC_DROP, SPEC_VOL_SEASON, SPEC_VALUE_GATE) = range(NOV_NF + 6)
-N_SPEC = SPEC_VALUE_GATE + 1
-
-EVENT_WIDTH = 7
-EVENT_FIELDS = ("channel", "start", "end", "peak_score", "peak_value", "detector")
-E_OPEN, E_START, E_END, E_PEAK, E_PEAK_VAL, E_DOM, E_BELOW = range(EVENT_WIDTH)
 
 
 def pure_module():
@@ -757,7 +701,7 @@ def _switch(v, on):
 def spec_params(p, sp):
     """``p`` with the novelty parameters switched off in ``sp`` (see :func:`spec_of`) replaced by 0.0."""
     return (p[:P_NOV_SEASON_NORM] + (_switch(p[P_NOV_SEASON_NORM], sp[SPEC_NORM]),)
-            + p[_P_AFTER_NORM:P_NOV_W0]
+            + p[P_AFTER_NORM:P_NOV_W0]
             + (_switch(p[P_NOV_W0], sp[SPEC_NOV0]), _switch(p[P_NOV_W0 + 1], sp[SPEC_NOV1]),
                _switch(p[P_NOV_W0 + 2], sp[SPEC_NOV2]), _switch(p[P_NOV_W0 + 3], sp[SPEC_NOV3]),
                _switch(p[P_NOV_W0 + 4], sp[SPEC_NOV4]), _switch(p[P_NOV_W0 + 5], sp[SPEC_NOV5]))
