@@ -27,7 +27,7 @@ import msgpack
 
 from . import aio, kernel_cache, memory, stall
 from .config import GatewayConfig
-from .statelock import AlreadyRunning, StateDirLock
+from .statelock import AlreadyRunning, NotOurs, StateDirLock
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,11 @@ class Gateway:
         self.state_lock.acquire()
         kernel_cache.prune(self.cfg.state_dir / CACHE_DIR)
         await self.queue.open()
+        other = await self.queue.claim(self.cfg.gateway.id)
+        if other is not None:  # its queued messages, checkpoint and sequence numbers would go out as ours
+            raise NotOurs(f"state directory {self.cfg.state_dir} belongs to gateway {other!r}, not "
+                          f"{self.cfg.gateway.id!r}: give this gateway its own gateway.state_dir, or move that "
+                          "folder away to start afresh (its unsent messages go with it)")
         await self._restore_checkpoint()
         self._start_uplink()
         self.notify("STATUS=warming analytics kernels")
@@ -627,6 +632,9 @@ async def run(cfg: GatewayConfig, notify: Callable[[str], None] = lambda s: None
     except AlreadyRunning as exc:
         log.error("%s", exc)
         return 1
+    except NotOurs as exc:
+        log.error("%s", exc)
+        return 2  # the unit does not restart it (RestartPreventExitStatus=2): a restart cannot fix it
     finally:
         progress.stop()
         monitor.stop()

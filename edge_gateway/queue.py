@@ -698,6 +698,19 @@ class DurableQueue:
             return
         self._ack([])  # on a full disk the checkpoint is given up (logged), the deletes still go
 
+    async def claim(self, owner: str) -> str | None:
+        """Record ``owner`` (a gateway id) as whose queue this is, the first time; later, the id it
+        belongs to when that is not ``owner`` (None when it is)."""
+        return await self._call(self._claim, owner)
+
+    def _claim(self, owner: str) -> str | None:
+        assert self._db is not None
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta(key, value) VALUES ('owner', ?)", (owner,))
+            return None
+        return None if row[0] == owner else str(row[0])
+
     async def load_note(self, name: str) -> bytes | None:
         """The last ``note`` of that name committed with an :meth:`append`."""
         return await self._call(self._load_note, name)

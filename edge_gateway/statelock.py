@@ -19,6 +19,10 @@ class AlreadyRunning(RuntimeError):
     """Another gateway holds the state directory's lock."""
 
 
+class NotOurs(RuntimeError):
+    """The state directory holds another gateway's queue and state (a different ``gateway.id``)."""
+
+
 class StateDirLock:
     """The lock of one state directory; holds the pid of its holder for the refusal message."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import drivers
 from edge_gateway import config
 from edge_gateway.supervisor import Supervisor
-from ops_support import NotifyReceiver, serial_sensor, status_json, write_config
+from ops_support import NotifyReceiver, cli, serial_sensor, status_json, write_config
 from support import REPO, GatewayProcess, Process, wait_for
 
 DETECTOR_KERNEL = "detect_spec"  # the Numba kernel specialized per detector settings
@@ -193,3 +193,27 @@ async def test_the_supervisor_never_runs_two_tasks_for_one_sensor(tmp_path):
     finally:
         await sup.stop()
         sim.stop()
+
+
+async def test_a_state_directory_of_another_gateway_is_refused(tmp_path):
+    """Review 15 (walkthrough) #2: a config pointed at the demo's state dir restored 19 of the demo's
+    channels and published them, with the demo's sequence numbers, under its own id."""
+    from edge_gateway import messages
+    from edge_gateway.queue import DurableQueue
+
+    cfg = write_config(tmp_path, gw_id="cabinet-air-01")
+    q = DurableQueue(tmp_path / "state" / "queue.db", messages.encode)
+    await q.open()
+    assert await q.claim("demo-01") is None  # the first gateway to open it owns it
+    assert await q.append([messages.event(messages.Topics("city", "demo-01"), "demo-01", "s", "x")]) == [1]
+    await q.close()
+    out = cli("run", cfg, timeout=60)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2 and "Traceback" not in text, text
+    assert (f"state directory {tmp_path}/state belongs to gateway 'demo-01', not 'cabinet-air-01': give this "
+            "gateway its own gateway.state_dir, or move that folder away to start afresh (its unsent messages "
+            "go with it)") in text
+    q = DurableQueue(tmp_path / "state" / "queue.db", messages.encode)
+    await q.open()
+    assert (q.depth, q.last_seq, await q.claim("demo-01")) == (1, 1, None)  # untouched, still the demo's
+    await q.close()
