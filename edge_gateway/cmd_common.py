@@ -28,9 +28,7 @@ def socket_path(args) -> Path:
     if getattr(args, "socket", None):
         return Path(args.socket)
     if getattr(args, "config", None):
-        from . import config
-
-        return config.load(args.config).control_socket
+        return _config_socket(args.config)
     env = os.environ.get("EG_CONTROL_SOCKET")
     if env:
         return Path(env)
@@ -42,6 +40,27 @@ def socket_path(args) -> Path:
         except config.ConfigError:
             pass
     return Path(DEFAULT_STATE_DIR) / "control.sock"
+
+
+def _config_socket(path: str) -> Path:
+    """The control socket of the config ``path``. A file that does not load (edited, not reloaded yet)
+    says so on stderr, and its ``gateway.state_dir`` is read leniently: the daemon keeps running the
+    config it loaded last, and a technician must still reach it (status, tail, reload and its refusal).
+    ConfigError only if the file cannot be read at all."""
+    from . import config
+
+    try:
+        return config.load(path).control_socket
+    except config.ConfigError as exc:
+        state_dir = config.read_state_dir(path)
+        error(str(exc))
+    if state_dir is None:
+        sock = Path(DEFAULT_STATE_DIR) / "control.sock"
+        error(f"note: no gateway.state_dir could be read from {path}; asking the daemon at the default {sock}")
+    else:
+        sock = state_dir / config.CONTROL_SOCKET
+        error(f"note: asking the daemon at {sock} anyway: it keeps running the config it loaded last")
+    return sock
 
 
 def print_json(obj) -> None:

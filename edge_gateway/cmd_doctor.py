@@ -240,9 +240,19 @@ def check_serial(sensor: str, port: str, user: str) -> Check:
     if st.st_gid not in gids and mode & 0o060 == 0o060:
         return Check(name, "fail", f"{detail}; {user} is not in group {gname}",
                      f"usermod -aG {gname} {user} (then restart the service / log in again)")
-    return Check(name, "fail", f"{detail}; {user} may not read and write it",
-                 f"fix the udev rule so the device is group {gname} mode 0660, e.g. "
-                 f'SUBSYSTEM=="tty", GROUP="dialout", MODE="0660"')
+    fix = ("a udev rule that makes the device group dialout mode 0660, e.g. "
+           f'SUBSYSTEM=="tty", KERNEL=="{os.path.basename(real)}", GROUP="dialout", MODE="0660" '
+           "in /etc/udev/rules.d/99-edge-gateway.rules (then `udevadm trigger`)")
+    if not _in_group("dialout", gids):
+        fix += f"; and usermod -aG dialout {user} (then restart the service / log in again)"
+    return Check(name, "fail", f"{detail}; {user} may not read and write it", fix)
+
+
+def _in_group(name: str, gids: set[int]) -> bool:
+    try:
+        return grp.getgrnam(name).gr_gid in gids
+    except KeyError:
+        return False
 
 
 def char_device_groups(major: int, proc_devices: str = "/proc/devices") -> list[str]:

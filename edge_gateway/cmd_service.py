@@ -54,6 +54,7 @@ CLOSED_POLICY_GROUPS = ("pts",)
 HIDDEN_DIRS = {"/home": "ProtectHome=yes", "/root": "ProtectHome=yes", "/run/user": "ProtectHome=yes",
                "/tmp": "PrivateTmp=yes", "/var/tmp": "PrivateTmp=yes"}
 DIFF_LINES = 12
+DOC_FILE = "share/doc/edge-gateway/operations.md"  # under the install's prefix (setup.cfg data_files)
 
 TEMPLATE = """\
 # edge-gateway: street-cabinet IoT gateway (written by `edge-gateway service install`).
@@ -64,7 +65,7 @@ TEMPLATE = """\
 #   install -d -m 0700 /etc/edge-gateway/credentials     # broker-secrets here, mode 0600 (if the broker has a password)
 [Unit]
 Description=edge-gateway street-cabinet IoT gateway
-Documentation=file:/usr/share/doc/edge-gateway/operations.md
+Documentation={doc}
 # ttyUSB and ttyACM come from modules: DeviceAllow= only resolves groups that exist when the unit starts.
 Wants=network-online.target modprobe@usbserial.service modprobe@cdc_acm.service
 After=network-online.target time-sync.target modprobe@usbserial.service modprobe@cdc_acm.service
@@ -149,10 +150,26 @@ WantedBy=multi-user.target
 
 
 def render(exec_path: str = DEFAULTS["exec"], config: str = DEFAULTS["config"], user: str = DEFAULTS["user"],
-           watchdog: int = DEFAULTS["watchdog"]) -> str:
+           watchdog: int = DEFAULTS["watchdog"], doc: str | None = None) -> str:
+    """The unit; ``doc`` (default: beside ``exec_path``, :func:`doc_path`) is its ``Documentation=``."""
     device_allow = "\n".join(f"DeviceAllow=char-{g} rw" for g in DEVICE_GROUPS)
+    doc = doc_path(exec_path) if doc is None else doc
     return TEMPLATE.format(exec=_exec_word(exec_path), config=_exec_word(config), user=user, watchdog=watchdog,
-                           credential=CREDENTIAL_SOURCE, device_allow=device_allow)
+                           credential=CREDENTIAL_SOURCE, device_allow=device_allow, doc=_doc_url(doc))
+
+
+def doc_path(exe: str) -> str:
+    """Where the install that holds ``exe`` (PREFIX/bin/edge-gateway) put docs/operations.md:
+    PREFIX/share/doc/edge-gateway/operations.md (setup.cfg ``data_files``, installed under the same prefix)."""
+    return os.path.join(os.path.dirname(os.path.dirname(exe)), DOC_FILE)
+
+
+def _doc_url(path: str) -> str:
+    """A ``file:`` URL; systemd splits ``Documentation=`` on spaces, so they are %-escaped (and ``%`` is
+    doubled: systemd expands specifiers there too)."""
+    from urllib.parse import quote
+
+    return "file:" + quote(path).replace("%", "%%")
 
 
 def _exec_word(word: str) -> str:
@@ -276,7 +293,8 @@ def install(args) -> int:
         error(f"--user {args.user!r}: not a system user name (lower case letters, digits, '_', '-')")
         return 2
     exe, config_path = os.path.abspath(exe), os.path.abspath(args.config)
-    text = render(exe, config_path, args.user, args.watchdog_sec)
+    # the docs sit under the prefix of the install itself: /usr/local/bin/edge-gateway may link into a venv
+    text = render(exe, config_path, args.user, args.watchdog_sec, doc=doc_path(os.path.realpath(exe)))
     if args.watchdog_sec == 0:
         text = text.replace("WatchdogSec=0\n", "")
     if args.stdout:

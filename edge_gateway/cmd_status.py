@@ -6,7 +6,8 @@ anomaly events and the outcome of the last reload. ``--json`` prints the
 daemon's whole status document (stable keys) for scripts.
 
 ``reload`` asks the daemon to read its config file again (as SIGHUP does) and
-prints what changed, or why the new config was refused.
+prints what changed (sensors started, stopped and kept; broker; detector; other
+live settings), or why the new config was refused.
 
 Exit statuses: 0 ok; 1 the daemon refused the reload / answered with an error;
 2 bad usage or an unreadable ``--config``; 3 the daemon is not running
@@ -132,7 +133,18 @@ def reload(args) -> int:
         error(f"reload refused, the running config stays: {reply.get('error')}")
         return 1
     if not args.json:
-        plan = reply.get("reload", {})
-        print(f"reloaded: started {plan.get('start') or '-'}, stopped {plan.get('stop') or '-'}, "
-              f"kept {plan.get('keep') or '-'}, broker {'changed' if plan.get('broker_changed') else 'unchanged'}")
+        print(reload_line(reply.get("reload", {})))
     return 0
+
+
+def reload_line(plan: dict) -> str:
+    """What a reload applied, for people: lists as comma-separated names, clauses apart by ';'."""
+    def names(key: str) -> str:
+        return ", ".join(map(str, plan.get(key) or ())) or "-"
+
+    def changed(key: str) -> str:
+        return "changed" if plan.get(key) else "unchanged"
+
+    return (f"reloaded: started {names('start')}; stopped {names('stop')}; kept {names('keep')}; "
+            f"broker {changed('broker_changed')}; detector {changed('detector_changed')}; "
+            f"other live changes: {names('other_changed')}")

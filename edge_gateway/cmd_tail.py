@@ -11,7 +11,8 @@ gateway itself never waits. At most 32 clients may be connected to the daemon;
 more are refused with an error.
 
 Exit statuses: 0 stopped by --count or the daemon closed the stream; 1 error;
-2 bad usage; 3 the daemon is not running; 130 Ctrl-C.
+2 bad usage (a SENSOR the gateway does not have: the error names those it
+has); 3 the daemon is not running; 130 Ctrl-C.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def handle(args) -> int:
         first = next(items, None)
         if first is None or not first.get("ok"):
             error((first or {}).get("error", "the daemon closed the connection"))
-            return 1
+            return 2 if (first or {}).get("unknown_sensor") else 1
         for item in items:
             if args.events and item.get("type") == "reading":
                 continue

@@ -23,7 +23,7 @@ import yaml
 
 from .schema import ConfigError, Validator
 
-__all__ = ["ConfigError", "DetectorOverride", "GatewayConfig", "load", "loads"]
+__all__ = ["ConfigError", "DetectorOverride", "GatewayConfig", "load", "loads", "read_state_dir"]
 
 
 @dataclass(frozen=True)
@@ -498,6 +498,11 @@ def load(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> Ga
     return loads(read_text(p), str(p), p.resolve().parent, env=env)
 
 
+def _resolve_path(base: Path, path: str) -> str:
+    """``path`` (``~`` expanded) against ``base``, normalised (``cfg/../run`` is ``run``); "" stays ""."""
+    return os.path.normpath(base / os.path.expanduser(path)) if path else path
+
+
 def _resolve_paths(cfg: GatewayConfig, base_dir: Path | None, source: str) -> GatewayConfig:
     """Relative paths (state directory, TLS files, secrets file) against the config file's folder.
 
@@ -509,7 +514,7 @@ def _resolve_paths(cfg: GatewayConfig, base_dir: Path | None, source: str) -> Ga
     base = base_dir or Path.cwd()
 
     def at(path: str) -> str:
-        return str(base / os.path.expanduser(path)) if path else path
+        return _resolve_path(base, path)
 
     gw = dataclasses.replace(cfg.gateway, state_dir=at(cfg.gateway.state_dir))
     b = cfg.broker
@@ -517,3 +522,68 @@ def _resolve_paths(cfg: GatewayConfig, base_dir: Path | None, source: str) -> Ga
                                         key_file=at(b.tls.key_file))
     broker = dataclasses.replace(b, tls=tls, secrets_file=at(b.secrets_file))
     return dataclasses.replace(cfg, gateway=gw, broker=broker, source=source)
+
+
+def read_state_dir(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> Path | None:
+    """``gateway.state_dir`` of a config file that may not load, resolved as :func:`load` resolves it.
+
+    For finding a running daemon's control socket while the file on disk is broken (the daemon
+    keeps running the config it loaded last): no schema, and the YAML is read only as far as it
+    parses, so a mistake after ``state_dir`` does not matter. ``${NAME}`` is expanded as by
+    :func:`load`. None when there is no usable value (missing, not a string, a mistake before it,
+    an unset ``${NAME}``); ConfigError if the file cannot be read.
+    """
+    p = Path(path)
+    text = read_text(p)
+    node = _state_dir_scalar(text)
+    if node is None:
+        return None
+    try:
+        expand_env(node, text, str(p), os.environ if env is None else env)
+    except ConfigError:
+        return None
+    return Path(_resolve_path(p.resolve().parent, node.value)) if node.value else None
+
+
+def _state_dir_scalar(text: str) -> yaml.ScalarNode | None:
+    """The string scalar at ``gateway.state_dir`` of the first document, from the YAML events before any error."""
+    found = None
+    # per open collection: [key path (None: not followed), is a mapping, key (None: a key comes next;
+    # False: a key not followed), is itself a key]
+    frames: list[list] = []
+    try:
+        for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(ev, yaml.DocumentEndEvent):
+                break
+            top = frames[-1] if frames else None
+            in_map = top is not None and top[1]
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                is_key = in_map and top[2] is None
+                if top is None:
+                    where = ()
+                elif in_map and not is_key and top[0] is not None and isinstance(top[2], str):
+                    where = (*top[0], top[2])
+                else:
+                    where = None
+                if is_key:
+                    top[2] = False
+                frames.append([where, isinstance(ev, yaml.MappingStartEvent), None, is_key])
+            elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                was_key = frames.pop()[3]
+                if frames and frames[-1][1] and not was_key:
+                    frames[-1][2] = None
+            elif in_map and isinstance(ev, (yaml.ScalarEvent, yaml.AliasEvent)):
+                if top[2] is None:
+                    top[2] = ev.value if isinstance(ev, yaml.ScalarEvent) else False
+                    continue
+                if top[0] == ("gateway",) and top[2] == "state_dir":
+                    found = None
+                    if isinstance(ev, yaml.ScalarEvent):
+                        tag = (ev.tag if ev.tag not in (None, "!")
+                               else _RESOLVER.resolve(yaml.ScalarNode, ev.value, ev.implicit))
+                        if tag == _STR:
+                            found = yaml.ScalarNode(_STR, ev.value, ev.start_mark, ev.end_mark, ev.style)
+                top[2] = None
+    except yaml.YAMLError:
+        pass
+    return found

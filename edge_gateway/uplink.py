@@ -233,6 +233,7 @@ class MqttLink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._leaving = False  # stop() asked for the disconnect: it is logged at INFO, not as a fault
         self._key_warning = ""  # logged once per distinct warning, not at every reconnect
         self._attempt = 0
         self._tokens = itertools.count(1)
@@ -558,6 +559,7 @@ class MqttLink:
                 if done:
                     break
                 await asyncio.sleep(0.01)
+        self._leaving = True
         self._call(self.client.disconnect)  # queued before stopping: the thread runs it on its way out
         self._stopping.set()
         if self._thread is not None:
@@ -580,7 +582,10 @@ class MqttLink:
         if was:
             self.disconnects += 1
             self.last_error = f"disconnected: {reason}"
-            log.warning("disconnected from broker: %s", reason)
+            if self._leaving:
+                log.info("disconnected from broker (stopping): %s", reason)
+            else:
+                log.warning("disconnected from broker: %s", reason)
             self._post(self._on_state, False)
 
     def _cb_connect(self, client, userdata, flags, reason_code, properties) -> None:

@@ -42,7 +42,7 @@ from .coap_node import CONTENT_FORMATS, CoapNode
 from .modbus_slave import ModbusSlaveSim, RegisterBank
 from .pms5003 import corrupt as corrupt_frame
 from .pms5003 import frame_bytes
-from .pty_port import PtyPort
+from .pty_port import LinkError, PtyPort
 from .serial_line import format_line
 from .stopping import cancel_on_signals, remove_signal_handlers
 
@@ -280,6 +280,9 @@ async def _run(args, scenario: sc.Scenario) -> int:
         if not received:
             raise
         return 128 + received[0]
+    except LinkError as exc:  # a file in the way of RUN_DIR/<sensor>.tty, as --link of the others
+        print(f"edge-gateway-sim city: --run-dir {args.run_dir}: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as exc:
         print(f"edge-gateway-sim city: {exc}", file=sys.stderr)
         return 1

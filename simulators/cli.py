@@ -1,4 +1,4 @@
-"""``edge-gateway-sim NAME ...``: start one simulator by name."""
+"""``edge-gateway-sim NAME ...``: start one simulator by name (``--help`` lists them)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,30 @@ SIMULATORS = {
     "pms5003": "simulators.pms5003",
     "city": "simulators.city",
 }
+# One line each for the list; kept here so that listing them imports none (NumPy, aiocoap).
+SUMMARIES = {
+    "serial-line": "a line-protocol air-quality/noise sensor (kv, CSV or JSON lines) on a pty",
+    "pms5003": "a Plantower PMS5003 particulate sensor (32-byte frames) on a pty",
+    "city": "every sensor of a city block from a scenario file: serial, Modbus and CoAP, with faults",
+}
+
+
+def usage() -> str:
+    width = max(map(len, SIMULATORS))
+    rows = "".join(f"  {name:<{width}}  {SUMMARIES[name]}\n" for name in SIMULATORS)
+    return (f"usage: edge-gateway-sim {{{','.join(sorted(SIMULATORS))}}} [options]\n\n"
+            f"simulators (each prints its port path or endpoints; NAME --help for its options):\n{rows}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return 0
     if not argv or argv[0] not in SIMULATORS:
-        print(f"usage: edge-gateway-sim {{{','.join(sorted(SIMULATORS))}}} [options]", file=sys.stderr)
+        if argv:
+            print(f"edge-gateway-sim: unknown simulator {argv[0]!r}", file=sys.stderr)
+        sys.stderr.write(usage())
         return 2
     return importlib.import_module(SIMULATORS[argv[0]]).main(argv[1:])
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from drivers.pms5003 import encode_frame
 
-from .pty_port import PtyPort
+from .pty_port import LinkError, PtyPort
 from .signals import ChannelSignal, channel_values
 from .stopping import exit_on_signals
 
@@ -87,7 +87,10 @@ def _run(args) -> int:
     try:
         try:
             port = PtyPort(args.link, nonblocking=True)
-        except OSError as exc:
+        except LinkError as exc:
+            print(f"edge-gateway-sim pms5003: --link {args.link}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # no pty to be had
             print(f"edge-gateway-sim pms5003: {exc}", file=sys.stderr)
             return 1
         print(port.path, flush=True)

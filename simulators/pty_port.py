@@ -12,6 +12,10 @@ import time
 import tty
 
 
+class LinkError(OSError):
+    """The pty was opened but ``link`` could not be made (it is closed again); ``filename`` is the link."""
+
+
 def _is_pty_link(path: str) -> bool:
     """True for a symlink to a pseudo-terminal slave, such as one an earlier run left behind."""
     try:
@@ -33,14 +37,23 @@ class PtyPort:
         if link:
             try:
                 self._make_link(link)
-            except BaseException:
+            except BaseException as exc:
                 self.link = None
                 self.close()
+                if isinstance(exc, OSError) and not isinstance(exc, LinkError):
+                    raise LinkError(exc.errno, exc.strerror or str(exc), link) from exc
                 raise
 
     def _make_link(self, link: str) -> None:
         """Point ``link`` at the pty; an old link to a pty is replaced, anything else there is refused
-        (a typo such as ``--link gateway.yaml`` must not destroy that file)."""
+        (a typo such as ``--link gateway.yaml`` must not destroy that file). A missing parent folder
+        is created, as ``mkdir -p`` would."""
+        parent = os.path.dirname(link)
+        if parent and not os.path.isdir(parent):
+            try:
+                os.makedirs(parent)
+            except FileExistsError:
+                pass  # a file in the way: os.symlink below reports it (ENOTDIR)
         try:
             os.symlink(self.slave_path, link)
             return

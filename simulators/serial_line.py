@@ -21,7 +21,7 @@ import math
 import sys
 import time
 
-from .pty_port import PtyPort
+from .pty_port import LinkError, PtyPort
 from .signals import ChannelSignal, channel_values
 from .stopping import exit_on_signals
 
@@ -113,7 +113,10 @@ def _run(args) -> int:
     try:
         try:
             port = PtyPort(args.link, nonblocking=not args.backpressure)
-        except OSError as exc:
+        except LinkError as exc:
+            print(f"edge-gateway-sim serial-line: --link {args.link}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # no pty to be had
             print(f"edge-gateway-sim serial-line: {exc}", file=sys.stderr)
             return 1
         print(port.path, flush=True)

@@ -154,8 +154,12 @@ def test_replay_link_never_replaces_or_deletes_what_is_already_there(tmp_path):
         assert f"edge-gateway: --link {path}: exists and is not a link to a pseudo-terminal" in r.stderr
         assert "Traceback" not in r.stderr and r.stdout == ""
     assert keep.read_text() == "gateway: {id: g}\n" and os.readlink(other) == str(keep)
+    r = cli("replay", capture, "--no-wait", "--speed", "0", "--linger", "0", "--link", keep / "x.tty")
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", f"edge-gateway: --link {keep / 'x.tty'}: Not a directory\n")
+    # review 15 walkthrough #3, #10: a missing folder is created (as for the simulators); the link is printed
     r = cli("replay", capture, "--no-wait", "--speed", "0", "--linger", "0", "--link", tmp_path / "no" / "x.tty")
-    assert r.returncode == 2 and "No such file or directory" in r.stderr and "Traceback" not in r.stderr
+    assert (r.returncode, r.stdout) == (0, f"{tmp_path / 'no' / 'x.tty'}\n"), r.stderr
+    assert (tmp_path / "no").is_dir() and not os.path.lexists(tmp_path / "no" / "x.tty")
     stale = tmp_path / "old.tty"
     os.symlink("/dev/pts/999999", stale)  # left by an earlier replay: replaced, then removed
     r = cli("replay", capture, "--no-wait", "--speed", "0", "--linger", "0", "--link", stale)

@@ -81,7 +81,7 @@ def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
         assert "edge_gateway_queue_oldest_age_seconds" in body
 
         r = cli("reload", "--socket", sock)
-        assert r.returncode == 0 and "kept ['air-1']" in r.stdout, r.stdout + r.stderr
+        assert r.returncode == 0 and "; kept air-1; " in r.stdout, r.stdout + r.stderr
         cfg.write_text(cfg.read_text().replace("id: ops-gw", "id: renamed"))
         r = cli("reload", "--socket", sock)
         assert r.returncode == 1 and "needs a restart to change gateway.id" in r.stderr

@@ -160,7 +160,7 @@ def test_relative_tls_and_secrets_paths_are_resolved_against_the_config_folder(t
     cfg = config.load(folder / "gw.yaml")
     assert cfg.broker.tls.ca_file == str(folder / "certs" / "ca.pem")
     assert cfg.broker.tls.cert_file == "/abs/client.pem"
-    assert cfg.broker.tls.key_file == str(folder / ".." / "keys" / "client.key")
+    assert cfg.broker.tls.key_file == str(tmp_path / "keys" / "client.key")  # normalised (review 15 walkthrough #10)
     assert cfg.broker.secrets_file == str(tmp_path / "home" / "creds.txt")
     assert cfg.gateway.state_dir == str(folder / "state")
     bare = config.loads("gateway: {id: g2}\nbroker: {tls: {ca_file: ca.pem}}\n")

@@ -324,3 +324,33 @@ def test_doctor_checks_the_secrets_file(tmp_path):
     assert check("good", "username: gw-1\npassword: pw\n") == ("ok", f"{tmp_path}/good: username and password", "")
     assert config.loads("gateway: {id: s}\n").broker.secrets_file == ""
     assert cmd_doctor.check_secrets(config.loads("gateway: {id: s}\n").broker) == []
+
+
+# --- review 15 walkthrough #7: the fix for a port the user may not open -------------------------
+
+def test_doctor_fix_for_a_port_the_user_may_not_open_names_dialout_and_usermod(tmp_path, monkeypatch):
+    from edge_gateway import cmd_doctor
+
+    try:
+        pwd.getpwnam("nobody")
+        import grp
+
+        dialout = grp.getgrnam("dialout").gr_gid
+    except KeyError:
+        pytest.skip("no user nobody or group dialout here")
+    port = PtyPort(str(tmp_path / "air-1.tty"))
+    try:
+        os.chmod(port.slave_path, 0o600)
+        real, name = port.slave_path, os.path.basename(port.slave_path)
+        rule = (f'a udev rule that makes the device group dialout mode 0660, e.g. SUBSYSTEM=="tty", KERNEL=="{name}", '
+                'GROUP="dialout", MODE="0660" in /etc/udev/rules.d/99-edge-gateway.rules (then `udevadm trigger`)')
+        row = cmd_doctor.check_serial("air-1", port.path, "nobody")
+        assert row.status == "fail" and row.detail.endswith("; nobody may not read and write it"), row
+        assert row.fix == rule + "; and usermod -aG dialout nobody (then restart the service / log in again)"
+        uid, gids = cmd_doctor.user_groups("nobody")
+        monkeypatch.setattr(cmd_doctor, "user_groups", lambda user: (uid, gids | {dialout}))
+        row = cmd_doctor.check_serial("air-1", port.path, "nobody")
+        assert (row.status, row.fix) == ("fail", rule), row
+    finally:
+        port.close()
+    assert real.startswith("/dev/pts/")

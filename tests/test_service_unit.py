@@ -187,3 +187,28 @@ def test_service_install_quotes_paths_and_finds_the_venvs_executable(tmp_path):
     beside = Path(sys.executable).parent / "edge-gateway"
     assert r.returncode == 0, r.stderr
     assert f"ExecStart={os.path.abspath(beside)} run /etc/edge-gateway/gateway.yaml\n" in r.stdout
+
+
+def test_documentation_points_at_the_operations_doc_the_install_puts_under_its_prefix(tmp_path, monkeypatch):
+    """Review 15 walkthrough #10: setup.cfg installs docs/operations.md as PREFIX/share/doc/edge-gateway/operations.md,
+    and the unit's Documentation= is that file of the install that holds the executable (a link is followed)."""
+    from setuptools.dist import Distribution
+
+    monkeypatch.chdir(REPO)  # setup.cfg's paths are relative to the project
+    dist = Distribution()
+    dist.parse_config_files(["setup.cfg"])
+    assert dist.data_files == [("share/doc/edge-gateway", ["docs/operations.md"])]
+    lines = UNIT.read_text().splitlines()
+    assert "Documentation=file:/usr/local/share/doc/edge-gateway/operations.md" in lines  # --exec /usr/local/bin/...
+    unit = cmd_service.render("/opt/edge gateway/bin/edge-gateway")
+    assert "Documentation=file:/opt/edge%%20gateway/share/doc/edge-gateway/operations.md" in unit.splitlines()
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "edge-gateway").write_text("#!/bin/sh\n")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "edge-gateway").symlink_to(venv / "bin" / "edge-gateway")
+    r = cli("service", "install", "--stdout", "--exec", tmp_path / "bin" / "edge-gateway")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert f"ExecStart={tmp_path}/bin/edge-gateway run /etc/edge-gateway/gateway.yaml" in lines
+    assert f"Documentation=file:{venv}/share/doc/edge-gateway/operations.md" in lines

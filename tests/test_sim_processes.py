@@ -127,3 +127,51 @@ def test_bad_arguments_are_refused(tmp_path, capsys, sim, args, message):
     out = capsys.readouterr()
     assert message in out.err and out.out == ""
     assert not os.path.lexists(link)
+
+
+# Review 15 walkthrough #3: `--link` into a folder that does not exist yet (the example config's "Try it"
+# line on a fresh machine) creates the folder; what still cannot be linked is one line and exit 2.
+def test_link_folder_is_created_and_link_errors_are_one_line(tmp_path, capsys):
+    link = tmp_path / "edge-gateway-demo" / "sub" / "air-1.tty"
+    assert serial_line.main(["--count", "1", "--rate", "1000", "--link", str(link)]) == 0
+    out = capsys.readouterr()
+    assert out.out == f"{link}\n" and out.err == ""
+    assert (tmp_path / "edge-gateway-demo" / "sub").is_dir() and not os.path.lexists(link)  # removed at the end
+    plain = tmp_path / "plain.tty"
+    plain.write_text("keep me\n")
+    for sim, name in ((serial_line, "serial-line"), (pms5003, "pms5003")):
+        for path, reason in ((plain, "exists and is not a link to a pseudo-terminal, not replacing it"),
+                             (plain / "x.tty", "Not a directory")):
+            assert sim.main(["--count", "1", "--link", str(path)]) == 2
+            out = capsys.readouterr()
+            assert (out.out, out.err) == ("", f"edge-gateway-sim {name}: --link {path}: {reason}\n")
+    assert plain.read_text() == "keep me\n"
+
+
+def test_city_run_dir_link_error_is_one_line(tmp_path, capsys):
+    from simulators import city
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "air-1.tty").write_text("keep me\n")
+    assert city.main([str(SCENARIO), "--run-dir", str(run), "--count", "1", "--coap-port",
+                      str(free_udp_port())]) == 2
+    out = capsys.readouterr()
+    assert out.err == (f"edge-gateway-sim city: --run-dir {run}: {run / 'air-1.tty'}: exists and is not a link "
+                       "to a pseudo-terminal, not replacing it\n")
+    assert (run / "air-1.tty").read_text() == "keep me\n"
+
+
+# Review 15 walkthrough #8: `edge-gateway-sim --help` lists the simulators, one line each
+def test_help_lists_the_simulators():
+    listing = ("usage: edge-gateway-sim {city,pms5003,serial-line} [options]\n\n"
+               "simulators (each prints its port path or endpoints; NAME --help for its options):\n"
+               "  serial-line  a line-protocol air-quality/noise sensor (kv, CSV or JSON lines) on a pty\n"
+               "  pms5003      a Plantower PMS5003 particulate sensor (32-byte frames) on a pty\n"
+               "  city         every sensor of a city block from a scenario file: serial, Modbus and CoAP, "
+               "with faults\n")
+    for args, rc, out, err in ((["--help"], 0, listing, ""), (["-h"], 0, listing, ""), ([], 2, "", listing),
+                               (["nope"], 2, "", "edge-gateway-sim: unknown simulator 'nope'\n" + listing)):
+        r = subprocess.run([sys.executable, "-m", "simulators.cli", *args], cwd=REPO, capture_output=True,
+                           text=True, timeout=30, check=False)
+        assert (r.returncode, r.stdout, r.stderr) == (rc, out, err), args
