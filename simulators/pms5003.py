@@ -12,7 +12,6 @@ at exit). SIGTERM and SIGHUP stop it as Ctrl-C does, removing the ``--link``.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from drivers.pms5003 import encode_frame
 
+from .cli_args import check_stream_args
 from .pty_port import LinkError, PtyPort
 from .signals import ChannelSignal, channel_values
 from .stopping import exit_on_signals
@@ -70,14 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link", help="make this path a symlink to the pty")
     ap.add_argument("--corrupt-every", type=int, default=0)
     args = ap.parse_args(argv)
-    if not (args.rate > 0 and math.isfinite(args.rate)):
-        ap.error(f"--rate: must be a positive number of frames per second, not {args.rate:g}")
-    if args.seed < 0:
-        ap.error(f"--seed: must be >= 0, not {args.seed}")
-    if args.count < 0:
-        ap.error(f"--count: must be >= 0 (0: run forever), not {args.count}")
-    if args.t0 is not None and not math.isfinite(args.t0):
-        ap.error(f"--t0: must be a finite time, not {args.t0:g}")
+    check_stream_args(ap, args, "frames")
     with exit_on_signals():
         return _run(args)
 

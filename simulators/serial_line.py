@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 
+from .cli_args import check_stream_args
 from .pty_port import LinkError, PtyPort
 from .signals import ChannelSignal, channel_values
 from .stopping import exit_on_signals
@@ -96,14 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backpressure", action="store_true",
                     help="wait for the reader when the pty is full instead of dropping bytes as a UART does")
     args = ap.parse_args(argv)
-    if not (args.rate > 0 and math.isfinite(args.rate)):
-        ap.error(f"--rate: must be a positive number of lines per second, not {args.rate:g}")
-    if args.seed < 0:
-        ap.error(f"--seed: must be >= 0, not {args.seed}")
-    if args.count < 0:
-        ap.error(f"--count: must be >= 0 (0: run forever), not {args.count}")
-    if args.t0 is not None and not math.isfinite(args.t0):
-        ap.error(f"--t0: must be a finite time, not {args.t0:g}")
+    check_stream_args(ap, args, "lines")
     with exit_on_signals():
         return _run(args)
 
