@@ -125,7 +125,6 @@ ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
 ProtectProc=invisible
-ProcSubset=pid
 RestrictNamespaces=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
@@ -138,7 +137,9 @@ SystemCallFilter=@system-service
 SystemCallFilter=~@privileged @resources
 SystemCallErrorNumber=EPERM
 # Not set on purpose: MemoryDenyWriteExecute (Numba's JIT needs W+X memory),
-# IPAddressAllow/Deny (the broker's address may change), PrivateDevices (hides the serial ports).
+# IPAddressAllow/Deny (the broker's address may change), PrivateDevices (hides the serial ports),
+# ProcSubset=pid (hides /proc/cpuinfo, from which LLVM learns an ARM CPU's model and features: Numba
+# would compile every kernel for a generic ARMv8).
 
 StandardOutput=journal
 StandardError=journal

@@ -212,3 +212,11 @@ def test_documentation_points_at_the_operations_doc_the_install_puts_under_its_p
     lines = r.stdout.splitlines()
     assert f"ExecStart={tmp_path}/bin/edge-gateway run /etc/edge-gateway/gateway.yaml" in lines
     assert f"Documentation=file:{venv}/share/doc/edge-gateway/operations.md" in lines
+
+
+def test_the_unit_leaves_proc_cpuinfo_readable_for_llvm():
+    """On ARM, LLVM reads the host CPU's model and features from /proc/cpuinfo; ProcSubset=pid hides it and
+    Numba would compile every kernel for a generic ARMv8 (review 15 ops, unconfirmed list)."""
+    unit = cmd_service.render()
+    assert not [ln for ln in unit.splitlines() if ln.startswith("ProcSubset=")]
+    assert "ProtectProc=invisible" in unit  # other processes stay hidden
