@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_S = 60.0  # written with the next append, and only when changed (docs/uplink.md)
 STATS_EVERY_S = 5.0
+EXTEND_S = 300  # start timeout granted after each warm-up step (EXTEND_TIMEOUT_USEC)
 CACHE_DIR = "numba-cache"
 
 
@@ -142,7 +143,13 @@ class Gateway:
 
     def _warm(self) -> None:
         with memory.numba_without_cffi():
-            self.pipeline.warm()
+            self.pipeline.warm(self._warm_progress)
+
+    def _warm_progress(self) -> None:
+        """After each kernel group compiled: systemd's start timeout (TimeoutStartSec=600) is for a Pi 4;
+        a slower board, or a config with many detector variants, gets EXTEND_S more after each step,
+        so a compile that progresses is never killed and one that hangs still is."""
+        self.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_S * 1_000_000}")
 
     async def _unless_stopped(self, fut: asyncio.Future) -> bool:
         """Wait for ``fut``; False, with ``fut`` cancelled, if a stop is asked for first."""

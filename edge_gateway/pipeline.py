@@ -59,7 +59,8 @@ def detector_variants(section: DetectorSection, sensors: Iterable[str]) -> list[
     return list(found)
 
 
-def warm_detectors(section: DetectorSection, sensors: Iterable[str]) -> int:
+def warm_detectors(section: DetectorSection, sensors: Iterable[str],
+                   progress: Callable[[], None] = lambda: None) -> int:
     """Compile (or load from the Numba cache) the detector kernel of every variant in
     :func:`detector_variants`; returns how many there are.
 
@@ -71,6 +72,7 @@ def warm_detectors(section: DetectorSection, sensors: Iterable[str]) -> int:
     variants = detector_variants(section, sensors)
     for settings in variants:
         Detector(settings).warm()
+        progress()
     return len(variants)
 
 
@@ -132,14 +134,17 @@ class Pipeline:
         self._assign(len(self.batcher.keys))
         return self._detectors[int(self._group[channel])].settings
 
-    def warm(self) -> None:
-        """Compile (or load from the Numba cache) every kernel the pipeline calls with this config.
+    def warm(self, progress: Callable[[], None] = lambda: None) -> None:
+        """Compile (or load from the Numba cache) every kernel the pipeline calls with this config;
+        ``progress()`` after each part (from the thread this runs in).
 
         Only the compile: no state of this pipeline is touched.
         """
         self.engine.warm()
+        progress()
         Conditioning.warm()
-        warm_detectors(self._section, [s.id for s in self.cfg.sensors])
+        progress()
+        warm_detectors(self._section, [s.id for s in self.cfg.sensors], progress)
 
     def set_filters(self, sensors) -> None:
         """New per-sensor ``filters`` (reload): kernels already warm (:meth:`warm`), nothing compiles."""
