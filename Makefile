@@ -19,7 +19,8 @@ $(STAMP): setup.cfg pyproject.toml
 
 venv: $(STAMP)
 
-# Mosquitto for the tests; socat for stable-path pty tests. Installed through apt when root and missing.
+# Mosquitto for the tests; socat for stable-path pty tests. Installed through apt when root and missing;
+# Debian's package enables a system broker on port 1883, which a field gateway must not keep running.
 system-deps:
 	@missing=""; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
@@ -27,6 +28,9 @@ system-deps:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    case "$$missing" in *mosquitto*) \
+	      systemctl disable --now mosquitto.service >/dev/null 2>&1 || true; \
+	      echo "mosquitto installed for the tests (each starts its own); its system service is disabled";; esac; \
 	  else echo "missing:$$missing (sudo apt-get install$$missing)"; exit 1; fi; fi
 
 demo: venv
