@@ -7,6 +7,7 @@ what it sent ride in the same transaction as the messages, and a restore drops w
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from edge_gateway import config, messages
@@ -151,3 +152,19 @@ detector: {{threshold: 0.5, params: {{weights: [0, 0, 0, 0, 1, 0, 0, 0], range_h
     assert len(keys) == len(set(keys)), sorted(keys)
     assert sorted(f["start"] for f in sent if "type" not in f) == [1000.0, 1010.0, 1020.0, 1030.0, 1040.0,
                                                                      1050.0, 1070.0, 1080.0, 1090.0, 1100.0]
+
+
+@pytest.mark.parametrize("distinct", [1, 3, 300, 70000])
+def test_the_marks_pack_exactly_and_small(distinct):
+    from edge_gateway.pipeline import pack_marks, unpack_marks
+
+    rng = np.random.default_rng(distinct)
+    n = max(200, distinct // 3 + 1)
+    marks = np.full((n, 3), np.nan)
+    marks[:, 0] = 1_700_000_000.0 + 10.0 * rng.integers(0, distinct, n)
+    marks[::7, 1] = 1_700_000_000.5  # a few channels had events
+    blob = pack_marks(marks)
+    back = unpack_marks(blob)
+    assert back.shape == marks.shape and np.array_equal(back, marks, equal_nan=True)
+    if distinct <= 3:
+        assert len(blob) < 300  # 200 channels within a 1 KiB page: 4,800 bytes as plain float64
