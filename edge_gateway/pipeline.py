@@ -284,8 +284,9 @@ class Pipeline:
         arrays.update({f"det.{k}": v for k, v in self._detector_state().items()})
         arrays["announced"] = self._announced
         arrays.update({f"future.{k}": v for k, v in self.future.state().items()})
-        self.conditioning.ensure(self.batcher.keys)
-        arrays.update({f"filters.{k}": v for k, v in self.conditioning.state().items()})
+        if self.conditioning.active:  # otherwise tables of zeros: two more pages a minute on the SD card
+            self.conditioning.ensure(self.batcher.keys)
+            arrays.update({f"filters.{k}": v for k, v in self.conditioning.state().items()})
         return msgpack.packb({
             "version": 2,
             "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys],
