@@ -50,8 +50,9 @@ class Conditioning:
         new = [self._by_sensor.get(k.sensor, _OFF) for k in self._keys]
         self._lowpass = _rows(self._lowpass, n)
         self._deadband = _rows(self._deadband, n)
-        for w in {f.despike_window for f in new if f.despike_window}:
-            self._hampel[w] = _rows(self._hampel.get(w, _f.new_hampel_state(0, w)), n)
+        used = {f.despike_window for f in new if f.despike_window}
+        # a window length no channel uses any more has no state worth keeping (and would not grow)
+        self._hampel = {w: _rows(self._hampel.get(w, _f.new_hampel_state(0, w)), n) for w in used}
         changed = [c for c in range(min(len(old), n)) if old[c] != new[c]]
         for table in (self._lowpass, self._deadband, *self._hampel.values()):
             table[changed] = 0.0

@@ -211,8 +211,19 @@ class Pipeline:
         if idle.size:
             out += self._aggregates(self.engine.flush_channels(idle))
         if stale.any():  # no reading will ever close an event on a silent channel
-            for ev in self._close_events(np.nonzero(stale)[0]):
+            quiet = np.nonzero(stale)[0]
+            # silent also by the channel's own rhythm: a sensor read every 30 s is not silent after 12 s
+            quiet = quiet[now - self._last_arrival[quiet] >= self._silence_after(quiet)]
+            for ev in self._close_events(quiet):
                 out.append(self._anomaly(ev, "closed"))
+        return out
+
+    def _silence_after(self, channels: np.ndarray) -> np.ndarray:
+        out = np.zeros(channels.size)
+        for g, det in enumerate(self._detectors):
+            mine = self._group[channels] == g
+            if mine.any():
+                out[mine] = det.silence_after(channels[mine])
         return out
 
     def _close_events(self, channels: np.ndarray) -> list[dict]:

@@ -176,3 +176,20 @@ def test_the_deadband_heartbeat_survives_a_clock_stepped_back():
         state, emit = np.zeros((1, 3)), np.zeros(ts.size, dtype=np.bool_)
         mod.deadband(np.zeros(ts.size, np.int64), ts, np.ones(ts.size), 0.5, 60.0, state, emit)
         assert emit.tolist() == [True, False, True, False, True, False, True, True]
+
+
+def test_a_slowly_read_sensor_is_not_silent_between_its_readings():
+    """Review of the stop's change #2: a sensor read every 30 s with 10 s windows had each normal gap close its
+    open event, so one sustained fault became an open/closed pair per reading."""
+    cfg = config.loads("gateway: {id: p-gw}\nwindows: {seconds: 10, grace_s: 1}\ndetector: {params: {range_hi: 100}}\n")
+    for period in (1.0, 30.0):
+        pipe = Pipeline(cfg, TOPICS, batcher := Batcher(), wall_clock=lambda: 1e12)
+        found, t = [], 1000.0
+        for k in range(40):  # readings 10..29 above range_hi
+            batcher.add(Reading("bins-1", "fill", 150.0 if 10 <= k < 30 else 50.0, t, "%"))
+            for r in range(int(period)):  # a round a second, as the daemon runs
+                found += [(m.fields["state"], m.fields["start"], m.fields.get("end"))
+                          for m in pipe.process(batcher.drain(), now=t + r) if m.kind == messages.KIND_EVENT]
+            t += period
+        first, last = 1000.0 + 10 * period, 1000.0 + 29 * period
+        assert found == [("open", first, None), ("closed", first, last)], (period, found)

@@ -118,3 +118,24 @@ def test_a_checkpoint_carries_filter_tables_only_when_a_sensor_has_filters():
         pipe.process(batcher.drain(), now=1005.0)
         names = msgpack.unpackb(pipe.checkpoint())["arrays"]
         assert sorted(k for k in names if k.startswith("filters.")) == want
+
+
+def test_reloads_that_change_despike_windows_while_channels_appear_keep_working():
+    """Review of the stop's change #1: the table of a window length no longer used did not grow with new channels,
+    and the next filters change indexed past it (IndexError on every reload from then on)."""
+    from edge_gateway.batcher import ChannelKey
+    from edge_gateway.conditioning import Conditioning
+    from edge_gateway.config import FilterSection, SensorSection
+
+    def sensors(a, b):
+        return (SensorSection("a", "sim", None, a), SensorSection("b", "sim", None, b))
+
+    c = Conditioning(sensors(FilterSection(despike_window=5), FilterSection()))
+    keys = [ChannelKey("a", "x", ""), ChannelKey("a", "y", "")]
+    c.ensure(keys)
+    c.set_sensors(sensors(FilterSection(despike_window=7), FilterSection()))
+    c.ensure(keys + [ChannelKey("b", "p", ""), ChannelKey("b", "q", "")])
+    c.set_sensors(sensors(FilterSection(despike_window=7), FilterSection(lowpass_alpha=0.5)))
+    assert {k: v.shape for k, v in c.state().items()} == {"lowpass": (4, 2), "deadband": (4, 3), "hampel.7": (4, 9)}
+    y = c.values(np.array([2, 3], dtype=np.int64), np.array([1.0, 2.0]))
+    assert y.tolist() == [1.0, 2.0]  # b's first readings initialise its low-pass

@@ -133,6 +133,12 @@ class Detector:
         ev[gone, _D.E_BELOW] = 0.0
         return int(gone.size)
 
+    def silence_after(self, channels: np.ndarray) -> np.ndarray:
+        """Per channel, how long without a reading counts as silent: ``drop_k`` times its typical gap
+        between readings (the dropout guard's own measure; 0 while it has not learnt one)."""
+        channels = np.minimum(channels, self.n_channels - 1) if self.n_channels else channels[:0]
+        return self.settings.drop_k * self._state["dropout"][channels, 1]
+
     def resume(self) -> None:
         """After a restore: the gateway's own downtime is not a sensor's dropout. Each channel's next
         reading re-anchors the gap clock; the typical interval learnt before is kept."""
