@@ -104,6 +104,7 @@ class Pipeline:
         self._orphans: list[dict] = []  # announced events a restore could not keep: closed by the next round
         self._marks = np.full((0, 3), np.nan)  # per channel, what was sent last (the _M_* columns)
         self._marks_dirty = False
+        self._regrid: tuple[np.ndarray, float] | None = None  # windows closed by a restore, and their length
         self._use_detectors(cfg.detector)
 
     def _use_detectors(self, section: DetectorSection) -> None:
@@ -187,6 +188,10 @@ class Pipeline:
         self._assign(n_keys)
         out = [self._anomaly(ev, "closed") for ev in self._orphans]
         self._orphans = []
+        if self._regrid is not None:
+            rows, old_s = self._regrid
+            self._regrid = None
+            out += messages.aggregates(rows, self.batcher.keys, old_s, self.topics, cfg.gateway.id)
         batch = self.future.admit(batch, self.wall_clock())
         if len(batch):
             val = batch.val
@@ -300,6 +305,7 @@ class Pipeline:
             arrays.update({f"filters.{k}": v for k, v in self.conditioning.state().items()})
         return msgpack.packb({
             "version": 2,
+            "window_s": self.cfg.windows.seconds,
             "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys],
             "arrays": {name: [list(a.shape), a.tobytes()] for name, a in arrays.items()},
         })
@@ -310,7 +316,7 @@ class Pipeline:
         if not self._marks_dirty:
             return None
         self._marks_dirty = False
-        return pack_marks(self._marks)
+        return pack_marks(self._marks, self.cfg.windows.seconds)
 
     def restore(self, blob: bytes | None, marks: bytes | None = None) -> int:
         """Load a checkpoint; returns the number of channels restored (0 when it is unusable).
@@ -327,10 +333,13 @@ class Pipeline:
     def _apply_marks(self, blob: bytes, n: int) -> None:
         """Only the first ``n`` channels: others were numbered after the checkpoint and may be numbered
         differently in this run."""
-        marks = unpack_marks(blob)
-        if marks is None:
+        got = unpack_marks(blob)
+        if got is None:
             return
+        marks, window_s = got
         marks = marks[:n]
+        if window_s != self.cfg.windows.seconds:  # starts on another grid: they would drop the new windows' readings
+            marks[:, _M_WINDOW] = np.nan
         windows = self.engine.close_through(marks[:, _M_WINDOW])
         sent_closed = marks[:, _M_CLOSED]
         events = sum(det.forget_events(sent_closed) for det in self._detectors)
@@ -359,6 +368,11 @@ class Pipeline:
         arrays = {name: np.frombuffer(raw, dtype=np.float64).reshape(shape).copy()
                   for name, (shape, raw) in data["arrays"].items()}
         self.engine.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("win.")})
+        old_s = data.get("window_s", self.cfg.windows.seconds)
+        if old_s != self.cfg.windows.seconds:  # windows.seconds changed: close the windows open on the old grid
+            self._regrid = (self.engine.restart_grid(), float(old_s))
+            log.info("windows.seconds changed from %g to %g s: %d window(s) open at the restart closed on the old grid",
+                     old_s, self.cfg.windows.seconds, self._regrid[0].shape[0])
         self._assign(len(self.batcher.keys))
         n = len(self.batcher.keys)
         announced = _padded(arrays.get("announced", np.zeros(0))[:n], n, np.nan)  # absent in older ones
@@ -383,18 +397,21 @@ class Pipeline:
         return len(data["keys"])
 
 
-def pack_marks(marks: np.ndarray) -> bytes:
+def pack_marks(marks: np.ndarray, window_s: float) -> bytes:
     """The marks table, deflated: channels on one window grid share their marks, so 200 channels take
-    a few hundred bytes instead of 4,800, and what an append rewrites stays within a page or two."""
-    return msgpack.packb({"version": 1, "shape": list(marks.shape), "deflated": zlib.compress(marks.tobytes(), 6)})
+    a few hundred bytes instead of 4,800, and what an append rewrites stays within a page or two.
+    ``window_s``: the window length the window marks are starts of."""
+    return msgpack.packb({"version": 1, "shape": list(marks.shape), "window_s": float(window_s),
+                          "deflated": zlib.compress(marks.tobytes(), 6)})
 
 
-def unpack_marks(blob: bytes) -> np.ndarray | None:
-    """Inverse of :func:`pack_marks`; None for a blob of another version."""
+def unpack_marks(blob: bytes) -> tuple[np.ndarray, float] | None:
+    """Inverse of :func:`pack_marks`: ``(marks, window_s)``; None for a blob of another version."""
     data = msgpack.unpackb(blob)
     if not isinstance(data, dict) or data.get("version") != 1:
         return None
-    return np.frombuffer(zlib.decompress(data["deflated"]), dtype=np.float64).reshape(data["shape"]).copy()
+    marks = np.frombuffer(zlib.decompress(data["deflated"]), dtype=np.float64).reshape(data["shape"]).copy()
+    return marks, float(data["window_s"])
 
 
 def _padded_rows(marks: np.ndarray, n: int) -> np.ndarray:

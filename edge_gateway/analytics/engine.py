@@ -76,6 +76,16 @@ class Engine:
         self._q[has, 0] = np.fmax(self._q[has, 0], m[has])
         return int(sent.size)
 
+    def restart_grid(self) -> np.ndarray:
+        """Close every open window whatever its end and start the tables afresh (the late counts kept):
+        for a window length changed across a restart. Returns the closed windows' rows."""
+        rows = self.flush_channels(np.arange(self.n_channels))
+        late = self._win[:, windows.S_LATE].copy()
+        self._win[:] = windows.new_state(self._win.shape[0])
+        self._win[:, windows.S_LATE] = late
+        self._q[:] = quantiles.new_window_state(self._q.shape[0])
+        return rows
+
     def late_counts(self) -> np.ndarray:
         """Readings each channel dropped as late (the tumbling table's count; the quantile table drops the same)."""
         return self._win[: self.n_channels, windows.S_LATE].copy()
