@@ -148,8 +148,10 @@ class Gateway:
     def _warm_progress(self) -> None:
         """After each kernel group compiled: systemd's start timeout (TimeoutStartSec=600) is for a Pi 4;
         a slower board, or a config with many detector variants, gets EXTEND_S more after each step,
-        so a compile that progresses is never killed and one that hangs still is."""
-        self.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_S * 1_000_000}")
+        so a compile that progresses is never killed and one that hangs still is. Not once a stop is asked
+        for: then systemd would read it as more time for the stop (TimeoutStopSec)."""
+        if not self._stop.is_set():
+            self.notify(f"EXTEND_TIMEOUT_USEC={EXTEND_S * 1_000_000}")
 
     async def _unless_stopped(self, fut: asyncio.Future) -> bool:
         """Wait for ``fut``; False, with ``fut`` cancelled, if a stop is asked for first."""

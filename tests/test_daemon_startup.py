@@ -224,3 +224,15 @@ async def test_a_state_directory_of_another_gateway_is_refused(tmp_path):
     await q.open()
     assert (q.depth, q.last_seq, await q.claim("demo-01")) == (1, 1, None)  # untouched, still the demo's
     await q.close()
+
+
+async def test_no_more_start_time_is_asked_for_once_a_stop_is():
+    """EXTEND_TIMEOUT_USEC extends the timeout of the unit's current state: after SIGTERM that is the stop's."""
+    from edge_gateway.daemon import Gateway
+
+    sent: list[str] = []
+    gw = Gateway(config.loads("gateway: {id: g}\n"), notify=sent.append)
+    gw._warm_progress()
+    gw.request_stop()
+    gw._warm_progress()
+    assert sent == ["EXTEND_TIMEOUT_USEC=300000000"]
