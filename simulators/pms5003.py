@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 
 from drivers.pms5003 import encode_frame
 
-from .cli_args import check_stream_args
-from .pty_port import LinkError, PtyPort
 from .signals import ChannelSignal, channel_values
 from .stopping import exit_on_signals
+from .stream import check_stream_args, run_stream
 
 DEFAULT_CHANNELS = (
     ChannelSignal("pm1_0", baseline=8.0, amplitude=3.0, noise=1.0, decimals=0),
@@ -76,40 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    port = None
-    try:
-        try:
-            port = PtyPort(args.link, nonblocking=True)
-        except LinkError as exc:
-            print(f"edge-gateway-sim pms5003: --link {args.link}: {exc.strerror}", file=sys.stderr)
-            return 2
-        except OSError as exc:  # no pty to be had
-            print(f"edge-gateway-sim pms5003: {exc}", file=sys.stderr)
-            return 1
-        print(port.path, flush=True)
-        interval = 1.0 / args.rate
-        t0 = time.time() if args.t0 is None else args.t0
-        started = time.monotonic()
-        k = 0
-        while not args.count or k < args.count:
-            frame = next(scenario_frames(args.seed, t0, interval, 1, k))
-            if args.corrupt_every and (k + 1) % args.corrupt_every == 0:
-                frame = corrupt(frame)
-            port.try_write(frame)
-            k += 1
-            delay = started + k * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if port is not None:
-            port.close()
-            if port.dropped:
-                print(f"edge-gateway-sim pms5003: dropped {port.dropped} bytes nobody read", file=sys.stderr)
-    return 0
+    def frame(t0: float, interval: float, k: int, n: int) -> bytes:
+        data = next(scenario_frames(args.seed, t0, interval, 1, k))
+        return corrupt(data) if args.corrupt_every and (k + 1) % args.corrupt_every == 0 else data
 
+    return run_stream("pms5003", args, frame)
 
 if __name__ == "__main__":
     sys.exit(main())

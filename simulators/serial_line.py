@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
-from .cli_args import check_stream_args
-from .pty_port import LinkError, PtyPort
 from .signals import ChannelSignal, channel_values
 from .stopping import exit_on_signals
+from .stream import check_stream_args, run_stream
 
 DEFAULT_CHANNELS = (
     ChannelSignal("pm25", baseline=12.0, amplitude=4.0, noise=0.8),
@@ -102,46 +100,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    port = None
-    try:
-        try:
-            port = PtyPort(args.link, nonblocking=not args.backpressure)
-        except LinkError as exc:
-            print(f"edge-gateway-sim serial-line: --link {args.link}: {exc.strerror}", file=sys.stderr)
-            return 2
-        except OSError as exc:  # no pty to be had
-            print(f"edge-gateway-sim serial-line: {exc}", file=sys.stderr)
-            return 1
-        print(port.path, flush=True)
-        if args.wait_open:
-            port.wait_opened()
-        interval = 1.0 / args.rate
-        t0 = time.time() if args.t0 is None else args.t0
-        chunk = max(1, args.batch)
-        started = time.monotonic()
-        k = 0
-        while not args.count or k < args.count:
-            n = chunk if not args.count else min(chunk, args.count - k)
-            data = b"".join(scenario_lines(args.seed, t0, interval, n, args.format, args.timestamps, k,
-                                           tuple(args.spike)))
-            if args.backpressure:
-                port.write(data)
-            else:
-                port.try_write(data)
-            k += n
-            delay = started + k * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        time.sleep(1.0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if port is not None:
-            port.close()
-            if port.dropped:
-                print(f"edge-gateway-sim serial-line: dropped {port.dropped} bytes nobody read", file=sys.stderr)
-    return 0
+    def lines(t0: float, interval: float, k: int, n: int) -> bytes:
+        return b"".join(scenario_lines(args.seed, t0, interval, n, args.format, args.timestamps, k,
+                                       tuple(args.spike)))
 
+    return run_stream("serial-line", args, lines, max(1, args.batch), wait_open=args.wait_open,
+                      backpressure=args.backpressure)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from simulators import pms5003, serial_line
+from simulators import pms5003, serial_line, stream
 from simulators.coap_node import free_udp_port
 from simulators.pty_port import PtyPort
 
@@ -87,9 +87,9 @@ def test_serial_line_without_reader_drops_bytes_as_a_uart(tmp_path, monkeypatch,
                         time.sleep(0.01)
             super().close()
 
-    monkeypatch.setattr(serial_line, "PtyPort", Port)
-    monkeypatch.setattr(serial_line, "time", types.SimpleNamespace(sleep=lambda s: None, time=time.time,
-                                                                   monotonic=time.monotonic))
+    monkeypatch.setattr(stream, "PtyPort", Port)  # the write loop the stream simulators share
+    monkeypatch.setattr(stream, "time", types.SimpleNamespace(sleep=lambda s: None, time=time.time,
+                                                             monotonic=time.monotonic))
     rc: list[int] = []
     argv = ["--count", "3000", "--rate", "100000", "--t0", str(T0), "--link", str(tmp_path / "l.tty")]
     t = threading.Thread(target=lambda: rc.append(serial_line.main(argv)), daemon=True)
