@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 
 from .analytics.engine import ROW_FIELDS
-from .analytics.windows import AGG_FIELDS, window_end
+from .analytics.windows import AGG_FIELDS, window_ends
 from .batcher import ChannelKey
 
 KIND_AGG = "agg"
@@ -68,12 +68,12 @@ def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics
     then ``p50``/``p95``, left out of the message when NaN: a window the quantile state missed part of)."""
     col = _ROW_COL
     out = []
-    for row in rows:
+    for row, end in zip(rows, window_ends(rows[:, _AGG_COL["start"]], window_s)):
         key = keys[int(row[0])]
         start = float(row[_AGG_COL["start"]])
         fields = {
             "gw": gateway_id, "sensor": key.sensor, "channel": key.channel, "unit": key.unit,
-            "start": start, "end": window_end(start, window_s), "count": int(row[_AGG_COL["count"]]),
+            "start": start, "end": end, "count": int(row[_AGG_COL["count"]]),
             "min": float(row[_AGG_COL["min"]]), "max": float(row[_AGG_COL["max"]]),
             "mean": float(row[_AGG_COL["mean"]]), "std": float(row[_AGG_COL["std"]]),
             "first": float(row[_AGG_COL["first"]]), "last": float(row[_AGG_COL["last"]]),

@@ -182,22 +182,21 @@ class Pipeline:
         n_keys = len(self.batcher.keys)
         self._last_arrival = _padded(self._last_arrival, n_keys, now)
         self._announced = _padded(self._announced, n_keys, np.nan)
-        if self._marks.shape[0] < n_keys:
-            self._marks = np.vstack([self._marks, np.full((n_keys - self._marks.shape[0], 3), np.nan)])
+        self._marks = _padded_rows(self._marks, n_keys)
         self.engine.ensure_channels(n_keys)
         self._assign(n_keys)
+        if self.conditioning.active:
+            self.conditioning.ensure(self.batcher.keys)
         out = [self._anomaly(ev, "closed") for ev in self._orphans]
         self._orphans = []
         if self._regrid is not None:
             rows, old_s = self._regrid
             self._regrid = None
+            # not through _aggregates: starts on the old grid must not become marks on the new one
             out += messages.aggregates(rows, self.batcher.keys, old_s, self.topics, cfg.gateway.id)
         batch = self.future.admit(batch, self.wall_clock())
         if len(batch):
-            val = batch.val
-            if self.conditioning.active:
-                self.conditioning.ensure(self.batcher.keys)
-                val = self.conditioning.values(batch.chan, val)
+            val = self.conditioning.values(batch.chan, batch.val) if self.conditioning.active else batch.val
             out += self._aggregates(self.engine.process(batch.chan, batch.ts, val))
             touched = np.unique(batch.chan)
             # only a value keeps a window open: a sensor sending nothing but NaN is idle for windows
@@ -257,7 +256,6 @@ class Pipeline:
             np.fmax.at(self._marks[:, _M_WINDOW], c, rows[:, 1])  # also those the deadband holds back
             self._marks_dirty = True
             if self.conditioning.active:
-                self.conditioning.ensure(self.batcher.keys)
                 rows = rows[self.conditioning.reportable(rows)]
         return messages.aggregates(rows, self.batcher.keys, self.cfg.windows.seconds, self.topics, self.cfg.gateway.id)
 
@@ -301,7 +299,6 @@ class Pipeline:
         arrays["announced"] = self._announced
         arrays.update({f"future.{k}": v for k, v in self.future.state().items()})
         if self.conditioning.active:  # otherwise tables of zeros: two more pages a minute on the SD card
-            self.conditioning.ensure(self.batcher.keys)
             arrays.update({f"filters.{k}": v for k, v in self.conditioning.state().items()})
         return msgpack.packb({
             "version": 2,
@@ -351,9 +348,8 @@ class Pipeline:
             start = marks[c, _M_OPENED]
             if open_now.get(c) == start:
                 ann[c] = start
-            elif not any(o["channel"] == c and o["start"] == start for o in self._orphans):  # announced after the checkpoint, unknown to the restored detector: nothing would close it
-                self._orphans.append({"channel": c, "start": start, "end": start, "peak_score": float("nan"),
-                                      "peak_value": float("nan"), "detector": "none"})
+            elif not any(o["channel"] == c and o["start"] == start for o in self._orphans):
+                self._orphans.append(_orphan(c, start))  # announced after the checkpoint: nothing would close it
         self._marks = _padded_rows(marks, self._marks.shape[0])
         if windows or events or self._orphans:
             log.info("the checkpoint was older than what was sent: %d window(s) and %d event(s) already sent "
@@ -384,9 +380,7 @@ class Pipeline:
             opened = np.nonzero(~np.isnan(announced))[0]
             log.warning("detector state not restored (%s): detectors start learning again; %d announced "
                         "event(s) closed", exc, opened.size)
-            self._orphans = [{"channel": int(c), "start": float(announced[c]), "end": float(announced[c]),
-                              "peak_score": float("nan"), "peak_value": float("nan"), "detector": "none"}
-                             for c in opened]
+            self._orphans = [_orphan(int(c), float(announced[c])) for c in opened]
             announced = np.full(n, np.nan)
         for det in self._detectors:
             det.resume()
@@ -412,6 +406,12 @@ def unpack_marks(blob: bytes) -> tuple[np.ndarray, float] | None:
         return None
     marks = np.frombuffer(zlib.decompress(data["deflated"]), dtype=np.float64).reshape(data["shape"]).copy()
     return marks, float(data["window_s"])
+
+
+def _orphan(channel: int, start: float) -> dict:
+    """An announced event no state is left to close: closed with its start as its end, peak unknown."""
+    return {"channel": channel, "start": start, "end": start, "peak_score": float("nan"),
+            "peak_value": float("nan"), "detector": "none"}
 
 
 def _padded_rows(marks: np.ndarray, n: int) -> np.ndarray:

@@ -9,8 +9,9 @@ What a reload can change while the gateway runs:
 
 * ``sensors``: a removed sensor's driver is stopped, a new one started, a
   changed one (driver or options) restarted; unchanged sensors keep running
-  untouched. A sensor's ``filters`` apply live (its channels' filters start afresh). Detector and window state is per (sensor, channel) and is kept
-  for every channel, so an unchanged sensor loses nothing.
+  untouched. A sensor's ``filters`` apply live (its channels' filters start afresh).
+  Detector and window state is per (sensor, channel) and is kept for every channel,
+  so an unchanged sensor loses nothing.
 * ``broker``: the MQTT link is replaced; the durable queue is untouched, and
   what was in flight is sent again (same ``seq``: a duplicate, never a gap).
 * ``detector``: thresholds and EWMA settings apply from the next batch.

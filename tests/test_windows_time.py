@@ -225,7 +225,7 @@ def test_aggregate_messages_of_tenth_of_a_second_windows_end_where_the_next_begi
     rows = np.vstack([rows, eng.flush_channels(np.zeros(1, np.int64))])
     out = messages.aggregates(rows, [ChannelKey("s1", "temp", "C")], 0.1, TOPICS, "p-gw")
     assert [(m.fields["start"], m.fields["end"]) for m in out] == [(k / 10, (k + 1) / 10) for k in range(10)]
-    assert windows.window_end(1_700_000_000.0, 10.0) == 1_700_000_010.0
+    assert windows.window_ends([1_700_000_000.0], 10.0) == [1_700_000_010.0]
 
 
 def naive_windows(ticks: list[int], chan: list[int], val: list[float], w: int, h: int) -> dict:

@@ -115,12 +115,8 @@ class Detector:
     def close_events(self, channels: np.ndarray) -> list[dict]:
         """Close the events open on ``channels`` now, as :meth:`open_events` shows them: for a channel that
         went silent (or sends only NaN), which the hysteresis would otherwise keep open for good."""
-        channels = channels[channels < self.n_channels]
         closing = self.open_events(channels)
-        ev = self._state["events"]
-        for e in closing:
-            ev[e["channel"], _D.E_OPEN] = 0.0
-            ev[e["channel"], _D.E_BELOW] = 0.0
+        self._end_events([e["channel"] for e in closing])
         return closing
 
     def forget_events(self, sent: np.ndarray) -> int:
@@ -129,14 +125,18 @@ class Detector:
         n = min(sent.shape[0], self.n_channels)
         ev = self._state["events"]
         gone = np.nonzero((ev[:n, _D.E_OPEN] != 0.0) & (ev[:n, _D.E_START] <= sent[:n]))[0]
-        ev[gone, _D.E_OPEN] = 0.0
-        ev[gone, _D.E_BELOW] = 0.0
+        self._end_events(gone)
         return int(gone.size)
+
+    def _end_events(self, channels) -> None:
+        """No event open on ``channels`` any more (the hysteresis starts afresh there)."""
+        ev = self._state["events"]
+        ev[channels, _D.E_OPEN] = 0.0
+        ev[channels, _D.E_BELOW] = 0.0
 
     def silence_after(self, channels: np.ndarray) -> np.ndarray:
         """Per channel, how long without a reading counts as silent: ``drop_k`` times its typical gap
         between readings (the dropout guard's own measure; 0 while it has not learnt one)."""
-        channels = np.minimum(channels, self.n_channels - 1) if self.n_channels else channels[:0]
         return self.settings.drop_k * self._state["dropout"][channels, 1]
 
     def resume(self) -> None:

@@ -133,11 +133,12 @@ def _window_end(start, scale, n):
     return b * n if scale == 1.0 else b * n / scale
 
 
-def window_end(start: float, window_s: float) -> float:
-    """The end of the tumbling window starting at ``start``: the next one's start, exactly as the kernels
-    place it (``0.2 + 0.1`` is 0.30000000000000004, the boundary 0.3). Plain Python, for messages."""
+def window_ends(starts, window_s: float) -> list[float]:
+    """The ends of the tumbling windows starting at ``starts``: each the next one's start, exactly as the
+    kernels place it (``0.2 + 0.1`` is 0.30000000000000004, the boundary 0.3). Plain Python, for messages;
+    the grid is worked out once per call."""
     scale, n, _ = _grid.py_func(window_s, window_s)
-    return _window_end.py_func(start, scale, n)
+    return [_window_end.py_func(float(s), scale, n) for s in starts]
 
 
 @kernel
