@@ -49,8 +49,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .cmd_service import (CLOSED_POLICY_GROUPS, CLOSED_POLICY_NODES, DEFAULTS, DEVICE_GROUPS, HIDDEN_DIRS,
-                          STATE_DIR)
+from .cmd_service import (CLOSED_POLICY_GROUPS, CLOSED_POLICY_NODES, DEFAULTS, DEVICE_GROUPS, STATE_DIR, hidden_dir,
+                          under)
 
 
 @dataclass
@@ -325,15 +325,16 @@ def check_state_dir(state_dir: Path, queue_max: int, user: str) -> Check:
 def _outside_unit(state_dir: Path) -> str:
     """Why the service could not keep its state in ``state_dir`` (its unit's sandbox), or ""."""
     path = os.path.normpath(os.path.abspath(state_dir))
-    if path == STATE_DIR or path.startswith(STATE_DIR + "/"):
+    if under(path, STATE_DIR):
         return ""
-    for top, setting in HIDDEN_DIRS.items():
-        if path == top or path.startswith(top + "/"):
-            if setting.startswith("PrivateTmp"):
-                return (f"not inside {STATE_DIR}: under the service {top} is its own, emptied at each restart "
-                        f"({setting}): the queue would be lost")
-            return f"not inside {STATE_DIR}: the service does not see {top} ({setting})"
-    return f"not inside {STATE_DIR}: the service may write nothing else (ProtectSystem=strict)"
+    hidden = hidden_dir(path)
+    if hidden is None:
+        return f"not inside {STATE_DIR}: the service may write nothing else (ProtectSystem=strict)"
+    top, setting = hidden
+    if setting.startswith("PrivateTmp"):
+        return (f"not inside {STATE_DIR}: under the service {top} is its own, emptied at each restart "
+                f"({setting}): the queue would be lost")
+    return f"not inside {STATE_DIR}: the service does not see {top} ({setting})"
 
 
 def _write_problem(state_dir: Path, probe: Path, user: str) -> tuple[str, str] | None:

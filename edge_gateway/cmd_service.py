@@ -193,12 +193,22 @@ def _find_executable() -> str | None:
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
+def under(path: str, top: str) -> bool:
+    """Whether the absolute ``path`` is ``top`` or inside it."""
+    return path == top or path.startswith(top + "/")
+
+
+def hidden_dir(path: str) -> tuple[str, str] | None:
+    """(the folder the unit hides that the absolute ``path`` is under, the setting that hides it), or None."""
+    return next(((top, setting) for top, setting in HIDDEN_DIRS.items() if under(path, top)), None)
+
+
 def hidden_by_unit(path: str) -> tuple[str, str, str] | None:
     """(the path as written or resolved, the hidden folder it is under, the unit setting), or None."""
     for shown in dict.fromkeys([os.path.abspath(path), os.path.realpath(path)]):
-        for top, setting in HIDDEN_DIRS.items():
-            if shown == top or shown.startswith(top + "/"):
-                return shown, top, setting
+        hidden = hidden_dir(shown)
+        if hidden is not None:
+            return shown, *hidden
     return None
 
 
