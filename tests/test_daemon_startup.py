@@ -85,8 +85,9 @@ def test_every_detector_variant_is_compiled_before_ready(tmp_path):
     try:
         gw.wait_ready(timeout=180)  # the first run on a cold cache compiles three variants
         # after the windows, the filters and each of the three detector variants: more time to start, so a
-        # slow Pi's cold compile outlives TimeoutStartSec only while it makes progress
-        sent = rx.messages()
+        # slow Pi's cold compile outlives TimeoutStartSec only while it makes progress. READY=1 follows the
+        # "running" log line that wait_ready watches, and reaches the receiver's thread a moment later.
+        sent = wait_for(lambda: (m := rx.messages()) and "READY=1" in m and m, 10, 0.02, "READY=1")
         extend = [i for i, m in enumerate(sent) if m == "EXTEND_TIMEOUT_USEC=300000000"]
         assert len(extend) == 5 and max(extend) < sent.index("READY=1"), sent
         wait_for(lambda: all(status_json(sock)["sensors"][s]["readings"] >= 20 for s in ("air-1", "air-2")),
