@@ -107,6 +107,10 @@ def render(s: dict) -> None:
                      st.get("malformed", 0), st.get("link_errors", 0), values or "-",
                      (st.get("last_error") or "")[:40]])
     table(rows, ["SENSOR", "DRIVER", "RATE", "LAST", "BAD", "LINK ERR", "LAST VALUES", "LAST ERROR"])
+    filtered = [f"{sid}: {st['despiked']} despiked, {st['deadband_held']} held by the deadband"
+                for sid, st in sorted(s.get("sensors", {}).items()) if "deadband_held" in st]
+    if filtered:
+        print("filters   " + "; ".join(filtered))
     events = s.get("last_events", [])
     if events:
         print()

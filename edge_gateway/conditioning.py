@@ -30,6 +30,8 @@ class Conditioning:
         self._hampel: dict[int, np.ndarray] = {}  # by window length: rows = channels
         self._lowpass = _f.new_lowpass_state(0)
         self._deadband = _f.new_deadband_state(0)
+        self.despiked = np.zeros(0, dtype=np.int64)  # per channel: readings the Hampel filter replaced
+        self.held = np.zeros(0, dtype=np.int64)  # per channel: aggregates the deadband held back
         self.set_sensors(sensors)
 
     def set_sensors(self, sensors: tuple[SensorSection, ...]) -> None:
@@ -50,6 +52,8 @@ class Conditioning:
         new = [self._by_sensor.get(k.sensor, _OFF) for k in self._keys]
         self._lowpass = _rows(self._lowpass, n)
         self._deadband = _rows(self._deadband, n)
+        self.despiked = _counts(self.despiked, n)
+        self.held = _counts(self.held, n)
         used = {f.despike_window for f in new if f.despike_window}
         # a window length no channel uses any more has no state worth keeping (and would not grow)
         self._hampel = {w: _rows(self._hampel.get(w, _f.new_hampel_state(0, w)), n) for w in used}
@@ -79,6 +83,8 @@ class Conditioning:
             if f.despike_window:
                 y, spikes = np.empty(x.size), np.empty(x.size, dtype=np.bool_)
                 _f.hampel(c, x, f.despike_sigma, self._hampel[f.despike_window], y, spikes)
+                if spikes.any():
+                    np.add.at(self.despiked, c[spikes], 1)
                 x = y
             if f.lowpass_alpha < 1.0:
                 y = np.empty(x.size)
@@ -104,7 +110,21 @@ class Conditioning:
                 _f.deadband(chan[mine], np.ascontiguousarray(rows[mine, _START]),
                             np.ascontiguousarray(rows[mine, _MEAN]), f.deadband, f.heartbeat_s, self._deadband, emit)
                 keep[mine] = emit
+                if not emit.all():
+                    np.add.at(self.held, chan[mine][~emit], 1)
         return keep
+
+    def counters(self, keys: list) -> dict[str, dict[str, int]]:
+        """Per sensor with filters: ``despiked`` readings and ``deadband_held`` aggregates so far
+        (since the daemon started; not checkpointed)."""
+        out: dict[str, dict[str, int]] = {}
+        for c, k in enumerate(keys[: len(self._of_channel)]):
+            if self._of_channel[c] == _OFF and not (self.despiked[c] or self.held[c]):
+                continue
+            d = out.setdefault(k.sensor, {"despiked": 0, "deadband_held": 0})
+            d["despiked"] += int(self.despiked[c])
+            d["deadband_held"] += int(self.held[c])
+        return out
 
     def state(self) -> dict[str, np.ndarray]:
         d = {"lowpass": self._lowpass.copy(), "deadband": self._deadband.copy()}
@@ -128,6 +148,14 @@ class Conditioning:
         _f.hampel(c, x, 3.0, _f.new_hampel_state(1, 3), y, flags)
         _f.lowpass(c, x, 0.5, _f.new_lowpass_state(1), y)
         _f.deadband(c, x, x, 0.5, 60.0, _f.new_deadband_state(1), flags)
+
+
+def _counts(counts: np.ndarray, n: int) -> np.ndarray:
+    if counts.shape[0] >= n:
+        return counts
+    grown = np.zeros(n, dtype=np.int64)
+    grown[: counts.shape[0]] = counts
+    return grown
 
 
 def _rows(table: np.ndarray, n: int) -> np.ndarray:

@@ -74,8 +74,7 @@ class Gateway:
 
         self.tap = Tap()  # readings/events for `edge-gateway tail`; never blocks
         self.telemetry = Telemetry(clock, channel_counters=self.pipeline.channel_counters,
-                                   sensor_counters=lambda: {sid: {"channels_refused": n}
-                                                            for sid, n in self.batcher.refused.items()})
+                                   sensor_counters=self._sensor_counters)
         self.control = None
         self.prometheus = None
         self._reload_lock = asyncio.Lock()  # reloads and downlink ``set`` change the config one at a time
@@ -86,6 +85,12 @@ class Gateway:
         self.state_lock = StateDirLock(cfg.state_dir)
 
     # --- wiring -----------------------------------------------------------------------------
+
+    def _sensor_counters(self) -> dict[str, dict[str, int]]:
+        out = self.pipeline.conditioning.counters(self.batcher.keys)
+        for sid, n in self.batcher.refused.items():
+            out.setdefault(sid, {})["channels_refused"] = n
+        return out
 
     def _on_gap(self, gap) -> None:
         from . import messages

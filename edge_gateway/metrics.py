@@ -175,6 +175,9 @@ def _collector(get_status: Callable[[], dict]):
             readings = CounterMetricFamily("edge_gateway_sensor_readings", "readings", labels=["gateway", "sensor"])
             errors = CounterMetricFamily("edge_gateway_sensor_errors", "errors by kind",
                                          labels=["gateway", "sensor", "kind"])
+            filtered = CounterMetricFamily("edge_gateway_sensor_filtered",
+                                           "readings despiked and aggregates held back by the deadband",
+                                           labels=["gateway", "sensor", "kind"])
             last = GaugeMetricFamily("edge_gateway_sensor_last_value", "newest value",
                                      labels=["gateway", "sensor", "channel", "unit"])
             for sid, st in sensors.items():
@@ -185,9 +188,12 @@ def _collector(get_status: Callable[[], dict]):
                 for kind in ("late", "future"):
                     if kind in st:
                         errors.add_metric([gw, sid, kind], float(st[kind]))
+                for kind in ("despiked", "deadband_held"):
+                    if kind in st:
+                        filtered.add_metric([gw, sid, kind], float(st[kind]))
                 for ch, v in st.get("last_values", {}).items():
                     last.add_metric([gw, sid, ch, v.get("unit", "")], float(v["value"]))
-            yield from (rate, readings, errors, last)
+            yield from (rate, readings, errors, filtered, last)
             r = s.get("reload", {})
             c = CounterMetricFamily("edge_gateway_reloads", "config reloads", labels=["gateway", "result"])
             c.add_metric([gw, "ok"], float(r.get("ok", 0)))

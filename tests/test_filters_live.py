@@ -139,3 +139,44 @@ def test_reloads_that_change_despike_windows_while_channels_appear_keep_working(
     assert {k: v.shape for k, v in c.state().items()} == {"lowpass": (4, 2), "deadband": (4, 3), "hampel.7": (4, 9)}
     y = c.values(np.array([2, 3], dtype=np.int64), np.array([1.0, 2.0]))
     assert y.tolist() == [1.0, 2.0]  # b's first readings initialise its low-pass
+
+
+
+def test_status_counts_readings_despiked_and_aggregates_held_back_per_sensor():
+    """What the filters did shows in ``status`` and Prometheus (a technician tuning a deadband sees its
+    effect); a sensor without filters has no such counters."""
+    from drivers.base import DriverStats
+    from edge_gateway.metrics import Telemetry, _collector
+
+    cfg = config.loads("""
+gateway: {id: gw}
+windows: {seconds: 10, grace_s: 2}
+sensors:
+  - {id: a, driver: serial_line, options: {port: /dev/null}, filters: {despike_window: 5}}
+  - {id: b, driver: serial_line, options: {port: /dev/null}, filters: {deadband: 0.5, heartbeat_s: 40}}
+  - {id: c, driver: serial_line, options: {port: /dev/null}}
+""")
+    pipe = Pipeline(cfg, TOPICS, batcher := Batcher())
+    means = [20.0, 20.1, 20.2, 21.0, 21.2, 21.3, 21.4, 21.4, 30.0]  # as in the deadband test above
+    readings = [Reading("b", "x", m, 1000.0 + 10 * w + k, "C") for w, m in enumerate(means) for k in range(10)]
+    readings += noisy("a", 40, 25) + noisy("c", 40, 25) + noisy("a", 40, 33)[33:34]
+    readings += [Reading("b", "x", 0.0, 1090.0, "C")]
+    out = []
+    for r in sorted(readings, key=lambda r: r.ts):
+        batcher.add(r)
+        out += pipe.process(batcher.drain(), now=r.ts)
+    assert [f["start"] for f in aggs(out, "b")] == [1000.0, 1030.0, 1070.0, 1080.0]  # 9 windows closed
+    counters = pipe.conditioning.counters(batcher.keys)
+    assert counters == {"a": {"despiked": 2, "deadband_held": 0}, "b": {"despiked": 0, "deadband_held": 5}}
+
+    class Driver:
+        def __init__(self, sensor_id: str) -> None:
+            self.sensor_id, self.stats, self.name = sensor_id, DriverStats(), "fake"
+
+    doc = Telemetry(lambda: 1090.0, sensor_counters=lambda: counters).sensors([Driver(s) for s in "abc"], 0.0)
+    assert [(doc[s]["despiked"], doc[s]["deadband_held"]) for s in "ab"] == [(2, 0), (0, 5)]
+    assert "deadband_held" not in doc["c"]
+    families = {f.name: f for f in _collector(lambda: {"gateway": "gw", "sensors": doc}).collect()}
+    got = {tuple(s.labels.values()): s.value for s in families["edge_gateway_sensor_filtered"].samples}
+    assert got == {("gw", "a", "despiked"): 2.0, ("gw", "a", "deadband_held"): 0.0,
+                   ("gw", "b", "despiked"): 0.0, ("gw", "b", "deadband_held"): 5.0}
