@@ -24,10 +24,13 @@ registered again. The old one is ended on the node first (a GET with its token
 and Observe=1, section 3.6), so observers do not pile up on a node that is
 still running. The first response to a registration repeats the node's current
 representation: a payload identical to the one last published for that resource
-is not published again, and SenML records no newer than the last ones published
-per channel are dropped. SenML with relative times cannot be told apart
-otherwise, so for it byte-identity is the test: the same pack is the same
-sample, and a changed one is stamped from when it arrived. Not here:
+is not published again, and a SenML record whose time was already in its
+channel's previous pack is dropped. SenML with relative times cannot be told
+apart otherwise, so for it byte-identity is the test: the same pack is the same
+sample, and a changed one is stamped from when it arrived. A node's clock can be
+corrected backwards (a bad RTC, then NTP): a pack whose times all lie more than
+``CLOCK_STEP_S`` behind the newest the channels had is taken as that step, logged
+and counted in ``clock_steps``, and its samples are published. Not here:
 DTLS/OSCORE, block-wise uploads, discovery.
 """
 
@@ -53,6 +56,7 @@ CT_TEXT = 0
 CT_CBOR = 60
 DEFAULT_MAX_AGE = 60
 MAX_RETRY_S = 300.0
+CLOCK_STEP_S = 600.0  # a pack this far behind the node's newest times is its clock going back
 Sample = tuple[str, float, float, str]
 log = logging.getLogger(__name__)
 
@@ -173,6 +177,7 @@ class ResourceStats:
     reregistrations: int = 0
     duplicates: int = 0  # readings a registration's first response repeated, not published again
     oversize: int = 0  # payloads over max_payload_bytes, packs over max_records
+    clock_steps: int = 0  # packs taken as the node's clock going back (CLOCK_STEP_S)
 
 
 @dataclass
@@ -182,13 +187,14 @@ class _Last:
     content_format: int | None
     payload: bytes
     count: int
-    ts: dict[str, float]
 
 
 class _State:
     def __init__(self) -> None:
         self.stats = ResourceStats()
         self.last: _Last | None = None
+        self.recent: dict[str, frozenset[float]] = {}  # per channel, the node's times in its last pack
+        self.newest: dict[str, float] = {}  # per channel, the newest time the node sent
         self.failures = 0  # in a row, for the retry delay and to log once
         self.failing = False  # in this connection, for "every resource fails"
         self.retry_at = 0.0
@@ -480,23 +486,40 @@ class CoapDriver(Driver):
             self._oversize(res, str(exc))
             return
         self.stats.malformed += errors
-        seen = st.last.ts if st.last is not None else {}
-        newest = dict(seen)
-        for channel, _, ts, _ in samples:
-            if ts > newest.get(channel, -math.inf):
-                newest[channel] = ts
-        st.last = _Last(content_format, payload, len(samples), newest)
-        if seen:
-            # a sample stamped by the node is published once: a poll of an unchanged SenML pack, a refresh
-            # or a registration repeats it; one stamped on receipt (now) is always new
-            fresh = [s for s in samples if s[2] == now or s[2] > seen.get(s[0], -math.inf)]
-            st.stats.duplicates += len(samples) - len(fresh)
-            samples = fresh
+        st.last = _Last(content_format, payload, len(samples))
+        samples = self._unseen(res, samples, now)
         for channel, value, ts, unit in samples:
             self.sink(Reading(self.sensor_id, channel, value, ts, unit))
         if samples:
             self.stats.readings += len(samples)
             self.stats.last_reading_ts = now
+
+    def _unseen(self, res: CoapResource, samples: list[Sample], now: float) -> list[Sample]:
+        """The samples not published before, and the record of times updated with this pack.
+
+        A sample stamped by the node is published once: a poll of an unchanged SenML pack, a
+        re-notification or a registration repeats it, and only a time in the channel's previous pack is
+        such a repeat (a bound of one pack per channel). A newer or an older time is a new sample, so a
+        node whose clock was ahead and is then corrected is not silenced. One stamped on receipt
+        (``now``) is always new.
+        """
+        st = self._states[res.path]
+        stamped = [(channel, ts) for channel, _, ts, _ in samples if ts != now]
+        behind = [st.newest[c] - ts for c, ts in stamped if c in st.newest]
+        if behind and min(behind) > CLOCK_STEP_S and not any(ts in st.recent.get(c, ()) for c, ts in stamped):
+            st.stats.clock_steps += 1
+            log.warning("sensor %s: %s: the node's clock went back %.0f s; its samples are taken as new",
+                        self.sensor_id, self._uri(res), min(behind))
+            st.recent, st.newest = {}, {}
+        fresh = [s for s in samples if s[2] == now or s[2] not in st.recent.get(s[0], ())]
+        st.stats.duplicates += len(samples) - len(fresh)
+        times: dict[str, set[float]] = {}
+        for c, ts in stamped:
+            times.setdefault(c, set()).add(ts)
+        for c, ts in times.items():
+            st.recent[c] = frozenset(ts)
+            st.newest[c] = max(st.newest.get(c, -math.inf), max(ts))
+        return fresh
 
 
 DRIVER = CoapDriver

@@ -107,8 +107,10 @@ class FutureFilter:
     One such reading (an RTC glitch, a bad parse) would open a window a day ahead, and every correct
     reading of the channel after it would then be late. But a gateway without an RTC can run hours
     behind until NTP syncs, and then it is the sensor that is right: once ``FUTURE_CONFIRM`` readings
-    of a channel in a row are all ahead, each within ``tolerance_s`` of the one before, that one and
-    the following pass, until a reading in range ends the run. ``dropped`` counts per channel.
+    of a channel in a row are all ahead, each by a lead (``ts - now``) within ``tolerance_s`` of the
+    one before's, that one and the following pass, until a reading in range ends the run. The lead,
+    not the timestamp, is compared: a clock offset is the same at any reporting rate, so a node that
+    reports every 15 min is recognised as well as a 1 Hz one. ``dropped`` counts per channel.
     """
 
     def __init__(self, tolerance_s: float = FUTURE_TOLERANCE_S) -> None:
@@ -117,14 +119,14 @@ class FutureFilter:
         self.tolerance_s = float(tolerance_s)
         self.dropped = np.zeros(0)
         self._run = np.zeros(0)  # readings ahead in a row, per channel
-        self._last = np.zeros(0)  # timestamp of the last of them
+        self._lead = np.zeros(0)  # how far the last of them was ahead of the clock
 
     def ensure_channels(self, n: int) -> None:
         if n > self.dropped.shape[0]:
             grow = n - self.dropped.shape[0]
             self.dropped = np.concatenate([self.dropped, np.zeros(grow)])
             self._run = np.concatenate([self._run, np.zeros(grow)])
-            self._last = np.concatenate([self._last, np.zeros(grow)])
+            self._lead = np.concatenate([self._lead, np.zeros(grow)])
 
     def admit(self, batch: Batch, now: float) -> Batch:
         """``batch`` without the readings it drops; ``batch`` itself when none is ahead of ``now``.
@@ -144,35 +146,40 @@ class FutureFilter:
             self._run[np.setdiff1d(batch.chan, suspects)] = 0.0
         keep = np.ones(len(batch), dtype=bool)
         for c in suspects.tolist():
-            self._follow(c, np.flatnonzero(batch.chan == c), ahead, batch.ts, keep)
+            self._follow(c, np.flatnonzero(batch.chan == c), ahead, batch.ts - now, keep)
         return Batch(batch.chan[keep], batch.ts[keep], batch.val[keep])
 
-    def _follow(self, c: int, idx: np.ndarray, ahead: np.ndarray, ts: np.ndarray, keep: np.ndarray) -> None:
+    def _follow(self, c: int, idx: np.ndarray, ahead: np.ndarray, lead: np.ndarray, keep: np.ndarray) -> None:
         """Channel ``c``'s readings ``idx`` (in order): continue its run through those ahead, reset it
         at each one in range; mark the dropped ones in ``keep``."""
         mine = ahead[idx]
         in_range = np.cumsum(~mine)  # readings in range up to each position
-        run, last, seen = self._run[c], self._last[c], 0
+        run, last, seen = self._run[c], self._lead[c], 0
         tol = self.tolerance_s
         for j in np.flatnonzero(mine).tolist():
             if in_range[j] > seen:
                 run, seen = 0.0, in_range[j]
-            t = ts[idx[j]]
-            run = run + 1.0 if run > 0 and abs(t - last) <= tol else 1.0
-            last = t
+            d = lead[idx[j]]
+            run = run + 1.0 if run > 0 and abs(d - last) <= tol else 1.0
+            last = d
             if run < FUTURE_CONFIRM:
                 keep[idx[j]] = False
                 self.dropped[c] += 1.0
         if in_range[-1] > seen:
             run = 0.0
-        self._run[c], self._last[c] = run, last
+        self._run[c], self._lead[c] = run, last
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"dropped": self.dropped.copy(), "run": self._run.copy(), "last": self._last.copy()}
+        return {"dropped": self.dropped.copy(), "run": self._run.copy(), "lead": self._lead.copy()}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore :meth:`state` (a checkpoint from before this filter has none: counts start at 0)."""
-        for name, attr in (("dropped", "dropped"), ("run", "_run"), ("last", "_last")):
+        """Restore :meth:`state` (a checkpoint from before this filter has none: counts start at 0).
+
+        An older checkpoint has ``last``, a timestamp, where this one has ``lead``: its runs are not
+        restored, so a run in progress starts again (at most ``FUTURE_CONFIRM - 1`` more readings dropped).
+        """
+        names = [("dropped", "dropped")] + ([("run", "_run"), ("lead", "_lead")] if "lead" in state else [])
+        for name, attr in names:
             a = state.get(name)
             if a is not None and a.ndim == 1:
                 self.ensure_channels(a.shape[0])

@@ -93,6 +93,10 @@ def render(s: dict) -> None:
     c = s.get("counts", {})
     print(f"produced  {c.get('readings', 0)} readings, {c.get('aggregates', 0)} aggregates, "
           f"{c.get('events', 0)} events; published {s.get('published', {})}")
+    clk = s.get("clock") or {}
+    if clk.get("steps"):
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clk["last_step_at"])) if clk.get("last_step_at") else "?"
+        print(f"clock     stepped {clk['steps']} time(s), last by {clk['last_step_s']:+g} s at {at}")
     r = s.get("reload", {})
     if r.get("count"):
         when = _dt.datetime.fromtimestamp(r["last_ts"]).strftime("%H:%M:%S") if r.get("last_ts") else "?"

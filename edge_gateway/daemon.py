@@ -27,6 +27,7 @@ import msgpack
 
 from . import aio, kernel_cache, memory, stall
 from .config import GatewayConfig
+from .clockwatch import ClockWatch
 from .statelock import AlreadyRunning, NotOurs, StateDirLock
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ class Gateway:
         self.notify = notify
         self.clock = clock
         self.started = clock()
+        self.clockwatch = ClockWatch(clock)
+        self.started_steady = self.clockwatch.steady()
+        self._epoch_seq: int | None = None  # the last seq queued before this process started (see _clock_stepped)
         self.last_round: float | None = None  # loop.time() at the end of the last round; None outside the rounds
         self.topics = messages.Topics(cfg.gateway.topic_prefix, cfg.gateway.id)
         self.batcher = Batcher()
@@ -88,6 +92,8 @@ class Gateway:
 
     def _sensor_counters(self) -> dict[str, dict[str, int]]:
         out = self.pipeline.conditioning.counters(self.batcher.keys)
+        for sid, n in self.pipeline.rewind_counts().items():
+            out.setdefault(sid, {})["clock_rewinds"] = n
         for sid, n in self.batcher.refused.items():
             out.setdefault(sid, {})["channels_refused"] = n
         return out
@@ -120,6 +126,7 @@ class Gateway:
         self.state_lock.acquire()
         kernel_cache.prune(self.cfg.state_dir / CACHE_DIR)
         await self.queue.open()
+        self._epoch_seq = self.queue.last_seq
         other = await self.queue.claim(self.cfg.gateway.id)
         if other is not None:  # its queued messages, checkpoint and sequence numbers would go out as ours
             raise NotOurs(f"state directory {self.cfg.state_dir} belongs to gateway {other!r}, not "
@@ -242,9 +249,12 @@ class Gateway:
         """Batch -> kernels -> messages -> one committed transaction."""
         from . import messages
 
+        step = self.clockwatch.check()
+        if step is not None:
+            await self._clock_stepped(step)
         batch = self.batcher.drain()
         self.counts["readings"] += len(batch)
-        out = self.pipeline.process(batch, self.clock())
+        out = self.pipeline.process(batch, self.clockwatch.steady())
         out += self._pending
         self._pending = []
         self._observe(batch, out)
@@ -257,6 +267,24 @@ class Gateway:
                 self.counts["aggregates" if m.kind == messages.KIND_AGG else "events"] += 1
             if self.forwarder is not None:
                 self.forwarder.notify()
+
+    async def _clock_stepped(self, step) -> None:
+        """NTP's first sync on a gateway without an RTC, usually: readings and queued messages were stamped
+        with a clock ``step.step_s`` off. The detectors must not take the jump for a dropout, the queue's
+        ``max_age_s`` must not expire what it holds by the jump, and the cloud is told, so it can re-date
+        what came before."""
+        from . import messages
+
+        self.pipeline.clock_stepped()
+        # every row this process queued is on the clock before the step (earlier steps' rows were shifted)
+        after = self._epoch_seq if self._epoch_seq is not None else self.queue.last_seq
+        shifted = await self.queue.shift_created(step.step_s, after)
+        log.warning("the wall clock stepped by %+.3f s (%s -> %s; NTP's first sync?): readings stamped before "
+                    "it are off by that much; %d queued message(s) re-aged", step.step_s,
+                    _iso(step.before), _iso(step.at), shifted)
+        self._pending.append(messages.event(self.topics, self.cfg.gateway.id, "_gateway", "clock_step",
+                                            step_s=step.step_s, before=step.before, at=step.at,
+                                            since_seq=after + 1))
 
     # --- state -------------------------------------------------------------------------------
 
@@ -273,7 +301,8 @@ class Gateway:
         fw = self.forwarder
         return {
             "gateway": self.cfg.gateway.id,
-            "uptime_s": round(self.clock() - self.started, 1),
+            "uptime_s": round(self.clockwatch.steady() - self.started_steady, 1),
+            "clock": self.clockwatch.status(),
             "counts": dict(self.counts),
             "published": dict(fw.stats.acked_by_kind) if fw else {},
             "queue_depth": self.queue.depth,
@@ -428,7 +457,7 @@ class Gateway:
         s["pid"] = os.getpid()
         s["config"] = self.cfg.source
         s["queue"] = {"depth": q.depth, "bytes": q.bytes, "last_seq": q.last_seq,
-                      "oldest_age_s": round(self.clock() - q.oldest_created, 1) if q.oldest_created else None}
+                      "oldest_age_s": round(max(0.0, self.clock() - q.oldest_created), 1) if q.oldest_created else None}
         s["link_error"] = getattr(self.link, "last_error", "") if s["link"] == "down" else ""
         s["tail_dropped"] = self.tap.dropped
         if self.control is not None:
@@ -680,3 +709,7 @@ def prepare_environment(cfg: GatewayConfig) -> None:
     if "NUMBA_CACHE_DIR" not in os.environ:
         os.environ["NUMBA_CACHE_DIR"] = str(kernel_cache.cache_dir(cfg.state_dir / CACHE_DIR))
     memory.limit_arenas()
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if abs(t) < 1e11 else repr(t)

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import messages
 from .analytics.chain import Detector, DetectorSettings
-from .analytics.engine import Engine
+from .analytics.engine import REWIND_AFTER, Engine
 from .batcher import Batch, Batcher, FutureFilter
 from .conditioning import Conditioning
 from .config import DetectorSection, GatewayConfig
@@ -96,7 +96,7 @@ class Pipeline:
         self.topics = topics
         self.batcher = batcher
         self.wall_clock = wall_clock
-        self.engine = Engine(cfg.windows.seconds)
+        self.engine = Engine(cfg.windows.seconds, rewind_margin_s=cfg.windows.seconds + cfg.windows.grace_s)
         self.conditioning = Conditioning(cfg.sensors)
         self.future = FutureFilter(cfg.windows.future_tolerance_s)
         self._last_arrival = np.zeros(0)
@@ -198,6 +198,8 @@ class Pipeline:
         if len(batch):
             val = self.conditioning.values(batch.chan, batch.val) if self.conditioning.active else batch.val
             out += self._aggregates(self.engine.process(batch.chan, batch.ts, val))
+            if self.engine.rewound.size:
+                self._rewound(self.engine.rewound)
             touched = np.unique(batch.chan)
             # only a value keeps a window open: a sensor sending nothing but NaN is idle for windows
             self._last_arrival[np.unique(batch.chan[~np.isnan(batch.val)])] = now
@@ -220,6 +222,33 @@ class Pipeline:
             quiet = quiet[now - self._last_arrival[quiet] >= self._silence_after(quiet)]
             for ev in self._close_events(quiet):
                 out.append(self._anomaly(ev, "closed"))
+        return out
+
+    def clock_stepped(self) -> None:
+        """The gateway's wall clock jumped (NTP's first sync): the jump in the stamps of the readings it
+        dates is not a dropout, and after a step back the gaps would be negative until time caught up."""
+        for det in self._detectors:
+            det.resume()
+
+    def _rewound(self, channels: np.ndarray) -> None:
+        """Channels whose time went back and whose windows start afresh (see :meth:`.Engine.process`)."""
+        self._marks[channels] = np.nan  # what was sent ahead must not make the new windows and events late
+        self._marks_dirty = True
+        for g, det in enumerate(self._detectors):
+            det.resume(channels[self._group[channels] == g])
+        keys = self.batcher.keys
+        log.warning("time went back on %s: readings stamped more than %g s before their windows, %d in a row; "
+                    "their windows start afresh at the new time (a clock step: windows may repeat a start "
+                    "already sent)", ", ".join(f"{keys[c].sensor}/{keys[c].channel}" for c in channels.tolist()),
+                    self.engine.rewind_margin_s, REWIND_AFTER)
+
+    def rewind_counts(self) -> dict[str, int]:
+        """Per sensor, how many times a channel's windows started afresh after its time went back."""
+        out: dict[str, int] = {}
+        counts = self.engine.rewinds
+        for c, k in enumerate(self.batcher.keys[: counts.shape[0]]):
+            if counts[c]:
+                out[k.sensor] = out.get(k.sensor, 0) + int(counts[c])
         return out
 
     def _silence_after(self, channels: np.ndarray) -> np.ndarray:

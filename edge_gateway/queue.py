@@ -159,6 +159,7 @@ class DurableQueue:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        disk_time = _newest_mtime(self.path.parent)  # before SQLite opens (and may rewrite or delete) a -wal
         try:
             self._open_file()
         except sqlite3.DatabaseError as exc:
@@ -166,7 +167,7 @@ class DurableQueue:
                 raise
             moved = self._quarantine(exc)
             self._open_file()
-            self._last_seq = max(self._last_seq, _last_seq_of(moved), int(self.clock() * 1000))
+            self._last_seq = max(self._last_seq, _last_seq_of(moved), int(self.clock() * 1000), int(disk_time * 1000))
             self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?)", (self._last_seq,))
             log.error("queue: continuing with a new, empty queue file; sequence numbers resume at %d",
                       self._last_seq + 1)
@@ -175,8 +176,12 @@ class DurableQueue:
         """Move a corrupt queue file (and its -wal/-shm) aside, so the gateway can start at all.
 
         What it held is lost to the uplink but kept on disk for a technician. Sequence numbers resume
-        from the clock in milliseconds, above any count a gateway reaches (and above the old file's last
-        one if that can still be read): the cloud never sees a seq twice, and sees the jump.
+        from a time in milliseconds (and above the old file's last one if that can still be read): the
+        later of the clock and the newest modification time in the queue's folder before the file was
+        opened, the file and its -wal included. The power cut that corrupts the file is also what makes a
+        Pi without an RTC boot at 1970, but the disk still dates the last commit. Seqs grow by fewer than
+        1000 a second, so a time in ms at or after that commit is above every seq the cloud has: it never
+        sees a seq twice, and sees the jump. Only files all written with a clock as far behind defeat it.
         """
         if self._db is not None:
             self._db.close()
@@ -513,6 +518,30 @@ class DurableQueue:
             self._oldest = self.clock()
         return seq
 
+    async def shift_created(self, step_s: float, after_seq: int) -> int:
+        """Add ``step_s`` to the ``created`` time of every row with ``seq > after_seq``; return how many.
+
+        For a wall clock that stepped (NTP at boot): rows stamped with the old clock would otherwise be
+        aged by the difference of the two clocks and dropped as ``max_age`` at the next append. One
+        transaction, which also carries the deferred deletes and checkpoints, as every write does.
+        """
+        return await self._call(self._shift_created, float(step_s), int(after_seq))
+
+    def _shift_created(self, step_s: float, after_seq: int) -> int:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._write_deferred()
+            n = db.execute("UPDATE outbox SET created = created + ? WHERE seq > ?", (step_s, after_seq)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            _rollback(db)
+            raise
+        self._deferred_written("shift_created")
+        self._refresh_oldest()
+        return n
+
     # --- read and acknowledge -----------------------------------------------------------------
 
     async def peek(self, after_seq: int, limit: int) -> list[Row]:
@@ -815,6 +844,21 @@ def _members(payload: bytes, seq: int) -> list[int]:
         log.error("queue: aggregate %d unreadable (%s): counted as one message", seq, exc)
         return [seq]
     return list(d.get("merged_seqs") or [d["seq"]])
+
+
+def _newest_mtime(folder: Path) -> float:
+    """The newest modification time of the entries of ``folder`` (0 when none can be read)."""
+    newest = 0.0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return newest
+    for entry in entries:
+        try:
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+        except OSError:
+            continue
+    return newest
 
 
 def _last_seq_of(path: Path) -> int:

@@ -19,6 +19,7 @@ from typing import Callable
 from drivers.base import Driver, LinkLost
 
 from . import aio
+from .clockwatch import STEP_THRESHOLD_S, boottime
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class LinkGap:
 class _Link:
     def __init__(self) -> None:
         self.down_since: float | None = None
+        self.down_steady = 0.0  # down_since on the steady clock: a gap's length survives a clock step
         self.reason = ""
         self.attempt = 0
 
@@ -57,10 +59,12 @@ class Supervisor:
     """Runs drivers as tasks and restarts each one whose link fails."""
 
     def __init__(self, on_gap: Callable[[LinkGap], None], backoff: Backoff = Backoff(),
-                 clock: Callable[[], float] = time.time, seed: int | None = None) -> None:
+                 clock: Callable[[], float] = time.time, seed: int | None = None,
+                 steady: Callable[[], float] = boottime) -> None:
         self.on_gap = on_gap
         self.backoff = backoff
         self.clock = clock
+        self.steady = steady
         self._rng = random.Random(seed)
         self._tasks: dict[str, asyncio.Task] = {}
         self.drivers: dict[str, Driver] = {}
@@ -95,7 +99,12 @@ class Supervisor:
             link.attempt = 0
             log.info("sensor %s: connected", driver.sensor_id)
             if link.down_since is not None:
-                gap = LinkGap(driver.sensor_id, link.down_since, driver.stats.last_connect_ts, link.reason)
+                end = driver.stats.last_connect_ts
+                # the length from the steady clock: NTP stepping the wall clock meanwhile (a Pi's first
+                # sync) must not turn a few seconds' outage into one of 55 years
+                length = max(0.0, self.steady() - (self.clock() - end) - link.down_steady)
+                start = link.down_since if abs(end - link.down_since - length) < STEP_THRESHOLD_S else end - length
+                gap = LinkGap(driver.sensor_id, start, end, link.reason)
                 link.down_since = None
                 log.info("sensor %s: link back after %.1f s", gap.sensor, gap.end - gap.start)
                 self.on_gap(gap)
@@ -112,7 +121,9 @@ class Supervisor:
                 driver.stats.link_errors += 1
                 driver.stats.last_error = reason
                 if link.down_since is None and driver.stats.connects:
-                    link.down_since = driver.stats.last_reading_ts or self.clock()
+                    now = self.clock()
+                    link.down_since = driver.stats.last_reading_ts or now
+                    link.down_steady = self.steady() - (now - link.down_since)
                     link.reason = reason
                     log.warning("sensor %s: link lost: %s", driver.sensor_id, reason)
                 elif not driver.stats.connects and link.attempt == 0:

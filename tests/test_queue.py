@@ -350,15 +350,15 @@ async def test_a_corrupt_queue_file_is_moved_aside_and_a_new_one_started(tmp_pat
     await q.append([ev("anomaly", i) for i in range(5)])
     await q.close()
     path.write_bytes(b"\x00garbage" * 1024)
-    clock = Clock(1_800_000_000.0)
+    clock = Clock(4_000_000_000.0)  # above the temporary files' real mtimes, which also floor the seq
     q = await open_queue(path, clock=clock)
     moved = list(tmp_path.glob("q.db.corrupt-*"))
     assert [p.name for p in moved if not p.name.endswith(("-wal", "-shm"))] == [q.recovered_from.split("/")[-1]]
     assert q.depth == 0 and "is corrupt" in caplog.text
-    assert await q.append([ev("anomaly", 9)]) == [1_800_000_000_001]
+    assert await q.append([ev("anomaly", 9)]) == [4_000_000_000_001]
     await q.close()
     q = await open_queue(path, clock=clock)
-    assert q.recovered_from == "" and q.last_seq == 1_800_000_000_001
+    assert q.recovered_from == "" and q.last_seq == 4_000_000_000_001
     await q.close()
 
 

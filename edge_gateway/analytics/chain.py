@@ -139,10 +139,14 @@ class Detector:
         between readings (the dropout guard's own measure; 0 while it has not learnt one)."""
         return self.settings.drop_k * self._state["dropout"][channels, 1]
 
-    def resume(self) -> None:
-        """After a restore: the gateway's own downtime is not a sensor's dropout. Each channel's next
-        reading re-anchors the gap clock; the typical interval learnt before is kept."""
-        self._state["dropout"][:, 2] = 0.0
+    def resume(self, channels: np.ndarray | None = None) -> None:
+        """After a restore or a step of the clock (all channels, or ``channels``): the gateway's own
+        downtime, or a jump of its clock, is not a sensor's dropout. Each channel's next reading
+        re-anchors the gap clock; the typical interval learnt before is kept."""
+        if channels is None:
+            self._state["dropout"][:, 2] = 0.0
+        else:
+            self._state["dropout"][channels[channels < self._state["dropout"].shape[0]], 2] = 0.0
 
     def state(self) -> dict[str, np.ndarray]:
         """Copies of every state table (rows = channels), for a checkpoint."""

@@ -13,6 +13,7 @@ from . import quantiles, windows
 
 ROW_FIELDS = windows.AGG_FIELDS + ("p50", "p95")
 ROW_WIDTH = len(ROW_FIELDS)
+REWIND_AFTER = 3
 
 
 class Engine:
@@ -24,25 +25,69 @@ class Engine:
     table saw none or only part of (restored from a checkpoint from before it existed).
     """
 
-    def __init__(self, window_s: float, capacity: int = 16) -> None:
+    def __init__(self, window_s: float, capacity: int = 16, rewind_margin_s: float | None = None) -> None:
         self.window_s = float(window_s)
+        self.rewind_margin_s = self.window_s if rewind_margin_s is None else float(rewind_margin_s)
         self.n_channels = 0
         self._win = windows.new_state(capacity)
         self._q = quantiles.new_window_state(capacity)
+        self._behind = np.zeros(capacity)  # late readings in a row, each far behind the channel's windows
+        self.rewinds = np.zeros(capacity, dtype=np.int64)
+        self.rewound = np.empty(0, dtype=np.int64)  # the channels the last process() rewound
 
     def ensure_channels(self, n: int) -> None:
         """Make room for channel numbers below ``n``."""
         self._win = _grown(self._win, n, windows.new_state)
         self._q = _grown(self._q, n, quantiles.new_window_state)
+        if n > self._behind.shape[0]:
+            size = self._win.shape[0]
+            self._behind = np.concatenate([self._behind, np.zeros(size - self._behind.shape[0])])
+            self.rewinds = np.concatenate([self.rewinds, np.zeros(size - self.rewinds.shape[0], dtype=np.int64)])
         self.n_channels = max(self.n_channels, n)
 
     def process(self, chan: np.ndarray, ts: np.ndarray, val: np.ndarray) -> np.ndarray:
-        """Fold one batch in; return the ``ROW_FIELDS`` rows of the windows it closed."""
+        """Fold one batch in; return the ``ROW_FIELDS`` rows of the windows it closed.
+
+        A channel whose time went back (the gateway's clock stepped back, or a node's clock that was
+        ahead was corrected) would otherwise drop every reading as late until real time passed the
+        wrong one, days or a year later, and keep doing so across restarts, since the window state
+        is checkpointed. So after ``REWIND_AFTER`` late readings in a row, each more than
+        ``rewind_margin_s`` before the channel's window, its open window is closed and its windows
+        start afresh at the new time (see :attr:`rewound`); the readings dropped until then stay lost.
+        """
+        n = self.n_channels
+        late_before = self._win[:n, windows.S_LATE].copy()
         out = np.empty((chan.shape[0], windows.AGG_WIDTH), dtype=np.float64)
         m = windows.tumbling_update(chan, ts, val, self.window_s, self._win, out)
         qout = np.empty((chan.shape[0], len(quantiles.WINDOW_FIELDS)), dtype=np.float64)
         k = quantiles.window_update(chan, ts, val, self.window_s, self._q, qout)
-        return _join(out[:m], qout[:k])
+        rows = _join(out[:m], qout[:k])
+        new_late = self._win[:n, windows.S_LATE] - late_before
+        self.rewound = np.empty(0, dtype=np.int64)
+        if chan.shape[0] and (new_late.any() or self._behind[:n].any()):
+            rows = np.concatenate([rows, self._rewind(chan, ts, val, new_late)])
+        return rows
+
+    def _rewind(self, chan: np.ndarray, ts: np.ndarray, val: np.ndarray, new_late: np.ndarray) -> np.ndarray:
+        have = ~np.isnan(val)
+        chan, ts = chan[have], ts[have]
+        rev = chan[::-1]
+        seen, first = np.unique(rev, return_index=True)
+        newest = ts[::-1][first]
+        far = newest < self._win[seen, windows.S_START] - self.rewind_margin_s
+        self._behind[seen] = np.where(far, self._behind[seen] + new_late[seen], 0.0)
+        due = seen[self._behind[seen] >= REWIND_AFTER]
+        self.rewound = due
+        if not due.size:
+            return np.empty((0, ROW_WIDTH), dtype=np.float64)
+        rows = self.flush_channels(due)
+        late = self._win[due, windows.S_LATE]
+        self._win[due] = windows.new_state(due.size)
+        self._win[due, windows.S_LATE] = late
+        self._q[due] = quantiles.new_window_state(due.size)
+        self._behind[due] = 0.0
+        self.rewinds[due] += 1
+        return rows
 
     def flush_channels(self, idx: np.ndarray) -> np.ndarray:
         """Close the open windows of channels ``idx`` whatever their end (an idle sensor)."""
@@ -84,6 +129,7 @@ class Engine:
         self._win[:] = windows.new_state(self._win.shape[0])
         self._win[:, windows.S_LATE] = late
         self._q[:] = quantiles.new_window_state(self._q.shape[0])
+        self._behind[:] = 0.0
         return rows
 
     def late_counts(self) -> np.ndarray:
