@@ -62,7 +62,8 @@ class Gateway:
         self.topics = messages.Topics(cfg.gateway.topic_prefix, cfg.gateway.id)
         self.batcher = Batcher()
         self.pipeline = Pipeline(cfg, self.topics, self.batcher, wall_clock=clock)
-        self.queue = DurableQueue(cfg.queue_path, messages.encode, clock, QueueLimits.from_config(cfg.queue))
+        self.queue = DurableQueue(cfg.queue_path, messages.encode, clock, QueueLimits.from_config(cfg.queue),
+                                  seed_seq=True)
         self.router = None  # downlink commands (see _start_uplink, docs/uplink.md)
         self.supervisor = Supervisor(self._on_gap, clock=clock)
         self.drivers = [

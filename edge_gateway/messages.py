@@ -65,7 +65,8 @@ def decode(payload: bytes) -> dict[str, Any]:
 def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics: Topics,
                gateway_id: str) -> list[Message]:
     """One message per closed window row (columns :data:`.analytics.engine.ROW_FIELDS`: ``AGG_FIELDS``,
-    then ``p50``/``p95``, left out of the message when NaN: a window the quantile state missed part of)."""
+    then ``p50``/``p95``, left out of the message when NaN: a window the quantile state missed part of;
+    ``mean``/``std`` left out when they overflowed, so every float sent is finite)."""
     col = _ROW_COL
     out = []
     for row, end in zip(rows, window_ends(rows[:, _AGG_COL["start"]], window_s)):
@@ -81,6 +82,9 @@ def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics
         p50, p95 = float(row[col["p50"]]), float(row[col["p95"]])
         if not (math.isnan(p50) or math.isnan(p95)):
             fields.update(p50=p50, p95=p95)
+        for k in ("mean", "std"):  # overflowed (readings beyond ~1e154): left out, never inf on the wire
+            if not math.isfinite(fields[k]):
+                del fields[k]
         out.append(Message(KIND_AGG, topics.agg(key.sensor), fields))
     return out
 

@@ -118,8 +118,9 @@ class DurableQueue:
 
     def __init__(self, path: str | os.PathLike, encode: Callable[[dict, int], bytes],
                  clock: Callable[[], float] = time.time, limits: QueueLimits | None = None,
-                 page_size: int = PAGE_SIZE) -> None:
+                 page_size: int = PAGE_SIZE, seed_seq: bool = False) -> None:
         self.path = Path(path)
+        self.seed_seq = seed_seq  # a new file's seqs start from a time in ms (the daemon's; tests start at 1)
         self.page_size = page_size  # for a new file: every commit writes whole pages to the WAL
         self.encode = encode
         self.clock = clock
@@ -171,6 +172,14 @@ class DurableQueue:
             self._db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('last_seq', ?)", (self._last_seq,))
             log.error("queue: continuing with a new, empty queue file; sequence numbers resume at %d",
                       self._last_seq + 1)
+        else:
+            if self.seed_seq and self._last_seq == 0 and not self._depth:
+                # a new queue under a gateway id that may have sent before (a replaced SD card, a state dir
+                # moved away): seqs from 1 again would be duplicates to a cloud that drops seen seqs
+                self._last_seq = max(int(self.clock() * 1000), int(disk_time * 1000))
+                self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                                     [("last_seq", self._last_seq), ("first_seq", self._last_seq + 1)])
+                log.info("queue: a new queue file; sequence numbers start at %d", self._last_seq + 1)
 
     def _quarantine(self, exc: Exception) -> Path:
         """Move a corrupt queue file (and its -wal/-shm) aside, so the gateway can start at all.

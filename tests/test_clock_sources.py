@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 
 import numpy as np
 from driver_fixtures import running, wait_until
@@ -251,3 +252,42 @@ async def test_only_rows_after_the_given_seq_are_shifted_and_acknowledged_ones_a
         (1, T - 7200.0), (2, T - 7200.0), (4, T - 60.0), (5, T)]
     assert (q.depth, q.oldest_age()) == (4, 7200.0)
     await q.close()
+
+
+# --- review 16 (uplink) #2: a new queue file under a gateway id that may have sent before -----------
+
+async def test_a_new_queue_of_the_daemon_starts_its_seqs_at_the_clock_in_ms_and_keeps_them(tmp_path):
+    """A replaced SD card or a state dir moved away restarted seqs at 1 under the same gateway id: a
+    cloud that drops seen seqs (as the docs tell it to) dropped the new data. Only a new, empty file
+    is seeded; reopening it continues, and a queue opened without ``seed_seq`` (tests) starts at 1."""
+    path = tmp_path / "state" / "queue.db"
+    q = DurableQueue(path, messages.encode, Clock(4_000_000_000.0), seed_seq=True)
+    await q.open()
+    assert await q.append([_event()] * 2) == [4_000_000_000_001, 4_000_000_000_002]
+    await q.close()
+    q = DurableQueue(path, messages.encode, Clock(4_000_000_100.0), seed_seq=True)
+    await q.open()
+    assert await q.append([_event()]) == [4_000_000_000_003]  # not seeded again: the file is not new
+    await q.close()
+    db = sqlite3.connect(path)
+    assert dict(db.execute("SELECT key, value FROM meta WHERE key IN ('first_seq', 'last_seq')").fetchall()) == {
+        "first_seq": 4_000_000_000_001, "last_seq": 4_000_000_000_003}
+    db.close()
+    q = DurableQueue(tmp_path / "plain" / "queue.db", messages.encode, Clock(4_000_000_000.0))
+    await q.open()
+    assert await q.append([_event()]) == [1]
+    await q.close()
+
+
+def test_an_aggregate_never_carries_inf_when_huge_readings_overflow_its_std():
+    """Review 16 (uplink) #11: Welford's ``d * (x - mean)`` overflowed for finite readings past ~1e154."""
+    pipe = Pipeline(CFG, TOPICS, batcher := Batcher())
+    out = []
+    for k, v in enumerate([1e300, -1e300, 5.0, 1e300]):
+        batcher.add(Reading("air-1", "x", v, T + k, ""))
+        out += pipe.process(batcher.drain(), now=float(k))
+    batcher.add(Reading("air-1", "x", 1.0, T + 60, ""))
+    out += pipe.process(batcher.drain(), now=60.0)
+    (agg,) = [m.fields for m in out if m.kind == messages.KIND_AGG]
+    assert (agg["count"], agg["min"], agg["max"], agg["first"], agg["last"]) == (4, -1e300, 1e300, 1e300, 1e300)
+    assert "std" not in agg and all(np.isfinite(v) for v in agg.values() if isinstance(v, float))

@@ -13,7 +13,7 @@ import signal
 import time
 
 from support import Broker, GatewayProcess, Process, Subscriber, wait_for
-from uplink_support import committed_last_seq, gateway_config, seq_report, simulator_args
+from uplink_support import committed_first_seq, committed_last_seq, gateway_config, seq_report, simulator_args
 
 
 def test_small_queue_rolls_up_drops_and_reports_exact_count(tmp_path):
@@ -27,6 +27,7 @@ def test_small_queue_rolls_up_drops_and_reports_exact_count(tmp_path):
     db = tmp_path / "state" / "queue.db"
     try:
         gw.wait_ready()
+        first = committed_first_seq(db)
         sim = Process(simulator_args(tmp_path / "air-1.tty", rate=300, count=300 * 5))
         wait_for(lambda: sim.proc.poll() is not None, 30, what="simulator done")
         time.sleep(0.8)
@@ -35,15 +36,15 @@ def test_small_queue_rolls_up_drops_and_reports_exact_count(tmp_path):
         time.sleep(0.5)
         wait_for(lambda: any(d.get("type") == "dropped" for d in sub.of("event")), 20, what="dropped event")
         target = committed_last_seq(db)
-        wait_for(lambda: seq_report(sub)["max"] >= target, 20, what=f"seq {target}")
+        wait_for(lambda: seq_report(sub, first)["max"] >= target, 20, what=f"seq {target}")
     finally:
         if sim:
             sim.stop()
         rc = gw.stop()
     assert rc == 0, gw.log_text()[-2000:]
     final = committed_last_seq(db)
-    wait_for(lambda: seq_report(sub)["max"] >= final, 10, what="final")
-    rep = seq_report(sub)
+    wait_for(lambda: seq_report(sub, first)["max"] >= final, 10, what="final")
+    rep = seq_report(sub, first)
     sub.stop()
     broker.close()
     reports = [d for d in sub.of("event") if d.get("type") == "dropped"]
