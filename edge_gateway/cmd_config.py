@@ -83,11 +83,28 @@ def _load(path: str):
 
 
 def validate(args) -> int:
+    from . import config
+
     cfg, rc = _load(args.file)
     if cfg is None:
         return rc
+    for key, text in config.warnings_of(cfg):
+        print(f"edge-gateway: {_where(args.file, key)}: {key}: warning: {text}", file=sys.stderr)
     print(f"{args.file}: valid ({len(cfg.sensors)} sensors, gateway {cfg.gateway.id})")
     return 0
+
+
+def _where(path: str, key: str) -> str:
+    """``file:line:column`` of ``key``'s value, as errors name it (just the file if it is not written there)."""
+    from . import config
+
+    try:
+        node = _locate(config.compose(config.read_text(path), path), split_key(key)).node
+    except (KeyError, config.ConfigError):
+        node = None
+    if node is None:
+        return path
+    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
 
 
 # --- show / get -------------------------------------------------------------------------------

@@ -37,12 +37,43 @@ class GatewaySection:
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.id):
             raise ValueError("id: use 1-64 letters, digits, '.', '_' or '-' (it is part of MQTT topics)")
-        if not self.topic_prefix or any(c in self.topic_prefix for c in "+#"):
-            raise ValueError("topic_prefix: must be non-empty and hold no MQTT wildcards")
+        problem = topic_prefix_problem(self.topic_prefix, self.id)
+        if problem:
+            raise ValueError(f"topic_prefix: {problem}")
         if self.batch_interval_s <= 0:
             raise ValueError("batch_interval_s: must be positive")
         if self.status_interval_s < 0:
             raise ValueError("status_interval_s: must be 0 (off) or positive")
+
+
+# After ``<prefix>/<id>``, the longest topic the gateway uses: ``/cmd-res/`` and a 64-character command name
+_LONGEST_SUFFIX = len("/cmd-res/") + 64
+MAX_TOPIC = 65535  # bytes of UTF-8 in an MQTT topic name
+
+
+def topic_prefix_problem(prefix: str, gateway_id: str = "") -> str:
+    """Why MQTT cannot carry the topics under ``prefix`` ("" if it can): at load, not as a silent
+    reconnect loop (Mosquitto closes a connection whose will or PUBLISH topic holds such characters)."""
+    if not prefix:
+        return "must not be empty"
+    for i, c in enumerate(prefix, 1):
+        o = ord(c)
+        if c in "+#":
+            return f"MQTT wildcard {c!r} at character {i}"
+        if o <= 0x1F or 0x7F <= o <= 0x9F:
+            return f"control character U+{o:04X} at character {i}: MQTT topics cannot carry it"
+        if 0xD800 <= o <= 0xDFFF:
+            return f"U+{o:04X} at character {i} is not valid UTF-8 (a lone surrogate)"
+        if 0xFDD0 <= o <= 0xFDEF or (o & 0xFFFE) == 0xFFFE:
+            return f"U+{o:04X} at character {i} is a Unicode noncharacter: MQTT topics cannot carry it"
+    if prefix.startswith("$"):
+        return "must not start with '$': such topics are the broker's own ($SYS), hidden from '#' subscribers"
+    if "" in prefix.split("/"):
+        return "empty topic level (a leading, trailing or doubled '/')"
+    n = len(prefix.encode()) + 1 + len(gateway_id) + _LONGEST_SUFFIX
+    if n > MAX_TOPIC:
+        return f"too long: topics would be up to {n} bytes, MQTT allows {MAX_TOPIC}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -77,14 +108,20 @@ class BrokerSection:
     reconnect_min_s: float = 1.0  # reconnect backoff: doubles from min to max, each delay jittered
     reconnect_max_s: float = 60.0
     commands: tuple[str, ...] = ("ping", "status")  # downlink commands accepted (see docs/uplink.md)
+    max_message_bytes: int = 0  # largest payload the broker takes (Mosquitto message_size_limit); 0 = no limit
+    retain_status: bool = True  # status, birth and will retained; false for a broker without retained messages
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ValueError(f"port: {self.port} is not a TCP port")
-        if self.max_inflight < 1:
-            raise ValueError("max_inflight: must be at least 1")
-        if self.keepalive_s < 1:
-            raise ValueError("keepalive_s: must be at least 1")
+        if not 1 <= self.max_inflight <= 65535:
+            raise ValueError("max_inflight: must be 1 to 65535 (MQTT packet ids are 16 bits)")
+        if not 1 <= self.keepalive_s <= 65535:
+            raise ValueError("keepalive_s: must be 1 to 65535 (MQTT carries it in 16 bits)")
+        if not 0 <= self.session_expiry_s <= 0xFFFFFFFF:
+            raise ValueError("session_expiry_s: must be 0 to 4294967295 (MQTT carries it in 32 bits)")
+        if self.max_message_bytes < 0:
+            raise ValueError("max_message_bytes: must be 0 (no limit) or more")
         if self.reconnect_min_s <= 0:
             raise ValueError("reconnect_min_s: must be positive")
         if self.reconnect_min_s > self.reconnect_max_s:
@@ -94,6 +131,15 @@ class BrokerSection:
         unknown = [c for c in self.commands if c not in COMMANDS]
         if unknown:
             raise ValueError(f"commands: unknown command {unknown[0]!r}; known: {', '.join(COMMANDS)}")
+
+
+def warnings_of(cfg: "GatewayConfig") -> list[tuple[str, str]]:
+    """(key path, text) of settings that load but cost something an operator should know about."""
+    out = []
+    if cfg.broker.protocol == "3.1.1":
+        out.append(("broker.protocol", "MQTT 3.1.1 cannot report a refused message: the broker acknowledges it "
+                    "(ACL deny, size limit) and it is lost without a trace; use \"5\" unless the broker lacks it"))
+    return out
 
 
 @dataclass(frozen=True)

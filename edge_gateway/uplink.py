@@ -32,9 +32,25 @@ Acknowledgements are tracked through ``on_publish`` only (see
 /work/shared/RELIABILITY.md) and handed to the event loop in bursts (one
 ``call_soon_threadsafe`` per loop pass). paho's in-flight limit is off
 (``max_inflight_messages_set(0)``: with a limit, paho scans its whole outgoing
-table on every PUBACK); the forwarder bounds what is outstanding.
+table on every PUBACK); the forwarder's window and the broker's Receive Maximum (below) bound what
+is outstanding.
 
-The status topic carries a retained birth ``online`` and a retained last will ``offline``.
+The status topic carries a birth ``online`` and a last will ``offline``, retained unless
+``broker.retain_status`` is false (a broker without retained messages refuses a retained will).
+
+What the broker announces in each CONNACK is honoured (MQTT 5): no more QoS 1 messages outstanding
+than its Receive Maximum (:attr:`MqttLink.receive_maximum`; the resend on a CONNACK too), and no
+message larger than its Maximum Packet Size or ``broker.max_message_bytes``: such a message is
+refused locally as 0x95 without being sent. One message must never stall the uplink (docs/uplink.md,
+"Refusals"): a PUBACK failure code paho cannot name is a refusal of that message (:class:`_Client`);
+a link-level message (status, command reply) is sent again at most once after a connection failed
+with it unacknowledged; and as a last resort against what a broker does unannounced, a connection
+closed right after a send makes the next ones start again from one message outstanding (one more
+per answer) until those it left unacknowledged are through, and the message alone on the wire when
+:data:`SUSPECT_AFTER` connections in a row closed so is refused as :data:`POISON`
+(:meth:`MqttLink._judge`). The
+reconnect backoff is reset only by a connection that stayed up :data:`STABLE_S`, so a broker that
+accepts and then closes connections is not stormed.
 
 Failures stay local (docs/uplink.md, "When something fails on the network thread"): a topic MQTT
 cannot carry is refused by :meth:`MqttLink.publish` (:class:`TopicError`) or, inside a burst,
@@ -59,6 +75,7 @@ import time
 from collections import deque
 from typing import Callable
 
+import msgpack
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -66,17 +83,28 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import secrets
-from .config import BrokerSection, TlsSection
+from .config import MAX_TOPIC, BrokerSection, TlsSection
 
 log = logging.getLogger(__name__)
 
-# MQTT 5 PUBACK reason codes that a resend can never fix (the message itself is refused).
-PERMANENT_REJECTS = frozenset({0x90, 0x95, 0x99})  # topic name invalid, packet too large, payload format invalid
+# Not an MQTT code (those are one byte): the link refused a message the broker closed connections on.
+POISON = 0x100
+# PUBACK reason codes that a resend can never fix (the message itself is refused): MQTT 5's topic name
+# invalid, packet too large, payload format invalid, and the link's own POISON.
+PERMANENT_REJECTS = frozenset({0x90, 0x95, 0x99, POISON})
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
-_TOPIC_INVALID, _PAYLOAD_INVALID = 0x90, 0x99  # MQTT 5 reason codes, both in PERMANENT_REJECTS
+_TOPIC_INVALID, _TOO_LARGE, _PAYLOAD_INVALID = 0x90, 0x95, 0x99  # MQTT 5 reason codes, in PERMANENT_REJECTS
+_TAKEN_OVER, _RETAIN_UNSUPPORTED = 0x8E, 0x9A
+# PUBACK codes paho 2.2's table names; it raises MalformedPacket on any other (0x95 from Mosquitto)
+_PUBACK_CODES = frozenset(c for c, names in ReasonCode.names.items()
+                          if any(PacketTypes.PUBACK in kinds for kinds in names.values()))
 
-MAX_TOPIC = 65535  # bytes: MQTT's limit on a topic name
+STABLE_S = 30.0  # a connection up this long resets the reconnect backoff (and the takeover count)
+SHORT_S = 5.0  # a connection closed sooner than this after a send (or its CONNACK: takeover) is suspect
+SUSPECT_AFTER = 3  # suspect connections in a row before a message is refused as poison / a takeover is named
+PRE_CONNACK = "connection closed by the broker before CONNACK: authentication, ACL or protocol refusal?"
+RETAIN_FIX = "; this broker keeps no retained messages: set broker.retain_status: false"
 # Largest packet the broker may send us: downlink requests are at most 8 KiB (downlink.MAX_REQUEST),
 # so this leaves room for long topics and properties while a 200 MB message cannot reach the daemon.
 MAX_INBOUND = 64 * 1024
@@ -139,20 +167,39 @@ def tls_context(tls: TlsSection, strict: bool = False) -> tuple[ssl.SSLContext, 
     return ctx, warning
 
 
+def publish_size(topic: str, payload: bytes, v5: bool) -> int:
+    """Bytes of a QoS 1 PUBLISH without properties, as a CONNACK's Maximum Packet Size counts them."""
+    rest = 2 + len(topic.encode()) + 2 + v5 + len(payload)
+    return 1 + (1 if rest < 0x80 else 2 if rest < 0x4000 else 3 if rest < 0x200000 else 4) + rest
+
+
 def backoff_delay(attempt: int, lo: float, hi: float, rand: Callable[[], float] = random.random) -> float:
     """Exponential backoff with jitter: ``min(hi, lo * 2**attempt)`` scaled by a random 0.5..1."""
     return min(hi, lo * (2 ** min(attempt, 30))) * (0.5 + 0.5 * rand())
 
 
-class _Client(mqtt.Client):
-    """paho's client with two shortcuts.
+class _AnyReason(ReasonCode):
+    """A reason code paho's table does not list for this packet type: paho 2.2 lists 0x95 (Packet too
+    large, what Mosquitto's ``message_size_limit`` answers a PUBLISH with) for CONNACK and DISCONNECT only."""
 
-    A successful PUBACK without properties (reason code below 0x80, no property bytes) reuses one
+    def getName(self) -> str:
+        names = self.names.get(self.value)
+        return next(iter(names)) if names else f"reason 0x{self.value:02X}"
+
+
+class _Client(mqtt.Client):
+    """paho's client with two shortcuts and one repair, all in paho 2.x internals (setup.cfg pins
+    ``paho-mqtt>=2.0,<3``; tests/test_uplink_refusals.py fails if they change).
+
+    :meth:`_handle_pubackcomp`, for PUBACK only: a plain successful one (no properties) reuses one
     ReasonCode and one empty Properties object per reason code instead of building new ones per
     packet (paho 2.2 fills two dozen-entry dicts for each: about a third of the network thread's
-    time in a drain). Anything else (failure reason codes, properties, PUBCOMP) goes through paho
-    unchanged; paho still owns the connection, the session and its outgoing table, and calls
-    ``on_publish`` as usual.
+    time in a drain). And a PUBACK whose reason code paho's table does not list for PUBACK (0x95
+    from Mosquitto's ``message_size_limit``) is a refusal of that message, reported through
+    ``on_publish``: paho raises MalformedPacket on it and drops the connection, and the message
+    went out again first on every reconnect, forever. Anything else (failure codes paho knows,
+    properties with a success, PUBCOMP) goes through paho unchanged; paho still owns the
+    connection, the session and its outgoing table, and calls ``on_publish`` as usual.
 
     With MQTT 3.1.1 (no Maximum Packet Size to give the broker) a PUBLISH longer than
     ``max_inbound`` is read through without being kept: paho keeps its topic and packet id and one
@@ -187,19 +234,30 @@ class _Client(mqtt.Client):
         p = self._skipped
         return p["remaining_length"] if p is not None and p is self._in_packet else 0
 
-    def _handle_pubackcomp(self, cmd):  # noqa: ANN001 - paho 2.2 internal hook
+    def _handle_pubackcomp(self, cmd):  # noqa: ANN001 - paho 2.x internal hook
         packet = self._in_packet["packet"]
         n = len(packet)
-        if cmd != "PUBACK" or n > 4 or n < 2 or (n >= 3 and packet[2] >= 0x80) or (n == 4 and packet[3]):
+        if cmd != "PUBACK" or n < 2 or (n > 2 and self._protocol != mqtt.MQTTv5):
             return super()._handle_pubackcomp(cmd)
         code = packet[2] if n >= 3 else 0
+        plain = n <= 3 or (n == 4 and not packet[3])
+        known = code in _PUBACK_CODES
+        if known and (code >= 0x80 or not plain):
+            return super()._handle_pubackcomp(cmd)
+        props = self._NO_PROPS
+        if not plain:  # an unknown failure code with properties (a Reason String, say): keep them if we can
+            try:
+                props = Properties(PacketTypes.PUBACK)
+                props.unpack(packet[3:])
+            except Exception:  # noqa: BLE001 - the refusal matters, not its decoration
+                props = self._NO_PROPS
         reason = self._REASONS.get(code)
         if reason is None:
-            reason = self._REASONS[code] = ReasonCode(PacketTypes.PUBACK, identifier=code)
+            reason = self._REASONS[code] = (ReasonCode if known else _AnyReason)(PacketTypes.PUBACK, identifier=code)
         mid = (packet[0] << 8) | packet[1]
         with self._out_message_mutex:
             if mid in self._out_messages:
-                return self._do_on_publish(mid, reason, self._NO_PROPS)
+                return self._do_on_publish(mid, reason, props)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def use_tls_context(self, ctx: ssl.SSLContext) -> None:
@@ -223,6 +281,7 @@ class MqttLink:
                  subscriptions: tuple[str, ...] = (),
                  on_message: Callable[[str, bytes], None] | None = None) -> None:
         self.cfg = cfg
+        self.client_id = client_id
         self.status_topic = status_topic
         self._birth = birth
         self._on_ack = on_ack
@@ -241,7 +300,9 @@ class MqttLink:
         self._submitted: deque[tuple[int, str, bytes, bool]] = deque()
         # given to paho, not acknowledged: token -> (topic, payload, retain), in publish order (network thread)
         self._unacked: dict[int, tuple[str, bytes, bool]] = {}
-        self._mid_token: dict[int, int] = {}  # paho mid -> token, for the current connection
+        self._resend: deque[int] = deque()  # tokens of _unacked not yet sent again on this connection
+        self._own: dict[int, int] = {}  # link-level tokens (publish()) -> connections that failed with it unacked
+        self._mid_token: dict[int, int] = {}  # paho mid -> token (0: the birth), sent on this connection
         self._acks: list[tuple[int, int]] = []  # (token, reason) acknowledged, not yet on the event loop
         self._lock = threading.Lock()  # guards _unacked/_acks against pending_mids() from other threads
         self._acks_posted = False
@@ -252,8 +313,30 @@ class MqttLink:
         self._woken = False
         self._up = False
         self.last_error = ""
+        self._said: set[str] = set()  # texts _error logged since the last CONNACK
+        self._cycle_error = ""  # what paho reported during this connection attempt
+        self._connacked = False  # this connection attempt got a CONNACK (accepted or refused)
+        self._closing = False  # we asked for this disconnect (kick): not the broker's doing
+        self._up_since = 0.0
+        self._stable = False  # up for STABLE_S: the backoff starts again from reconnect_min_s
+        self._last_send = 0.0  # monotonic time of the last PUBLISH given to paho
+        self._probe: set[int] = set()  # left unacknowledged by a suspect close: the window starts from 1
+        self._probe_cap = 1  # while probing: messages that may be outstanding, one more per answer
+        self._suspect = (0, 0)  # (token, suspect closes in a row with it alone unacknowledged)
+        self._birth_fails = 0  # suspect closes in a row with only the birth unacknowledged
+        self._takeovers = 0  # short connections in a row the broker closed with nothing unacknowledged
+        self._takeover_said = False
+        # What the CONNACK announced (MQTT 5), for this connection; None before it and with 3.1.1.
+        self.receive_maximum: int | None = None  # Receive Maximum (65535 when absent): QoS 1 outstanding
+        self.max_packet_size: int | None = None  # Maximum Packet Size: larger messages are refused (0x95)
+        self._retain_ok = cfg.retain_status  # False too while the broker announces Retain Available 0
+        self._limited = bool(cfg.max_message_bytes)  # a size limit to check before each send
+        self.stable_after_s = STABLE_S
         self.connects = 0
         self.disconnects = 0
+        self.refused_large = 0  # messages refused locally as 0x95: over max_message_bytes or Maximum Packet Size
+        self.poisoned = 0  # messages refused locally as POISON (connections closed right after them)
+        self.gave_up = 0  # link-level messages (status, replies) dropped after a second failed connection
         self.refused_topics = 0  # publish() calls refused by topic_problem(), and rejected burst messages
         self.inbound_dropped = 0  # messages larger than MAX_INBOUND (a 3.1.1 broker still sends them)
         self.callback_errors = 0  # exceptions caught in our paho callbacks
@@ -270,9 +353,9 @@ class MqttLink:
             clean_session=None if self._v5 else False,
         )
         self.client.max_inbound = MAX_INBOUND
-        self.client.max_inflight_messages_set(0)  # unlimited: the forwarder bounds what is outstanding
+        self.client.max_inflight_messages_set(0)  # unlimited in paho: the link keeps to the Receive Maximum
         self.client.max_queued_messages_set(0)
-        self.client.will_set(status_topic, will, qos=1, retain=True)
+        self.client.will_set(status_topic, will, qos=1, retain=cfg.retain_status)
         # paho would catch these too (suppress_exceptions), but only log one line: ours count them, log
         # the traceback, and a failed on_connect drops the connection instead of leaving it half set up
         self.client.on_connect = self._safe(self._cb_connect, abandon=True)
@@ -281,7 +364,7 @@ class MqttLink:
         self.client.on_message = self._safe(self._cb_message)
         # paho formats every debug line when on_log is set; a logger that only passes errors costs
         # one level check per line instead (errors reach the log and the status as before)
-        self.client.enable_logger(_PahoErrors(self._error))
+        self.client.enable_logger(_PahoErrors(self._paho_error))
         # With a write-interest callback set, paho queues packets instead of writing each one at once;
         # the network thread writes them after every burst (loop_write).
         self.client.on_socket_register_write = lambda client, userdata, sock: None
@@ -365,6 +448,8 @@ class MqttLink:
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._run_calls()
+            self._connacked, self._cycle_error = False, ""
+            self.receive_maximum = self.max_packet_size = None
             try:
                 self._prepare()
                 self._connect()
@@ -377,10 +462,13 @@ class MqttLink:
                     self.loop_errors += 1
                     log.exception("mqtt: connection cycle failed; reconnecting")
                     self._error(f"network thread error: {exc!r}")
+                    self._connacked = True  # reported above
                 if self._stopping.is_set():
                     break  # the disconnect() queued by stop() runs in _finish
                 if self._up:  # paho did not report it (e.g. a refused CONNACK, or the error above)
                     self._went_down("connection lost")
+                elif not self._connacked:  # paho says nothing on a plain EOF: the link looked merely down
+                    self._error(PRE_CONNACK + (f" ({self._cycle_error})" if self._cycle_error else ""))
             self._flush_acks()
             if self._stopping.is_set():
                 break
@@ -409,8 +497,14 @@ class MqttLink:
             if self._abandon:
                 self._abandon = False
                 return
-            if self._up and self._submitted:
-                self._publish_submitted()
+            if self._up:
+                if self._resend or self._submitted:
+                    self._publish_submitted()
+                if not self._stable and time.monotonic() - self._up_since >= self.stable_after_s:
+                    self._stable = True
+                    self._attempt = self._takeovers = self._birth_fails = 0
+                    self._takeover_said = False
+                    self._probe.clear()
             sock = c.socket()
             if sock is None:
                 return
@@ -464,64 +558,113 @@ class MqttLink:
         self._wake()
 
     def _publish_submitted(self) -> None:
-        """Network thread, session up: give queued messages to paho, oldest first, then write them.
-
-        A message paho raises on (invalid topic, payload too large or of a wrong type) is acknowledged
-        as rejected with the matching MQTT 5 reason code: the forwarder drops it for good rather than
-        resending it, and the rest of the burst goes out."""
+        """Network thread, session up: give paho the messages to send again on this connection, then the
+        queued ones, oldest first, while fewer than the broker's Receive Maximum are outstanding; then
+        write them (the rest goes as acknowledgements free slots)."""
+        cap = self.receive_maximum or 1 << 30
+        room = (min(cap, self._probe_cap) if self._probe else cap) - len(self._mid_token)
+        if room <= 0:
+            return
+        free = room
         c = self.client
-        sub = self._submitted
-        unacked = self._unacked
-        mid_token = self._mid_token
+        resend, sub, unacked = self._resend, self._submitted, self._unacked
         queued = c._out_packet  # noqa: SLF001 - paho's packet deque, see _coalesce
         before = len(queued)
         with self._lock:
-            while sub:
+            while room > 0 and resend:
+                token = resend.popleft()
+                entry = unacked.get(token)
+                if entry is not None and self._send(token, *entry):
+                    room -= 1
+            while room > 0 and sub:
                 token, topic, payload, retain = sub.popleft()
-                try:
-                    info = c.publish(topic, payload, qos=1, retain=retain)
-                except (ValueError, TypeError) as exc:
-                    reason = _TOPIC_INVALID if topic_problem(topic) else _PAYLOAD_INVALID
-                    self._reject(token, reason, f"publish on {str(topic)[:64]!r} refused: {exc}")
-                    continue
-                unacked[token] = (topic, payload, retain)
-                mid_token[info.mid] = token
-                if info.rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):  # e.g. a mid still in use: resent
-                    log.error("publish refused by paho: %s", mqtt.error_string(info.rc))
+                if self._send(token, topic, payload, retain):
+                    unacked[token] = (topic, payload, retain)
+                    room -= 1
+        if room < free:
+            self._last_send = time.monotonic()
         _coalesce(queued, before)
         c.loop_write()
         self._flush_acks()
 
+    def _send(self, token: int, topic: str, payload: bytes, retain: bool) -> bool:
+        """Network thread, under ``_lock``: give one message to paho; False if it was refused instead.
+
+        A message larger than the broker takes is refused as 0x95 without being sent, and one paho
+        raises on (invalid topic, payload of a wrong type) with the matching MQTT 5 reason code: the
+        forwarder drops it for good rather than resending it, and the rest of the burst goes out."""
+        too_big = self._limited and self._too_big(topic, payload)
+        if too_big:
+            self.refused_large += 1
+            self._reject(token, _TOO_LARGE, f"message on {topic[:64]!r} not sent: {too_big}")
+            return False
+        try:
+            info = self.client.publish(topic, payload, qos=1, retain=retain and self._retain_ok)
+        except (ValueError, TypeError) as exc:
+            reason = _TOPIC_INVALID if topic_problem(topic) else _PAYLOAD_INVALID
+            self._reject(token, reason, f"publish on {str(topic)[:64]!r} refused: {exc}")
+            return False
+        self._mid_token[info.mid] = token
+        if info.rc not in (_OK, MQTTErrorCode.MQTT_ERR_NO_CONN):  # e.g. a mid still in use: resent
+            log.error("publish refused by paho: %s", mqtt.error_string(info.rc))
+        return True
+
+    def _too_big(self, topic: str, payload: bytes) -> str:
+        """Why the broker would refuse this message for its size ("" if it would not)."""
+        limit = self.cfg.max_message_bytes
+        if limit and len(payload) > limit:
+            return f"its {len(payload)}-byte payload is over broker.max_message_bytes ({limit})"
+        limit, size = self.max_packet_size, publish_size(topic, payload, self._v5)
+        if limit and size > limit:
+            return f"its {size}-byte packet is over the broker's Maximum Packet Size ({limit})"
+        return ""
+
     def _reject(self, token: int, reason: int, text: str) -> None:
-        """Network thread, under ``_lock``: ``token`` will never be sent; tell the forwarder so."""
+        """Network thread, under ``_lock``: ``token`` will not be sent (again); tell the forwarder so."""
         if reason == _TOPIC_INVALID:
             self.refused_topics += 1
         log.error("%s", text)
+        self._unacked.pop(token, None)
+        self._own.pop(token, None)
+        self._probe.discard(token)
         self._acks.append((token, reason))
 
     def _error(self, text: str) -> None:
-        if text != self.last_error:
+        """``last_error``, logged once per distinct text between two CONNACKs (a reconnect loop must not
+        flood the log with the same few lines)."""
+        if text not in self._said:
+            if len(self._said) > 64:
+                self._said.clear()
+            self._said.add(text)
             log.warning("%s", text)
         self.last_error = text
+
+    def _paho_error(self, text: str) -> None:
+        self._cycle_error = text
+        self._error(text)
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> int:
         """Queue a QoS 1 publish (any thread); return its token (the ack arrives via ``on_ack``).
 
-        Sent in the order of the calls, while the session is up; kept and sent again on every
-        reconnect until the broker acknowledges it (or the process ends). Raises :class:`TopicError`
-        for a topic MQTT cannot carry (paho would raise on the network thread)."""
+        Sent in the order of the calls, while the session is up. A link-level message (status, a
+        command reply) is sent again at most once after a connection failed with it unacknowledged:
+        it is not worth stalling the link for. Raises :class:`TopicError` for a topic MQTT cannot
+        carry (paho would raise on the network thread)."""
         problem = topic_problem(topic)
         if problem:
             self.refused_topics += 1
             shown = str(topic)
             raise TopicError(f"{problem}: {shown[:64]!r}{'...' if len(shown) > 64 else ''}")
         token = next(self._tokens)
-        self._submitted.append((token, topic, bytes(payload), retain))
+        with self._lock:
+            self._own[token] = 0
+            self._submitted.append((token, topic, bytes(payload), retain))
         self._wake()
         return token
 
     def publish_many(self, items: list[tuple[str, bytes]]) -> list[int]:
-        """:meth:`publish` for a burst (not retained), one wake-up of the network thread."""
+        """:meth:`publish` for a burst (not retained), one wake-up of the network thread; kept and sent
+        again on every reconnect until the broker acknowledges or refuses it (or the process ends)."""
         tokens = []
         sub = self._submitted
         for topic, payload in items:
@@ -545,7 +688,11 @@ class MqttLink:
         if self._thread is not None and self._died and not self._stopping.is_set():
             self._spawn()  # a dead thread cannot run the disconnect: replace it now
             return
-        self._call(self.client.disconnect)
+        self._call(self._disconnect)
+
+    def _disconnect(self) -> None:
+        self._closing = True
+        self.client.disconnect()
 
     async def stop(self, offline_payload: bytes | None = None, timeout: float = 2.0) -> None:
         """Publish ``offline`` (a clean disconnect does not fire the will) and disconnect."""
@@ -577,51 +724,151 @@ class MqttLink:
             except RuntimeError:
                 pass
 
-    def _went_down(self, reason: str) -> None:
+    def _went_down(self, reason: str, code: int | None = None, from_server: bool = False) -> None:
         was, self._up = self._up, False
-        if was:
-            self.disconnects += 1
-            self.last_error = f"disconnected: {reason}"
-            if self._leaving:
-                log.info("disconnected from broker (stopping): %s", reason)
-            else:
-                log.warning("disconnected from broker: %s", reason)
-            self._post(self._on_state, False)
+        if not was:
+            return
+        self.disconnects += 1
+        self.last_error = f"disconnected: {reason}"
+        ours, self._closing = self._closing or self._leaving, False
+        if self._leaving:
+            log.info("disconnected from broker (stopping): %s", reason)
+        else:
+            log.warning("disconnected from broker: %s", reason)
+            if not ours:
+                with self._lock:
+                    self._judge(code, from_server, reason)
+        self._post(self._on_state, False)
+
+    def _judge(self, code: int | None, from_server: bool, reason: str) -> None:
+        """Network thread, under ``_lock``: a connection the gateway did not close has ended.
+
+        A close within SHORT_S of a send, with messages unacknowledged, is suspect: whatever the
+        broker does unannounced with one of them (a size limit, an ACL that closes under 3.1.1),
+        closing may also have lost the acknowledgements of the others. So the next connections start
+        from one message outstanding, after the birth's answer, and allow one more per answer (a
+        slow start: a window of n again after log2(n) round trips) until those are through; the
+        message that closes them is then the oldest, and alone on the wire. A link-level message
+        unacknowledged on two connections is dropped, and so is the birth (until a connection stays
+        up); a message alone unacknowledged at SUSPECT_AFTER suspect closes in a row is refused as
+        POISON, so that the rest can flow. Closes within SHORT_S of the CONNACK with nothing pending
+        look like a session takeover: another client with the same client id."""
+        now = time.monotonic()
+        pending = set(self._mid_token.values())
+        suspect = bool(pending) and code != _TAKEN_OVER and now - self._last_send < SHORT_S
+        for token in pending & self._own.keys():
+            self._own[token] += 1
+            if self._own[token] >= 2:
+                del self._own[token]
+                self._probe.discard(token)
+                topic = self._unacked.pop(token, ("?",))[0]
+                self.gave_up += 1
+                log.warning("message on %r unacknowledged on two connections in a row: not sent again", topic[:64])
+        data = pending & self._unacked.keys()
+        if suspect and 0 in pending and not data:
+            self._birth_fails += 1
+            if self._birth_fails == 2:
+                log.error("the birth message was unacknowledged on two connections in a row: not sent again "
+                          "until a connection stays up %g s", self.stable_after_s)
+        if suspect and len(data) == 1:
+            (token,) = data
+            n = self._suspect[1] + 1 if self._suspect[0] == token else 1
+            self._suspect = (token, n)
+            if n >= SUSPECT_AFTER:
+                self._suspect = (0, 0)
+                self.poisoned += 1
+                topic, payload, _ = self._unacked[token]
+                self._reject(token, POISON, f"the broker closed {n} connections in a row right after the message "
+                             f"on {topic[:64]!r}{_seq_text(payload)}, acknowledging nothing after it: refused as "
+                             "poison, not sent again, so that the rest can flow")
+        else:
+            self._suspect = (0, 0)
+        if suspect:
+            self._probe |= data
+        # a takeover: DISCONNECT 0x8E, or (Mosquitto, 3.1.1) a plain close with nothing pending and no error
+        short = now - self._up_since < SHORT_S
+        taken = short and (code == _TAKEN_OVER or not (from_server or suspect or self._cycle_error))
+        self._takeovers = self._takeovers + 1 if taken else 0
+        if self._takeovers >= SUSPECT_AFTER:
+            text = (f"the broker closed {self._takeovers} connections in a row within {SHORT_S:g} s of their "
+                    f"CONNACK ({reason}): another client is probably using client id {self.client_id!r}; "
+                    "the same gateway.id on two gateways (a cloned SD card, a copied config)?")
+            self.last_error = text
+            if not self._takeover_said:
+                self._takeover_said = True
+                log.error("%s", text)
 
     def _cb_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connacked = True
         if reason_code.is_failure:
-            self._error(f"broker refused connection: {reason_code}")
+            hint = RETAIN_FIX if reason_code.value == _RETAIN_UNSUPPORTED and self.cfg.retain_status else ""
+            self._error(f"broker refused connection: {reason_code}{hint}")
             return
+        self._session(properties)
         # Take the resend over from paho (before its own resend, which runs after this callback):
-        # every message not acknowledged goes again, oldest first, before anything new.
+        # every message not acknowledged goes again, oldest first, before anything new
+        # (_publish_submitted, as the Receive Maximum allows).
         client.drop_out_messages()
-        birth = self._guarded("birth message", self._birth)
-        if birth is not None:
-            self._guarded("birth publish", client.publish, self.status_topic, birth, qos=1, retain=True)
         with self._lock:
             self._mid_token.clear()
-            for token, (topic, payload, retain) in self._unacked.items():
-                self._mid_token[client.publish(topic, payload, qos=1, retain=retain).mid] = token
+            self._resend = deque(self._unacked)
+        self._probe_cap = 1
+        self._guarded("birth publish", self._publish_birth)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         self._up = True
+        self._up_since = time.monotonic()
+        self._stable = False
         self.connects += 1
-        self._attempt = 0
         self.last_error = ""
+        self._said.clear()
         log.info("connected to %s:%d (session present: %s, resending %d)", self.cfg.host, self.cfg.port,
-                 flags.session_present, len(self._unacked))
+                 flags.session_present, len(self._resend))
         self._post(self._on_state, True)
 
+    def _session(self, props: Properties) -> None:
+        """What this CONNACK announces (MQTT 5): Receive Maximum, Maximum Packet Size, Retain Available."""
+        retain = 1
+        if self._v5:
+            self.receive_maximum = getattr(props, "ReceiveMaximum", 65535)
+            self.max_packet_size = getattr(props, "MaximumPacketSize", None)
+            retain = getattr(props, "RetainAvailable", 1)
+        if self.cfg.retain_status and not retain and self._retain_ok:  # logged once, not at every connect
+            log.warning("the broker announces no retained messages (CONNACK Retain Available 0): status goes "
+                        "out unretained; set broker.retain_status: false (the will is retained)")
+        self._retain_ok = self.cfg.retain_status and bool(retain)
+        self._limited = bool(self.cfg.max_message_bytes or self.max_packet_size)
+
+    def _publish_birth(self) -> None:
+        if self._birth_fails >= 2:
+            return
+        birth = self._guarded("birth message", self._birth)
+        if birth is None:
+            return
+        too_big = self._too_big(self.status_topic, birth)
+        if too_big:
+            self._error(f"birth message on {self.status_topic!r} not sent: {too_big}")
+            return
+        info = self.client.publish(self.status_topic, birth, qos=1, retain=self._retain_ok)
+        self._mid_token[info.mid] = 0
+        self._last_send = time.monotonic()
+
     def _cb_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._went_down(str(reason_code))
+        self._went_down(str(reason_code), reason_code.value, flags.is_disconnect_packet_from_server)
 
     def _cb_publish(self, client, userdata, mid, reason_code, properties) -> None:
         token = self._mid_token.pop(mid, None)
-        if token is None:  # the birth message
+        if not token:  # None: not ours; 0: the birth message
+            if token == 0:
+                self._birth_fails = 0
             return
         rc = reason_code.value if reason_code.is_failure else 0
         with self._lock:
             self._unacked.pop(token, None)
+            self._own.pop(token, None)
+            if self._probe:
+                self._probe.discard(token)
+                self._probe_cap += 1
             self._acks.append((token, rc))
 
     def _cb_message(self, client, userdata, msg) -> None:
@@ -673,6 +920,15 @@ class MqttLink:
         on_ack = self._on_ack
         for token, rc in acks:
             on_ack(token, rc)
+
+
+def _seq_text(payload: bytes) -> str:
+    """`` (seq N)`` for a gateway message, for the log; "" for anything else."""
+    try:
+        seq = msgpack.unpackb(payload, raw=False).get("seq")
+    except Exception:  # noqa: BLE001 - any payload at all may get here
+        return ""
+    return f" (seq {seq})" if isinstance(seq, int) else ""
 
 
 def _coalesce(queued: deque, start: int) -> None:

@@ -128,6 +128,10 @@ def test_commands_through_the_broker(broker, tmp_path):
         assert rep["ok"] and rep["result"]["gateway"] == "cmd-gw"
         up = rep["result"]["uplink"]
         assert up["backlog"] == 0 and up["oldest_age_s"] is None and up["queue_full"] is False
+        assert {k: up[k] for k in ("rejected_by_reason", "refused_dropped", "quota_backoffs", "refused_large",
+                                   "poisoned", "gave_up", "receive_maximum")} == {
+            "rejected_by_reason": {}, "refused_dropped": 0, "quota_backoffs": 0, "refused_large": 0,
+            "poisoned": 0, "gave_up": 0, "receive_maximum": 65535}  # the test broker announces no limit
         rep = cmd.call("set", msgpack.packb({"id": 3, "args": {"name": "threshold", "value": 0.7}}))
         assert rep == {"id": 3, "ok": True, "result": {"threshold": 0.7}}
         for bad in ({"id": 4, "args": {"name": "threshold", "value": 1.5}},
