@@ -33,7 +33,8 @@ from .statelock import AlreadyRunning, NotOurs, StateDirLock
 log = logging.getLogger(__name__)
 
 CHECKPOINT_EVERY_S = 60.0  # written with the next append, and only when changed (docs/uplink.md)
-STATS_EVERY_S = 5.0
+STATS_EVERY_S = 5.0  # systemd's STATUS= line
+STATS_LOG_EVERY_S = 900.0  # the same figures in the journal: 96 lines a day, not 17,280 (review 16, bounds #8)
 EXTEND_S = 300  # start timeout granted after each warm-up step (EXTEND_TIMEOUT_USEC)
 CACHE_DIR = "numba-cache"
 
@@ -210,6 +211,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         next_ckpt = loop.time() + CHECKPOINT_EVERY_S
         next_stats = loop.time() + STATS_EVERY_S
+        next_stats_log = loop.time() + STATS_EVERY_S  # the first soon after the start, then every 15 min
         next_status = next_cache = self.last_round = loop.time()
         try:
             while not self._stop.is_set():
@@ -222,8 +224,10 @@ class Gateway:
                 if now >= next_ckpt:
                     await self._save_checkpoint()
                     next_ckpt = now + CHECKPOINT_EVERY_S
-                if now >= next_stats:
+                if now >= next_stats_log:
                     self._log_stats()
+                    next_stats_log = now + STATS_LOG_EVERY_S
+                if now >= next_stats:
                     c = self.telemetry.cached
                     self.notify(f"STATUS=link {c.get('link')}, queue {c.get('queue_depth')}, "
                                 f"{c.get('counts', {}).get('readings')} readings")
@@ -290,7 +294,11 @@ class Gateway:
     # --- state -------------------------------------------------------------------------------
 
     async def _save_checkpoint(self) -> None:
-        await self.queue.save_checkpoint("analytics", self.pipeline.checkpoint())
+        from .pipeline import pack_checkpoint
+
+        state = self.pipeline.checkpoint_state()
+        blob = await asyncio.get_running_loop().run_in_executor(None, pack_checkpoint, state)
+        await self.queue.save_checkpoint("analytics", blob)
 
     async def _restore_checkpoint(self) -> None:
         blob = await self.queue.load_checkpoint("analytics")

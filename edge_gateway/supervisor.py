@@ -24,6 +24,9 @@ from .clockwatch import STEP_THRESHOLD_S, boottime
 log = logging.getLogger(__name__)
 
 
+STABLE_S = 30.0  # a link up this long without a reading still counts as working (a quiet sensor)
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with jitter in [cap/2, cap] so a cabinet of sensors does not retry in step."""
@@ -51,6 +54,8 @@ class _Link:
     def __init__(self) -> None:
         self.down_since: float | None = None
         self.down_steady = 0.0  # down_since on the steady clock: a gap's length survives a clock step
+        self.up_steady = 0.0  # when the link last connected (steady clock)
+        self.readings_at_connect = 0
         self.reason = ""
         self.attempt = 0
 
@@ -96,7 +101,7 @@ class Supervisor:
         link = _Link()
 
         def on_connect() -> None:
-            link.attempt = 0
+            link.up_steady, link.readings_at_connect = self.steady(), driver.stats.readings
             log.info("sensor %s: connected", driver.sensor_id)
             if link.down_since is not None:
                 end = driver.stats.last_connect_ts
@@ -130,6 +135,11 @@ class Supervisor:
                     log.warning("sensor %s: cannot open link: %s", driver.sensor_id, reason)
                 if not isinstance(exc, (LinkLost, OSError)):
                     log.error("sensor %s: driver failed: %r", driver.sensor_id, exc, exc_info=exc)
+            if driver.stats.connects and (driver.stats.readings > link.readings_at_connect
+                                          or self.steady() - link.up_steady >= STABLE_S):
+                # only a link that worked starts the backoff afresh: one that opens and fails at once
+                # (a loose connector, a serial server dropping the session) is not retried 3 times a second
+                link.attempt = 0
             delay = self.backoff.delay(link.attempt, self._rng)
             link.attempt += 1
             await asyncio.sleep(delay)
