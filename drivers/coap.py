@@ -25,7 +25,9 @@ and Observe=1, section 3.6), so observers do not pile up on a node that is
 still running. The first response to a registration repeats the node's current
 representation: a payload identical to the one last published for that resource
 is not published again, and a SenML record whose time was already in its
-channel's previous pack is dropped. SenML with relative times cannot be told
+channel's previous pack is dropped (times are kept for the ``KEEP_CHANNELS``
+channels sent last, so a node whose names keep changing cannot grow the
+gateway's memory). SenML with relative times cannot be told
 apart otherwise, so for it byte-identity is the test: the same pack is the same
 sample, and a changed one is stamped from when it arrived. A node's clock can be
 corrected backwards (a bad RTC, then NTP): a pack whose times all lie more than
@@ -37,6 +39,7 @@ DTLS/OSCORE, block-wise uploads, discovery.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -57,6 +60,7 @@ CT_CBOR = 60
 DEFAULT_MAX_AGE = 60
 MAX_RETRY_S = 300.0
 CLOCK_STEP_S = 600.0  # a pack this far behind the node's newest times is its clock going back
+KEEP_CHANNELS = 1024  # channels whose times a resource remembers: batcher.MAX_CHANNELS_PER_SENSOR
 Sample = tuple[str, float, float, str]
 log = logging.getLogger(__name__)
 
@@ -193,8 +197,10 @@ class _State:
     def __init__(self) -> None:
         self.stats = ResourceStats()
         self.last: _Last | None = None
-        self.recent: dict[str, frozenset[float]] = {}  # per channel, the node's times in its last pack
-        self.newest: dict[str, float] = {}  # per channel, the newest time the node sent
+        # per channel sent lately (KEEP_CHANNELS, least recently sent first): its times in its last pack,
+        # and the newest time the node sent
+        self.recent: dict[str, frozenset[float]] = {}
+        self.newest: dict[str, float] = {}
         self.failures = 0  # in a row, for the retry delay and to log once
         self.failing = False  # in this connection, for "every resource fails"
         self.retry_at = 0.0
@@ -501,24 +507,32 @@ class CoapDriver(Driver):
         re-notification or a registration repeats it, and only a time in the channel's previous pack is
         such a repeat (a bound of one pack per channel). A newer or an older time is a new sample, so a
         node whose clock was ahead and is then corrected is not silenced. One stamped on receipt
-        (``now``) is always new.
+        (``now``) is always new. Only the channels sent last are remembered (:data:`KEEP_CHANNELS`, or
+        the whole pack if larger): a node whose names change must not grow memory without end.
         """
         st = self._states[res.path]
+        recent, newest = st.recent, st.newest
         stamped = [(channel, ts) for channel, _, ts, _ in samples if ts != now]
-        behind = [st.newest[c] - ts for c, ts in stamped if c in st.newest]
-        if behind and min(behind) > CLOCK_STEP_S and not any(ts in st.recent.get(c, ()) for c, ts in stamped):
+        behind = [newest[c] - ts for c, ts in stamped if c in newest]
+        if behind and min(behind) > CLOCK_STEP_S and not any(ts in recent.get(c, ()) for c, ts in stamped):
             st.stats.clock_steps += 1
             log.warning("sensor %s: %s: the node's clock went back %.0f s; its samples are taken as new",
                         self.sensor_id, self._uri(res), min(behind))
-            st.recent, st.newest = {}, {}
-        fresh = [s for s in samples if s[2] == now or s[2] not in st.recent.get(s[0], ())]
+            recent.clear()
+            newest.clear()
+        fresh = [s for s in samples if s[2] == now or s[2] not in recent.get(s[0], ())]
         st.stats.duplicates += len(samples) - len(fresh)
         times: dict[str, set[float]] = {}
         for c, ts in stamped:
             times.setdefault(c, set()).add(ts)
         for c, ts in times.items():
-            st.recent[c] = frozenset(ts)
-            st.newest[c] = max(st.newest.get(c, -math.inf), max(ts))
+            newest[c] = max(newest.pop(c, -math.inf), max(ts))  # re-inserted: the dicts run oldest sent first
+            recent.pop(c, None)
+            recent[c] = frozenset(ts)
+        excess = len(recent) - max(KEEP_CHANNELS, len(times))
+        if excess > 0:
+            for c in list(itertools.islice(recent, excess)):
+                del recent[c], newest[c]
         return fresh
 
 

@@ -26,7 +26,9 @@ exceeded, and the codes that do not say what is wrong), never dropped for it; wh
 wait, first transmissions wait too. 0x97 also holds every send for a backoff that grows while
 nothing is accepted, and lowers the window to what the broker accepted. One summary line per
 ``report_s`` counts the refusals; the messages to drop are dropped then, in one call per reason, so
-that the daemon reports them in one ``dropped`` event.
+that the daemon reports them in one ``dropped`` event. The journal gets one line per episode of a
+reason code (until ``report_s`` passes without that code) and the summaries, whatever the message
+rate; each seq's refusal and drop are logged at debug level.
 """
 
 from __future__ import annotations
@@ -86,6 +88,16 @@ class ForwarderStats:
 
 
 @dataclass(slots=True)
+class _Tally:
+    """Refusals with one reason code since the last summary."""
+
+    count: int = 0
+    new: int = 0  # messages refused for the first time
+    first: int = 0  # lowest and highest seq refused
+    last: int = 0
+
+
+@dataclass(slots=True)
 class _Refused:
     """A refused message until it is acknowledged or dropped."""
 
@@ -127,9 +139,9 @@ class Forwarder:
         self._grow = 0
         self._cut_to = 0  # the window's next value, applied when the hold ends (0: none pending)
         self._hold_until = 0.0
-        self._period: dict[int, int] = {}  # refusals by reason since the last summary
-        self._period_start = 0.0
-        self._transient_logged = float("-inf")
+        self._period: dict[int, _Tally] = {}  # refusals by reason since the last summary
+        self._period_start: float | None = None  # loop time of the first refusal or drop since the last summary
+        self._last_refused: dict[int, float] = {}  # reason -> loop time of its last refusal (the episode)
         self._wake = asyncio.Event()
         self._acks_pending = asyncio.Event()
         self._report_due = asyncio.Event()
@@ -206,17 +218,17 @@ class Forwarder:
         st = self.stats
         st.rejected += 1
         st.rejected_by_reason[reason] = st.rejected_by_reason.get(reason, 0) + 1
-        self._count_refusal(reason)
         r = self._refused.get(seq)
         if r is None:
             r = self._refused[seq] = _Refused()
         r.count += 1
+        episode = self._count_refusal(seq, reason, r.count == 1)
         kind = refusal_kind(reason)
         if kind != "transient":
             r.repeated += 1
             if kind == "drop" or r.repeated >= self.reject_limit:
-                log.error("broker refused seq %d %d time(s), last with %s: dropped with the next summary "
-                          "(reason rejected)", seq, r.count, _reason(reason))
+                self._log_refusal(episode, logging.ERROR, "broker refused seq %d %d time(s), last with %s: dropped "
+                                  "with the next summary (reason rejected)", seq, r.count, _reason(reason))
                 self._drop(seq, "rejected")
                 return
         now = asyncio.get_running_loop().time()
@@ -224,9 +236,9 @@ class Forwarder:
         r.transient = kind == "transient"
         if not r.transient:
             r.due = now + backoff_delay(r.repeated - 1, self.retry_s, self.retry_max_s)
-            if r.repeated == 1:
-                log.warning("broker refused seq %d with %s: resending with backoff, dropped after %d refusals",
-                            seq, _reason(reason), self.reject_limit)
+            if episode or r.repeated == 1:
+                self._log_refusal(episode, logging.WARNING, "broker refused seq %d with %s: resending with "
+                                  "backoff, dropped after %d refusals", seq, _reason(reason), self.reject_limit)
             return
         self._held_back += 1
         if reason == QUOTA_EXCEEDED:  # the client's quota, not the message's: everyone waits, this one too
@@ -235,10 +247,17 @@ class Forwarder:
             r.due = max(self._hold_until, now)
         else:
             r.due = now + backoff_delay(r.count - 1, self.retry_s, self.retry_max_s)
-        if now - self._transient_logged >= self.report_s:
-            self._transient_logged = now
-            log.warning("broker refused seq %d with %s: resending only what it refuses, this one in %.1f s; "
-                        "a summary at most every %.0f s", seq, _reason(reason), r.due - now, self.report_s)
+        if episode or r.count == 1:
+            self._log_refusal(episode, logging.WARNING, "broker refused seq %d with %s: resending only what it "
+                              "refuses, this one in %.1f s", seq, _reason(reason), r.due - now)
+
+    def _log_refusal(self, episode: bool, level: int, msg: str, *args) -> None:
+        """The first refusal of an episode at ``level``, telling where the others go; a seq's first at debug."""
+        if episode:
+            log.log(level, msg + "; the others with this code are counted in a summary every %g s (each seq at "
+                    "debug level)", *args, self.report_s)
+        else:
+            log.debug(msg, *args)
 
     def _slow_down(self, now: float) -> None:
         """Quota exceeded: hold every send for a backoff that grows while nothing is acknowledged, then
@@ -257,10 +276,23 @@ class Forwarder:
             self._cwnd = max(1, min(self._cut_to, self._accepted))
             self._cut_to = self._accepted = self._grow = 0
 
-    def _count_refusal(self, reason: int) -> None:
-        if not self._period:
-            self._period_start = asyncio.get_running_loop().time()
-        self._period[reason] = self._period.get(reason, 0) + 1
+    def _count_refusal(self, seq: int, reason: int, new: bool) -> bool:
+        """Count it for the summary; True if it opens an episode of its code (none for ``report_s``)."""
+        now = asyncio.get_running_loop().time()
+        self._open_period(now)
+        t = self._period.get(reason)
+        if t is None:
+            t = self._period[reason] = _Tally(first=seq, last=seq)
+        t.count += 1
+        t.new += new
+        t.first, t.last = min(t.first, seq), max(t.last, seq)
+        episode = now - self._last_refused.get(reason, float("-inf")) >= self.report_s
+        self._last_refused[reason] = now
+        return episode
+
+    def _open_period(self, now: float) -> None:
+        if self._period_start is None:
+            self._period_start = now
         self._report_due.set()
 
     def _drop(self, seq: int, reason: str) -> None:
@@ -270,7 +302,7 @@ class Forwarder:
             self._held_back -= 1
         self._dropping[seq] = reason
         self.stats.refused_dropped += 1
-        self._report_due.set()
+        self._open_period(asyncio.get_running_loop().time())
 
     def _release_due(self, now: float) -> None:
         """Refused messages whose backoff is over go out in the next send round, oldest first."""
@@ -379,7 +411,7 @@ class Forwarder:
                     last = seq
                     continue  # its backoff is not over: _release_due rewinds the cursor to it then
                 if self._expired(row):
-                    log.error("broker refused seq %d %d time(s) and it is older than queue.max_age_s: dropped "
+                    log.debug("broker refused seq %d %d time(s) and it is older than queue.max_age_s: dropped "
                               "with the next summary (reason max_age)", seq, r.count)
                     self._drop(seq, "max_age")
                     last = seq
@@ -469,19 +501,27 @@ class Forwarder:
                 await asyncio.sleep(1.0)
 
     async def _report_refusals(self) -> None:
-        """The summary line of refusals since the last one, then the drops decided since, one call per reason."""
+        """The summary line of refusals and drops since the last one, then the drops, one call per reason."""
         counts, self._period = self._period, {}
-        if counts:
-            span = asyncio.get_running_loop().time() - self._period_start
-            log.warning("broker refusals in the last %.0f s: %s; %d refused message(s) not yet accepted, %d to drop",
-                        span, ", ".join(f"{n} x {_reason(c)}" for c, n in sorted(counts.items())),
-                        len(self._refused), len(self._dropping))
+        start, self._period_start = self._period_start, None
         by_reason: dict[str, list[int]] = {}
         for seq, why in self._dropping.items():
             by_reason.setdefault(why, []).append(seq)
-        for why, seqs in by_reason.items():
+        for seqs in by_reason.values():
             seqs.sort()
-            await self.queue.drop(seqs, why)
+        if counts or by_reason:
+            span = asyncio.get_running_loop().time() - start
+            refusals = ", ".join(f"{t.count} x {_reason(c)} (seq {t.first} to {t.last}, {t.new} refused for the "
+                                 f"first time)" for c, t in sorted(counts.items())) or "none"
+            drops = ", ".join(f"{len(seqs)} {why} (seq {seqs[0]} to {seqs[-1]})" for why, seqs in by_reason.items())
+            log.warning("broker refusals in the last %.0f s: %s; %d refused message(s) not yet accepted%s",
+                        span, refusals, len(self._refused), f"; dropped now: {drops}" if drops else "")
+        for why, seqs in by_reason.items():
+            try:
+                await self.queue.drop(seqs, why)
+            except Exception:
+                self._open_period(asyncio.get_running_loop().time())  # the next summary counts them again
+                raise
             for seq in seqs:
                 del self._dropping[seq]
 

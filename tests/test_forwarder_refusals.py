@@ -117,11 +117,12 @@ async def test_quota_refusals_back_off_resend_only_the_refused_and_drop_nothing(
     assert len(summaries) == 1 and f"{refused} x 0x97 quota exceeded" in summaries[0]
 
 
-async def test_acl_refusals_log_each_seq_twice_and_drop_in_one_call(tmp_path, caplog):
-    """#10: Mosquitto's ACL denies one of two sensors (PUBACK 0x87). Each denied seq: one line at its
-    first refusal, one at its drop; one summary line; the drops in one queue call (one `dropped`
-    event). Before: a warning per refusal (20 per seq), a drop call (and event) per seq."""
-    caplog.set_level(logging.INFO, logger=FW)
+async def test_acl_refusals_log_once_and_drop_in_one_call(tmp_path, caplog):
+    """#10: Mosquitto's ACL denies one of two sensors (PUBACK 0x87). One line at the first refusal,
+    one summary line with the seqs; each seq's first refusal and drop at debug level; the drops in
+    one queue call (one `dropped` event). Before: a warning per refusal (20 per seq), a drop call (and
+    event) per seq; then (bounds #5) a warning and an error per seq."""
+    caplog.set_level(logging.DEBUG, logger=FW)
     acl = tmp_path / "acl"
     acl.write_text(f"topic read #\ntopic write {TOPICS.status}\ntopic write {TOPICS.agg('ok')}\n")
     broker = Broker(tmp_path / "broker", extra=f"acl_file {acl}").start()
@@ -155,9 +156,13 @@ async def test_acl_refusals_log_each_seq_twice_and_drop_in_one_call(tmp_path, ca
         gone = _lines(caplog, r"^broker refused seq \d+ 6 time\(s\), last with 0x87 not authorized: dropped")
         summaries = _lines(caplog, r"^broker refusals in the last")
         assert [int(x.split()[3]) for x in first] == denied and sorted(int(x.split()[3]) for x in gone) == denied
-        assert len(summaries) == 1 and "60 x 0x87 not authorized" in summaries[0]
-        noisy = [r for r in caplog.records if r.name == FW and r.levelno >= logging.WARNING]
-        assert len(noisy) == 21
+        assert first[0].endswith("; the others with this code are counted in a summary every 5 s (each seq at "
+                                 "debug level)")
+        assert len(summaries) == 1 and summaries[0].split(": ", 1)[1] == (
+            f"60 x 0x87 not authorized (seq {denied[0]} to {denied[-1]}, 10 refused for the first time); "
+            f"0 refused message(s) not yet accepted; dropped now: 10 rejected (seq {denied[0]} to {denied[-1]})")
+        noisy = [r.getMessage() for r in caplog.records if r.name == FW and r.levelno >= logging.WARNING]
+        assert noisy == [first[0], summaries[0]]
     finally:
         await _teardown(queue, fw, link)
         sub.stop()
