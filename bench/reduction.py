@@ -54,6 +54,7 @@ from simulators import scenario as sc  # noqa: E402
 
 T0 = 1_700_000_000.0
 SLACK_S = 15.0
+SEQ0 = 1_800_000_000_000  # a gateway's first seq is the clock in ms (a new queue file)
 
 
 def mqtt_bytes(topic: str, payload: bytes) -> int:
@@ -133,7 +134,7 @@ def main() -> None:
 
     measured_from = T0 + args.warmup / rate
     span_h = (stream[-1].ts - measured_from) / 3600
-    seq = 0
+    seq = SEQ0  # a gateway's new queue numbers from the clock in ms: a 9-byte msgpack int on the wire
     published = 0
     for m in out:
         seq += 1
@@ -146,7 +147,7 @@ def main() -> None:
     for n, r in enumerate(stream):
         if r.ts < measured_from:
             continue
-        payload = msgpack.packb({"gw": cfg.gateway.id, "seq": n, "sensor": r.sensor, "channel": r.channel,
+        payload = msgpack.packb({"gw": cfg.gateway.id, "seq": SEQ0 + n, "sensor": r.sensor, "channel": r.channel,
                                  "unit": r.unit, "ts": r.ts, "value": r.value})
         raw += mqtt_bytes(f"{topics.base}/raw/{r.sensor}", payload)
 

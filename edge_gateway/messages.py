@@ -94,22 +94,42 @@ def event(topics: Topics, gateway_id: str, sensor: str, kind: str, **fields: Any
     return Message(KIND_EVENT, topics.event(sensor), {"gw": gateway_id, "sensor": sensor, "type": kind, **fields})
 
 
-def merge_aggregates(members: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_aggregates(members: list[dict[str, Any]], runs_from: int = 256) -> dict[str, Any]:
     """Roll decoded aggregates of one sensor/channel up into one coarser window (see docs/uplink.md).
 
     ``count``/``min``/``max`` are exact, ``mean`` is the count-weighted mean and ``std`` the pooled
     population std; ``first``/``last`` come from the earliest/latest window. The result keeps the
-    ``seq`` of its first member and lists every original ``seq`` in ``merged_seqs`` (``seq_last``
-    is the largest), so the cloud can tell a rolled-up message from a gap. ``p50``/``p95`` are dropped:
-    quantiles of the union cannot be computed from the members' quantiles.
+    ``seq`` of its first member, ``seq_last`` is the largest, and every original seq is listed so the
+    cloud can tell a rolled-up message from a gap: in ``merged_seqs`` up to ``runs_from`` seqs (the form
+    every reader knows), beyond that as ``merged_runs`` (``[first, last, step]``, each standing for
+    ``range(first, last + 1, step)``) when shorter. A list costs 5-9 bytes a window, so a long outage's
+    rollups would stop shrinking; one channel's seqs have a near-constant stride, so runs stay few.
+    ``p50``/``p95`` are dropped: quantiles of the union cannot be computed from the members' quantiles.
     """
+    def seqs_of(m: dict[str, Any]) -> list[int]:
+        if m.get("merged_runs"):
+            return [s for first, last, step in m["merged_runs"] for s in range(first, last + 1, step)]
+        return m.get("merged_seqs") or [m["seq"]]
+
     ms = sorted(members, key=lambda m: (m["start"], m["seq"]))
     full = [m for m in ms if m.get("count", 0) > 0]
     n = sum(int(m["count"]) for m in full)
-    seqs = sorted({s for m in ms for s in (m.get("merged_seqs") or [m["seq"]])})
-    out = {k: v for k, v in ms[0].items() if k not in ("merged_seqs", "seq_last", "p50", "p95")}
-    out.update(start=ms[0]["start"], end=max(m["end"] for m in ms), count=n,
-               seq=seqs[0], seq_last=seqs[-1], merged_seqs=seqs)
+    seqs = sorted({s for m in ms for s in seqs_of(m)})
+    out = {k: v for k, v in ms[0].items() if k not in ("merged_seqs", "merged_runs", "seq_last", "p50", "p95")}
+    out.update(start=ms[0]["start"], end=max(m["end"] for m in ms), count=n, seq=seqs[0], seq_last=seqs[-1],
+               merged_seqs=seqs)
+    if len(seqs) > runs_from:
+        runs, i = [], 0
+        while i < len(seqs):
+            j = i + 1 if i + 1 < len(seqs) else i
+            step = seqs[j] - seqs[i] or 1
+            while j + 1 < len(seqs) and seqs[j + 1] - seqs[j] == step:
+                j += 1
+            runs.append([seqs[i], seqs[j], step])
+            i = j + 1
+        if len(msgpack.packb(runs)) < len(msgpack.packb(seqs)):
+            del out["merged_seqs"]
+            out["merged_runs"] = runs
     if n:
         mean = math.fsum(m["count"] * m["mean"] for m in full) / n
         var = math.fsum(m["count"] * (m["std"] ** 2 + (m["mean"] - mean) ** 2) for m in full) / n

@@ -15,12 +15,14 @@ transaction instead of committing on their own (docs/uplink.md, "Flash writes").
 SQLite calls run on one worker thread, never on the event loop.
 
 Bounds (:class:`QueueLimits`): past ``high_water * max_bytes`` the oldest
-aggregates of each channel are rolled up into coarser windows; past
-``max_bytes`` (or ``max_age_s``) messages are dropped, oldest aggregates first,
-anomaly and ``dropped`` events last. Drops are counted in ``meta`` in the same
-transaction, so the count a ``dropped`` event reports is exact. The file itself
-is capped with ``PRAGMA max_page_count`` below the free space, so a full disk
-fails an insert cleanly instead of breaking deletes and checkpoints.
+aggregates of each channel are rolled up into coarser windows, and they keep
+being rolled up while the queue drops, so a long outage keeps as much time as it
+can; past ``max_bytes`` (or ``max_age_s``) messages are dropped, oldest
+aggregates first, anomaly and ``dropped`` events last. Drops are counted in
+``meta`` in the same transaction, so the count a ``dropped`` event reports is
+exact. The file itself is capped with ``PRAGMA max_page_count`` below the free
+space, so a full disk fails an insert cleanly instead of breaking deletes and
+checkpoints; ``full`` then stays set until the file has stayed clear of its cap.
 
 Rows once handed out by :meth:`DurableQueue.peek` are never rolled up or dropped,
 since paho or the broker may already hold them (an acknowledged row can outlive a
@@ -65,6 +67,10 @@ MiB = 1024 * 1024
 ACK_DEFER_S = 30.0  # acknowledged rows are deleted with the next write, or at the latest after this
 PAGE_SIZE = 1024  # a commit of a few small messages writes ~2 KB to the WAL instead of ~8 KB
 ACK_DEFER_ROWS = 1000  # ... or as soon as this many are waiting (a drain)
+FULL_SLICE = 0.05  # at the file cap, at least this share of the cap is dropped at once
+FULL_MARGIN = 0.10  # `full` clears once the used pages stay this share under the cap ...
+FULL_CLEAR_S = 300.0  # ... for this long
+FULL_REPORT_S = 900.0  # while full, a summary this often
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,10 @@ class DurableQueue:
         self._pending = _empty_counts()
         self._total = _empty_counts()
         self._rolled_up = 0
-        self._rollup_mark = 0  # bytes at the last rollup scan: rescan only after real growth
-        self.full = False  # the last insert hit the file cap / a full disk
+        self._since_rollup = math.inf  # payload bytes appended since the last rollup scan
+        self.full = False  # at the file cap (or a full disk) and dropping, until it stayed clear (see _check_full)
+        self.steady: Callable[[], float] = time.monotonic  # times the `full` episode (the wall clock may step)
+        self._full: dict = {}  # the episode while full: since, reported, calm, hits, unstored, dropped0
         self._cap_checked = 0.0
         self.page_cap = 0
         self.recovered_from = ""  # where a corrupt queue file was moved at open ("" when none was)
@@ -173,6 +181,8 @@ class DurableQueue:
             log.error("queue: continuing with a new, empty queue file; sequence numbers resume at %d",
                       self._last_seq + 1)
         else:
+            if self._prune_quarantined(None):
+                self._set_page_cap(force=True)
             if self.seed_seq and self._last_seq == 0 and not self._depth:
                 # a new queue under a gateway id that may have sent before (a replaced SD card, a state dir
                 # moved away): seqs from 1 again would be duplicates to a cloud that drops seen seqs
@@ -195,14 +205,57 @@ class DurableQueue:
         if self._db is not None:
             self._db.close()
             self._db = None
-        moved = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        stamp = time.strftime('%Y%m%dT%H%M%S')
+        moved = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while any(Path(f"{moved}{suffix}").exists() for suffix in ("", "-wal", "-shm")):  # within a second
+            n += 1
+            moved = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(f"{self.path}{suffix}")
             if src.exists():
                 os.replace(src, Path(f"{moved}{suffix}"))
         log.error("queue file %s is corrupt (%s): moved to %s", self.path, exc, moved)
         self.recovered_from = str(moved)
+        self._prune_quarantined(moved)
         return moved
+
+    def _prune_quarantined(self, keep: Path | None) -> int:
+        """Delete every quarantined set (``<name>.corrupt-*`` with its -wal/-shm) but ``keep`` (None: the
+        newest by modification time).
+
+        A failing SD card corrupts the queue again and again; each set can be as large as the file cap, and
+        the new queue's cap is its size plus the free space, so old sets would take its room until none
+        is left. The newest is what a technician looks at first."""
+        prefix = f"{self.path.name}.corrupt-"
+        sets: dict[str, list[os.DirEntry]] = {}
+        try:
+            entries = list(os.scandir(self.path.parent))
+        except OSError:
+            return 0
+        for entry in entries:
+            if entry.name.startswith(prefix):
+                base = entry.name.removesuffix("-wal").removesuffix("-shm")
+                sets.setdefault(base, []).append(entry)
+        if keep is None and sets:
+            keep = self.path.with_name(max(sets, key=lambda b: _mtime(self.path.with_name(b))))
+        removed, size = [], 0
+        for base, files in sorted(sets.items()):
+            if keep is not None and base == keep.name:
+                continue
+            for entry in files:
+                try:
+                    n = entry.stat(follow_symlinks=False).st_size
+                    os.unlink(entry.path)
+                except OSError as exc:
+                    log.warning("queue: could not delete the old quarantined file %s: %s", entry.path, exc)
+                    continue
+                removed.append(entry.name)
+                size += n
+        if removed:
+            log.warning("queue: deleted %d older quarantined file(s), %d bytes, to keep only %s: %s",
+                        len(removed), size, keep.name, ", ".join(sorted(removed)))
+        return len(removed)
 
     def _open_file(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -273,15 +326,13 @@ class DurableQueue:
         except sqlite3.OperationalError as exc:
             if not _is_full(exc):
                 raise
-            if not self.full:
-                log.error("queue full (file cap %d bytes or disk full): dropping oldest to make room",
-                          self.page_cap * self._page_size)
+            self._hit_cap()
             for name in self._ckpt_pending:
                 log.error("queue full: analytics checkpoint %r not saved", name)
             self._ckpt_pending.clear()
-            self.full = True
             protect = max(protect, self._handed_out)
-            need = sum(len(self.encode(m.fields, 0)) for m in msgs) * 2 + 64 * 1024
+            need = max(sum(len(self.encode(m.fields, 0)) for m in msgs) * 2 + 64 * 1024,
+                       int(FULL_SLICE * self.page_cap * self._page_size))
             self._drop_to(max(0, self._bytes - need), protect, "disk_full")
             self._set_page_cap(force=True)
             try:
@@ -289,13 +340,56 @@ class DurableQueue:
             except sqlite3.OperationalError as exc2:
                 if not _is_full(exc2):
                     raise
-                log.error("queue full: %d new messages could not be stored", len(msgs))
+                if not self._full["unstored"]:
+                    log.error("queue full: %d new messages could not be stored (nothing left to drop); "
+                              "counted as dropped, in the summary from now on", len(msgs))
+                self._full["unstored"] += len(msgs)
                 self._count_unstored(msgs)
                 return []
-        else:
-            self.full = False
         self._enforce(protect)
         return seqs
+
+    def _hit_cap(self) -> None:
+        """An insert failed at the file cap: log the episode once, then :meth:`_check_full` sums it up."""
+        f = self._full
+        if self.full:
+            f["hits"] += 1
+            f["calm"] = None
+            return
+        self.full = True
+        now = self.steady()
+        self._full = {"since": now, "reported": now, "calm": None, "hits": 1, "unstored": 0,
+                      "dropped0": self._total["reasons"].get("disk_full", 0)}
+        log.error("queue full (file cap %d bytes or disk full): dropping the oldest messages, at least %d%% of the "
+                  "cap at a time; a summary every %.0f s until the file has stayed %d%% under the cap for %.0f s",
+                  self.page_cap * self._page_size, FULL_SLICE * 100, FULL_REPORT_S, FULL_MARGIN * 100,
+                  FULL_CLEAR_S)
+
+    def _check_full(self) -> None:
+        """While full: clear the flag once the used pages have stayed ``FULL_MARGIN`` under the cap for
+        ``FULL_CLEAR_S`` (the file keeps its size: freed pages are reused), else log a summary every
+        ``FULL_REPORT_S``. A flag cleared by the next insert would say "not full" while the queue keeps
+        dropping, and log the episode again at every cap hit."""
+        if not self.full:
+            return
+        f, now, db = self._full, self.steady(), self._db
+        used = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        dropped = self._total["reasons"].get("disk_full", 0) - f["dropped0"]
+        if used <= (1 - FULL_MARGIN) * self.page_cap:
+            f["calm"] = now if f["calm"] is None else f["calm"]
+            if now - f["calm"] >= FULL_CLEAR_S:
+                self.full = False
+                log.warning("queue no longer full after %.0f s: %d inserts hit the cap, %d messages dropped "
+                            "(disk_full), %d of them new ones that could not be stored",
+                            now - f["since"], f["hits"], dropped, f["unstored"])
+                return
+        else:
+            f["calm"] = None
+        if now - f["reported"] >= FULL_REPORT_S:
+            f["reported"] = now
+            log.error("queue still full after %.0f s: %d inserts hit the cap, %d messages dropped (disk_full), "
+                      "%d of them new ones that could not be stored",
+                      now - f["since"], f["hits"], dropped, f["unstored"])
 
     def _insert(self, msgs: list[Message], note: tuple[str, bytes] | None = None) -> list[int]:
         db = self._db
@@ -325,6 +419,7 @@ class DurableQueue:
         self._last_seq = last
         self._depth += len(rows)
         self._bytes += size
+        self._since_rollup += size
         if self._oldest is None:
             self._oldest = now
         return list(range(first, last + 1))
@@ -353,13 +448,12 @@ class DurableQueue:
         if lim.max_age_s and self._oldest is not None and self._oldest < self.clock() - lim.max_age_s:
             self._drop_where("created < ?", (self.clock() - lim.max_age_s,), protect, "max_age")
         high = int(lim.high_water * lim.max_bytes)
-        if self._bytes > high and self._bytes >= self._rollup_mark + lim.max_bytes // 20:
+        if self._bytes > high and self._since_rollup >= max(1, min(lim.max_bytes // 20, lim.max_bytes - high)):
             self._rollup(protect, high)
-            self._rollup_mark = self._bytes
+            self._since_rollup = 0
         if self._bytes > lim.max_bytes:
             self._drop_to(lim.max_bytes, protect, "max_bytes")
-        if self._bytes < high:
-            self._rollup_mark = 0
+        self._check_full()
 
     async def enforce(self, protect: int = 0) -> None:
         """Apply the age bound without an append (called periodically)."""
@@ -399,9 +493,9 @@ class DurableQueue:
                     key = (topic, d.get("channel"), d.get("unit"), bucket_w,
                            math.floor(round(float(d["start"]) / bucket_w, 6)))
                     d["rollup_s"] = bucket_w
+                    n = _window_count(d)
                 except Exception:
                     continue
-                n = len(d.get("merged_seqs") or (1,))
                 if sizes.get(key, 0) + n > MAX_MERGED:  # a row must stay readable: the drop policy takes over
                     continue
                 sizes[key] = sizes.get(key, 0) + n
@@ -417,10 +511,16 @@ class DurableQueue:
                     seq0 = merged["seq"]
                     payload = self.encode({k: v for k, v in merged.items() if k != "seq"}, seq0)
                     others = [s for s, _, _ in g if s != seq0]
-                    db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq0))
                     db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(others))})", others)
+                    db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq0))
                     freed += sum(n for _, n, _ in g) - len(payload)
                 db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                _rollback(db)
+                if not _is_full(exc):
+                    raise
+                log.debug("queue: rollup stopped at the file cap (%s); the drop policy takes over", exc)
+                return False
             except BaseException:
                 _rollback(db)
                 raise
@@ -513,7 +613,7 @@ class DurableQueue:
             self._pending = counts
             if not _is_full(exc):
                 raise
-            self.full = True  # the report waits for room: its counts stay pending, nothing is lost
+            self._hit_cap()  # the report waits for room: its counts stay pending, nothing is lost
             return None
         except BaseException:
             _rollback(db)
@@ -848,11 +948,25 @@ def _merge_counts(into: dict, other: dict) -> None:
 def _members(payload: bytes, seq: int) -> list[int]:
     """The original seqs inside a (possibly rolled-up) aggregate payload (``seq`` alone if unreadable)."""
     try:
-        d = decode(payload)
+        return _seqs_of(decode(payload))
     except Exception as exc:  # noqa: BLE001 - a row we cannot read is still dropped and counted
         log.error("queue: aggregate %d unreadable (%s): counted as one message", seq, exc)
         return [seq]
+
+
+def _seqs_of(d: dict) -> list[int]:
+    """Every original seq a decoded aggregate stands for (``merged_runs`` or ``merged_seqs``, see
+    :func:`.messages.merge_aggregates`)."""
+    if d.get("merged_runs"):
+        return [s for first, last, step in d["merged_runs"] for s in range(first, last + 1, step)]
     return list(d.get("merged_seqs") or [d["seq"]])
+
+
+def _window_count(d: dict) -> int:
+    """``len(_seqs_of(d))`` without building the list."""
+    if d.get("merged_runs"):
+        return sum((last - first) // step + 1 for first, last, step in d["merged_runs"])
+    return len(d.get("merged_seqs") or (1,))
 
 
 def _newest_mtime(folder: Path) -> float:
@@ -868,6 +982,13 @@ def _newest_mtime(folder: Path) -> float:
         except OSError:
             continue
     return newest
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _last_seq_of(path: Path) -> int:

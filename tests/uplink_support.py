@@ -271,7 +271,9 @@ def seq_report(sub, start: int = 1) -> dict:
         if "/agg/" not in m.topic and "/event/" not in m.topic:
             continue
         d = m.data
-        seqs = d.get("merged_seqs") or [d["seq"]]
+        runs = d.get("merged_runs")
+        seqs = ([s for a, b, step in runs for s in range(a, b + 1, step)] if runs
+                else d.get("merged_seqs") or [d["seq"]])
         first = seqs[0] not in seen
         for s in seqs:
             seen[s] = seen.get(s, 0) + 1
