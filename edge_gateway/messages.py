@@ -94,6 +94,14 @@ def event(topics: Topics, gateway_id: str, sensor: str, kind: str, **fields: Any
     return Message(KIND_EVENT, topics.event(sensor), {"gw": gateway_id, "sensor": sensor, "type": kind, **fields})
 
 
+def merged_seqs(d: dict[str, Any]) -> list[int]:
+    """Every original seq a decoded aggregate stands for: ``merged_runs`` expanded, ``merged_seqs``, or its
+    own ``seq`` (see :func:`merge_aggregates`)."""
+    if d.get("merged_runs"):
+        return [s for first, last, step in d["merged_runs"] for s in range(first, last + 1, step)]
+    return list(d.get("merged_seqs") or [d["seq"]])
+
+
 def merge_aggregates(members: list[dict[str, Any]], runs_from: int = 256) -> dict[str, Any]:
     """Roll decoded aggregates of one sensor/channel up into one coarser window (see docs/uplink.md).
 
@@ -106,15 +114,10 @@ def merge_aggregates(members: list[dict[str, Any]], runs_from: int = 256) -> dic
     rollups would stop shrinking; one channel's seqs have a near-constant stride, so runs stay few.
     ``p50``/``p95`` are dropped: quantiles of the union cannot be computed from the members' quantiles.
     """
-    def seqs_of(m: dict[str, Any]) -> list[int]:
-        if m.get("merged_runs"):
-            return [s for first, last, step in m["merged_runs"] for s in range(first, last + 1, step)]
-        return m.get("merged_seqs") or [m["seq"]]
-
     ms = sorted(members, key=lambda m: (m["start"], m["seq"]))
     full = [m for m in ms if m.get("count", 0) > 0]
     n = sum(int(m["count"]) for m in full)
-    seqs = sorted({s for m in ms for s in seqs_of(m)})
+    seqs = sorted({s for m in ms for s in merged_seqs(m)})
     out = {k: v for k, v in ms[0].items() if k not in ("merged_seqs", "merged_runs", "seq_last", "p50", "p95")}
     out.update(start=ms[0]["start"], end=max(m["end"] for m in ms), count=n, seq=seqs[0], seq_last=seqs[-1],
                merged_seqs=seqs)

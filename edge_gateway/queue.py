@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .messages import KIND_AGG, Message, decode, merge_aggregates
+from .messages import KIND_AGG, Message, decode, merge_aggregates, merged_seqs
 
 log = logging.getLogger(__name__)
 
@@ -948,22 +948,14 @@ def _merge_counts(into: dict, other: dict) -> None:
 def _members(payload: bytes, seq: int) -> list[int]:
     """The original seqs inside a (possibly rolled-up) aggregate payload (``seq`` alone if unreadable)."""
     try:
-        return _seqs_of(decode(payload))
+        return merged_seqs(decode(payload))
     except Exception as exc:  # noqa: BLE001 - a row we cannot read is still dropped and counted
         log.error("queue: aggregate %d unreadable (%s): counted as one message", seq, exc)
         return [seq]
 
 
-def _seqs_of(d: dict) -> list[int]:
-    """Every original seq a decoded aggregate stands for (``merged_runs`` or ``merged_seqs``, see
-    :func:`.messages.merge_aggregates`)."""
-    if d.get("merged_runs"):
-        return [s for first, last, step in d["merged_runs"] for s in range(first, last + 1, step)]
-    return list(d.get("merged_seqs") or [d["seq"]])
-
-
 def _window_count(d: dict) -> int:
-    """``len(_seqs_of(d))`` without building the list."""
+    """``len(merged_seqs(d))`` without building the list."""
     if d.get("merged_runs"):
         return sum((last - first) // step + 1 for first, last, step in d["merged_runs"])
     return len(d.get("merged_seqs") or (1,))

@@ -17,6 +17,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+from edge_gateway.messages import merged_seqs
 from support import free_port
 
 
@@ -271,9 +272,7 @@ def seq_report(sub, start: int = 1) -> dict:
         if "/agg/" not in m.topic and "/event/" not in m.topic:
             continue
         d = m.data
-        runs = d.get("merged_runs")
-        seqs = ([s for a, b, step in runs for s in range(a, b + 1, step)] if runs
-                else d.get("merged_seqs") or [d["seq"]])
+        seqs = merged_seqs(d)
         first = seqs[0] not in seen
         for s in seqs:
             seen[s] = seen.get(s, 0) + 1
