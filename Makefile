@@ -37,7 +37,7 @@ demo: venv
 	$(PY) -m edge_gateway.demo configs/demo.yaml --scenario simulators/scenarios/city_block.yaml
 
 test: venv system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3
 
 bench: venv system-deps
 	$(PY) bench/e2e.py
