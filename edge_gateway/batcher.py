@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .analytics.tables import keep_rows
 from .readings import Reading
 
 
@@ -38,6 +39,8 @@ class Batch:
 
 
 MAX_CHANNELS_PER_SENSOR = 1024  # a device names its channels (SenML): one must not grow memory without end
+CHANNEL_IDLE_S = 3600.0  # a sensor at the cap gets room by forgetting its channels silent this long
+ROOM_CHECK_S = 10.0  # and looks for them at most this often while it refuses
 log = logging.getLogger(__name__)
 
 
@@ -71,13 +74,25 @@ class Batcher:
             self._per_sensor[sensor] = self._per_sensor.get(sensor, 0) + 1
         return idx
 
+    def renumber(self, keys: list[ChannelKey]) -> None:
+        """Number channels ``keys`` 0, 1, ... and forget every other (see :meth:`.Pipeline.forget_idle`);
+        only between a drain and the next reading, when no reading holds an old number."""
+        if self._chan:
+            raise RuntimeError("renumber with readings pending")
+        self.keys = list(keys)
+        self._index = {(k.sensor, k.channel, k.unit): i for i, k in enumerate(self.keys)}
+        self._per_sensor = {}
+        for k in self.keys:
+            self._per_sensor[k.sensor] = self._per_sensor.get(k.sensor, 0) + 1
+
     def add(self, r: Reading) -> None:
         idx = self._index.get((r.sensor, r.channel, r.unit))
         if idx is None:
             if self._per_sensor.get(r.sensor, 0) >= self.max_channels_per_sensor:
                 if r.sensor not in self.refused:
                     log.warning("sensor %s: more than %d channels; readings of new channels are dropped "
-                                "(first: %r)", r.sensor, self.max_channels_per_sensor, r.channel)
+                                "until channels silent for %g s make room (first: %r)", r.sensor,
+                                self.max_channels_per_sensor, CHANNEL_IDLE_S, r.channel)
                 self.refused[r.sensor] = self.refused.get(r.sensor, 0) + 1
                 return
             idx = self.index_of(r.sensor, r.channel, r.unit)
@@ -168,6 +183,12 @@ class FutureFilter:
         if in_range[-1] > seen:
             run = 0.0
         self._run[c], self._lead[c] = run, last
+
+    def keep_channels(self, keep: np.ndarray) -> None:
+        """Keep only channels ``keep`` (ascending), renumbered 0, 1, ..."""
+        self.dropped = keep_rows(self.dropped, keep)
+        self._run = keep_rows(self._run, keep)
+        self._lead = keep_rows(self._lead, keep)
 
     def state(self) -> dict[str, np.ndarray]:
         return {"dropped": self.dropped.copy(), "run": self._run.copy(), "lead": self._lead.copy()}

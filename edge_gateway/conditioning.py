@@ -14,6 +14,7 @@ import numpy as np
 
 from .analytics import filters as _f
 from .analytics.engine import ROW_FIELDS
+from .analytics.tables import keep_rows
 from .config import FilterSection, SensorSection
 
 _MEAN = ROW_FIELDS.index("mean")
@@ -39,6 +40,16 @@ class Conditioning:
         self._by_sensor = {s.id: s.filters for s in sensors if s.filters != _OFF}
         self.active = bool(self._by_sensor)
         self._refresh(self._keys)
+
+    def keep_channels(self, keep: np.ndarray, keys: list) -> None:
+        """Keep only channels ``keep`` (ascending), renumbered 0, 1, ...; ``keys`` are the kept ones'."""
+        self._lowpass = keep_rows(self._lowpass, keep)
+        self._deadband = keep_rows(self._deadband, keep)
+        self._hampel = {w: keep_rows(t, keep) for w, t in self._hampel.items()}
+        self.despiked = keep_rows(self.despiked, keep)
+        self.held = keep_rows(self.held, keep)
+        self._of_channel = [self._of_channel[c] for c in keep.tolist() if c < len(self._of_channel)]
+        self._refresh(keys)
 
     def ensure(self, keys: list) -> None:
         """Settings for channels ``keys`` (the batcher's channel keys, by channel number)."""

@@ -18,6 +18,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -71,6 +72,9 @@ class Gateway:
             drivers.get(s.driver)(s.id, s.options, self.batcher.add, clock=clock) for s in cfg.sensors
         ]
         self._pending: list = []
+        self._refused_seen: dict[str, int] = {}  # batcher.refused when _make_room last looked
+        self._room_checked = -math.inf
+        self.channels_forgotten: dict[str, int] = {}  # per sensor, by _make_room
         self._stop = asyncio.Event()
         self.link = None
         self.forwarder = None
@@ -98,6 +102,8 @@ class Gateway:
             out.setdefault(sid, {})["clock_rewinds"] = n
         for sid, n in self.batcher.refused.items():
             out.setdefault(sid, {})["channels_refused"] = n
+        for sid, n in self.channels_forgotten.items():
+            out.setdefault(sid, {})["channels_forgotten"] = n
         return out
 
     def _on_gap(self, gap) -> None:
@@ -263,6 +269,8 @@ class Gateway:
         out += self._pending
         self._pending = []
         self._observe(batch, out)
+        if self.batcher.refused and self._make_room():
+            await self._save_checkpoint()  # into the transaction that commits the marks of the new numbering
         if out:
             marks = self.pipeline.take_marks()
             await self.queue.append(out, note=("marks", marks) if marks else None)
@@ -272,6 +280,32 @@ class Gateway:
                 self.counts["aggregates" if m.kind == messages.KIND_AGG else "events"] += 1
             if self.forwarder is not None:
                 self.forwarder.notify()
+
+    def _make_room(self) -> bool:
+        """A sensor at its channel cap refuses readings of new channels: forget its channels idle for
+        ``CHANNEL_IDLE_S`` (at most every ``ROOM_CHECK_S``). Returns whether any was forgotten."""
+        from .batcher import CHANNEL_IDLE_S, ROOM_CHECK_S
+
+        grew = {s for s, n in self.batcher.refused.items() if n > self._refused_seen.get(s, 0)}
+        now = self.clockwatch.steady()
+        if not grew or now - self._room_checked < ROOM_CHECK_S:
+            return False
+        self._room_checked = now
+        self._refused_seen = dict(self.batcher.refused)
+        gone = self.pipeline.forget_idle(grew, now, CHANNEL_IDLE_S)
+        if not gone:
+            return False
+        live = {(k.sensor, k.channel) for k in self.batcher.keys}
+        for k in gone:
+            if (k.sensor, k.channel) not in live:
+                self.telemetry.last_values.pop((k.sensor, k.channel), None)
+        for sensor in sorted({k.sensor for k in gone}):
+            mine = [k.channel for k in gone if k.sensor == sensor]
+            self.channels_forgotten[sensor] = self.channels_forgotten.get(sensor, 0) + len(mine)
+            log.warning("sensor %s: at its cap of %d channels; %d channel(s) silent for %g s or more forgotten to "
+                        "make room for new ones (first: %r)", sensor, self.batcher.max_channels_per_sensor,
+                        len(mine), CHANNEL_IDLE_S, mine[0])
+        return True
 
     async def _clock_stepped(self, step) -> None:
         """NTP's first sync on a gateway without an RTC, usually: readings and queued messages were stamped

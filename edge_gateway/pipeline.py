@@ -21,6 +21,7 @@ import numpy as np
 from . import messages
 from .analytics.chain import Detector, DetectorSettings
 from .analytics.engine import REWIND_AFTER, Engine
+from .analytics.tables import keep_rows
 from .batcher import Batch, Batcher, FutureFilter
 from .conditioning import Conditioning
 from .config import DetectorSection, GatewayConfig
@@ -105,6 +106,7 @@ class Pipeline:
         self._marks = np.full((0, 3), np.nan)  # per channel, what was sent last (the _M_* columns)
         self._marks_dirty = False
         self._regrid: tuple[np.ndarray, float] | None = None  # windows closed by a restore, and their length
+        self._numbering = 0  # how many times channels were renumbered (forget_idle): marks and checkpoint agree on it
         self._use_detectors(cfg.detector)
 
     def _use_detectors(self, section: DetectorSection) -> None:
@@ -242,6 +244,50 @@ class Pipeline:
                     "already sent)", ", ".join(f"{keys[c].sensor}/{keys[c].channel}" for c in channels.tolist()),
                     self.engine.rewind_margin_s, REWIND_AFTER)
 
+    def forget_idle(self, sensors: set[str], now: float, idle_s: float) -> list:
+        """Forget the channels of ``sensors`` that delivered nothing for ``idle_s`` (``now``: the steady
+        clock of :meth:`process`) and have no window or event open; returns their keys.
+
+        A sensor that names its channels (SenML) can name new ones for ever: a node replaced, a name with
+        a serial number in it. At its cap (:data:`.batcher.MAX_CHANNELS_PER_SENSOR`) the daemon calls this
+        to make room, and every state table is renumbered without the forgotten rows. Call it right
+        after :meth:`process`, with no reading pending in the batcher. The next checkpoint and marks
+        carry the new numbering (``numbering``): marks of the old one are never applied to it.
+        """
+        if self._orphans or self._regrid is not None:
+            return []
+        keys = self.batcher.keys
+        n = len(keys)
+        idle = np.zeros(n, dtype=bool)
+        m = min(self._last_arrival.shape[0], n)
+        idle[:m] = now - self._last_arrival[:m] >= idle_s
+        if not idle.any():
+            return []
+        idle &= np.array([k.sensor in sensors for k in keys], dtype=bool)
+        busy = np.zeros(n, dtype=bool)
+        for mask in [self.engine.open_mask(), ~np.isnan(self._announced)] + [d.open_mask() for d in self._detectors]:
+            k = min(mask.shape[0], n)
+            busy[:k] |= mask[:k]
+        idle &= ~busy
+        if not idle.any():
+            return []
+        keep = np.flatnonzero(~idle)
+        gone = [keys[c] for c in np.flatnonzero(idle).tolist()]
+        kept = [keys[c] for c in keep.tolist()]
+        self.batcher.renumber(kept)
+        self.engine.keep_channels(keep)
+        for det in self._detectors:
+            det.keep_channels(keep)
+        self.future.keep_channels(keep)
+        self.conditioning.keep_channels(keep, kept)
+        self._group = keep_rows(self._group, keep)
+        self._last_arrival = keep_rows(self._last_arrival, keep)
+        self._announced = keep_rows(self._announced, keep)
+        self._marks = keep_rows(self._marks, keep)
+        self._numbering += 1
+        self._marks_dirty = True
+        return gone
+
     def rewind_counts(self) -> dict[str, int]:
         """Per sensor, how many times a channel's windows started afresh after its time went back."""
         out: dict[str, int] = {}
@@ -334,7 +380,7 @@ class Pipeline:
         arrays.update({f"future.{k}": v for k, v in self.future.state().items()})
         if self.conditioning.active:  # otherwise tables of zeros: two more pages a minute on the SD card
             arrays.update({f"filters.{k}": v for k, v in self.conditioning.state().items()})
-        return {"window_s": self.cfg.windows.seconds,
+        return {"window_s": self.cfg.windows.seconds, "numbering": self._numbering,
                 "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys], "arrays": arrays}
 
     def take_marks(self) -> bytes | None:
@@ -343,7 +389,7 @@ class Pipeline:
         if not self._marks_dirty:
             return None
         self._marks_dirty = False
-        return pack_marks(self._marks, self.cfg.windows.seconds)
+        return pack_marks(self._marks, self.cfg.windows.seconds, self._numbering)
 
     def restore(self, blob: bytes | None, marks: bytes | None = None) -> int:
         """Load a checkpoint; returns the number of channels restored (0 when it is unusable).
@@ -363,7 +409,13 @@ class Pipeline:
         got = unpack_marks(blob)
         if got is None:
             return
-        marks, window_s = got
+        marks, window_s, numbering = got
+        if numbering != self._numbering:
+            # channels were renumbered after these marks (forget_idle) and the crash came before the
+            # marks of the new numbering were committed: applied, they would name other channels
+            log.warning("marks of another channel numbering (%d, the checkpoint's is %d) not applied: "
+                        "windows and events sent since the checkpoint may be sent again", numbering, self._numbering)
+            return
         marks = marks[:n]
         if window_s != self.cfg.windows.seconds:  # starts on another grid: they would drop the new windows' readings
             marks[:, _M_WINDOW] = np.nan
@@ -390,6 +442,7 @@ class Pipeline:
         if not isinstance(data, dict) or data.get("version") not in (2, 3):
             return 0
         inflate = zlib.decompress if data["version"] == 3 else bytes
+        self._numbering = int(data.get("numbering", 0))
         for sensor, channel, unit in data["keys"]:
             self.batcher.index_of(sensor, channel, unit)
         arrays = {name: np.frombuffer(inflate(raw), dtype=np.float64).reshape(shape).copy()
@@ -429,26 +482,28 @@ def pack_checkpoint(state: dict) -> bytes:
     return msgpack.packb({
         "version": 3,
         "window_s": state["window_s"],
+        "numbering": state.get("numbering", 0),
         "keys": state["keys"],
         "arrays": {name: [list(a.shape), zlib.compress(a.tobytes(), 1)] for name, a in state["arrays"].items()},
     })
 
 
-def pack_marks(marks: np.ndarray, window_s: float) -> bytes:
+def pack_marks(marks: np.ndarray, window_s: float, numbering: int = 0) -> bytes:
     """The marks table, deflated: channels on one window grid share their marks, so 200 channels take
     a few hundred bytes instead of 4,800, and what an append rewrites stays within a page or two.
-    ``window_s``: the window length the window marks are starts of."""
+    ``window_s``: the window length the window marks are starts of; ``numbering``: which channel
+    numbering the rows follow (see :meth:`Pipeline.forget_idle`)."""
     return msgpack.packb({"version": 1, "shape": list(marks.shape), "window_s": float(window_s),
-                          "deflated": zlib.compress(marks.tobytes(), 6)})
+                          "numbering": int(numbering), "deflated": zlib.compress(marks.tobytes(), 6)})
 
 
-def unpack_marks(blob: bytes) -> tuple[np.ndarray, float] | None:
-    """Inverse of :func:`pack_marks`: ``(marks, window_s)``; None for a blob of another version."""
+def unpack_marks(blob: bytes) -> tuple[np.ndarray, float, int] | None:
+    """Inverse of :func:`pack_marks`: ``(marks, window_s, numbering)``; None for a blob of another version."""
     data = msgpack.unpackb(blob)
     if not isinstance(data, dict) or data.get("version") != 1:
         return None
     marks = np.frombuffer(zlib.decompress(data["deflated"]), dtype=np.float64).reshape(data["shape"]).copy()
-    return marks, float(data["window_s"])
+    return marks, float(data["window_s"]), int(data.get("numbering", 0))
 
 
 def _orphan(channel: int, start: float) -> dict:

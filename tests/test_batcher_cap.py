@@ -24,7 +24,8 @@ def test_channels_over_the_cap_are_dropped_counted_and_logged_once(caplog):
     assert batch.chan.tolist() == [0, 1, 2, 1, 3]
     assert batch.val.tolist() == [0.0, 1.0, 2.0, 9.0, 1.0]
     assert [r.getMessage() for r in caplog.records] == [
-        "sensor node: more than 3 channels; readings of new channels are dropped (first: 'c3')"]
+        "sensor node: more than 3 channels; readings of new channels are dropped until channels silent for "
+        "3600 s make room (first: 'c3')"]
 
 
 def test_refused_channels_are_in_the_sensors_status():

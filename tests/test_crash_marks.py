@@ -165,7 +165,7 @@ def test_the_marks_pack_exactly_and_small(distinct):
     marks[:, 0] = 1_700_000_000.0 + 10.0 * rng.integers(0, distinct, n)
     marks[::7, 1] = 1_700_000_000.5  # a few channels had events
     blob = pack_marks(marks, 10.0)
-    back, window_s = unpack_marks(blob)
+    back, window_s, _ = unpack_marks(blob)
     assert back.shape == marks.shape and np.array_equal(back, marks, equal_nan=True) and window_s == 10.0
     if distinct <= 3:
         assert len(blob) < 300  # 200 channels within a 1 KiB page: 4,800 bytes as plain float64

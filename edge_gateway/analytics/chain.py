@@ -33,6 +33,7 @@ from . import ensemble as ens
 from . import filters as _filters
 from .detectors import DETECTOR_NAMES, N_DETECTORS, new_state
 from .settings import _RENAMED, DetectorSettings  # noqa: F401 - re-exported
+from .tables import keep_rows
 
 _STATE_NAMES = ("ewma", "robust", "rate", "cusum", "flatline", "dropout", "novelty")
 _EVENT_ROWS = 1024
@@ -138,6 +139,16 @@ class Detector:
         """Per channel, how long without a reading counts as silent: ``drop_k`` times its typical gap
         between readings (the dropout guard's own measure; 0 while it has not learnt one)."""
         return self.settings.drop_k * self._state["dropout"][channels, 1]
+
+    def open_mask(self) -> np.ndarray:
+        """Which channels have an event open."""
+        return self._state["events"][: self.n_channels, _D.E_OPEN] != 0.0
+
+    def keep_channels(self, keep: np.ndarray) -> None:
+        """Keep only channels ``keep`` (ascending), renumbered 0, 1, ... (see :meth:`.Pipeline.forget_idle`)."""
+        for k, a in self._state.items():
+            self._state[k] = keep_rows(a, keep)
+        self.n_channels = int(np.count_nonzero(keep < self.n_channels))
 
     def resume(self, channels: np.ndarray | None = None) -> None:
         """After a restore or a step of the clock (all channels, or ``channels``): the gateway's own

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import quantiles, windows
+from .tables import keep_rows
 
 ROW_FIELDS = windows.AGG_FIELDS + ("p50", "p95")
 ROW_WIDTH = len(ROW_FIELDS)
@@ -131,6 +132,14 @@ class Engine:
         self._q[:] = quantiles.new_window_state(self._q.shape[0])
         self._behind[:] = 0.0
         return rows
+
+    def keep_channels(self, keep: np.ndarray) -> None:
+        """Keep only channels ``keep`` (ascending), renumbered 0, 1, ... (see :meth:`.Pipeline.forget_idle`)."""
+        self._win = keep_rows(self._win, keep)
+        self._q = keep_rows(self._q, keep)
+        self._behind = keep_rows(self._behind, keep)
+        self.rewinds = keep_rows(self.rewinds, keep)
+        self.n_channels = int(np.count_nonzero(keep < self.n_channels))
 
     def late_counts(self) -> np.ndarray:
         """Readings each channel dropped as late (the tumbling table's count; the quantile table drops the same)."""
