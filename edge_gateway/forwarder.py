@@ -38,8 +38,10 @@ import logging
 from dataclasses import dataclass, field
 
 from . import aio
+from .backoff import backoff_delay
+from .mqtt_client import PERMANENT_REJECTS, puback_reason_name
 from .queue import DurableQueue, Row
-from .uplink import PERMANENT_REJECTS, MqttLink, backoff_delay
+from .uplink import MqttLink
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,6 @@ REJECT_LIMIT = 6
 # command reply), which the forwarder does not see.
 LINK_RESERVE = 2
 
-REASONS = {0x80: "unspecified error", 0x83: "implementation specific error", 0x87: "not authorized",
-           0x90: "topic name invalid", 0x91: "packet identifier in use", 0x95: "packet too large",
-           0x97: "quota exceeded", 0x99: "payload format invalid"}
-
 
 def refusal_kind(reason: int) -> str:
     """``"drop"`` (a resend cannot fix it), ``"transient"`` (the broker's state, not the message; never
@@ -70,7 +68,8 @@ def refusal_kind(reason: int) -> str:
 
 
 def _reason(reason: int) -> str:
-    return f"0x{reason:02x} {REASONS.get(reason, 'refused')}"
+    """How the log names a refusal: ``0x97 quota exceeded`` (paho's name, in lower case), ``0x100 refused``."""
+    return f"0x{reason:02x} {puback_reason_name(reason).lower() or 'refused'}"
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Callable
 from drivers.base import Driver, LinkLost
 
 from . import aio
+from .backoff import backoff_delay
 from .clockwatch import STEP_THRESHOLD_S, boottime
 
 log = logging.getLogger(__name__)
@@ -29,15 +30,15 @@ STABLE_S = 30.0  # a link up this long without a reading still counts as working
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff with jitter in [cap/2, cap] so a cabinet of sensors does not retry in step."""
+    """Exponential backoff with jitter in [cap/2, cap] so a cabinet of sensors does not retry in step
+    (:func:`backoff.backoff_delay`, the formula the uplink uses too)."""
 
     initial_s: float = 0.5
     max_s: float = 30.0
     factor: float = 2.0
 
     def delay(self, attempt: int, rng: random.Random) -> float:
-        cap = min(self.max_s, self.initial_s * self.factor ** max(0, attempt))
-        return rng.uniform(cap / 2, cap)
+        return backoff_delay(attempt, self.initial_s, self.max_s, rng.random, self.factor)
 
 
 @dataclass(frozen=True)

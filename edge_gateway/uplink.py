@@ -1,4 +1,5 @@
-"""The only module that talks to paho-mqtt: connect, publish, subscribe, report acks to asyncio.
+"""The MQTT link: connect, publish, subscribe, report acks to asyncio. With mqtt_client.py (our paho
+client and its reason codes), the only code of the daemon that talks to paho-mqtt.
 
 One thread of ours owns the paho client and is the *only* thread that calls it.
 It drives paho through its external-loop API (``socket()``, ``loop_read()``,
@@ -42,7 +43,7 @@ What the broker announces in each CONNACK is honoured (MQTT 5): no more QoS 1 me
 than its Receive Maximum (:attr:`MqttLink.receive_maximum`; the resend on a CONNACK too), and no
 message larger than its Maximum Packet Size or ``broker.max_message_bytes``: such a message is
 refused locally as 0x95 without being sent. One message must never stall the uplink (docs/uplink.md,
-"Refusals"): a PUBACK failure code paho cannot name is a refusal of that message (:class:`_Client`);
+"Refusals"): a PUBACK failure code paho cannot name is a refusal of that message (:class:`mqtt_client.Client`);
 a link-level message (status, command reply) is sent again at most once after a connection failed
 with it unacknowledged; and as a last resort against what a broker does unannounced, a connection
 closed right after a send makes the next ones start again from one message outstanding (one more
@@ -65,11 +66,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
-import random
 import select
 import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -80,25 +78,24 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
-from . import secrets
-from .config import MAX_TOPIC, BrokerSection, TlsSection
+from .backoff import backoff_delay
+from .config import MAX_TOPIC, BrokerSection
+from .mqtt_client import (
+    PAYLOAD_INVALID,
+    POISON,
+    TOO_LARGE,
+    TOPIC_INVALID,
+    Client,
+    coalesce,
+)
+from .tls import tls_context
 
 log = logging.getLogger(__name__)
 
-# Not an MQTT code (those are one byte): the link refused a message the broker closed connections on.
-POISON = 0x100
-# PUBACK reason codes that a resend can never fix (the message itself is refused): MQTT 5's topic name
-# invalid, packet too large, payload format invalid, and the link's own POISON.
-PERMANENT_REJECTS = frozenset({0x90, 0x95, 0x99, POISON})
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
-_TOPIC_INVALID, _TOO_LARGE, _PAYLOAD_INVALID = 0x90, 0x95, 0x99  # MQTT 5 reason codes, in PERMANENT_REJECTS
 _TAKEN_OVER, _RETAIN_UNSUPPORTED = 0x8E, 0x9A
-# PUBACK codes paho 2.2's table names; it raises MalformedPacket on any other (0x95 from Mosquitto)
-_PUBACK_CODES = frozenset(c for c, names in ReasonCode.names.items()
-                          if any(PacketTypes.PUBACK in kinds for kinds in names.values()))
 
 STABLE_S = 30.0  # a connection up this long resets the reconnect backoff (and the takeover count)
 SHORT_S = 5.0  # a connection closed sooner than this after a send (or its CONNACK: takeover) is suspect
@@ -133,142 +130,10 @@ class TopicError(RuntimeError):
     a publish that cannot be made, so a bad reply topic costs one log line, not the link."""
 
 
-class TlsFilesError(Exception):
-    """A TLS file cannot be used now (missing, unreadable, malformed, or cert and key do not match)."""
-
-
-def _encrypted_key() -> bytes:
-    raise TlsFilesError("the key is encrypted (a passphrase-protected key is not supported)")
-
-
-def tls_context(tls: TlsSection, strict: bool = False) -> tuple[ssl.SSLContext, str]:
-    """A new client context from the TLS files as they are now, and the key file's mode warning ("").
-
-    The key file follows the secrets file's mode rule (:func:`secrets.mode_problem`; ``strict`` refuses
-    with :class:`secrets.SecretsError`). Errors name the file: ssl's own messages do not."""
-    warning = ""
-    if tls.key_file:
-        try:
-            st = os.stat(tls.key_file)
-        except OSError as exc:
-            raise TlsFilesError(f"TLS key file {tls.key_file}: cannot open: {exc.strerror}") from None
-        warning = secrets.mode_problem(tls.key_file, st.st_mode, strict, what="TLS key file")
-    what = f"CA file {tls.ca_file}"
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
-        if tls.cert_file:
-            what = f"certificate {tls.cert_file} with key {tls.key_file}"
-            ctx.load_cert_chain(tls.cert_file, tls.key_file or None, password=_encrypted_key)
-    except TlsFilesError as exc:
-        raise TlsFilesError(f"TLS {what}: {exc}") from None
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise TlsFilesError(f"TLS {what}: cannot load: {exc.strerror or exc}") from None
-    ctx.check_hostname = tls.check_hostname
-    return ctx, warning
-
-
 def publish_size(topic: str, payload: bytes, v5: bool) -> int:
     """Bytes of a QoS 1 PUBLISH without properties, as a CONNACK's Maximum Packet Size counts them."""
     rest = 2 + len(topic.encode()) + 2 + v5 + len(payload)
     return 1 + (1 if rest < 0x80 else 2 if rest < 0x4000 else 3 if rest < 0x200000 else 4) + rest
-
-
-def backoff_delay(attempt: int, lo: float, hi: float, rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter: ``min(hi, lo * 2**attempt)`` scaled by a random 0.5..1."""
-    return min(hi, lo * (2 ** min(attempt, 30))) * (0.5 + 0.5 * rand())
-
-
-class _AnyReason(ReasonCode):
-    """A reason code paho's table does not list for this packet type: paho 2.2 lists 0x95 (Packet too
-    large, what Mosquitto's ``message_size_limit`` answers a PUBLISH with) for CONNACK and DISCONNECT only."""
-
-    def getName(self) -> str:
-        names = self.names.get(self.value)
-        return next(iter(names)) if names else f"reason 0x{self.value:02X}"
-
-
-class _Client(mqtt.Client):
-    """paho's client with two shortcuts and one repair, all in paho 2.x internals (setup.cfg pins
-    ``paho-mqtt>=2.0,<3``; tests/test_uplink_refusals.py fails if they change).
-
-    :meth:`_handle_pubackcomp`, for PUBACK only: a plain successful one (no properties) reuses one
-    ReasonCode and one empty Properties object per reason code instead of building new ones per
-    packet (paho 2.2 fills two dozen-entry dicts for each: about a third of the network thread's
-    time in a drain). And a PUBACK whose reason code paho's table does not list for PUBACK (0x95
-    from Mosquitto's ``message_size_limit``) is a refusal of that message, reported through
-    ``on_publish``: paho raises MalformedPacket on it and drops the connection, and the message
-    went out again first on every reconnect, forever. Anything else (failure codes paho knows,
-    properties with a success, PUBCOMP) goes through paho unchanged; paho still owns the
-    connection, the session and its outgoing table, and calls ``on_publish`` as usual.
-
-    With MQTT 3.1.1 (no Maximum Packet Size to give the broker) a PUBLISH longer than
-    ``max_inbound`` is read through without being kept: paho keeps its topic and packet id and one
-    byte, so it still acknowledges it, and :meth:`skipping` tells ``on_message`` to drop it. paho
-    would otherwise hold the whole packet and copy it three times while decoding it (a 200 MB
-    message took the daemon from 153 MB to 750 MB)."""
-
-    _NO_PROPS = Properties(PacketTypes.PUBACK)
-    _REASONS: dict[int, ReasonCode] = {}
-    _KEEP = 2 + MAX_TOPIC + 2  # topic length, topic, packet id: all paho needs to acknowledge it
-    max_inbound = 0
-    _skipped: dict | None = None  # paho's _in_packet being read through
-
-    def _sock_recv(self, bufsize: int) -> bytes:  # paho 2.x internal: every read of a packet's body
-        p = self._in_packet
-        if (not self.max_inbound or not p["have_remaining"] or p["remaining_length"] <= self.max_inbound
-                or (p["command"] & 0xF0) != 0x30 or self._protocol == mqtt.MQTTv5):
-            return super()._sock_recv(bufsize)
-        have = p["remaining_length"] - p["to_process"]
-        if have < self._KEEP:
-            return super()._sock_recv(min(bufsize, self._KEEP - have))
-        self._skipped = p
-        while p["to_process"] > 1:
-            chunk = super()._sock_recv(min(p["to_process"] - 1, 65536))  # BlockingIOError: resumed later
-            if not chunk:
-                return chunk
-            p["to_process"] -= len(chunk)
-        return super()._sock_recv(1)
-
-    def skipping(self) -> int:
-        """The size of the PUBLISH being handled if it was read through without being kept, else 0."""
-        p = self._skipped
-        return p["remaining_length"] if p is not None and p is self._in_packet else 0
-
-    def _handle_pubackcomp(self, cmd):  # noqa: ANN001 - paho 2.x internal hook
-        packet = self._in_packet["packet"]
-        n = len(packet)
-        if cmd != "PUBACK" or n < 2 or (n > 2 and self._protocol != mqtt.MQTTv5):
-            return super()._handle_pubackcomp(cmd)
-        code = packet[2] if n >= 3 else 0
-        plain = n <= 3 or (n == 4 and not packet[3])
-        known = code in _PUBACK_CODES
-        if known and (code >= 0x80 or not plain):
-            return super()._handle_pubackcomp(cmd)
-        props = self._NO_PROPS
-        if not plain:  # an unknown failure code with properties (a Reason String, say): keep them if we can
-            try:
-                props = Properties(PacketTypes.PUBACK)
-                props.unpack(packet[3:])
-            except Exception:  # noqa: BLE001 - the refusal matters, not its decoration
-                props = self._NO_PROPS
-        reason = self._REASONS.get(code)
-        if reason is None:
-            reason = self._REASONS[code] = (ReasonCode if known else _AnyReason)(PacketTypes.PUBACK, identifier=code)
-        mid = (packet[0] << 8) | packet[1]
-        with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, reason, props)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def use_tls_context(self, ctx: ssl.SSLContext) -> None:
-        """Use ``ctx`` from the next connect on. paho 2.2's ``tls_set_context`` refuses a second call,
-        but paho reads the context only when ``connect()`` wraps a new socket (``_ssl_wrap_socket``),
-        so replacing it between connections is safe; ``_tls_insecure`` is kept as that call sets it."""
-        if self._ssl_context is None:
-            self.tls_set_context(ctx)
-        else:
-            self._ssl_context = ctx
-            self._tls_insecure = not ctx.check_hostname
 
 
 class MqttLink:
@@ -347,7 +212,7 @@ class MqttLink:
         self._abandon = False  # on_connect failed: drop this connection and connect again
         self._drop_logged = float("-inf")
         self._v5 = cfg.protocol == "5"
-        self.client = _Client(
+        self.client = Client(
             CallbackAPIVersion.VERSION2, client_id=client_id,
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
             clean_session=None if self._v5 else False,
@@ -568,7 +433,7 @@ class MqttLink:
         free = room
         c = self.client
         resend, sub, unacked = self._resend, self._submitted, self._unacked
-        queued = c._out_packet  # noqa: SLF001 - paho's packet deque, see _coalesce
+        queued = c._out_packet  # noqa: SLF001 - paho's packet deque, see mqtt_client.coalesce
         before = len(queued)
         with self._lock:
             while room > 0 and resend:
@@ -583,7 +448,7 @@ class MqttLink:
                     room -= 1
         if room < free:
             self._last_send = time.monotonic()
-        _coalesce(queued, before)
+        coalesce(queued, before)
         c.loop_write()
         self._flush_acks()
 
@@ -596,12 +461,12 @@ class MqttLink:
         too_big = self._limited and self._too_big(topic, payload)
         if too_big:
             self.refused_large += 1
-            self._reject(token, _TOO_LARGE, f"message on {topic[:64]!r} not sent: {too_big}")
+            self._reject(token, TOO_LARGE, f"message on {topic[:64]!r} not sent: {too_big}")
             return False
         try:
             info = self.client.publish(topic, payload, qos=1, retain=retain and self._retain_ok)
         except (ValueError, TypeError) as exc:
-            reason = _TOPIC_INVALID if topic_problem(topic) else _PAYLOAD_INVALID
+            reason = TOPIC_INVALID if topic_problem(topic) else PAYLOAD_INVALID
             self._reject(token, reason, f"publish on {str(topic)[:64]!r} refused: {exc}")
             return False
         self._mid_token[info.mid] = token
@@ -621,7 +486,7 @@ class MqttLink:
 
     def _reject(self, token: int, reason: int, text: str) -> None:
         """Network thread, under ``_lock``: ``token`` will not be sent (again); tell the forwarder so."""
-        if reason == _TOPIC_INVALID:
+        if reason == TOPIC_INVALID:
             self.refused_topics += 1
         log.error("%s", text)
         self._unacked.pop(token, None)
@@ -929,26 +794,6 @@ def _seq_text(payload: bytes) -> str:
     except Exception:  # noqa: BLE001 - any payload at all may get here
         return ""
     return f" (seq {seq})" if isinstance(seq, int) else ""
-
-
-def _coalesce(queued: deque, start: int) -> None:
-    """Merge the QoS 1 PUBLISH packets paho just queued (``queued[start:]``) into one write.
-
-    paho 2.2 writes each queued packet with its own ``send()``; for a burst that is one system call
-    per message. Its writer does nothing per packet for QoS 1 PUBLISH once written (acks come with
-    PUBACK), so the same bytes as one entry go out identically, in one call. Only packets that were
-    queued by our own publish() calls just now, untouched (pos 0), are merged; otherwise nothing."""
-    n = len(queued) - start
-    if n < 2:
-        return
-    tail = [queued[i] for i in range(start, len(queued))]
-    for p in tail:
-        if (p.get("command", 0) & 0xF0) != 0x30 or p.get("qos") != 1 or p.get("pos") != 0:
-            return
-    buf = bytearray().join(p["packet"] for p in tail)
-    for _ in range(n):
-        queued.pop()
-    queued.append({**tail[-1], "pos": 0, "to_process": len(buf), "packet": buf})
 
 
 class _PahoErrors(logging.Logger):

@@ -18,7 +18,8 @@ import pytest
 
 from edge_gateway import cmd_doctor, secrets
 from edge_gateway.config import BrokerSection, TlsSection
-from edge_gateway.uplink import MqttLink, TlsFilesError, tls_context
+from edge_gateway.tls import TlsFilesError, tls_context
+from edge_gateway.uplink import MqttLink
 from support import Broker, Subscriber, free_port
 from uplink_support import gateway_config, make_certs, tls_listener, until
 

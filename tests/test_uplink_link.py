@@ -13,10 +13,11 @@ import signal
 import pytest
 
 from edge_gateway import messages
+from edge_gateway.backoff import backoff_delay
 from edge_gateway.config import BrokerSection
 from edge_gateway.forwarder import Forwarder
 from edge_gateway.queue import DurableQueue
-from edge_gateway.uplink import MqttLink, backoff_delay
+from edge_gateway.uplink import MqttLink
 from support import Broker, Subscriber
 from uplink_support import TcpProxy, seq_report, until
 
