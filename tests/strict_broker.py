@@ -1,157 +1,190 @@
-"""A scripted MQTT 5 server that enforces the Receive Maximum it announces, which Mosquitto does not.
+"""A scripted MQTT 5 server for what Mosquitto does not do: enforce Receive Maximum, refuse with 0x97 or any code.
 
-MQTT 5.0 §3.3.4: a client with more QoS 1 PUBLISHes unacknowledged than the CONNACK's Receive
-Maximum gets DISCONNECT 0x93 (HiveMQ, EMQX). Mosquitto announces 20 by default but tolerates any
-number, so only a server of our own shows what the link does with it. Adapted from review 16's
-``strict_broker.py``. Loopback only; one thread per connection; :meth:`close` ends them all.
+Mosquitto announces a Receive Maximum (its ``max_inflight_messages``, 20 by default) but takes any
+number of QoS 1 PUBLISHes, never answers PUBACK 0x97 (quota exceeded) and cannot be made to send
+an arbitrary reason code. Cloud brokers (HiveMQ, EMQX) do. This server does just enough MQTT 5 for
+``MqttLink``: CONNACK (with ``ReceiveMaximum`` when given), SUBACK, PINGRESP, and for each QoS 1
+PUBLISH either:
+
+- PUBACK with ``refusals[topic]`` (reason code and properties) at once, for a topic the test refuses;
+- PUBACK 0x97 at once when its token bucket (``quota_per_s``, at most ``quota_burst`` tokens) is
+  empty; or
+- PUBACK 0x00 after ``ack_delay`` s (a broker that persists before acknowledging, or a round trip),
+  and not while ``hold`` is set, unless the client now has more PUBLISHes unacknowledged than this
+  connection's CONNACK announced: then DISCONNECT 0x93 (Receive Maximum exceeded, MQTT 5.0 §3.3.4)
+  and the connection is closed.
+
+``receive_maximum`` is read at each CONNECT: a test may lower it between connections. Loopback only,
+one thread per connection, every thread ended by :meth:`close`. What it saw is in ``events``:
+(time, what, seq) with what ``pub``, ``ack`` or ``refused`` (seq None for the status topic).
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
 
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, b = divmod(n, 128)
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+import mqtt_wire as wire
 
 
 class StrictBroker:
-    def __init__(self, receive_maximum: int = 20, ack_delay: float = 0.03) -> None:
-        self.receive_maximum = receive_maximum  # read at each CONNECT: a test may lower it between connections
+    def __init__(self, receive_maximum: int | None = None, ack_delay: float = 0.0,
+                 quota_per_s: float = 0.0, quota_burst: int = 0) -> None:
+        self.receive_maximum = receive_maximum
         self.ack_delay = ack_delay
-        self.hold = threading.Event()  # while set, PUBACKs wait: messages stay outstanding
+        self.quota_per_s = quota_per_s
+        self.quota_burst = quota_burst
+        self.hold = threading.Event()  # while set, PUBACKs 0x00 wait: messages stay outstanding
         self.refusals: dict[str, bytes] = {}  # topic -> what its PUBACKs carry after the packet id
+        self._tokens = float(quota_burst)
+        self._refilled = time.monotonic()
         self.connections = 0
-        self.exceeded = 0  # DISCONNECT 0x93 sent
+        self.disconnects_093 = 0
         self.max_outstanding = 0
-        self.acked: list[tuple[str, bytes]] = []  # (topic, payload) acknowledged, in order
+        self.events: list[tuple[float, str, int | None]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self._conns: list[socket.socket] = []
-        self._stop = False
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
-        self.listener.settimeout(0.2)
         self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, name="strict-broker", daemon=True).start()
+        self._spawn(self._accept, "strict-broker")
 
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    # --- what it saw ------------------------------------------------------------------------
+
+    def seqs(self, what: str) -> list[int]:
+        with self._lock:
+            return [s for _, w, s in self.events if w == what and s is not None]
+
+    def count(self, what: str) -> int:
+        with self._lock:
+            return sum(1 for _, w, _ in self.events if w == what)
+
+    # --- what the test does -----------------------------------------------------------------
 
     def drop(self) -> None:
         """Close every open connection (the client reconnects)."""
-        for c in self._conns:
+        for c in list(self._conns):
             try:
                 c.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
     def close(self) -> None:
-        self._stop = True
-        self.drop()
+        self._stop.set()
+        for t in self._threads:
+            t.join(2.0)
         self.listener.close()
 
-    def _serve(self, conn: socket.socket) -> None:
-        conn.settimeout(0.2)
-        pending: list[tuple[float, bytes, tuple[str, bytes]]] = []  # (due, packet id, (topic, payload))
-        lock = threading.Lock()
-        alive = [True]
+    # --- server -----------------------------------------------------------------------------
 
-        def acker() -> None:
-            while alive[0] and not self._stop:
-                now = time.monotonic()
-                with lock:
-                    due = [] if self.hold.is_set() else [p for p in pending if p[0] <= now]
-                    for p in due:
-                        pending.remove(p)
-                        tail = p[1] + self.refusals.get(p[2][0], b"")
-                        try:
-                            conn.sendall(b"\x40" + _varint(len(tail)) + tail)
-                        except OSError:
-                            return
-                        self.acked.append(p[2])
-                time.sleep(0.005)
+    def _spawn(self, fn, name: str, *args) -> None:
+        t = threading.Thread(target=fn, args=args, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
 
-        threading.Thread(target=acker, daemon=True).start()
-        reader = _Reader(conn, lambda: self._stop)
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            r, _, _ = select.select([self.listener], [], [], 0.1)
+            if not r:
+                continue
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            self._conns.append(conn)
+            self._spawn(_Connection(self, conn).serve, "strict-broker-conn")
+
+    def _take_token(self) -> bool:
+        if not self.quota_per_s:
+            return True
+        now = time.monotonic()
+        self._tokens = min(float(self.quota_burst), self._tokens + (now - self._refilled) * self.quota_per_s)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    def _note(self, what: str, seq: int | None) -> None:
+        with self._lock:
+            self.events.append((time.monotonic(), what, seq))
+
+
+class _Connection:
+    """One client connection: its packets, and its PUBLISHes not yet acknowledged."""
+
+    def __init__(self, server: StrictBroker, conn: socket.socket) -> None:
+        self.server, self.conn = server, conn
+        self.announced: int | None = None  # the Receive Maximum this connection's CONNACK gave
+        self.pending: list[tuple[float, int, int | None]] = []  # (due, packet id, seq)
+
+    def serve(self) -> None:
+        s, buf = self.server, bytearray()
         try:
-            while True:
-                first, body = reader.packet()
-                kind = first >> 4
-                if kind == 1:  # CONNECT: CONNACK with Receive Maximum
-                    props = b"\x21" + self.receive_maximum.to_bytes(2, "big")
-                    conn.sendall(b"\x20" + _varint(3 + len(props)) + b"\x00\x00" + _varint(len(props)) + props)
-                elif kind == 3 and (first >> 1) & 3 == 1:
-                    tlen = int.from_bytes(body[:2], "big")
-                    pid = body[2 + tlen:4 + tlen]
-                    plen, i, mult = 0, 4 + tlen, 1
-                    while True:
-                        b = body[i]
-                        i += 1
-                        plen += (b & 0x7F) * mult
-                        mult *= 128
-                        if not b & 0x80:
-                            break
-                    with lock:
-                        message = (body[2:2 + tlen].decode(), body[i + plen:])
-                        pending.append((time.monotonic() + self.ack_delay, pid, message))
-                        self.max_outstanding = max(self.max_outstanding, len(pending))
-                        if len(pending) > self.receive_maximum:
-                            self.exceeded += 1
-                            conn.sendall(b"\xe0\x02\x93\x00")  # DISCONNECT: Receive Maximum exceeded
-                            return
-                elif kind == 8:  # SUBSCRIBE: granted QoS 1
-                    conn.sendall(b"\x90\x04" + body[:2] + b"\x00\x01")
-                elif kind == 12:  # PINGREQ
-                    conn.sendall(b"\xd0\x00")
-                elif kind == 14:  # DISCONNECT
+            while not s._stop.is_set():
+                now = time.monotonic()
+                while self.pending and self.pending[0][0] <= now and not s.hold.is_set():
+                    _, mid, seq = self.pending.pop(0)
+                    self.conn.sendall(wire.puback(mid))
+                    s._note("ack", seq)
+                if s.hold.is_set():
+                    wait = 0.01  # notice its release soon
+                else:
+                    wait = max(0.0, min(0.05, self.pending[0][0] - now)) if self.pending else 0.05
+                r, _, _ = select.select([self.conn], [], [], wait)
+                if not r:
+                    continue
+                data = self.conn.recv(65536)
+                if not data:
                     return
-        except (ConnectionError, OSError, IndexError):
+                buf += data
+                while (got := wire.split(buf)) is not None:
+                    if not self._handle(*got):
+                        return
+        except OSError:
             pass
         finally:
-            alive[0] = False
-            conn.close()
+            self.conn.close()
 
+    def _handle(self, first: int, body: bytes) -> bool:
+        """Answer one packet; False when the connection is to close."""
+        kind = first >> 4
+        if kind == 1:  # CONNECT
+            self.announced = self.server.receive_maximum
+            self.conn.sendall(wire.connack(self.announced))
+        elif kind == 3:
+            return self._publish(wire.parse_publish(first, body))
+        elif kind == 8:  # SUBSCRIBE: granted QoS 1
+            self.conn.sendall(wire.suback(body[:2]))
+        elif kind == 12:  # PINGREQ
+            self.conn.sendall(wire.PINGRESP)
+        elif kind == 14:  # DISCONNECT
+            return False
+        return True
 
-class _Reader:
-    def __init__(self, conn: socket.socket, stopped) -> None:
-        self.conn, self.stopped, self.buf = conn, stopped, b""
-
-    def _read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            if self.stopped():
-                raise ConnectionError("stopped")
-            try:
-                chunk = self.conn.recv(65536)
-            except socket.timeout:
-                continue
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def packet(self) -> tuple[int, bytes]:
-        first = self._read(1)[0]
-        n, mult = 0, 1
-        while True:
-            b = self._read(1)[0]
-            n += (b & 0x7F) * mult
-            mult *= 128
-            if not b & 0x80:
-                break
-        return first, self._read(n) if n else b""
+    def _publish(self, p: wire.Publish) -> bool:
+        s = self.server
+        if not p.qos:
+            return True
+        seq = wire.gateway_seq(p.topic, p.payload)
+        s._note("pub", seq)
+        refusal = s.refusals.get(p.topic) or (None if s._take_token() else b"\x97")
+        if refusal is not None:
+            self.conn.sendall(wire.puback(p.mid, refusal))
+            s._note("refused", seq)
+            return True
+        self.pending.append((time.monotonic() + s.ack_delay, p.mid, seq))
+        with s._lock:
+            s.max_outstanding = max(s.max_outstanding, len(self.pending))
+        if self.announced is not None and len(self.pending) > self.announced:
+            s.disconnects_093 += 1
+            self.conn.sendall(wire.disconnect(0x93))
+            return False
+        return True

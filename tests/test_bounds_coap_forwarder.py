@@ -10,8 +10,10 @@ the code the review read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from types import SimpleNamespace
 
 from driver_fixtures import running, wait_until
 
@@ -102,18 +104,41 @@ async def test_a_pack_larger_than_the_bound_is_kept_whole_until_a_smaller_one_fo
 
 # --- #5: the forwarder's log lines while the broker refuses ---------------------------------------
 
-async def _uplink(tmp_path, port: int, **fw_kwargs):
+@contextlib.asynccontextmanager
+async def _refused_by(tmp_path, extra: str, **fw_kwargs):
+    """Mosquitto configured with ``extra``, and a forwarder and link sending to it. On leaving, the
+    forwarder, the link and the broker stop (the counters are final), ``up.dropped`` is read and the
+    queue closes."""
+    broker = Broker(tmp_path / "broker", persistence=False, extra=extra).start()
     queue = DurableQueue(tmp_path / "q.db", messages.encode)
     await queue.open()
     fw = Forwarder(queue, None, ack_batch_s=0.02, window=100, retry_s=0.02, retry_max_s=0.1,  # type: ignore[arg-type]
                    **fw_kwargs)
-    link = MqttLink(BrokerSection(port=port, protocol="5", keepalive_s=5, reconnect_min_s=0.05, reconnect_max_s=0.3),
+    link = MqttLink(BrokerSection(port=broker.port, protocol="5", keepalive_s=5, reconnect_min_s=0.05,
+                                  reconnect_max_s=0.3),
                     "bf-gw", TOPICS.status, birth=lambda: b"online", will=b"offline", on_ack=fw.on_ack,
                     on_state=fw.on_link)
     fw.link = link
+    up = SimpleNamespace(queue=queue, fw=fw, link=link, dropped=None)
     fw.start()
     link.start()
-    return queue, fw, link
+    try:
+        yield up
+    finally:
+        try:
+            await fw.stop()
+            await link.stop()
+            broker.close()
+            up.dropped = queue.stats_now().dropped_total
+        finally:
+            await queue.close()
+
+
+def _acl_denying_aggregates(tmp_path) -> str:
+    """Mosquitto config lines: the gateway may publish its status, no aggregate (each refused with 0x87)."""
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic read #\ntopic write {TOPICS.status}\n")
+    return f"acl_file {acl}"
 
 
 def _agg(i: int, pad: int = 0) -> messages.Message:
@@ -134,26 +159,17 @@ async def test_an_acl_refusing_every_aggregate_logs_two_lines_not_two_per_messag
     """80 aggregates at 20/s, every one refused with 0x87 six times and dropped: the journal gets the
     first refusal and the summary with the seqs (before: 161 lines, a warning and an error per seq)."""
     caplog.set_level(logging.DEBUG, logger=FW)
-    acl = tmp_path / "acl"
-    acl.write_text(f"topic read #\ntopic write {TOPICS.status}\n")
-    broker = Broker(tmp_path / "broker", persistence=False, extra=f"acl_file {acl}").start()
-    queue, fw, link = await _uplink(tmp_path, broker.port)
-    try:
+    async with _refused_by(tmp_path, _acl_denying_aggregates(tmp_path)) as up:
+        queue, fw = up.queue, up.fw
         seqs = []
         for k in range(20):
             seqs += await queue.append([_agg(4 * k + j) for j in range(4)])
             fw.notify()
             await asyncio.sleep(0.2)
         await until(lambda: fw.stats.refused_dropped == 80, 20, "80 refused 6 times")
-    finally:
-        await fw.stop()
-        await link.stop()
-        broker.close()
-    dropped = queue.stats_now().dropped_total
-    await queue.close()
     assert seqs == list(range(seqs[0], seqs[0] + 80))
     assert fw.stats.rejected == 480 and fw.stats.rejected_by_reason == {0x87: 480} and fw.stats.acked == 0
-    assert (dropped["count"], dropped["reasons"]) == (80, {"rejected": 80})
+    assert (up.dropped["count"], up.dropped["reasons"]) == (80, {"rejected": 80})
     journal = _journal(caplog)
     assert len(journal) == 2
     assert journal[0] == (f"broker refused seq {seqs[0]} with 0x87 not authorized: resending with backoff, "
@@ -169,11 +185,8 @@ async def test_summaries_count_every_refusal_and_a_new_episode_is_logged_again(t
     """report_s 1 s, refusals for 2.5 s: the summaries add up to the counters exactly; once refusals
     stop for report_s, the next one opens a new episode and is logged again (one line each)."""
     caplog.set_level(logging.INFO, logger=FW)
-    acl = tmp_path / "acl"
-    acl.write_text(f"topic read #\ntopic write {TOPICS.status}\n")
-    broker = Broker(tmp_path / "broker", persistence=False, extra=f"acl_file {acl}").start()
-    queue, fw, link = await _uplink(tmp_path, broker.port, report_s=1.0)
-    try:
+    async with _refused_by(tmp_path, _acl_denying_aggregates(tmp_path), report_s=1.0) as up:
+        queue, fw = up.queue, up.fw
         first = []
         for k in range(10):
             first += await queue.append([_agg(2 * k), _agg(2 * k + 1)])
@@ -185,11 +198,6 @@ async def test_summaries_count_every_refusal_and_a_new_episode_is_logged_again(t
         second = await queue.append([_agg(100)])
         fw.notify()
         await until(lambda: fw.stats.refused_dropped == 21, 20, "the 21st dropped")
-    finally:
-        await fw.stop()
-        await link.stop()
-        broker.close()
-    await queue.close()
     journal = _journal(caplog)
     opened = [m for m in journal if m.startswith("broker refused seq")]
     assert opened == [f"broker refused seq {s} with 0x87 not authorized: resending with backoff, dropped after "
@@ -209,21 +217,14 @@ async def test_messages_too_large_for_the_broker_log_one_error_and_the_summary(t
     """Mosquitto's message_size_limit refuses 30 of 40 messages with 0x95 (dropped at once): one error
     line and the summary, not an error per message (before: 31 lines)."""
     caplog.set_level(logging.DEBUG, logger=FW)
-    broker = Broker(tmp_path / "broker", persistence=False, extra="message_size_limit 300").start()
-    queue, fw, link = await _uplink(tmp_path, broker.port)
-    try:
-        seqs = await queue.append([_agg(i, 0 if i % 4 == 0 else 600) for i in range(40)])
+    async with _refused_by(tmp_path, "message_size_limit 300") as up:
+        fw = up.fw
+        seqs = await up.queue.append([_agg(i, 0 if i % 4 == 0 else 600) for i in range(40)])
         fw.notify()
         await until(lambda: fw.stats.acked == 10 and fw.stats.refused_dropped == 30, 20, "10 sent, 30 refused")
-    finally:
-        await fw.stop()
-        await link.stop()
-        broker.close()
-    dropped = queue.stats_now().dropped_total
-    await queue.close()
     large = [s for i, s in enumerate(seqs) if i % 4]
     assert fw.stats.rejected_by_reason == {0x95: 30}
-    assert (dropped["count"], dropped["reasons"]) == (30, {"rejected": 30})
+    assert (up.dropped["count"], up.dropped["reasons"]) == (30, {"rejected": 30})
     journal = _journal(caplog)
     assert len(journal) == 2
     assert journal[0] == (f"broker refused seq {large[0]} 1 time(s), last with 0x95 packet too large: dropped "

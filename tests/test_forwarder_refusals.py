@@ -1,6 +1,6 @@
 """The forwarder against brokers that limit or refuse: Receive Maximum, 0x97 quota, ACL 0x87 (review 16 #3, #4, #10).
 
-Receive Maximum and 0x97 need the scripted server (strict_broker_fw.py): Mosquitto announces a
+Receive Maximum and 0x97 need the scripted server (strict_broker.py): Mosquitto announces a
 Receive Maximum but does not enforce it, and never answers 0x97. The ACL refusal is real Mosquitto.
 """
 
@@ -16,7 +16,7 @@ from edge_gateway.config import BrokerSection
 from edge_gateway.forwarder import LINK_RESERVE, Forwarder, refusal_kind
 from edge_gateway.queue import DurableQueue
 from edge_gateway.uplink import MqttLink
-from strict_broker_fw import StrictBroker
+from strict_broker import StrictBroker
 from support import Broker, Subscriber
 from uplink_support import until
 

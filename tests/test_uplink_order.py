@@ -13,6 +13,7 @@ import asyncio
 import socket
 import time
 
+import mqtt_wire as wire
 from edge_gateway import messages
 from edge_gateway.config import BrokerSection
 from edge_gateway.uplink import MqttLink
@@ -29,56 +30,33 @@ class ScriptedBroker:
         self.listener.listen(4)
         self.port = self.listener.getsockname()[1]
         self.conn: socket.socket | None = None
-        self.buf = b""
+        self.reader: wire.SocketReader | None = None
 
     def accept(self, timeout: float = 10) -> None:
         self.listener.settimeout(timeout)
         self.conn, _ = self.listener.accept()
         self.conn.settimeout(timeout)
-        self.buf = b""
-
-    def _read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.conn.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def packet(self) -> tuple[int, bytes]:
-        first = self._read(1)[0]
-        n, mult = 0, 1
-        while True:
-            b = self._read(1)[0]
-            n += (b & 0x7F) * mult
-            mult *= 128
-            if not b & 0x80:
-                break
-        return first, self._read(n)
+        self.reader = wire.SocketReader(self.conn)
 
     def expect_connect(self) -> None:
-        first, _ = self.packet()
+        first, _ = self.reader.packet()
         assert first >> 4 == 1, first
 
     def connack(self) -> None:
-        self.conn.sendall(bytes([0x20, 3, 0, 0, 0]))
+        self.conn.sendall(wire.connack())
 
     def publishes(self, count: int, ack: bool = False) -> list[tuple[int, bool]]:
         """The next ``count`` PUBLISHes on ``TOPIC``: (seq, dup); other packets are skipped."""
         got = []
         while len(got) < count:
-            first, body = self.packet()
+            first, body = self.reader.packet()
             if first >> 4 != 3:
                 continue
-            tlen = int.from_bytes(body[:2], "big")
-            mid = body[2 + tlen:4 + tlen]
+            p = wire.parse_publish(first, body)
             if ack:
-                self.conn.sendall(bytes([0x40, 2]) + mid)
-            if body[2:2 + tlen].decode() != TOPIC:
-                continue
-            plen = body[4 + tlen]  # property length (0 here: one byte)
-            got.append((messages.decode(body[5 + tlen + plen:])["seq"], bool(first & 0x08)))
+                self.conn.sendall(wire.puback(p.mid))
+            if p.topic == TOPIC:
+                got.append((messages.decode(p.payload)["seq"], p.dup))
         return got
 
     def drop(self) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import contextlib
 import logging
 import textwrap
 
-import msgpack
 import paho.mqtt
 import paho.mqtt.client as mqtt
 import pytest
@@ -49,18 +49,59 @@ def make_link(port: int, protocol: str = "5", acks: list | None = None, client_i
                     on_ack=lambda t, rc: out.append((t, rc)), on_state=lambda up: None)
 
 
+class _Servers:
+    """What a test starts besides its links: Mosquittos, scripted servers, subscribers, proxies."""
+
+    def __init__(self, tmp_path) -> None:
+        self.tmp_path = tmp_path
+        self._closers: list = []
+
+    def _keep(self, thing, close):
+        self._closers.append(close)
+        return thing
+
+    def mosquitto(self, extra: str) -> Broker:
+        """A Mosquitto with extra config lines, as a deployment would configure it."""
+        b = Broker(self.tmp_path / "broker", persistence=False, extra=extra).start()
+        return self._keep(b, b.close)
+
+    def strict(self, **kwargs) -> StrictBroker:
+        s = StrictBroker(**kwargs)
+        return self._keep(s, s.close)
+
+    def subscriber(self, broker: Broker) -> Subscriber:
+        sub = Subscriber(broker.port, "city/#", client_id="ref-sub").start()
+        return self._keep(sub, sub.stop)
+
+    def proxy(self, broker: Broker) -> TcpProxy:
+        p = TcpProxy(broker.port)
+        return self._keep(p, p.close)
+
+    def close(self) -> None:
+        for close in reversed(self._closers):  # clients before the brokers they talk to
+            close()
+
+
 @pytest.fixture
-def mosquitto(tmp_path):
-    """Start a Mosquitto with extra config lines; stopped after the test, whatever fails in it."""
-    started: list[Broker] = []
+def servers(tmp_path):
+    """The test's servers and clients, closed after it whatever fails in it (its links first: ``running``)."""
+    s = _Servers(tmp_path)
+    yield s
+    s.close()
 
-    def start(extra: str) -> Broker:
-        started.append(Broker(tmp_path / "broker", persistence=False, extra=extra).start())
-        return started[-1]
 
-    yield start
-    for b in started:
-        b.close()
+@contextlib.asynccontextmanager
+async def running(*links: MqttLink, connected: bool = True):
+    """Start ``links``; unless told not to, wait (10 s) until they are connected; stop them on leaving."""
+    for link in links:
+        link.start()
+    try:
+        for link in links if connected else ():
+            await until(lambda: link.connected, 10, "connected")  # noqa: B023 - awaited here
+        yield
+    finally:
+        for link in links:
+            await link.stop()
 
 
 def seqs_at(sub: Subscriber) -> list[int]:
@@ -70,8 +111,8 @@ def seqs_at(sub: Subscriber) -> list[int]:
 # --- #1 (a): a PUBACK reason code paho does not list for PUBACK ----------------------------------
 
 def test_paho_internals_the_link_overrides_are_as_pinned():
-    """uplink._Client overrides paho 2.x internals; setup.cfg pins paho to that major version. If this
-    fails, paho changed: read uplink._Client again before widening the pin."""
+    """mqtt_client.Client overrides paho 2.x internals; setup.cfg pins paho to that major version. If this
+    fails, paho changed: read mqtt_client.Client again before widening the pin."""
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     assert "paho-mqtt>=2.0,<3" in cfg["options"]["install_requires"]
@@ -86,14 +127,12 @@ def test_paho_internals_the_link_overrides_are_as_pinned():
         _packet.decode_puback(0x40, b"\x00\x01\x95", mqtt.MQTTv5)
 
 
-async def test_puback_0x95_refuses_that_message_and_the_rest_flow(mosquitto):
-    broker = mosquitto("message_size_limit 300")
-    sub = Subscriber(broker.port, "city/#", client_id="ref-sub").start()
+async def test_puback_0x95_refuses_that_message_and_the_rest_flow(servers):
+    broker = servers.mosquitto("message_size_limit 300")
+    sub = servers.subscriber(broker)
     acks: list = []
     link = make_link(broker.port, acks=acks)
-    link.start()
-    try:
-        await until(lambda: link.connected, 10, "connected")
+    async with running(link):
         tokens = link.publish_many([(TOPICS.agg("s"), payload(1)), (TOPICS.agg("s"), payload(2, 600)),
                                     (TOPICS.agg("s"), payload(3))])
         status = link.publish(TOPICS.status, payload(0, 600), retain=True)  # a link-level one, too large too
@@ -103,40 +142,30 @@ async def test_puback_0x95_refuses_that_message_and_the_rest_flow(mosquitto):
         await asyncio.sleep(0.3)
         assert seqs_at(sub) == [1, 3]
         assert link.connects == 1 and link.connected and link.pending_mids() == set()
-    finally:
-        await link.stop()
-        sub.stop()
 
 
-async def test_any_puback_failure_code_paho_cannot_name_is_a_refusal_with_or_without_properties():
-    server = StrictBroker(receive_maximum=100, ack_delay=0)
+async def test_any_puback_failure_code_paho_cannot_name_is_a_refusal_with_or_without_properties(servers):
+    server = servers.strict(receive_maximum=100)
     server.refusals = {TOPICS.agg("big"): b"\x95\x05\x1f\x00\x02hi",  # Packet too large, Reason String "hi"
                        TOPICS.agg("odd"): b"\xa5"}  # no such reason code in MQTT 5
     acks: list = []
     link = make_link(server.port, acks=acks)
-    link.start()
-    try:
-        await until(lambda: link.connected, 10, "connected")
+    async with running(link):
         tokens = link.publish_many([(TOPICS.agg(s), payload(i)) for i, s in enumerate(("a", "big", "odd", "b"))])
         await until(lambda: len(acks) == 4, 5, "four answers")
         assert sorted(acks) == sorted(zip(tokens, (0, 0x95, 0xA5, 0)))
         assert link.connects == 1 and server.connections == 1 and link.connected
-    finally:
-        await link.stop()
-        server.close()
 
 
 # --- #1 (b): the CONNACK's Maximum Packet Size and broker.max_message_bytes ----------------------
 
-async def test_connack_maximum_packet_size_refuses_larger_messages_unsent(mosquitto):
-    broker = mosquitto("max_packet_size 400\nmax_inflight_messages 20")
-    sub = Subscriber(broker.port, "city/#", client_id="ref-sub").start()
-    proxy = TcpProxy(broker.port)
+async def test_connack_maximum_packet_size_refuses_larger_messages_unsent(servers):
+    broker = servers.mosquitto("max_packet_size 400\nmax_inflight_messages 20")
+    sub = servers.subscriber(broker)
+    proxy = servers.proxy(broker)
     acks: list = []
     link = make_link(proxy.port, acks=acks)
-    link.start()
-    try:
-        await until(lambda: link.connected, 10, "connected")
+    async with running(link):
         tokens = link.publish_many([(TOPICS.agg("s"), payload(s, 600 if s == 2 else 0)) for s in (1, 2, 3)])
         await until(lambda: len(acks) == 3, 10, "three answers")
         assert acks == [(tokens[1], 0x95), (tokens[0], 0), (tokens[2], 0)]
@@ -144,46 +173,34 @@ async def test_connack_maximum_packet_size_refuses_larger_messages_unsent(mosqui
         await until(lambda: len(seqs_at(sub)) == 2, 5, "two messages at the subscriber")
         assert seqs_at(sub) == [1, 3] and link.connects == 1 and link.refused_large == 1
         assert (link.max_packet_size, link.receive_maximum) == (400, 20)
-    finally:
-        await link.stop()
-        proxy.close()
-        sub.stop()
 
 
-async def test_max_message_bytes_refuses_locally_where_311_would_lose_silently(mosquitto):
-    broker = mosquitto("message_size_limit 300")
-    sub = Subscriber(broker.port, "city/#", client_id="ref-sub").start()
-    proxy = TcpProxy(broker.port)
+async def test_max_message_bytes_refuses_locally_where_311_would_lose_silently(servers):
+    broker = servers.mosquitto("message_size_limit 300")
+    sub = servers.subscriber(broker)
+    proxy = servers.proxy(broker)
     acks: list = []
     link = make_link(proxy.port, "3.1.1", acks, max_message_bytes=300)
-    link.start()
-    try:
-        await until(lambda: link.connected, 10, "connected")
+    async with running(link):
         tokens = link.publish_many([(TOPICS.agg("s"), payload(s, 400 if s == 2 else 0)) for s in (1, 2, 3)])
         await until(lambda: len(acks) == 3, 10, "three answers")
         assert acks == [(tokens[1], 0x95), (tokens[0], 0), (tokens[2], 0)]
         assert [seq for _, _, seq, _ in proxy.sent] == [1, 3]
         await until(lambda: len(seqs_at(sub)) == 2, 5, "two messages at the subscriber")
         assert seqs_at(sub) == [1, 3] and link.connects == 1 and link.receive_maximum is None
-    finally:
-        await link.stop()
-        proxy.close()
-        sub.stop()
 
 
 # --- #1 (c) and (d): a broker that closes the connection on a message -------------------------
 
-async def test_a_message_the_broker_closes_connections_on_is_refused_as_poison(mosquitto, caplog):
+async def test_a_message_the_broker_closes_connections_on_is_refused_as_poison(servers, caplog):
     """Mosquitto with ``max_packet_size`` under MQTT 3.1.1 (nothing announced) closes the connection on
     a larger PUBLISH. The old link sent it first on every reconnect, forever, with nothing acknowledged."""
     caplog.set_level(logging.WARNING, logger="edge_gateway")
-    broker = mosquitto("max_packet_size 400")
-    sub = Subscriber(broker.port, "city/#", client_id="ref-sub").start()
+    broker = servers.mosquitto("max_packet_size 400")
+    sub = servers.subscriber(broker)
     acks: list = []
     link = make_link(broker.port, "3.1.1", acks)
-    link.start()
-    try:
-        await until(lambda: link.connected, 10, "connected")
+    async with running(link):
         tokens = link.publish_many([(TOPICS.agg("s"), payload(1))])
         await until(lambda: acks == [(tokens[0], 0)], 5, "the first acknowledged")
         tokens += link.publish_many([(TOPICS.agg("s"), payload(s, 600 if s == 2 else 0)) for s in (2, 3)])
@@ -196,36 +213,27 @@ async def test_a_message_the_broker_closes_connections_on_is_refused_as_poison(m
         assert seqs_at(sub) == [1, 3]
         poison = [r for r in caplog.records if r.levelno == logging.ERROR and "refused as poison" in r.getMessage()]
         assert len(poison) == 1 and "'city/ref-gw/agg/s' (seq 2)" in poison[0].getMessage()
-    finally:
-        await link.stop()
-        sub.stop()
 
 
-async def test_a_link_level_message_is_sent_again_once_only(mosquitto):
-    broker = mosquitto("max_packet_size 400")
+async def test_a_link_level_message_is_sent_again_once_only(servers):
+    broker = servers.mosquitto("max_packet_size 400")
     link = make_link(broker.port, "3.1.1")
     link.stable_after_s = 1.0
-    link.start()
-    try:
-        await until(lambda: link.connected, 10, "connected")
+    async with running(link):
         link.publish(TOPICS.status, payload(0, 600), retain=True)  # the full status, say, too large
         await until(lambda: link.connects == 3 and link.connected, 10, "the third connection")
         await asyncio.sleep(1.5)  # up long enough to count as stable: the backoff starts again
         assert link.connects == 3 and link.gave_up == 1 and link.pending_mids() == set()
         assert link._attempt == 0 and link.poisoned == 0
-    finally:
-        await link.stop()
 
 
 # --- #3: the CONNACK's Receive Maximum ----------------------------------------------------------
 
-async def test_receive_maximum_is_kept_also_by_the_resend_after_a_reconnect():
-    server = StrictBroker(receive_maximum=20)
+async def test_receive_maximum_is_kept_also_by_the_resend_after_a_reconnect(servers):
+    server = servers.strict(receive_maximum=20, ack_delay=0.03)
     acks: list = []
     link = make_link(server.port, acks=acks)
-    link.start()
-    try:
-        await until(lambda: link.connected, 10, "connected")
+    async with running(link):
         server.hold.set()  # nothing acknowledged: 20 outstanding, the rest waits in the link
         link.publish_many([(TOPICS.agg("s"), payload(s)) for s in range(1, 61)])
         await asyncio.sleep(0.5)
@@ -236,42 +244,33 @@ async def test_receive_maximum_is_kept_also_by_the_resend_after_a_reconnect():
         server.hold.clear()
         await until(lambda: len(acks) == 60, 20, "all acknowledged")
         assert all(rc == 0 for _, rc in acks) and link.receive_maximum == 5
-        assert server.exceeded == 0 and server.connections == 2 and link.connects == 2
-        acked = [msgpack.unpackb(p)["seq"] for topic, p in server.acked if topic == TOPICS.agg("s")]
-        assert sorted(set(acked)) == list(range(1, 61))
-    finally:
-        await link.stop()
-        server.close()
+        assert server.disconnects_093 == 0 and server.connections == 2 and link.connects == 2
+        assert sorted(set(server.seqs("ack"))) == list(range(1, 61))  # the status has no seq
 
 
 # --- #5: closed before the CONNACK --------------------------------------------------------------
 
-async def test_a_connection_closed_before_its_connack_is_reported_once(mosquitto, caplog):
+async def test_a_connection_closed_before_its_connack_is_reported_once(servers, caplog):
     """Mosquitto without retained messages closes a 3.1.1 CONNECT with a retained will, CONNACK-less."""
     caplog.set_level(logging.WARNING, logger="edge_gateway")
-    broker = mosquitto("retain_available false")
+    broker = servers.mosquitto("retain_available false")
     link = make_link(broker.port, "3.1.1")
-    link.start()
-    try:
+    async with running(link, connected=False):
         await until(lambda: link._attempt >= 4, 10, "four attempts")
         assert link.connects == 0 and link.last_error.startswith(PRE_CONNACK), link.last_error
         said = [r for r in caplog.records if r.getMessage().startswith(PRE_CONNACK)]
         assert len(said) == 1 and said[0].levelno == logging.WARNING
-    finally:
-        await link.stop()
 
 
 # --- #8: a broker without retained messages -----------------------------------------------------
 
-async def test_retain_status_false_works_with_a_broker_without_retained_messages(mosquitto):
-    broker = mosquitto("retain_available false")
-    sub = Subscriber(broker.port, "city/#", client_id="ref-sub").start()
+async def test_retain_status_false_works_with_a_broker_without_retained_messages(servers):
+    broker = servers.mosquitto("retain_available false")
+    sub = servers.subscriber(broker)
     refused = make_link(broker.port, client_id="ref-retained")
     acks: list = []
     link = make_link(broker.port, acks=acks, retain_status=False)
-    refused.start()
-    link.start()
-    try:
+    async with running(refused, link, connected=False):
         await until(lambda: link.connected, 10, "connected with retain_status false")
         token = link.publish(TOPICS.status, b"status", retain=True)  # the daemon's periodic status asks for retain
         await until(lambda: acks == [(token, 0)], 5, "the status acknowledged")
@@ -283,30 +282,21 @@ async def test_retain_status_false_works_with_a_broker_without_retained_messages
             "broker refused connection: Retain not supported; this broker keeps no retained messages: "
             "set broker.retain_status: false")
         assert link.connects == 1
-    finally:
-        await refused.stop()
-        await link.stop()
-        sub.stop()
 
 
 # --- #6: another client with the same client id ------------------------------------------------
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-async def test_a_session_taken_over_again_and_again_is_named_and_backs_off(mosquitto, caplog, protocol):
+async def test_a_session_taken_over_again_and_again_is_named_and_backs_off(servers, caplog, protocol):
     caplog.set_level(logging.WARNING, logger="edge_gateway")
-    broker = mosquitto("")
+    broker = servers.mosquitto("")
     a = make_link(broker.port, protocol, client_id="edge-gateway-twin")
     b = make_link(broker.port, protocol, client_id="edge-gateway-twin")
-    a.start()
-    b.start()
-    try:
+    async with running(a, b, connected=False):
         await until(lambda: a._attempt >= 4 and b._attempt >= 4, 20, "the backoff growing on both")
         named = [r for r in caplog.records if r.levelno == logging.ERROR and "'edge-gateway-twin'" in r.getMessage()]
         assert 1 <= len(named) <= 2 and "the same gateway.id on two gateways" in named[0].getMessage()
         assert any("client id 'edge-gateway-twin'" in x.last_error for x in (a, b))
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 # --- #9 and #7: config -------------------------------------------------------------------------

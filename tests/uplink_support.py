@@ -17,6 +17,7 @@ import textwrap
 import threading
 from pathlib import Path
 
+import mqtt_wire as wire
 from edge_gateway.messages import merged_seqs
 from support import free_port
 
@@ -155,50 +156,22 @@ class _PublishTap:
 
     def feed(self, data: bytes) -> None:
         self.buf += data
-        while len(self.buf) >= 2:
-            n, mult, i = 0, 1, 1
-            while True:
-                if i >= len(self.buf):
-                    return
-                b = self.buf[i]
-                n += (b & 0x7F) * mult
-                mult *= 128
-                i += 1
-                if not b & 0x80:
-                    break
-            if len(self.buf) < i + n:
-                return
-            first, body = self.buf[0], bytes(self.buf[i:i + n])
-            del self.buf[:i + n]
+        while (got := wire.split(self.buf)) is not None:
             try:
-                self._packet(first, body)
+                self._packet(*got)
             except Exception:  # noqa: BLE001 - a diagnostic only
                 pass
 
     def _packet(self, first: int, body: bytes) -> None:
         kind = first >> 4
         if kind == 1:  # CONNECT: protocol level tells whether PUBLISH carries properties
-            name_len = int.from_bytes(body[:2], "big")
-            self.v5 = body[2 + name_len] == 5
+            self.v5 = wire.connect_is_v5(body)
         if kind != 3:
             return
-        qos = (first >> 1) & 3
-        tlen = int.from_bytes(body[:2], "big")
-        topic = body[2:2 + tlen].decode()
-        pos = 2 + tlen + (2 if qos else 0)
-        if self.v5:
-            plen, mult = 0, 1
-            while True:
-                b = body[pos]
-                pos += 1
-                plen += (b & 0x7F) * mult
-                mult *= 128
-                if not b & 0x80:
-                    break
-            pos += plen
-        if "/agg/" in topic or "/event/" in topic:
-            from edge_gateway.messages import decode
-            self.out.append((self.conn, topic, int(decode(body[pos:])["seq"]), bool(first & 0x08)))
+        p = wire.parse_publish(first, body, self.v5)
+        seq = wire.gateway_seq(p.topic, p.payload)
+        if seq is not None:
+            self.out.append((self.conn, p.topic, seq, p.dup))
 
 
 def sent_order_report(proxy: TcpProxy) -> list[tuple[int, str, int, int]]:
