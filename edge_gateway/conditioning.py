@@ -33,6 +33,7 @@ class Conditioning:
         self._deadband = _f.new_deadband_state(0)
         self.despiked = np.zeros(0, dtype=np.int64)  # per channel: readings the Hampel filter replaced
         self.held = np.zeros(0, dtype=np.int64)  # per channel: aggregates the deadband held back
+        self._retired: dict[str, dict[str, int]] = {}  # the counts of forgotten channels, per sensor
         self.set_sensors(sensors)
 
     def set_sensors(self, sensors: tuple[SensorSection, ...]) -> None:
@@ -42,7 +43,13 @@ class Conditioning:
         self._refresh(self._keys)
 
     def keep_channels(self, keep: np.ndarray, keys: list) -> None:
-        """Keep only channels ``keep`` (ascending), renumbered 0, 1, ...; ``keys`` are the kept ones'."""
+        """Keep only channels ``keep`` (ascending), renumbered 0, 1, ...; ``keys`` are the kept ones'.
+        The forgotten channels' counts stay in their sensor's: a counter never goes down."""
+        gone = np.setdiff1d(np.arange(len(self._keys)), keep)
+        for c in gone[gone < self.despiked.shape[0]].tolist():
+            d = self._retired.setdefault(self._keys[c].sensor, {"despiked": 0, "deadband_held": 0})
+            d["despiked"] += int(self.despiked[c])
+            d["deadband_held"] += int(self.held[c])
         self._lowpass = keep_rows(self._lowpass, keep)
         self._deadband = keep_rows(self._deadband, keep)
         self._hampel = {w: keep_rows(t, keep) for w, t in self._hampel.items()}
@@ -128,7 +135,7 @@ class Conditioning:
     def counters(self, keys: list) -> dict[str, dict[str, int]]:
         """Per sensor with filters: ``despiked`` readings and ``deadband_held`` aggregates so far
         (since the daemon started; not checkpointed)."""
-        out: dict[str, dict[str, int]] = {}
+        out = {sensor: dict(d) for sensor, d in self._retired.items()}
         for c, k in enumerate(keys[: len(self._of_channel)]):
             if self._of_channel[c] == _OFF and not (self.despiked[c] or self.held[c]):
                 continue

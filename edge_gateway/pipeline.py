@@ -107,6 +107,7 @@ class Pipeline:
         self._marks_dirty = False
         self._regrid: tuple[np.ndarray, float] | None = None  # windows closed by a restore, and their length
         self._numbering = 0  # how many times channels were renumbered (forget_idle): marks and checkpoint agree on it
+        self._retired_rewinds: dict[str, int] = {}  # engine.rewinds of forgotten channels, per sensor
         self._use_detectors(cfg.detector)
 
     def _use_detectors(self, section: DetectorSection) -> None:
@@ -274,6 +275,9 @@ class Pipeline:
         keep = np.flatnonzero(~idle)
         gone = [keys[c] for c in np.flatnonzero(idle).tolist()]
         kept = [keys[c] for c in keep.tolist()]
+        for c, k in zip(np.flatnonzero(idle).tolist(), gone):  # counters never go down
+            if c < self.engine.rewinds.shape[0] and self.engine.rewinds[c]:
+                self._retired_rewinds[k.sensor] = self._retired_rewinds.get(k.sensor, 0) + int(self.engine.rewinds[c])
         self.batcher.renumber(kept)
         self.engine.keep_channels(keep)
         for det in self._detectors:
@@ -290,7 +294,7 @@ class Pipeline:
 
     def rewind_counts(self) -> dict[str, int]:
         """Per sensor, how many times a channel's windows started afresh after its time went back."""
-        out: dict[str, int] = {}
+        out = dict(self._retired_rewinds)
         counts = self.engine.rewinds
         for c, k in enumerate(self.batcher.keys[: counts.shape[0]]):
             if counts[c]:

@@ -185,3 +185,38 @@ async def test_the_gateway_makes_room_commits_the_new_numbering_and_a_restart_re
         assert np.array_equal(gw2.pipeline._marks[:1, 0], marks[:1, 0], equal_nan=True)
     finally:
         await gw2.queue.close()
+
+
+FILTERED = """
+sensors:
+  - id: node
+    driver: coap
+    options: {uri: "coap://127.0.0.1", resources: [{path: /n}]}
+    filters: {despike_window: 5, lowpass_alpha: 0.5}
+windows: {seconds: 10, grace_s: 2}
+detector: {params: {weights: [0, 0, 0, 0, 0, 0, 0, 0]}}
+"""
+
+
+def test_a_kept_channel_is_filtered_as_if_the_forgotten_one_had_never_been():
+    """b's despike and low-pass state moves with it: its aggregates, spike at tick 45 included, are those
+    of a gateway that never saw a."""
+    cfg = config.loads("gateway: {id: gw}\n" + FILTERED)
+
+    def run(with_a: bool) -> list:
+        b = Batcher(max_channels_per_sensor=2)
+        p = Pipeline(cfg, TOPICS, b, wall_clock=lambda: T0 + 100)
+        out = []
+        for k in range(60):  # a: ticks 0 to 9, a spike at 7
+            for ch in (["a"] if with_a and k < 10 else []) + ["b"] + (["c"] if k >= 41 else []):
+                v = 1000.0 if (ch, k) in (("a", 7), ("b", 45)) else value(ch, k) + 0.1 * (k % 7)
+                b.add(Reading("node", ch, v, T0 + k, "u"))
+            out += p.process(b.drain(), now=100.0 * k)
+            if with_a and k == 40:
+                assert [key.channel for key in p.forget_idle({"node"}, 4600.0, CHANNEL_IDLE_S)] == ["a"]
+        # a's despiked reading still counts: a counter never goes down
+        assert p.conditioning.counters(b.keys) == {"node": {"despiked": 1 + with_a, "deadband_held": 0}}
+        return [m.fields for m in out if m.kind == messages.KIND_AGG and m.fields["channel"] != "a"]
+
+    assert [(f["channel"], f["start"], f["mean"]) for f in run(True)] == \
+        [(f["channel"], f["start"], f["mean"]) for f in run(False)]
