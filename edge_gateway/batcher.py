@@ -40,7 +40,7 @@ class Batch:
 
 MAX_CHANNELS_PER_SENSOR = 1024  # a device names its channels (SenML): one must not grow memory without end
 CHANNEL_IDLE_S = 3600.0  # a sensor at the cap gets room by forgetting its channels silent this long
-ROOM_CHECK_S = 10.0  # and looks for them at most this often while it refuses
+ROOM_CHECK_S = 60.0  # and looks for them at most this often while it refuses (each time frees: a checkpoint write)
 log = logging.getLogger(__name__)
 
 

@@ -74,6 +74,7 @@ class Gateway:
         self._pending: list = []
         self._refused_seen: dict[str, int] = {}  # batcher.refused when _make_room last looked
         self._room_checked = -math.inf
+        self._numbering_owed = False  # renumbered, and no checkpoint of the new numbering stored yet
         self.channels_forgotten: dict[str, int] = {}  # per sensor, by _make_room
         self._stop = asyncio.Event()
         self.link = None
@@ -270,10 +271,23 @@ class Gateway:
         self._pending = []
         self._observe(batch, out)
         if self.batcher.refused and self._make_room():
-            await self._save_checkpoint()  # into the transaction that commits the marks of the new numbering
+            self._numbering_owed = True
         if out:
             marks = self.pipeline.take_marks()
-            await self.queue.append(out, note=("marks", marks) if marks else None)
+            ckpt = None
+            if self._numbering_owed:
+                # channels were renumbered: the marks of the new numbering go to disk only in the
+                # transaction that stores a checkpoint of it, with this round's messages
+                from .pipeline import pack_checkpoint
+
+                state = self.pipeline.checkpoint_state()
+                ckpt = ("analytics", await asyncio.get_running_loop().run_in_executor(None, pack_checkpoint, state))
+            await self.queue.append(out, note=("marks", marks) if marks else None, checkpoint=ckpt)
+            if ckpt is not None:
+                if self.queue.checkpoint_stored("analytics") == ckpt[1]:
+                    self._numbering_owed = False
+                else:
+                    self.pipeline.marks_unsaved()  # a full disk gave up the checkpoint and these marks
             if self.queue.stats_now().dropped_pending and self.link is not None and self.link.connected:
                 await self._report_drops()
             for m in out:
@@ -488,7 +502,7 @@ class Gateway:
 
     async def _warm_detector(self, section, sensors) -> None:
         """Compile (or load) the detector kernels ``section`` needs for ``sensors``, off the event loop."""
-        from .pipeline import warm_detectors
+        from .detector_groups import warm_detectors
 
         t0 = time.perf_counter()
         n = await self.compiler.submit(warm_detectors, section, [s.id for s in sensors])

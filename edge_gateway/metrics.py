@@ -178,6 +178,9 @@ def _collector(get_status: Callable[[], dict]):
             filtered = CounterMetricFamily("edge_gateway_sensor_filtered",
                                            "readings despiked and aggregates held back by the deadband",
                                            labels=["gateway", "sensor", "kind"])
+            channels = CounterMetricFamily("edge_gateway_sensor_channels",
+                                           "readings of new channels refused at the sensor's cap, and channels "
+                                           "forgotten to make room", labels=["gateway", "sensor", "kind"])
             last = GaugeMetricFamily("edge_gateway_sensor_last_value", "newest value",
                                      labels=["gateway", "sensor", "channel", "unit"])
             for sid, st in sensors.items():
@@ -191,9 +194,12 @@ def _collector(get_status: Callable[[], dict]):
                 for kind in ("despiked", "deadband_held"):
                     if kind in st:
                         filtered.add_metric([gw, sid, kind], float(st[kind]))
+                for kind in ("channels_refused", "channels_forgotten"):
+                    if kind in st:
+                        channels.add_metric([gw, sid, kind[len("channels_"):]], float(st[kind]))
                 for ch, v in st.get("last_values", {}).items():
                     last.add_metric([gw, sid, ch, v.get("unit", "")], float(v["value"]))
-            yield from (rate, readings, errors, filtered, last)
+            yield from (rate, readings, errors, filtered, channels, last)
             r = s.get("reload", {})
             c = CounterMetricFamily("edge_gateway_reloads", "config reloads", labels=["gateway", "result"])
             c.add_metric([gw, "ok"], float(r.get("ok", 0)))

@@ -9,82 +9,34 @@ commits what :meth:`Pipeline.process` returns and checkpoints what
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import zlib
-from typing import Callable, Iterable
+from typing import Callable
 
 import msgpack
 import numpy as np
 
 from . import messages
-from .analytics.chain import Detector, DetectorSettings
+from .analytics.chain import DetectorSettings
 from .analytics.engine import REWIND_AFTER, Engine
-from .analytics.tables import keep_rows
 from .batcher import Batch, Batcher, FutureFilter
 from .conditioning import Conditioning
 from .config import DetectorSection, GatewayConfig
+from .detector_groups import DetectorGroups, warm_detectors
 
 log = logging.getLogger(__name__)
 
+FORGOTTEN = "(forgotten channels)"  # channel_counters' entry for the drops of channels forget_idle forgot
 # marks, per channel: the start of the newest aggregate sent, of the newest event sent closed and open
 _M_WINDOW, _M_CLOSED, _M_OPENED = range(3)
-
-
-def detector_settings(section: DetectorSection, sensor: str = "", channel: str = "") -> DetectorSettings:
-    """The ensemble's settings for one channel: the tuned defaults, then the section's threshold and
-    params, then its ``sensors`` entries for the sensor and for ``sensor/channel`` (the most specific wins).
-    """
-    base = DetectorSettings()
-    for layer in section.for_channel(sensor, channel):
-        if layer.params:
-            base = base.with_overrides(layer.overrides())
-        if layer.threshold is not None:
-            base = dataclasses.replace(base, event_threshold=layer.threshold)
-    return base
-
-
-def detector_variants(section: DetectorSection, sensors: Iterable[str]) -> list[DetectorSettings]:
-    """Every distinct settings a channel of ``sensors`` can be scored with under ``section``.
-
-    A channel is scored with the section's settings, its sensor's, or its own ``sensor/channel``
-    entry's; a channel of a sensor no longer configured (restored from a checkpoint) gets the section's.
-    """
-    found = {detector_settings(section): None}
-    for sensor in sensors:
-        found.setdefault(detector_settings(section, sensor))
-    for key in section.sensors:
-        sensor, _, channel = key.partition("/")
-        if channel:
-            found.setdefault(detector_settings(section, sensor, channel))
-    return list(found)
-
-
-def warm_detectors(section: DetectorSection, sensors: Iterable[str],
-                   progress: Callable[[], None] = lambda: None) -> int:
-    """Compile (or load from the Numba cache) the detector kernel of every variant in
-    :func:`detector_variants`; returns how many there are.
-
-    Each variant with another ``spec`` (or with the statistical detectors switched on or off) is a
-    Numba specialization of its own. One left out would compile on the event loop at the first
-    reading it scores: seconds on a PC, a watchdog abort on a Pi. Touches no pipeline state, so it
-    can run in a thread while the pipeline goes on with the old settings.
-    """
-    variants = detector_variants(section, sensors)
-    for settings in variants:
-        Detector(settings).warm()
-        progress()
-    return len(variants)
 
 
 class Pipeline:
     """Window aggregates for every channel, and anomaly events from the detector ensemble.
 
     Channels share one :class:`Detector` per distinct settings (one in all unless
-    the config's ``detector.sensors`` tunes some sensors apart); each detector's
-    tables have a row for every channel but only its own channels' rows are used,
-    so the checkpoint stays one table per state, whatever the grouping.
+    the config's ``detector.sensors`` tunes some sensors apart; see :mod:`.detector_groups`).
 
     Readings stamped too far ahead of ``wall_clock`` never reach the kernels (see
     :class:`~.batcher.FutureFilter`). That is a clock of its own: reading timestamps
@@ -108,36 +60,19 @@ class Pipeline:
         self._regrid: tuple[np.ndarray, float] | None = None  # windows closed by a restore, and their length
         self._numbering = 0  # how many times channels were renumbered (forget_idle): marks and checkpoint agree on it
         self._retired_rewinds: dict[str, int] = {}  # engine.rewinds of forgotten channels, per sensor
+        self._retired_drops: dict[str, list[int]] = {}  # [late, future] of forgotten channels, per sensor
         self._use_detectors(cfg.detector)
 
     def _use_detectors(self, section: DetectorSection) -> None:
         """Fresh detectors for ``section`` (state zero), channels grouped by their settings."""
         self._section = section
-        self._detectors = [Detector(detector_settings(section))]
-        self._group_of = {self._detectors[0].settings: 0}
-        self._group = np.zeros(0, dtype=np.int64)  # detector index of each channel
-        self._assign(len(self.batcher.keys))
-
-    def _assign(self, n_keys: int) -> None:
-        """Give channels ``len(self._group) .. n_keys - 1`` their detector, creating it if new."""
-        if n_keys <= self._group.shape[0]:
-            return
-        fresh = []
-        for key in self.batcher.keys[self._group.shape[0]:n_keys]:
-            settings = detector_settings(self._section, key.sensor, key.channel)
-            g = self._group_of.get(settings)
-            if g is None:
-                g = self._group_of[settings] = len(self._detectors)
-                self._detectors.append(Detector(settings))
-            fresh.append(g)
-        self._group = np.concatenate([self._group, np.array(fresh, dtype=np.int64)])
-        for det in self._detectors:
-            det.ensure_channels(n_keys)
+        self.detectors = DetectorGroups(section)
+        self.detectors.assign(self.batcher.keys)
 
     def settings_of(self, channel: int) -> DetectorSettings:
         """The detector settings channel number ``channel`` is scored with."""
-        self._assign(len(self.batcher.keys))
-        return self._detectors[int(self._group[channel])].settings
+        self.detectors.assign(self.batcher.keys)
+        return self.detectors.settings_of(channel)
 
     def warm(self, progress: Callable[[], None] = lambda: None) -> None:
         """Compile (or load from the Numba cache) every kernel the pipeline calls with this config;
@@ -160,23 +95,13 @@ class Pipeline:
 
         Call :func:`warm_detectors` for ``section`` off the event loop first: this compiles nothing.
         """
-        state = self._detector_state()
+        state = self.detectors.state()
         self._use_detectors(section)
-        self._load_detector_state(state)
+        self.detectors.load_state(state)
 
     def _detector_state(self) -> dict[str, np.ndarray]:
-        """Every channel's detector state rows, each from the detector that scores the channel."""
-        states = [det.state() for det in self._detectors]
-        merged = states[0]
-        for g, st in enumerate(states[1:], 1):
-            for name, a in merged.items():
-                rows = np.nonzero(self._group[: a.shape[0]] == g)[0]
-                a[rows] = st[name][rows]
-        return merged
-
-    def _load_detector_state(self, state: dict[str, np.ndarray]) -> None:
-        for det in self._detectors:
-            det.load_state(state)
+        """Every channel's detector state rows (by channel number), each from the detector that scores it."""
+        return self.detectors.state()
 
     def process(self, batch: Batch, now: float) -> list[messages.Message]:
         """Aggregates of the windows this batch (or the passage of time) closed, and anomaly events:
@@ -187,7 +112,7 @@ class Pipeline:
         self._announced = _padded(self._announced, n_keys, np.nan)
         self._marks = _padded_rows(self._marks, n_keys)
         self.engine.ensure_channels(n_keys)
-        self._assign(n_keys)
+        self.detectors.assign(self.batcher.keys)
         if self.conditioning.active:
             self.conditioning.ensure(self.batcher.keys)
         out = [self._anomaly(ev, "closed") for ev in self._orphans]
@@ -230,15 +155,13 @@ class Pipeline:
     def clock_stepped(self) -> None:
         """The gateway's wall clock jumped (NTP's first sync): the jump in the stamps of the readings it
         dates is not a dropout, and after a step back the gaps would be negative until time caught up."""
-        for det in self._detectors:
-            det.resume()
+        self.detectors.resume()
 
     def _rewound(self, channels: np.ndarray) -> None:
         """Channels whose time went back and whose windows start afresh (see :meth:`.Engine.process`)."""
         self._marks[channels] = np.nan  # what was sent ahead must not make the new windows and events late
         self._marks_dirty = True
-        for g, det in enumerate(self._detectors):
-            det.resume(channels[self._group[channels] == g])
+        self.detectors.resume(channels)
         keys = self.batcher.keys
         log.warning("time went back on %s: readings stamped more than %g s before their windows, %d in a row; "
                     "their windows start afresh at the new time (a clock step: windows may repeat a start "
@@ -266,7 +189,7 @@ class Pipeline:
             return []
         idle &= np.array([k.sensor in sensors for k in keys], dtype=bool)
         busy = np.zeros(n, dtype=bool)
-        for mask in [self.engine.open_mask(), ~np.isnan(self._announced)] + [d.open_mask() for d in self._detectors]:
+        for mask in (self.engine.open_mask(), ~np.isnan(self._announced), self.detectors.open_mask(n)):
             k = min(mask.shape[0], n)
             busy[:k] |= mask[:k]
         idle &= ~busy
@@ -275,19 +198,21 @@ class Pipeline:
         keep = np.flatnonzero(~idle)
         gone = [keys[c] for c in np.flatnonzero(idle).tolist()]
         kept = [keys[c] for c in keep.tolist()]
+        late, future = self.engine.late_counts(), self.future.dropped
         for c, k in zip(np.flatnonzero(idle).tolist(), gone):  # counters never go down
             if c < self.engine.rewinds.shape[0] and self.engine.rewinds[c]:
                 self._retired_rewinds[k.sensor] = self._retired_rewinds.get(k.sensor, 0) + int(self.engine.rewinds[c])
+            d = self._retired_drops.setdefault(k.sensor, [0, 0])
+            d[0] += int(late[c]) if c < late.shape[0] else 0
+            d[1] += int(future[c]) if c < future.shape[0] else 0
         self.batcher.renumber(kept)
         self.engine.keep_channels(keep)
-        for det in self._detectors:
-            det.keep_channels(keep)
+        self.detectors.keep_channels(keep)
         self.future.keep_channels(keep)
         self.conditioning.keep_channels(keep, kept)
-        self._group = keep_rows(self._group, keep)
-        self._last_arrival = keep_rows(self._last_arrival, keep)
-        self._announced = keep_rows(self._announced, keep)
-        self._marks = keep_rows(self._marks, keep)
+        self._last_arrival = _kept(self._last_arrival, keep)
+        self._announced = _kept(self._announced, keep)
+        self._marks = _kept(self._marks, keep)
         self._numbering += 1
         self._marks_dirty = True
         return gone
@@ -302,27 +227,24 @@ class Pipeline:
         return out
 
     def _silence_after(self, channels: np.ndarray) -> np.ndarray:
-        out = np.zeros(channels.size)
-        for g, det in enumerate(self._detectors):
-            mine = self._group[channels] == g
-            if mine.any():
-                out[mine] = det.silence_after(channels[mine])
-        return out
+        return self.detectors.silence_after(channels)
 
     def _close_events(self, channels: np.ndarray) -> list[dict]:
-        closed = []
-        for g, det in enumerate(self._detectors):
-            closed += det.close_events(channels[self._group[channels] == g])
+        closed = self.detectors.close_events(channels)
         for ev in closed:
             self._announced[ev["channel"]] = np.nan
         return closed
 
     def channel_counters(self) -> dict[tuple[str, str], dict[str, int]]:
         """Readings each ``(sensor, channel)`` lost before its windows: ``late`` (older than the window
-        open or last closed) and ``future`` (stamped too far ahead of the gateway's clock)."""
+        open or last closed) and ``future`` (stamped too far ahead of the gateway's clock). Channels
+        forgotten (:meth:`forget_idle`) count on under ``(sensor, FORGOTTEN)``."""
         late = self.engine.late_counts()
         future = self.future.dropped
         out: dict[tuple[str, str], dict[str, int]] = {}
+        for sensor, (n_late, n_future) in self._retired_drops.items():
+            if n_late or n_future:
+                out[(sensor, FORGOTTEN)] = {"late": n_late, "future": n_future}
         for i, k in enumerate(self.batcher.keys):  # a channel whose unit changed has a key per unit
             c = out.setdefault((k.sensor, k.channel), {"late": 0, "future": 0})
             c["late"] += int(late[i]) if i < late.shape[0] else 0
@@ -358,18 +280,7 @@ class Pipeline:
         within the batch is only in the first list; one still open is announced once (see
         :meth:`process`), so the cloud hears of a stuck sensor while it is stuck, not when it recovers.
         """
-        if len(self._detectors) == 1:
-            det = self._detectors[0]
-            closed = det.process(batch.chan, batch.ts, batch.val)[1]
-            return closed, det.open_events(touched)
-        group = self._group[batch.chan]
-        closed, opened = [], []
-        for g, det in enumerate(self._detectors):
-            mine = group == g
-            if mine.any():
-                closed += det.process(batch.chan[mine], batch.ts[mine], batch.val[mine])[1]
-                opened += det.open_events(touched[self._group[touched] == g])
-        return closed, opened
+        return self.detectors.process(batch.chan, batch.ts, batch.val, touched)
 
     def checkpoint(self) -> bytes:
         """Channel names and every state table, so a restart resumes windows and detectors."""
@@ -385,7 +296,12 @@ class Pipeline:
         if self.conditioning.active:  # otherwise tables of zeros: two more pages a minute on the SD card
             arrays.update({f"filters.{k}": v for k, v in self.conditioning.state().items()})
         return {"window_s": self.cfg.windows.seconds, "numbering": self._numbering,
+                "retired": {s: list(d) for s, d in self._retired_drops.items()},
                 "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys], "arrays": arrays}
+
+    def marks_unsaved(self) -> None:
+        """The marks :meth:`take_marks` last gave were not stored: give them again next time."""
+        self._marks_dirty = True
 
     def take_marks(self) -> bytes | None:
         """What was sent per channel, when it changed since the last call: the daemon stores it in the
@@ -425,11 +341,11 @@ class Pipeline:
             marks[:, _M_WINDOW] = np.nan
         windows = self.engine.close_through(marks[:, _M_WINDOW])
         sent_closed = marks[:, _M_CLOSED]
-        events = sum(det.forget_events(sent_closed) for det in self._detectors)
+        events = self.detectors.forget_events(sent_closed)
         k = marks.shape[0]
         ann = self._announced[:k]
         ann[ann <= sent_closed] = np.nan  # NaN compares false: kept
-        open_now = {e["channel"]: e["start"] for det in self._detectors for e in det.open_events(np.arange(k))}
+        open_now = {e["channel"]: e["start"] for e in self.detectors.open_events(np.arange(min(k, n)))}
         for c in np.nonzero(~(marks[:, _M_OPENED] <= sent_closed) & ~np.isnan(marks[:, _M_OPENED]))[0].tolist():
             start = marks[c, _M_OPENED]
             if open_now.get(c) == start:
@@ -447,6 +363,7 @@ class Pipeline:
             return 0
         inflate = zlib.decompress if data["version"] == 3 else bytes
         self._numbering = int(data.get("numbering", 0))
+        self._retired_drops = {str(s): [int(d[0]), int(d[1])] for s, d in data.get("retired", {}).items()}
         for sensor, channel, unit in data["keys"]:
             self.batcher.index_of(sensor, channel, unit)
         arrays = {name: np.frombuffer(inflate(raw), dtype=np.float64).reshape(shape).copy()
@@ -457,11 +374,11 @@ class Pipeline:
             self._regrid = (self.engine.restart_grid(), float(old_s))
             log.info("windows.seconds changed from %g to %g s: %d window(s) open at the restart closed on the old grid",
                      old_s, self.cfg.windows.seconds, self._regrid[0].shape[0])
-        self._assign(len(self.batcher.keys))
+        self.detectors.assign(self.batcher.keys)
         n = len(self.batcher.keys)
         announced = _padded(arrays.get("announced", np.zeros(0))[:n], n, np.nan)  # absent in older ones
         try:
-            self._load_detector_state({k[4:]: v for k, v in arrays.items() if k.startswith("det.")})
+            self.detectors.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("det.")})
         except (ValueError, KeyError) as exc:
             # e.g. an upgrade changed a table's layout: the detectors relearn, and the events the cloud was
             # told are open are closed now, since no state is left that could ever close them
@@ -470,8 +387,7 @@ class Pipeline:
                         "event(s) closed", exc, opened.size)
             self._orphans = [_orphan(int(c), float(announced[c])) for c in opened]
             announced = np.full(n, np.nan)
-        for det in self._detectors:
-            det.resume()
+        self.detectors.resume()
         self._announced = announced
         self.future.load_state({k[7:]: v[:n] for k, v in arrays.items() if k.startswith("future.")})
         self.conditioning.ensure(self.batcher.keys)
@@ -487,6 +403,7 @@ def pack_checkpoint(state: dict) -> bytes:
         "version": 3,
         "window_s": state["window_s"],
         "numbering": state.get("numbering", 0),
+        "retired": state.get("retired", {}),
         "keys": state["keys"],
         "arrays": {name: [list(a.shape), zlib.compress(a.tobytes(), 1)] for name, a in state["arrays"].items()},
     })
@@ -508,6 +425,11 @@ def unpack_marks(blob: bytes) -> tuple[np.ndarray, float, int] | None:
         return None
     marks = np.frombuffer(zlib.decompress(data["deflated"]), dtype=np.float64).reshape(data["shape"]).copy()
     return marks, float(data["window_s"]), int(data.get("numbering", 0))
+
+
+def _kept(a: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The entries ``keep`` of a per-channel array sized by the channels seen (padded as they come)."""
+    return a[keep[keep < a.shape[0]]]
 
 
 def _orphan(channel: int, start: float) -> dict:

@@ -306,21 +306,32 @@ class DurableQueue:
     # --- append -------------------------------------------------------------------------------
 
     async def append(self, messages: Iterable[Message], protect: int = 0,
-                     note: tuple[str, bytes] | None = None) -> list[int]:
+                     note: tuple[str, bytes] | None = None,
+                     checkpoint: tuple[str, bytes] | None = None) -> list[int]:
         """Commit messages in one transaction; return their sequence numbers ([] if the disk is full).
 
         ``protect``: the highest seq that may be in flight (never rolled up or dropped).
         ``note``: ``(name, blob)``, a small blob stored in that same transaction, so it is saved exactly
         when the messages are (the pipeline's marks of what it sent: see :mod:`.pipeline`); read back
         with :meth:`load_note`. It goes in the ``meta`` page each append rewrites anyway.
+        ``checkpoint``: ``(name, blob)``, a checkpoint stored in that same transaction, the note with it
+        or neither (on a full disk the checkpoint is given up, and then the note too, since it describes
+        that checkpoint's state): see :meth:`checkpoint_stored`.
         """
         msgs = list(messages)
         if not msgs:
             return []
-        return await self._call(self._append, msgs, protect, note)
+        return await self._call(self._append, msgs, protect, note, checkpoint)
 
-    def _append(self, msgs: list[Message], protect: int, note: tuple[str, bytes] | None = None) -> list[int]:
+    def checkpoint_stored(self, name: str) -> bytes | None:
+        """The last checkpoint of that name committed by this process (None: none yet)."""
+        return self._ckpt_saved.get(name)
+
+    def _append(self, msgs: list[Message], protect: int, note: tuple[str, bytes] | None = None,
+                checkpoint: tuple[str, bytes] | None = None) -> list[int]:
         self._set_page_cap()
+        if checkpoint is not None:
+            self._ckpt_pending[checkpoint[0]] = checkpoint[1]
         try:
             seqs = self._insert(msgs, note)
         except sqlite3.OperationalError as exc:
@@ -330,6 +341,8 @@ class DurableQueue:
             for name in self._ckpt_pending:
                 log.error("queue full: analytics checkpoint %r not saved", name)
             self._ckpt_pending.clear()
+            if checkpoint is not None:
+                note = None
             protect = max(protect, self._handed_out)
             need = max(sum(len(self.encode(m.fields, 0)) for m in msgs) * 2 + 64 * 1024,
                        int(FULL_SLICE * self.page_cap * self._page_size))

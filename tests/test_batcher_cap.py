@@ -6,7 +6,7 @@ import logging
 
 from drivers.base import DriverStats
 from edge_gateway.batcher import Batcher
-from edge_gateway.metrics import Telemetry
+from edge_gateway.metrics import Telemetry, _collector
 from edge_gateway.readings import Reading
 
 
@@ -34,5 +34,9 @@ def test_refused_channels_are_in_the_sensors_status():
         name = "coap"
         stats = DriverStats()
 
-    out = Telemetry(lambda: 10.0, sensor_counters=lambda: {"node": {"channels_refused": 7}}).sensors([D()], 0.0)
-    assert out["node"]["channels_refused"] == 7
+    counters = {"node": {"channels_refused": 7, "channels_forgotten": 2}}
+    out = Telemetry(lambda: 10.0, sensor_counters=lambda: counters).sensors([D()], 0.0)
+    assert (out["node"]["channels_refused"], out["node"]["channels_forgotten"]) == (7, 2)
+    families = {f.name: f for f in _collector(lambda: {"gateway": "gw", "sensors": out}).collect()}
+    assert {tuple(s.labels.values()): s.value for s in families["edge_gateway_sensor_channels"].samples} == {
+        ("gw", "node", "refused"): 7.0, ("gw", "node", "forgotten"): 2.0}

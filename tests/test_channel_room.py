@@ -220,3 +220,130 @@ def test_a_kept_channel_is_filtered_as_if_the_forgotten_one_had_never_been():
 
     assert [(f["channel"], f["start"], f["mean"]) for f in run(True)] == \
         [(f["channel"], f["start"], f["mean"]) for f in run(False)]
+
+
+class PowerCut(BaseException):
+    pass
+
+
+async def crash_in_the_renumbering_round(tmp_path, cap: int, disk_full: bool = False) -> tuple[list, list, list]:
+    """node/a and node/b, b spiking at +3360 s; at +3600 s c arrives (refused at cap 2: a is forgotten).
+    With ``disk_full``, that round's first insert finds the disk full, its retry commits, and then the
+    power is cut; otherwise the power is cut inside that round's append, with run()'s periodic checkpoint waiting.
+    Then a new gateway from what is stored runs 12 more rounds. Returns the queued (state, start) of
+    the anomaly events, b's window starts, and what was committed twice (review 17, #1 and #2)."""
+    import sqlite3
+
+    from edge_gateway.daemon import Gateway
+
+    cfg = config.loads(f"gateway: {{id: gw, state_dir: {tmp_path / 'state'}}}\nwindows: {{seconds: 10, grace_s: 2}}\n"
+                       "detector: {threshold: 0.5, params: {weights: [0, 0, 0, 0, 1, 0, 0, 0], range_hi: 50}}\n")
+    wall, steady = Clock(T0), Clock(5.0)
+    committed: list = []
+
+    def gateway(run_no: int) -> Gateway:
+        gw = Gateway(cfg, clock=wall)
+        gw.clockwatch = ClockWatch(wall, steady)
+        gw.batcher.max_channels_per_sensor = cap
+        append = gw.queue.append
+
+        async def recorded(msgs, **kw):
+            seqs = await append(msgs, **kw)
+            committed.extend((run_no, m.fields["channel"], m.fields.get("state"), m.fields["start"]) for m in msgs
+                             if seqs)
+            return seqs
+        gw.queue.append = recorded
+        return gw
+
+    async def run(gw, ticks, channels) -> None:
+        for _ in range(ticks):
+            wall.t += 60.0
+            steady.t += 60.0
+            for ch in channels:
+                v = 100.0 if (ch, wall.t) == ("b", T0 + 3360.0) else 1.0 + 0.25 * ((wall.t // 60) % 4)
+                gw.batcher.add(Reading("node", ch, v, wall.t, "u"))
+            await gw.tick()
+
+    gw = gateway(1)
+    await gw.queue.open()
+    await run(gw, 1, ["a", "b"])
+    await run(gw, 58, ["b"])
+    await gw._save_checkpoint()
+    await run(gw, 1, ["b", "c"])
+    await gw._save_checkpoint()  # run()'s periodic checkpoint after that round, waiting for the next append
+    if disk_full:
+        insert = gw.queue._insert
+        hits = []
+
+        def full_once(msgs, note=None):
+            if not hits:
+                hits.append(1)
+                raise sqlite3.OperationalError("database or disk is full")
+            return insert(msgs, note)
+        gw.queue._insert = full_once
+        await run(gw, 1, ["b", "c"])  # and the power is cut right after
+    else:
+        async def cut(msgs, **kw):
+            raise PowerCut()
+        gw.queue.append = cut
+        try:
+            await run(gw, 1, ["b", "c"])
+        except PowerCut:
+            pass
+    gw.queue._ckpt_pending.clear()  # nothing more reaches the disk
+    gw.queue._deferred.clear()
+    await gw.queue.close()
+
+    gw2 = gateway(2)
+    await gw2.queue.open()
+    try:
+        await gw2._restore_checkpoint()
+        await run(gw2, 12, ["b", "c"])
+        rows = [messages.decode(r.payload) for r in await gw2.queue.peek(0, 10000)]
+    finally:
+        await gw2.queue.close()
+    events = [(f["state"], f["start"] - T0) for f in rows if f.get("type") == "anomaly"]
+    b_starts = [f["start"] - T0 for f in rows if "type" not in f and f["channel"] == "b"]
+    keys = [(c, s, t) for _, c, s, t in committed]
+    twice = sorted({k for k in keys if keys.count(k) > 1}, key=repr)
+    return events, b_starts, twice
+
+
+async def test_a_power_cut_in_the_renumbering_round_loses_and_repeats_what_it_would_without_one(tmp_path):
+    """The checkpoint of the new numbering is stored only with that round's messages and marks: a cut
+    before then restores the old numbering with its own marks, as if no channel had been forgotten."""
+    got = await crash_in_the_renumbering_round(tmp_path / "renumbered", cap=2)
+    same_without = await crash_in_the_renumbering_round(tmp_path / "baseline", cap=3)
+    assert got == same_without
+    events, b_starts, twice = got
+    assert events == [("open", 3360.0), ("closed", 3360.0)]  # before the fix, "closed" was never sent
+    assert twice == []
+    assert sorted(set(b_starts)) == sorted(b_starts)
+
+
+async def test_a_full_disk_in_the_renumbering_round_stores_neither_the_checkpoint_nor_its_marks(tmp_path):
+    """After a cut right then, only what that round committed without marks comes again (its event
+    closing); marks of the new numbering stored beside the old checkpoint would be refused, and the
+    round before sent again too (b's window at +3540 s)."""
+    _, _, twice = await crash_in_the_renumbering_round(tmp_path, cap=2, disk_full=True)
+    assert twice == [("b", "closed", T0 + 3360.0)]
+
+
+def test_the_drops_of_forgotten_channels_still_count_and_survive_a_restart():
+    cfg = config.loads("gateway: {id: gw}\n" + CFG_TEXT)
+    b = Batcher(max_channels_per_sensor=2)
+    p = Pipeline(cfg, TOPICS, b, wall_clock=lambda: T0 + 100)
+    tick(p, b, 0, ["a"])
+    b.add(Reading("node", "a", 1.0, T0 + 86400.0, "u"))  # a day ahead: dropped by the future filter
+    p.process(b.drain(), now=0.0)
+    tick(p, b, 20, ["a"])
+    b.add(Reading("node", "a", 1.0, T0, "u"))  # behind its closed window: late
+    p.process(b.drain(), now=2000.0)
+    tick(p, b, 40, ["b", "c"])
+    assert p.channel_counters()[("node", "a")] == {"late": 1, "future": 1}
+    assert [k.channel for k in p.forget_idle({"node"}, 5700.0, CHANNEL_IDLE_S)] == ["a"]
+    want = {("node", "(forgotten channels)"): {"late": 1, "future": 1}, ("node", "b"): {"late": 0, "future": 0}}
+    assert p.channel_counters() == want
+    p2 = Pipeline(cfg, TOPICS, Batcher(max_channels_per_sensor=2), wall_clock=lambda: T0 + 100)
+    p2.restore(p.checkpoint())
+    assert p2.channel_counters() == want

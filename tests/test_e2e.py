@@ -11,7 +11,7 @@ from drivers.serial_line import LineDecoder
 from edge_gateway.analytics import quantiles
 from edge_gateway.analytics.chain import Detector
 from edge_gateway.config import DetectorSection
-from edge_gateway.pipeline import detector_settings
+from edge_gateway.detector_groups import detector_settings
 from simulators.serial_line import scenario_lines
 from uplink_support import committed_first_seq
 from support import GatewayProcess, Process, Subscriber, wait_for

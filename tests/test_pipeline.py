@@ -207,6 +207,20 @@ def test_a_channel_override_scores_that_channel_apart():
     assert pipe.settings_of(1).event_threshold == 0.9
 
 
+def test_each_detector_holds_rows_for_its_own_channels_only():
+    """Review 16, bounds #10: a group tuned apart held a row for every channel (7.2 MB a group at 4,096)."""
+    batcher = Batcher()
+    pipe = Pipeline(config.loads(TWO + S2_QUIET), TOPICS, batcher)
+    for i in range(500):
+        batcher.index_of("s1", f"c{i}")
+    batcher.index_of("s2", "temp")
+    pipe.process(batcher.drain(), now=0.0)
+    default, apart = pipe.detectors.detectors
+    assert (default.n_channels, apart.n_channels) == (500, 1)
+    assert {a.shape[0] for a in apart.state().values()} == {1}
+    assert pipe._detector_state()["novelty"].shape[0] == 501  # the checkpoint: a row per channel, as before
+
+
 def test_restart_with_overrides_changes_nothing():
     cfg = config.loads(TWO + S2_QUIET)
     stream = two_sensors(200, spike_at=150)

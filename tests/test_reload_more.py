@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edge_gateway import config
 from edge_gateway.analytics.chain import Detector
 from edge_gateway.analytics.engine import Engine
-from edge_gateway.pipeline import detector_settings
+from edge_gateway.detector_groups import detector_settings
 from ops_support import cli, status_json
 from support import GatewayProcess, Subscriber, wait_for
 from test_daemon_startup import DETECTOR_KERNEL, Notifications, detector_lookups, numba_cache_copy, simulator
@@ -227,12 +227,15 @@ def test_set_compiles_new_detector_settings_off_the_event_loop(tmp_path, broker)
         sub.stop()
     log = gw.log_text()
     assert rc == 0, log[-3000:]
-    pings = [t for t, m in rx.got if m == "WATCHDOG=1" and t >= t_set - 0.5] + [t_end]
-    gap = max(b - a for a, b in zip(pings, pings[1:]))
-    assert gap < 1.0, f"{gap:.1f} s without a watchdog ping; the reply came after {t_reply - t_set:.1f} s"
-    assert "event loop blocked" not in log
     took = float(log.split("detector kernels for the new settings ready in ")[-1].split(" s")[0])
     assert took > 1.0, f"no compile to test: {took} s"
+    pings = [t for t, m in rx.got if m == "WATCHDOG=1" and t >= t_set - 0.5] + [t_end]
+    gap = max(b - a for a, b in zip(pings, pings[1:]))
+    # a compile on the event loop would stop the pings for all of it; on a machine loaded by other
+    # tests the pings themselves come late, and so does the compile's end
+    assert gap < max(1.0, 0.5 * took), \
+        f"{gap:.1f} s without a watchdog ping; compile {took:.1f} s, reply after {t_reply - t_set:.1f} s"
+    assert "event loop blocked" not in log
     during = [n for t, n in counts if t_set + 0.5 < t < t_reply - 0.5]
     assert during and during[-1] > during[0], "no aggregate published during the compile"
     assert "detector parameter range_hi set to" in log

@@ -135,8 +135,8 @@ class Engine:
 
     def keep_channels(self, keep: np.ndarray) -> None:
         """Keep only channels ``keep`` (ascending), renumbered 0, 1, ... (see :meth:`.Pipeline.forget_idle`)."""
-        self._win = keep_rows(self._win, keep)
-        self._q = keep_rows(self._q, keep)
+        self._win = keep_rows(self._win, keep, windows.new_state)
+        self._q = keep_rows(self._q, keep, quantiles.new_window_state)
         self._behind = keep_rows(self._behind, keep)
         self.rewinds = keep_rows(self.rewinds, keep)
         self.n_channels = int(np.count_nonzero(keep < self.n_channels))
