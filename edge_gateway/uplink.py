@@ -48,10 +48,10 @@ a link-level message (status, command reply) is sent again at most once after a 
 with it unacknowledged; and as a last resort against what a broker does unannounced, a connection
 closed right after a send makes the next ones start again from one message outstanding (one more
 per answer) until those it left unacknowledged are through, and the message alone on the wire when
-:data:`SUSPECT_AFTER` connections in a row closed so is refused as :data:`POISON`
-(:meth:`MqttLink._judge`). The
-reconnect backoff is reset only by a connection that stayed up :data:`STABLE_S`, so a broker that
-accepts and then closes connections is not stormed.
+``SUSPECT_AFTER`` connections in a row closed so is refused as :data:`POISON`. The reconnect backoff
+is reset only by a connection that stayed up ``STABLE_S``, so a broker that accepts and then closes
+connections is not stormed. Those decisions, and naming a session takeover, are link_health.py's
+(:class:`~.link_health.LinkHealth`, fed by the network thread; :meth:`MqttLink._judge` acts on them).
 
 Failures stay local (docs/uplink.md, "When something fails on the network thread"): a topic MQTT
 cannot carry is refused by :meth:`MqttLink.publish` (:class:`TopicError`) or, inside a burst,
@@ -81,6 +81,7 @@ from paho.mqtt.properties import Properties
 
 from .backoff import backoff_delay
 from .config import MAX_TOPIC, BrokerSection
+from .link_health import SHORT_S, LinkHealth
 from .mqtt_client import (
     PAYLOAD_INVALID,
     POISON,
@@ -95,11 +96,7 @@ log = logging.getLogger(__name__)
 
 
 _OK = MQTTErrorCode.MQTT_ERR_SUCCESS
-_TAKEN_OVER, _RETAIN_UNSUPPORTED = 0x8E, 0x9A
-
-STABLE_S = 30.0  # a connection up this long resets the reconnect backoff (and the takeover count)
-SHORT_S = 5.0  # a connection closed sooner than this after a send (or its CONNACK: takeover) is suspect
-SUSPECT_AFTER = 3  # suspect connections in a row before a message is refused as poison / a takeover is named
+_RETAIN_UNSUPPORTED = 0x9A
 PRE_CONNACK = "connection closed by the broker before CONNACK: authentication, ACL or protocol refusal?"
 RETAIN_FIX = "; this broker keeps no retained messages: set broker.retain_status: false"
 # Largest packet the broker may send us: downlink requests are at most 8 KiB (downlink.MAX_REQUEST),
@@ -159,14 +156,12 @@ class MqttLink:
         self._stopping = threading.Event()
         self._leaving = False  # stop() asked for the disconnect: it is logged at INFO, not as a fault
         self._key_warning = ""  # logged once per distinct warning, not at every reconnect
-        self._attempt = 0
         self._tokens = itertools.count(1)
         # handed over by publish(), not yet given to paho: (token, topic, payload, retain); any thread appends
         self._submitted: deque[tuple[int, str, bytes, bool]] = deque()
         # given to paho, not acknowledged: token -> (topic, payload, retain), in publish order (network thread)
         self._unacked: dict[int, tuple[str, bytes, bool]] = {}
         self._resend: deque[int] = deque()  # tokens of _unacked not yet sent again on this connection
-        self._own: dict[int, int] = {}  # link-level tokens (publish()) -> connections that failed with it unacked
         self._mid_token: dict[int, int] = {}  # paho mid -> token (0: the birth), sent on this connection
         self._acks: list[tuple[int, int]] = []  # (token, reason) acknowledged, not yet on the event loop
         self._lock = threading.Lock()  # guards _unacked/_acks against pending_mids() from other threads
@@ -182,21 +177,13 @@ class MqttLink:
         self._cycle_error = ""  # what paho reported during this connection attempt
         self._connacked = False  # this connection attempt got a CONNACK (accepted or refused)
         self._closing = False  # we asked for this disconnect (kick): not the broker's doing
-        self._up_since = 0.0
-        self._stable = False  # up for STABLE_S: the backoff starts again from reconnect_min_s
-        self._last_send = 0.0  # monotonic time of the last PUBLISH given to paho
-        self._probe: set[int] = set()  # left unacknowledged by a suspect close: the window starts from 1
-        self._probe_cap = 1  # while probing: messages that may be outstanding, one more per answer
-        self._suspect = (0, 0)  # (token, suspect closes in a row with it alone unacknowledged)
-        self._birth_fails = 0  # suspect closes in a row with only the birth unacknowledged
-        self._takeovers = 0  # short connections in a row the broker closed with nothing unacknowledged
-        self._takeover_said = False
+        # backoff, suspect closes, slow start, takeovers; under _lock where publish() reaches it (watch)
+        self._health = LinkHealth()
         # What the CONNACK announced (MQTT 5), for this connection; None before it and with 3.1.1.
         self.receive_maximum: int | None = None  # Receive Maximum (65535 when absent): QoS 1 outstanding
         self.max_packet_size: int | None = None  # Maximum Packet Size: larger messages are refused (0x95)
         self._retain_ok = cfg.retain_status  # False too while the broker announces Retain Available 0
         self._limited = bool(cfg.max_message_bytes)  # a size limit to check before each send
-        self.stable_after_s = STABLE_S
         self.connects = 0
         self.disconnects = 0
         self.refused_large = 0  # messages refused locally as 0x95: over max_message_bytes or Maximum Packet Size
@@ -234,6 +221,20 @@ class MqttLink:
         # the network thread writes them after every burst (loop_write).
         self.client.on_socket_register_write = lambda client, userdata, sock: None
         self.client.suppress_exceptions = True
+
+    @property
+    def stable_after_s(self) -> float:
+        """Seconds up after which a connection resets the backoff (tests shorten it)."""
+        return self._health.stable_after_s
+
+    @stable_after_s.setter
+    def stable_after_s(self, seconds: float) -> None:
+        self._health.stable_after_s = seconds
+
+    @property
+    def _attempt(self) -> int:
+        """Reconnect attempts since the last stable connection (read by tests)."""
+        return self._health.attempt
 
     @property
     def connected(self) -> bool:
@@ -337,8 +338,7 @@ class MqttLink:
             self._flush_acks()
             if self._stopping.is_set():
                 break
-            delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
-            self._attempt += 1
+            delay = backoff_delay(self._health.next_attempt(), self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
             log.debug("reconnecting in %.2f s (attempt %d)", delay, self._attempt)
             self._stopping.wait(delay)
 
@@ -365,11 +365,8 @@ class MqttLink:
             if self._up:
                 if self._resend or self._submitted:
                     self._publish_submitted()
-                if not self._stable and time.monotonic() - self._up_since >= self.stable_after_s:
-                    self._stable = True
-                    self._attempt = self._takeovers = self._birth_fails = 0
-                    self._takeover_said = False
-                    self._probe.clear()
+                if not self._health.stable:
+                    self._health.settle(time.monotonic())
             sock = c.socket()
             if sock is None:
                 return
@@ -427,7 +424,7 @@ class MqttLink:
         queued ones, oldest first, while fewer than the broker's Receive Maximum are outstanding; then
         write them (the rest goes as acknowledgements free slots)."""
         cap = self.receive_maximum or 1 << 30
-        room = (min(cap, self._probe_cap) if self._probe else cap) - len(self._mid_token)
+        room = self._health.window(cap) - len(self._mid_token)
         if room <= 0:
             return
         free = room
@@ -447,7 +444,7 @@ class MqttLink:
                     unacked[token] = (topic, payload, retain)
                     room -= 1
         if room < free:
-            self._last_send = time.monotonic()
+            self._health.sent(time.monotonic())
         coalesce(queued, before)
         c.loop_write()
         self._flush_acks()
@@ -486,12 +483,15 @@ class MqttLink:
 
     def _reject(self, token: int, reason: int, text: str) -> None:
         """Network thread, under ``_lock``: ``token`` will not be sent (again); tell the forwarder so."""
+        self._health.forget(token)
+        self._refuse(token, reason, text)
+
+    def _refuse(self, token: int, reason: int, text: str) -> None:
+        """:meth:`_reject` for a token the health bookkeeping has already forgotten (poison)."""
         if reason == TOPIC_INVALID:
             self.refused_topics += 1
         log.error("%s", text)
         self._unacked.pop(token, None)
-        self._own.pop(token, None)
-        self._probe.discard(token)
         self._acks.append((token, reason))
 
     def _error(self, text: str) -> None:
@@ -522,7 +522,7 @@ class MqttLink:
             raise TopicError(f"{problem}: {shown[:64]!r}{'...' if len(shown) > 64 else ''}")
         token = next(self._tokens)
         with self._lock:
-            self._own[token] = 0
+            self._health.watch(token)
             self._submitted.append((token, topic, bytes(payload), retain))
         self._wake()
         return token
@@ -606,61 +606,31 @@ class MqttLink:
         self._post(self._on_state, False)
 
     def _judge(self, code: int | None, from_server: bool, reason: str) -> None:
-        """Network thread, under ``_lock``: a connection the gateway did not close has ended.
-
-        A close within SHORT_S of a send, with messages unacknowledged, is suspect: whatever the
-        broker does unannounced with one of them (a size limit, an ACL that closes under 3.1.1),
-        closing may also have lost the acknowledgements of the others. So the next connections start
-        from one message outstanding, after the birth's answer, and allow one more per answer (a
-        slow start: a window of n again after log2(n) round trips) until those are through; the
-        message that closes them is then the oldest, and alone on the wire. A link-level message
-        unacknowledged on two connections is dropped, and so is the birth (until a connection stays
-        up); a message alone unacknowledged at SUSPECT_AFTER suspect closes in a row is refused as
-        POISON, so that the rest can flow. Closes within SHORT_S of the CONNACK with nothing pending
-        look like a session takeover: another client with the same client id."""
-        now = time.monotonic()
-        pending = set(self._mid_token.values())
-        suspect = bool(pending) and code != _TAKEN_OVER and now - self._last_send < SHORT_S
-        for token in pending & self._own.keys():
-            self._own[token] += 1
-            if self._own[token] >= 2:
-                del self._own[token]
-                self._probe.discard(token)
-                topic = self._unacked.pop(token, ("?",))[0]
-                self.gave_up += 1
-                log.warning("message on %r unacknowledged on two connections in a row: not sent again", topic[:64])
-        data = pending & self._unacked.keys()
-        if suspect and 0 in pending and not data:
-            self._birth_fails += 1
-            if self._birth_fails == 2:
-                log.error("the birth message was unacknowledged on two connections in a row: not sent again "
-                          "until a connection stays up %g s", self.stable_after_s)
-        if suspect and len(data) == 1:
-            (token,) = data
-            n = self._suspect[1] + 1 if self._suspect[0] == token else 1
-            self._suspect = (token, n)
-            if n >= SUSPECT_AFTER:
-                self._suspect = (0, 0)
-                self.poisoned += 1
-                topic, payload, _ = self._unacked[token]
-                self._reject(token, POISON, f"the broker closed {n} connections in a row right after the message "
-                             f"on {topic[:64]!r}{_seq_text(payload)}, acknowledging nothing after it: refused as "
-                             "poison, not sent again, so that the rest can flow")
-        else:
-            self._suspect = (0, 0)
-        if suspect:
-            self._probe |= data
-        # a takeover: DISCONNECT 0x8E, or (Mosquitto, 3.1.1) a plain close with nothing pending and no error
-        short = now - self._up_since < SHORT_S
-        taken = short and (code == _TAKEN_OVER or not (from_server or suspect or self._cycle_error))
-        self._takeovers = self._takeovers + 1 if taken else 0
-        if self._takeovers >= SUSPECT_AFTER:
-            text = (f"the broker closed {self._takeovers} connections in a row within {SHORT_S:g} s of their "
+        """Network thread, under ``_lock``: a connection the gateway did not close has ended. What it
+        means is :meth:`LinkHealth.judge`'s to decide; here the messages are dropped or refused and
+        the decisions logged and counted."""
+        verdict = self._health.judge(time.monotonic(), set(self._mid_token.values()), self._unacked.keys(),
+                                     code, from_server, bool(self._cycle_error))
+        for token in verdict.gave_up:
+            topic = self._unacked.pop(token, ("?",))[0]
+            self.gave_up += 1
+            log.warning("message on %r unacknowledged on two connections in a row: not sent again", topic[:64])
+        if verdict.birth_dropped:
+            log.error("the birth message was unacknowledged on two connections in a row: not sent again "
+                      "until a connection stays up %g s", self.stable_after_s)
+        if verdict.poison:
+            token, n = verdict.poison, verdict.poison_closes
+            self.poisoned += 1
+            topic, payload, _ = self._unacked[token]
+            self._refuse(token, POISON, f"the broker closed {n} connections in a row right after the message "
+                         f"on {topic[:64]!r}{_seq_text(payload)}, acknowledging nothing after it: refused as "
+                         "poison, not sent again, so that the rest can flow")
+        if verdict.takeovers:
+            text = (f"the broker closed {verdict.takeovers} connections in a row within {SHORT_S:g} s of their "
                     f"CONNACK ({reason}): another client is probably using client id {self.client_id!r}; "
                     "the same gateway.id on two gateways (a cloned SD card, a copied config)?")
             self.last_error = text
-            if not self._takeover_said:
-                self._takeover_said = True
+            if verdict.name_takeover:
                 log.error("%s", text)
 
     def _cb_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -677,13 +647,11 @@ class MqttLink:
         with self._lock:
             self._mid_token.clear()
             self._resend = deque(self._unacked)
-        self._probe_cap = 1
         self._guarded("birth publish", self._publish_birth)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         self._up = True
-        self._up_since = time.monotonic()
-        self._stable = False
+        self._health.connected(time.monotonic())
         self.connects += 1
         self.last_error = ""
         self._said.clear()
@@ -705,7 +673,7 @@ class MqttLink:
         self._limited = bool(self.cfg.max_message_bytes or self.max_packet_size)
 
     def _publish_birth(self) -> None:
-        if self._birth_fails >= 2:
+        if not self._health.send_birth:
             return
         birth = self._guarded("birth message", self._birth)
         if birth is None:
@@ -716,7 +684,7 @@ class MqttLink:
             return
         info = self.client.publish(self.status_topic, birth, qos=1, retain=self._retain_ok)
         self._mid_token[info.mid] = 0
-        self._last_send = time.monotonic()
+        self._health.sent(time.monotonic())
 
     def _cb_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._went_down(str(reason_code), reason_code.value, flags.is_disconnect_packet_from_server)
@@ -725,15 +693,12 @@ class MqttLink:
         token = self._mid_token.pop(mid, None)
         if not token:  # None: not ours; 0: the birth message
             if token == 0:
-                self._birth_fails = 0
+                self._health.birth_acked()
             return
         rc = reason_code.value if reason_code.is_failure else 0
         with self._lock:
             self._unacked.pop(token, None)
-            self._own.pop(token, None)
-            if self._probe:
-                self._probe.discard(token)
-                self._probe_cap += 1
+            self._health.acked(token)
             self._acks.append((token, rc))
 
     def _cb_message(self, client, userdata, msg) -> None:
