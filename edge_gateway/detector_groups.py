@@ -196,9 +196,13 @@ class DetectorGroups:
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Restore :meth:`state` (rows by global channel) into each channel's detector; ``assign`` first.
         Raises ValueError or KeyError for tables of another layout (see :meth:`.Detector.load_state`)."""
+        tables = {name: np.asarray(a) for name, a in state.items()}
+        for name, a in tables.items():
+            if a.ndim != 2:
+                raise ValueError(f"state {name!r} has shape {a.shape}, expected (n, width)")
         for g, det in enumerate(self.detectors):
             members = np.array(self._members[g], dtype=np.int64)
-            det.load_state({name: np.asarray(a)[members[members < len(a)]] for name, a in state.items()})
+            det.load_state({name: a[members[members < a.shape[0]]] for name, a in tables.items()})
 
     def keep_channels(self, keep: np.ndarray) -> None:
         """Keep only global channels ``keep`` (ascending), renumbered 0, 1, ... (see

@@ -221,6 +221,21 @@ def test_each_detector_holds_rows_for_its_own_channels_only():
     assert pipe._detector_state()["novelty"].shape[0] == 501  # the checkpoint: a row per channel, as before
 
 
+def test_a_detector_table_without_rows_in_the_checkpoint_makes_the_detectors_relearn():
+    """A damaged checkpoint (a 0-d table) falls back like a table of another layout; it raised TypeError
+    out of restore(), and the daemon then failed at every start (review 17, detector groups #1)."""
+    import zlib
+
+    cfg = config.loads(TWO + S2_QUIET)
+    pipe = Pipeline(cfg, TOPICS, batcher := Batcher())
+    feed(pipe, batcher, two_sensors(20, spike_at=15))
+    data = msgpack.unpackb(pipe.checkpoint())
+    data["arrays"]["det.events"] = [[], zlib.compress(np.float64(1.0).tobytes(), 1)]
+    fresh = Pipeline(cfg, TOPICS, Batcher())
+    assert fresh.restore(msgpack.packb(data)) == 2
+    assert not fresh._detector_state()["novelty"].any()  # relearning from zero
+
+
 def test_restart_with_overrides_changes_nothing():
     cfg = config.loads(TWO + S2_QUIET)
     stream = two_sensors(200, spike_at=150)
