@@ -62,7 +62,6 @@ class Batcher:
         self._ts: list[float] = []
         self._val: list[float] = []
         self.total = 0
-        self.last_value: dict[int, tuple[float, float]] = {}
 
     def index_of(self, sensor: str, channel: str, unit: str = "") -> int:
         key = (sensor, channel, unit)
