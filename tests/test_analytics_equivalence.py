@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from edge_gateway.analytics import detectors as D
@@ -148,6 +149,9 @@ def test_novelty(b, cfg, scale):
     check_pure(D.novelty_score, make, chan, ts, val, cfg.params())
 
 
+# hypothesis draws subnormal values (5e-324): a spread learnt from them divides into inf, which both paths
+# score alike; only the pure one, on NumPy scalars, warns about it
+@pytest.mark.filterwarnings("ignore:overflow encountered in scalar divide:RuntimeWarning")
 @SETTINGS
 @given(batches(), st.sampled_from([0.5, 2.0]), st.sampled_from([0.3, 1.0]), st.sampled_from([0.0, 1.0]),
        st.sampled_from([0.0, 3.0]))
