@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import serial
@@ -26,6 +27,18 @@ import serial
 from edge_gateway import aio
 
 from .base import Driver, LinkLost
+
+
+def port_problem(port: str) -> str:
+    """Why ``port`` cannot name a serial port on the gateway ('' when it can): a device path or a
+    pyserial URL. Said at validation: at run time it is only "no such device", retried for ever."""
+    if "://" in port or port.startswith("/"):
+        return ""
+    if not port:
+        return "give the serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/..."
+    if re.fullmatch(r"(?i)com\d+", port):
+        return f"{port!r} is a Windows port name: give the gateway's device path, e.g. /dev/ttyUSB0"
+    return f"{port!r} is not a device path: did you mean /dev/{port}?"
 
 
 def resolve(port: str) -> str:

@@ -23,6 +23,21 @@ def add_socket_args(p) -> None:
     p.add_argument("--config", "-c", metavar="FILE", help="config file to find the state directory in")
 
 
+def not_running(path: Path, exc: Exception) -> int:
+    """Say why nothing answers on the control socket ``path``; the exit status: 4 while a gateway
+    holds its state directory but has not opened the socket yet (compiling kernels), else 3."""
+    from .statelock import holder
+
+    pid = holder(path.parent)
+    if pid is not None:
+        error(f"the gateway (pid {pid}) is starting: it answers once its analytics kernels are compiled "
+              "(seconds; minutes at a Pi's first start); ask again shortly")
+        return 4
+    error(f"the daemon is not running: {exc}")
+    error("start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`")
+    return 3
+
+
 def socket_path(args) -> Path:
     """Where the daemon's control socket is, from --socket, --config, $EG_CONTROL_SOCKET or the default."""
     if getattr(args, "socket", None):

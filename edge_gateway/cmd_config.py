@@ -90,7 +90,8 @@ def validate(args) -> int:
         return rc
     for key, text in config.warnings_of(cfg):
         print(f"edge-gateway: {_where(args.file, key)}: {key}: warning: {text}", file=sys.stderr)
-    print(f"{args.file}: valid ({len(cfg.sensors)} sensors, gateway {cfg.gateway.id})")
+    n = len(cfg.sensors)
+    print(f"{args.file}: valid ({n} sensor{'' if n == 1 else 's'}, gateway {cfg.gateway.id})")
     return 0
 
 

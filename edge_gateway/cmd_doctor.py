@@ -97,7 +97,8 @@ def handle(args) -> int:
     checks: list[Check] = []
     try:
         cfg = config.load(args.config)
-        checks.append(Check("config", "ok", f"{args.config}: valid, {len(cfg.sensors)} sensors"))
+        n = len(cfg.sensors)
+        checks.append(Check("config", "ok", f"{args.config}: valid, {n} sensor{'' if n == 1 else 's'}"))
     except config.ConfigError as exc:
         cfg = None
         checks.append(Check("config", "fail", str(exc), f"edit the file and run `edge-gateway config validate {args.config}`"))

@@ -40,7 +40,7 @@ def add_to(sub) -> None:
 
 def _ask(args, req: dict, timeout: float = 10.0):
     from . import config, control
-    from .cmd_common import error, socket_path
+    from .cmd_common import error, not_running, socket_path
 
     try:
         path = socket_path(args)
@@ -50,9 +50,7 @@ def _ask(args, req: dict, timeout: float = 10.0):
     try:
         return control.request(path, req, timeout), 0
     except control.DaemonNotRunning as exc:
-        error(f"the daemon is not running: {exc}")
-        error("start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`")
-        return None, 3
+        return None, not_running(path, exc)
     except PermissionError:
         error(f"{path}: permission denied (run as root or as a member of the service's group)")
         return None, 1

@@ -39,7 +39,7 @@ def add_to(sub) -> None:
 
 def handle(args) -> int:
     from . import config, control
-    from .cmd_common import error, socket_path
+    from .cmd_common import error, not_running, socket_path
 
     try:
         path = socket_path(args)
@@ -60,9 +60,11 @@ def handle(args) -> int:
             shown += 1
             if args.count and shown >= args.count:
                 break
+        else:
+            error("the gateway closed the connection (stopped or restarting): see edge-gateway status")
+            return 1
     except control.DaemonNotRunning as exc:
-        error(f"the daemon is not running: {exc}")
-        return 3
+        return not_running(path, exc)
     except PermissionError:
         error(f"{path}: permission denied (run as root or as a member of the service's group)")
         return 1

@@ -9,6 +9,7 @@ taken relative to the config file's folder.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -112,6 +113,9 @@ class BrokerSection:
     retain_status: bool = True  # status, birth and will retained; false for a broker without retained messages
 
     def __post_init__(self) -> None:
+        problem = host_problem(self.host)
+        if problem:
+            raise ValueError(f"host: {problem}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port: {self.port} is not a TCP port")
         if not 1 <= self.max_inflight <= 65535:
@@ -131,6 +135,32 @@ class BrokerSection:
         unknown = [c for c in self.commands if c not in COMMANDS]
         if unknown:
             raise ValueError(f"commands: unknown command {unknown[0]!r}; known: {', '.join(COMMANDS)}")
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def host_problem(host: str) -> str:
+    """Why ``host`` is not a host name or IP address ('' when it is one). A URL or a ``host:port`` here
+    loads, then fails every connect as a DNS error: say so at validation, where the key is known."""
+    if not host:
+        return "give the broker's host name or IP address"
+    if "://" in host:
+        return (f"{host!r} is a URL: give the host name or IP address alone; the port goes in broker.port "
+                "and TLS in broker.tls")
+    try:
+        ipaddress.ip_address(host)
+        return ""
+    except ValueError:
+        pass
+    if host.count(":") == 1 and host.rsplit(":", 1)[1].isdigit():
+        return f"{host!r}: give the host alone; the port goes in broker.port"
+    if all(p.isdigit() for p in host.split(".")):
+        return f"{host!r} is not an IP address"
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.fullmatch(p) for p in labels):
+        return f"{host!r} is not a host name or IP address"
+    return ""
 
 
 def warnings_of(cfg: "GatewayConfig") -> list[tuple[str, str]]:

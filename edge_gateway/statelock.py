@@ -53,3 +53,24 @@ class StateDirLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def holder(state_dir: Path) -> int | None:
+    """The pid holding ``state_dir``'s lock, from ``/proc/locks`` (None: none, or unknown here).
+
+    ``status`` asks this when the control socket does not answer: a gateway still compiling its
+    kernels holds the lock but opens the socket only when ready. Reading ``/proc/locks`` takes no
+    lock, so asking cannot make a gateway that is starting at that moment find its directory taken.
+    """
+    try:
+        inode = os.stat(state_dir / LOCK_FILE).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4373 00:1b:1234 0 EOF" (a waiter has "->" after the id)
+        if len(parts) == 8 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
+            return int(parts[4]) if parts[4].isdigit() else None
+    return None

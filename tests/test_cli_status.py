@@ -23,6 +23,26 @@ def test_not_running_exits_3(tmp_path):
     assert cli("status", "--config", cfg).returncode == 3
 
 
+def test_a_gateway_still_compiling_is_starting_not_missing(tmp_path):
+    """While its kernels compile (minutes at a Pi's first start) a gateway holds its state directory but
+    has no control socket yet: status said "not running, start it" (review 17, technician #2)."""
+    import os
+
+    from edge_gateway.statelock import StateDirLock
+
+    lock = StateDirLock(tmp_path)
+    lock.acquire()
+    try:
+        for cmd in (["status"], ["tail"]):
+            r = cli(*cmd, "--socket", tmp_path / "control.sock")
+            assert (r.returncode, r.stderr) == (4, f"edge-gateway: the gateway (pid {os.getpid()}) is starting: it "
+                                                   "answers once its analytics kernels are compiled (seconds; minutes "
+                                                   "at a Pi's first start); ask again shortly\n"), cmd
+    finally:
+        lock.release()
+    assert cli("status", "--socket", tmp_path / "control.sock").returncode == 3
+
+
 def test_reload_waits_as_long_as_it_is_told_and_says_it_may_still_apply(tmp_path):
     """A reload may compile new kernels first (minutes on a Pi): the wait is --timeout, 600 s by default."""
     import socket
@@ -88,10 +108,18 @@ def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
         s = status_json(sock)
         assert s["reload"]["count"] == 2 and s["reload"]["failed"] == 1
         assert "gateway.id" in s["last_reload_error"] and s["gateway"] == "ops-gw"
+        # a tail left running when the gateway stops: said, and not exit 0 (review 17, technician #4)
+        tail = subprocess.Popen([sys.executable, "-m", "edge_gateway", "tail", "--socket", str(sock)], cwd=REPO,
+                                text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wait_for(lambda: status_json(sock)["control"]["clients"] >= 2, timeout=10)  # the tail and this ask
     finally:
         sim.stop()
         rc = gw.stop()
     assert rc == 0
+    assert tail.wait(timeout=20) == 1
+    assert tail.stderr.read() == ("edge-gateway: the gateway closed the connection (stopped or restarting): "
+                                  "see edge-gateway status\n")
     log = gw.log_text()
     assert "pw-never-logged-42" not in log
     lines = [ln for ln in log.splitlines() if ln.strip()]

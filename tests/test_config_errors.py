@@ -272,3 +272,31 @@ def test_a_guard_level_of_zero_is_refused():
     e = error_of("gateway: {id: g}\ndetector: {params: {guard_level: 0}}\n")
     assert str(e) == ("site.yaml:2:21: detector.params.guard_level: must be positive "
                       "(above 1: guards open no events)")
+
+
+@pytest.mark.parametrize("host, said", [
+    ("mqtt://broker.example.com:1883", "'mqtt://broker.example.com:1883' is a URL: give the host name or IP address "
+                                       "alone; the port goes in broker.port and TLS in broker.tls"),
+    ("broker.local:1883", "'broker.local:1883': give the host alone; the port goes in broker.port"),
+    ("10.0.0.300", "'10.0.0.300' is not an IP address"),
+    ("broker example.com", "'broker example.com' is not a host name or IP address"),
+    ('""', "give the broker's host name or IP address"),
+])
+def test_a_broker_host_that_is_no_host_is_an_error_at_its_line(host, said):
+    """A URL or host:port loaded, then every connect failed as a DNS error (review 17, technician #1)."""
+    assert str(error_of(f"gateway: {{id: g}}\nbroker:\n  host: {host}\n")) == f"site.yaml:3:9: broker.host: {said}"
+
+
+def test_broker_hosts_that_are_hosts_load():
+    for host in ("::1", "localhost", "mqtt.city-net.example", "192.168.1.10", "broker_1.local."):
+        assert config.loads(f"gateway: {{id: g}}\nbroker:\n  host: '{host}'\n").broker.host == host
+
+
+@pytest.mark.parametrize("driver, port, said", [
+    ("serial_line", "ttyUSB0", "'ttyUSB0' is not a device path: did you mean /dev/ttyUSB0?"),
+    ("pms5003", "COM3", "'COM3' is a Windows port name: give the gateway's device path, e.g. /dev/ttyUSB0"),
+    ("serial_line", '""', "give the serial device, e.g. /dev/ttyUSB0 or /dev/serial/by-id/..."),
+])
+def test_a_serial_port_that_is_no_device_path_is_an_error_at_its_line(driver, port, said):
+    text = f"gateway: {{id: g}}\nsensors:\n  - id: s\n    driver: {driver}\n    options: {{port: {port}}}\n"
+    assert str(error_of(text)) == f"site.yaml:5:21: sensors[0].options.port: {said}"
