@@ -33,7 +33,7 @@ from edge_gateway.readings import Quality, Reading
 
 from .base import Driver, LinkLost
 from .modbus_frames import FUNCTIONS, WIDTH, FieldLayout, FieldSpec, RtuResponseDecoder, build_request
-from .serial_port import AsyncSerial, port_problem
+from .serial_port import AsyncSerial
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,6 @@ class ModbusOptions:
     exclusive: bool = True
 
     def __post_init__(self) -> None:
-        problem = port_problem(self.port)
-        if problem:
-            raise ValueError(f"port: {problem}")
         if not self.blocks:
             raise ValueError("blocks: give at least one register block")
         if self.baudrate <= 0:

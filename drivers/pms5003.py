@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from edge_gateway.readings import Quality, Reading
 
-from .serial_port import StreamDriver, port_problem
+from .serial_port import StreamDriver
 
 HEADER = b"BM"
 FRAME_LEN = 32
@@ -135,9 +135,6 @@ class Pms5003Options:
     frame_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
-        problem = port_problem(self.port)
-        if problem:
-            raise ValueError(f"port: {problem}")
         if self.baudrate <= 0:
             raise ValueError("baudrate: must be positive")
         if not self.frame_interval_s > 0:

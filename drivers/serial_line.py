@@ -16,7 +16,7 @@ from typing import Literal
 
 from edge_gateway.readings import Reading
 
-from .serial_port import StreamDriver, port_problem
+from .serial_port import StreamDriver
 
 Sample = tuple[str, float, "float | None"]
 
@@ -35,9 +35,6 @@ class LineOptions:
     max_line: int = 4096
 
     def __post_init__(self) -> None:
-        problem = port_problem(self.port)
-        if problem:
-            raise ValueError(f"port: {problem}")
         if self.format == "csv" and not self.columns:
             raise ValueError("columns: the csv format needs the list of column names")
         if self.format != "csv" and self.columns:

@@ -113,9 +113,6 @@ class BrokerSection:
     retain_status: bool = True  # status, birth and will retained; false for a broker without retained messages
 
     def __post_init__(self) -> None:
-        problem = host_problem(self.host)
-        if problem:
-            raise ValueError(f"host: {problem}")
         if not 0 < self.port < 65536:
             raise ValueError(f"port: {self.port} is not a TCP port")
         if not 1 <= self.max_inflight <= 65535:
@@ -142,7 +139,8 @@ _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 def host_problem(host: str) -> str:
     """Why ``host`` is not a host name or IP address ('' when it is one). A URL or a ``host:port`` here
-    loads, then fails every connect as a DNS error: say so at validation, where the key is known."""
+    loads, then fails every connect as a DNS error: ``config validate`` warns at the key. (A warning,
+    not an error: ``${VAR}`` values are taken as any string, and ``load`` stays the schema's.)"""
     if not host:
         return "give the broker's host name or IP address"
     if "://" in host:
@@ -166,6 +164,17 @@ def host_problem(host: str) -> str:
 def warnings_of(cfg: "GatewayConfig") -> list[tuple[str, str]]:
     """(key path, text) of settings that load but cost something an operator should know about."""
     out = []
+    problem = host_problem(cfg.broker.host)
+    if problem:
+        out.append(("broker.host", f"{problem} (the gateway will not reach the broker)"))
+    for i, sensor in enumerate(cfg.sensors):
+        port = getattr(sensor.options, "port", None)
+        if isinstance(port, str):
+            from drivers.serial_port import port_problem
+
+            problem = port_problem(port)
+            if problem:
+                out.append((f"sensors[{i}].options.port", f"{problem} (the sensor will not be read)"))
     if cfg.broker.protocol == "3.1.1":
         out.append(("broker.protocol", "MQTT 3.1.1 cannot report a refused message: the broker acknowledges it "
                     "(ACL deny, size limit) and it is lost without a trace; use \"5\" unless the broker lacks it"))
