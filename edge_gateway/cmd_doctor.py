@@ -138,9 +138,14 @@ def handle(args) -> int:
             for c in fixes:
                 print(f"  {c.name}: {c.fix}")
         print(f"\n{'FAILED' if failed else 'OK'}: {sum(c.status == 'fail' for c in checks)} failed, "
-              f"{sum(c.status in ('warn', 'unknown') for c in checks)} warnings, "
+              f"{_count(sum(c.status == 'warn' for c in checks), 'warning')}, "
+              f"{sum(c.status == 'unknown' for c in checks)} unknown, "
               f"{sum(c.status == 'ok' for c in checks)} ok")
     return 1 if failed else 0
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 # --- user -------------------------------------------------------------------------------------
@@ -396,7 +401,11 @@ def check_broker(broker, timeout: float) -> list[Check]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
+        from .config import host_problem
+
+        problem = host_problem(host)  # a URL or host:port is no DNS problem: say what is
         return [Check("broker dns", "fail", f"{host}: {exc.strerror}",
+                      f"broker.host: {problem}" if problem else
                       "check broker.host and the DNS servers (/etc/resolv.conf, `resolvectl status`)")]
     addrs = sorted({i[4][0] for i in infos})
     checks = [Check("broker dns", "ok", f"{host} -> {', '.join(addrs)}")]
@@ -404,7 +413,7 @@ def check_broker(broker, timeout: float) -> list[Check]:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         checks.append(Check("broker tcp", "fail", f"{host}:{port}: {exc.strerror or exc}",
-                            "is the broker up? a firewall or APN blocking the port? try `nc -vz HOST PORT`"))
+                            f"is the broker up? a firewall or APN blocking the port? try `nc -vz {host} {port}`"))
         return checks
     with sock:
         checks.append(Check("broker tcp", "ok", f"{host}:{port} accepts connections"))
@@ -525,6 +534,12 @@ def check_daemon(sock_path: Path) -> Check:
     try:
         reply = control.request(sock_path, {"cmd": "status"}, timeout=3.0)
     except control.DaemonNotRunning:
+        from .statelock import holder
+
+        pid = holder(sock_path.parent)
+        if pid is not None:
+            return Check("daemon", "warn", f"starting (pid {pid}): compiling its analytics kernels, no control "
+                         "socket yet", "wait; ask again with `edge-gateway status`")
         return Check("daemon", "unknown", f"not running (nothing on {sock_path})",
                      "systemctl start edge-gateway; `journalctl -u edge-gateway` says why it stopped")
     except OSError as exc:

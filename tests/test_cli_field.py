@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -129,6 +130,17 @@ def test_doctor_passes_then_fails_with_fixes(tmp_path, broker):
     assert r.returncode == 1
     assert "FAIL     serial air-1" in r.stdout and "FAIL     broker tcp" in r.stdout
     assert "to fix:" in r.stdout and "plug the sensor in" in r.stdout
+    port_of = re.search(r"port: (\d+)", cfg.read_text()).group(1)
+    assert f"try `nc -vz 127.0.0.1 {port_of}`" in r.stdout  # review 17 walkthrough #14: filled in
+    # the daemon's "unknown" apart from the warnings (the state dir's, under /tmp here; none elsewhere)
+    assert re.search(r"\nFAILED: 2 failed, (1 warning, 1 unknown, 2 ok|0 warnings, 1 unknown, 3 ok)\n$", r.stdout), \
+        r.stdout
+    # a URL where the host goes: said as such, not blamed on DNS (walkthrough #1)
+    url = tmp_path / "url.yaml"
+    url.write_text(cfg.read_text().replace("host: 127.0.0.1", "host: mqtt://127.0.0.1"))
+    r = cli("doctor", url, "--skip", "clock", "--skip", "serial", "--json")
+    dns = [c for c in json.loads(r.stdout)["checks"] if c["name"] == "broker dns"][0]
+    assert dns["fix"].startswith("broker.host: 'mqtt://127.0.0.1' is a URL"), dns
     bad = tmp_path / "broken.yaml"
     bad.write_text("gateway: {id: x, colour: red}\n")
     r = cli("doctor", bad, "--json", "--skip", "clock")
