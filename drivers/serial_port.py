@@ -190,7 +190,10 @@ class StreamDriver(Driver):
         raise NotImplementedError
 
     async def run(self) -> None:
-        port = AsyncSerial(self.options.port, self.options.baudrate)
+        # exclusive (a flock; not for URLs): a probe or record on the port the gateway reads would take
+        # bytes from it and find "no known protocol"; locked, it is told who holds the port
+        path = self.options.port
+        port = AsyncSerial(path, self.options.baudrate, exclusive=True if "://" not in path else None)
         await port.open()
         self.on_open()
         self.connected()

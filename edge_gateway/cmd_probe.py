@@ -144,7 +144,7 @@ def probe(port: str, bauds, listen: float, modbus_slave: int | None = None, stop
         attempt = {"baud": baud, "framing": "8N1", "bytes": 0, "found": None}
         try:
             ser = serial.serial_for_url(resolve(port), baudrate=baud, bytesize=8, parity="N", stopbits=1,
-                                        timeout=0.1)
+                                        timeout=0.1, exclusive=True if "://" not in port else None)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             attempt["error"] = _open_error(port, exc)
             attempts.append(attempt)
@@ -181,6 +181,8 @@ def _open_error(port: str, exc: Exception) -> str:
         return f"{text} (add the user to the device's group, e.g. `usermod -aG dialout $USER`, then log in again)"
     if err == errno.ENOENT or not (os.path.exists(port) or "://" in port):
         return f"{port}: no such device (is it plugged in? see `ls -l /dev/serial/by-id/`)"
+    if "exclusively lock" in text:  # the gateway's drivers lock the ports they read
+        return f"{port}: in use by another program (the gateway?): stop it first, e.g. `systemctl stop edge-gateway`"
     if err == errno.EBUSY or "busy" in text.lower():
         return f"{text} (another program holds the port: stop it, e.g. `systemctl stop edge-gateway`)"
     return text

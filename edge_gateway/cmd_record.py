@@ -66,7 +66,8 @@ def record(args) -> int:
     from .cmd_probe import _open_error
 
     try:
-        ser = serial.serial_for_url(resolve(args.port), baudrate=args.baud, timeout=0.05)
+        ser = serial.serial_for_url(resolve(args.port), baudrate=args.baud, timeout=0.05,
+                                    exclusive=True if "://" not in args.port else None)
     except Exception as exc:  # noqa: BLE001
         error(f"cannot open {args.port}: {_open_error(args.port, exc)}")
         return 1

@@ -50,6 +50,28 @@ def test_probe_says_when_nothing_is_recognised(tmp_path):
         port.close()
 
 
+def test_probe_and_record_on_a_port_the_gateway_reads_say_who_holds_it(tmp_path):
+    """The gateway's serial drivers lock their port: a probe took bytes from a working sensor and reported
+    "no known protocol" (review 17 walkthrough #3)."""
+    import serial
+
+    from simulators.pty_port import PtyPort
+
+    port = PtyPort(str(tmp_path / "air.tty"))
+    held = serial.serial_for_url(str(tmp_path / "air.tty"), exclusive=True)  # as the gateway opens it
+    try:
+        r = cli("probe", tmp_path / "air.tty", "--listen", "0.2", "--baud", "9600", "--baud", "115200")
+        assert r.returncode == 1
+        busy = (f"{tmp_path / 'air.tty'}: in use by another program (the gateway?): stop it first, e.g. "
+                "`systemctl stop edge-gateway`")
+        assert r.stdout.splitlines() == [f"9600 8N1: cannot open: {busy}"]
+        r = cli("record", tmp_path / "air.tty", tmp_path / "cap.jsonl", "--duration", "1")
+        assert (r.returncode, r.stderr) == (1, f"edge-gateway: cannot open {tmp_path / 'air.tty'}: {busy}\n")
+    finally:
+        held.close()
+        port.close()
+
+
 def test_record_then_replay_round_trips_the_exact_bytes(tmp_path):
     count = 40
     expected = b"".join(scenario_lines(3, 1_700_000_000.0, 0.01, count, timestamps=True))

@@ -79,3 +79,15 @@ async def test_driver_reads_the_simulator_exactly(pty, fmt):  # noqa: F811
     assert {r.unit for r in got["pm25"]} == {"ug/m3"}
     assert {r.sensor for r in out} == {"air-1"}
     assert driver.stats.malformed == 0 and driver.stats.readings == 3 * N
+
+
+async def test_the_driver_locks_its_port_while_it_reads(pty):  # noqa: F811
+    """A probe or record on the same port would take bytes from the gateway (review 17 walkthrough #3)."""
+    import serial
+
+    driver = SerialLineDriver("air-1", LineOptions(port=pty.slave_path), lambda r: None)
+    async with running(driver):
+        assert await wait_until(lambda: driver.stats.connects == 1)
+        with pytest.raises(serial.SerialException, match="Could not exclusively lock port"):
+            serial.serial_for_url(pty.slave_path, exclusive=True)
+    serial.serial_for_url(pty.slave_path, exclusive=True).close()  # released with the driver
