@@ -36,6 +36,8 @@ one check failed; 2 bad usage.
 
 from __future__ import annotations
 
+import argparse
+
 import ctypes
 import grp
 import json
@@ -77,14 +79,16 @@ def _check_prefix(text: str) -> str:
 def add_to(sub) -> None:
     from .cmd_common import DEFAULT_CONFIG, doc_part, positive_float
 
+    # every paragraph after the title (one alone cut the list of checks off), without the reST quotes
+    text = "\n\n".join(doc_part(__doc__, i) for i in range(1, len((__doc__ or "").split("\n\n"))))
     p = sub.add_parser("doctor", help="check ports, broker, clock, disk and config; print fixes",
-                       description=doc_part(__doc__, 1))
+                       description=text.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.add_argument("--user", help="the user the service runs as (default: edge-gateway if it exists, else you)")
     p.add_argument("--timeout", type=positive_float, default=3.0, help="network timeout in seconds")
     p.add_argument("--skip", action="append", default=[], metavar="CHECK", type=_check_prefix,
                    help="leave out checks whose name starts with CHECK (serial, state, broker, clock, daemon)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help='print {"ok": ..., "checks": [...]} instead of a table')
     p.set_defaults(func=handle)
 
 

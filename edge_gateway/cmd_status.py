@@ -103,7 +103,7 @@ def render(s: dict) -> None:
     print()
     rows = []
     for sid, st in sorted(s.get("sensors", {}).items()):
-        values = ", ".join(f"{ch}={v['value']:g}{v.get('unit') and ' ' + v['unit'] or ''}"
+        values = ", ".join(f"{ch}={v['value'] + 0.0:g}{v.get('unit') and ' ' + v['unit'] or ''}"  # no "-0"
                            for ch, v in sorted(st.get("last_values", {}).items()))
         rows.append([sid, st.get("driver"), f"{st.get('rate_per_s', 0):.2f}/s", fmt_age(st.get("last_reading_age_s")),
                      st.get("malformed", 0), st.get("link_errors", 0), values or "-",

@@ -51,3 +51,23 @@ def test_run_on_a_state_dir_it_may_not_create_says_so_in_one_line(tmp_path):
     assert out.stdout == "" and out.stderr == (
         f"edge-gateway: gateway.state_dir: cannot use {state}: Operation not permitted"
         " (under the service unit only /var/lib/edge-gateway is writable)\n")
+
+
+def test_doctor_help_lists_every_check_without_markup():
+    """Its description was the first paragraph of the docstring only: the list of checks was cut off
+    (review 17 walkthrough #12)."""
+    r = subprocess.run([sys.executable, "-m", "edge_gateway", "doctor", "--help"], cwd=REPO, capture_output=True,
+                       text=True)
+    assert r.returncode == 0
+    for check in ("config", "user", "serial", "state dir", "broker", "clock", "daemon"):
+        assert f"\n* {check}: " in r.stdout, check
+    assert "``" not in r.stdout and "Exit statuses: 0 no check failed" in r.stdout
+
+
+def test_status_never_shows_minus_zero(capsys):
+    from edge_gateway.cmd_status import render
+
+    render({"gateway": "gw", "sensors": {"traffic-1": {"driver": "coap", "last_values": {
+        "vehicles": {"value": -0.0, "unit": "1/min"}}}}})
+    out = capsys.readouterr().out
+    assert "vehicles=0 1/min" in out and "-0" not in out
