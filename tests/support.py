@@ -27,6 +27,16 @@ from edge_gateway.messages import decode
 REPO = Path(__file__).resolve().parent.parent
 
 
+class Clock:
+    """A clock the test sets (``clock.t += 60``): wall, steady or the queue's, wherever a callable is taken."""
+
+    def __init__(self, t: float = 1_700_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

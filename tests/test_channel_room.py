@@ -18,6 +18,7 @@ from edge_gateway.batcher import CHANNEL_IDLE_S, Batcher
 from edge_gateway.clockwatch import ClockWatch
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.readings import Reading
+from support import Clock
 
 T0 = 1_750_000_000.0  # a multiple of 10: window starts are T0 + 10 k
 TOPICS = messages.Topics("city", "gw")
@@ -122,13 +123,6 @@ def test_nothing_is_forgotten_while_every_channel_of_the_sensor_is_recent():
     assert p.forget_idle({"node"}, now=3600.0, idle_s=CHANNEL_IDLE_S) == []
     assert names(b) == ["a", "b"]
 
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 async def test_the_gateway_makes_room_commits_the_new_numbering_and_a_restart_resumes_it(tmp_path, caplog):

@@ -21,6 +21,7 @@ from edge_gateway.pipeline import Pipeline
 from edge_gateway.queue import DurableQueue, QueueLimits
 from edge_gateway.readings import Reading
 from simulators.coap_node import CoapNode
+from support import Clock
 
 T = 1_750_000_000.0
 DAY = 86400.0
@@ -30,13 +31,6 @@ gateway: {id: c-gw}
 windows: {seconds: 60, grace_s: 2}
 """)
 
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def one_batch(ts: list[float], chan: list[int] | None = None) -> Batch:

@@ -18,6 +18,7 @@ from edge_gateway.clockwatch import ClockWatch, Step
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.readings import Reading
 from edge_gateway.supervisor import Backoff, Supervisor
+from support import Clock
 
 T0 = 1_750_000_000.0  # a multiple of 10: window starts are T0 + 10 k
 TOPICS = messages.Topics("city", "gw")
@@ -31,13 +32,6 @@ windows: {seconds: 10, grace_s: 2}
 detector: {threshold: 0.5, params: {weights: [0, 0, 0, 0, 0, 0, 1, 0]}}
 """)
 
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def feed(pipe: Pipeline, batcher: Batcher, stamps, sensor: str = "s1") -> list[messages.Message]:

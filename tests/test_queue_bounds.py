@@ -11,16 +11,10 @@ from edge_gateway import messages
 from edge_gateway import queue as queue_mod
 from edge_gateway.messages import Message, Topics, decode, encode, merge_aggregates
 from edge_gateway.queue import DurableQueue, QueueLimits
+from support import Clock
 
 TOPICS = Topics("city", "b-gw")
 
-
-class Clock:
-    def __init__(self, t: float = 1_700_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def agg(channel: str, start: float, width: float = 1.0) -> Message:

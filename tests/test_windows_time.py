@@ -22,6 +22,7 @@ from edge_gateway.batcher import Batch, Batcher, ChannelKey, FutureFilter
 from edge_gateway.metrics import Telemetry
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.readings import Reading
+from support import Clock
 
 CFG = config.loads("""
 gateway: {id: p-gw}
@@ -31,15 +32,6 @@ TOPICS = messages.Topics("city", "p-gw")
 W_PURE = pure_twin(windows)
 Q_PURE = pure_twin(quantiles)
 
-
-class Clock:
-    """The gateway's wall clock, set by the test."""
-
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def aggs(out: list[messages.Message]) -> list[tuple[float, int]]:
