@@ -156,7 +156,7 @@ class ModbusRtuDriver(Driver):
                  for b in opts.blocks]
         port = AsyncSerial(opts.port, opts.baudrate, read_timeout=min(0.05, opts.timeout_s),
                            parity=opts.parity, stopbits=opts.stopbits,
-                           exclusive=opts.exclusive if "://" not in opts.port else None)
+                           exclusive=opts.exclusive)
         await port.open()
         loop = asyncio.get_running_loop()
         due = [loop.time()] * len(plans)

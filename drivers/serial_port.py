@@ -50,6 +50,15 @@ def resolve(port: str) -> str:
     return os.path.realpath(port)
 
 
+def open_serial(port: str, exclusive: bool = True, **kwargs) -> serial.SerialBase:
+    """``port`` opened by pyserial (a device path after :func:`resolve`, or a URL), a device locked
+    with ``exclusive`` (a flock): the gateway's drivers, ``probe`` and ``record`` all take the lock, so
+    two of them on one port are told so instead of splitting its bytes. A URL takes no lock."""
+    if "://" in port:
+        return serial.serial_for_url(port, **kwargs)
+    return serial.serial_for_url(resolve(port), exclusive=exclusive, **kwargs)
+
+
 class AsyncSerial:
     """Open/read/write/close a serial port from coroutines."""
 
@@ -67,8 +76,7 @@ class AsyncSerial:
 
     async def open(self) -> None:
         def _open():
-            return serial.serial_for_url(resolve(self.port), baudrate=self.baudrate,
-                                         timeout=self.read_timeout, **self.kwargs)
+            return open_serial(self.port, baudrate=self.baudrate, timeout=self.read_timeout, **self.kwargs)
 
         try:
             self._ser = await asyncio.get_running_loop().run_in_executor(self._pool, _open)
@@ -190,10 +198,7 @@ class StreamDriver(Driver):
         raise NotImplementedError
 
     async def run(self) -> None:
-        # exclusive (a flock; not for URLs): a probe or record on the port the gateway reads would take
-        # bytes from it and find "no known protocol"; locked, it is told who holds the port
-        path = self.options.port
-        port = AsyncSerial(path, self.options.baudrate, exclusive=True if "://" not in path else None)
+        port = AsyncSerial(self.options.port, self.options.baudrate)
         await port.open()
         self.on_open()
         self.connected()

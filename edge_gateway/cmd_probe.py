@@ -135,16 +135,13 @@ def _modbus_found(slave: int, resp) -> dict:
 
 
 def probe(port: str, bauds, listen: float, modbus_slave: int | None = None, stop_at_first: bool = True) -> list[dict]:
-    import serial
-
-    from drivers.serial_port import resolve
+    from drivers.serial_port import open_serial
 
     attempts = []
     for baud in bauds:
         attempt = {"baud": baud, "framing": "8N1", "bytes": 0, "found": None}
         try:
-            ser = serial.serial_for_url(resolve(port), baudrate=baud, bytesize=8, parity="N", stopbits=1,
-                                        timeout=0.1, exclusive=True if "://" not in port else None)
+            ser = open_serial(port, baudrate=baud, bytesize=8, parity="N", stopbits=1, timeout=0.1)
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             attempt["error"] = _open_error(port, exc)
             attempts.append(attempt)

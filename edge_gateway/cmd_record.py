@@ -60,14 +60,13 @@ def add_to(sub) -> None:
 def record(args) -> int:
     import serial
 
-    from drivers.serial_port import resolve
+    from drivers.serial_port import open_serial
 
     from .cmd_common import error
     from .cmd_probe import _open_error
 
     try:
-        ser = serial.serial_for_url(resolve(args.port), baudrate=args.baud, timeout=0.05,
-                                    exclusive=True if "://" not in args.port else None)
+        ser = open_serial(args.port, baudrate=args.baud, timeout=0.05)
     except Exception as exc:  # noqa: BLE001
         error(f"cannot open {args.port}: {_open_error(args.port, exc)}")
         return 1
