@@ -99,10 +99,6 @@ class Pipeline:
         self._use_detectors(section)
         self.detectors.load_state(state)
 
-    def _detector_state(self) -> dict[str, np.ndarray]:
-        """Every channel's detector state rows (by channel number), each from the detector that scores it."""
-        return self.detectors.state()
-
     def process(self, batch: Batch, now: float) -> list[messages.Message]:
         """Aggregates of the windows this batch (or the passage of time) closed, and anomaly events:
         each closed one, and each newly open one once (``state`` ``closed`` / ``open``)."""
@@ -290,7 +286,7 @@ class Pipeline:
         """What :meth:`checkpoint` saves, as copies: :func:`pack_checkpoint` (the deflate) may then run
         off the event loop while the pipeline goes on."""
         arrays = {f"win.{k}": v for k, v in self.engine.state().items()}
-        arrays.update({f"det.{k}": v for k, v in self._detector_state().items()})
+        arrays.update({f"det.{k}": v for k, v in self.detectors.state().items()})
         arrays["announced"] = self._announced.copy()
         arrays.update({f"future.{k}": v for k, v in self.future.state().items()})
         if self.conditioning.active:  # otherwise tables of zeros: two more pages a minute on the SD card

@@ -90,7 +90,7 @@ def test_a_sensor_at_its_cap_forgets_its_silent_channels_and_the_others_keep_the
             if m.kind == messages.KIND_EVENT] == [("b", "open", T0)]
     # what was sent last, per channel in the new numbering: the start of its newest aggregate
     assert p._marks[:4, 0].tolist() == [T0, T0 + 40, T0, T0 + 40]
-    assert p._detector_state()["dropout"][:4, 0].tolist() == [T0, T0 + 59, T0 + 5, T0 + 59]  # last stamp
+    assert p.detectors.state()["dropout"][:4, 0].tolist() == [T0, T0 + 59, T0 + 5, T0 + 59]  # last stamp
 
     # a restart resumes the new numbering: marks taken after the renumbering apply, older ones do not
     blob, marks_after = p.checkpoint(), p.take_marks()

@@ -218,7 +218,7 @@ def test_each_detector_holds_rows_for_its_own_channels_only():
     default, apart = pipe.detectors.detectors
     assert (default.n_channels, apart.n_channels) == (500, 1)
     assert {a.shape[0] for a in apart.state().values()} == {1}
-    assert pipe._detector_state()["novelty"].shape[0] == 501  # the checkpoint: a row per channel, as before
+    assert pipe.detectors.state()["novelty"].shape[0] == 501  # the checkpoint: a row per channel, as before
 
 
 def test_a_detector_table_without_rows_in_the_checkpoint_makes_the_detectors_relearn():
@@ -233,7 +233,7 @@ def test_a_detector_table_without_rows_in_the_checkpoint_makes_the_detectors_rel
     data["arrays"]["det.events"] = [[], zlib.compress(np.float64(1.0).tobytes(), 1)]
     fresh = Pipeline(cfg, TOPICS, Batcher())
     assert fresh.restore(msgpack.packb(data)) == 2
-    assert not fresh._detector_state()["novelty"].any()  # relearning from zero
+    assert not fresh.detectors.state()["novelty"].any()  # relearning from zero
 
 
 def test_restart_with_overrides_changes_nothing():
