@@ -105,6 +105,7 @@ class DetectorGroups:
         if len(self.detectors) == 1:
             yield 0, self.detectors[0], channels, channels
             return
+        channels = channels[channels < self.group.shape[0]]  # not yet assigned: no detector has a row
         group = self.group[channels]
         for g, det in enumerate(self.detectors):
             mine = channels[group == g]
@@ -150,10 +151,13 @@ class DetectorGroups:
 
     def silence_after(self, channels: np.ndarray) -> np.ndarray:
         """:meth:`.Detector.silence_after` of each of ``channels``."""
+        out = np.zeros(channels.size)  # a channel not yet assigned has learnt no gap: 0, as for a new one
+        known = channels < self.group.shape[0]
         if len(self.detectors) == 1:
-            return self.detectors[0].silence_after(channels)
-        out = np.zeros(channels.size)
-        group = self.group[channels]
+            out[known] = self.detectors[0].silence_after(channels[known])
+            return out
+        group = np.full(channels.size, -1, dtype=np.int64)
+        group[known] = self.group[channels[known]]
         for g, det in enumerate(self.detectors):
             mine = group == g
             if mine.any():
