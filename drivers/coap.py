@@ -43,6 +43,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal
@@ -58,6 +59,7 @@ from .base import Driver, LinkLost
 CT_TEXT = 0
 CT_CBOR = 60
 DEFAULT_MAX_AGE = 60
+DEFAULT_PORT = 5683  # RFC 7252 (and RFC 8323 for coap+tcp)
 MAX_RETRY_S = 300.0
 CLOCK_STEP_S = 600.0  # a pack this far behind the node's newest times is its clock going back
 KEEP_CHANNELS = 1024  # channels whose times a resource remembers: batcher.MAX_CHANNELS_PER_SENSOR
@@ -116,6 +118,43 @@ class CoapOptions:
         paths = [r.path for r in self.resources]
         if len(set(paths)) != len(paths):
             raise ValueError("resources: a path is listed twice")
+
+
+def node_address(uri: str) -> str:
+    """``coap://host:port`` of a node's URI, the port written out (5683 where the URI leaves it out)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port or DEFAULT_PORT}"
+
+
+def network_reason(exc: BaseException | None) -> str:
+    """What an aiocoap network error adds to "no answer", or "": the system's reason (``Connection refused``,
+    ``No route to host``), else aiocoap's text unless that is only its class name (``Network error:
+    NetworkError``)."""
+    if exc is None:
+        return ""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+        if cause.errno and cause.errno > 0:
+            return os.strerror(cause.errno)
+        return str(cause.strerror or "")
+    text = str(exc)
+    name = type(exc).__name__
+    return "" if not text or text == name or text.endswith(": " + name) else text
+
+
+def no_answer(uri: str, exc: BaseException | None = None) -> str:
+    """A node that does not answer, in plain words: ``no answer from coap://host:port (node off, unplugged or
+    unreachable)``, and what the network said in brackets when that adds something (``[Connection refused]``)."""
+    why = network_reason(exc)
+    text = f"no answer from {node_address(uri)} (node off, unplugged or unreachable)"
+    return f"{text} [{why}]" if why else text
 
 
 def decode_payload(payload: bytes, content_format: int | None, res: CoapResource,
@@ -268,7 +307,15 @@ class CoapDriver(Driver):
         except asyncio.TimeoutError:
             raise LinkLost(f"{self._uri(res)}: no response in {self.options.request_timeout_s} s")
         except error.Error as exc:
-            raise LinkLost(f"{self._uri(res)}: {exc}") from exc
+            raise LinkLost(self._link_problem(res, exc)) from exc
+
+    def _link_problem(self, res: CoapResource, exc: Exception) -> str:
+        """An aiocoap error in plain words: a network error is a node that does not answer."""
+        from aiocoap import error
+
+        if isinstance(exc, error.NetworkError):
+            return no_answer(self.options.uri, exc)
+        return f"{self._uri(res)}: {exc}"
 
     async def _poll_forever(self, ctx) -> None:
         loop = asyncio.get_running_loop()
@@ -333,7 +380,7 @@ class CoapDriver(Driver):
             except StopAsyncIteration:
                 return False
             except error.Error as exc:
-                raise LinkLost(f"{self._uri(res)}: {exc}") from exc
+                raise LinkLost(self._link_problem(res, exc)) from exc
             if not response.code.is_successful():
                 self._failed(res, response)
                 return False

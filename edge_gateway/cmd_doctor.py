@@ -21,6 +21,11 @@ Checks, each ``ok``, ``warn``, ``fail`` or ``unknown``:
   ``broker.tls`` the TLS handshake verifies against the configured CA, and the
   client key file is not accessible by group/others (a warning, or a failure
   with ``broker.strict_secrets``: the gateway then refuses it);
+* coap: a row ``coap ID`` per CoAP sensor: its node answers one confirmable
+  GET per configured resource (``--timeout`` each, all at once) with a payload
+  the coap driver can read: the response code, content format and size, or
+  what is wrong (no answer, 4.04: no such resource, not valid SenML) and what
+  to do;
 * clock: synchronised? from ``timedatectl``, ``chronyc``, or the kernel's
   ``adjtimex`` state; ``unknown`` when none can tell (a warning, not a failure);
 * daemon: whether a gateway answers on the control socket (information only).
@@ -37,8 +42,10 @@ one check failed; 2 bad usage.
 from __future__ import annotations
 
 import argparse
-
+import asyncio
+import concurrent.futures
 import ctypes
+import errno
 import grp
 import json
 import os
@@ -64,7 +71,7 @@ class Check:
 
 
 CHECKS = ("config", "user", "serial", "state dir", "broker secrets", "broker dns", "broker tcp", "broker tls",
-          "broker tls key", "clock", "daemon")
+          "broker tls key", "coap", "clock", "daemon")
 
 
 def _check_prefix(text: str) -> str:
@@ -81,13 +88,13 @@ def add_to(sub) -> None:
 
     # every paragraph after the title (one alone cut the list of checks off), without the reST quotes
     text = "\n\n".join(doc_part(__doc__, i) for i in range(1, len((__doc__ or "").split("\n\n"))))
-    p = sub.add_parser("doctor", help="check ports, broker, clock, disk and config; print fixes",
+    p = sub.add_parser("doctor", help="check ports, broker, CoAP nodes, clock, disk and config; print fixes",
                        description=text.replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", default=DEFAULT_CONFIG, help=f"config file (default {DEFAULT_CONFIG})")
     p.add_argument("--user", help="the user the service runs as (default: edge-gateway if it exists, else you)")
     p.add_argument("--timeout", type=positive_float, default=3.0, help="network timeout in seconds")
     p.add_argument("--skip", action="append", default=[], metavar="CHECK", type=_check_prefix,
-                   help="leave out checks whose name starts with CHECK (serial, state, broker, clock, daemon)")
+                   help="leave out checks whose name starts with CHECK (serial, state, broker, coap, clock, daemon)")
     p.add_argument("--json", action="store_true", help='print {"ok": ..., "checks": [...]} instead of a table')
     p.set_defaults(func=handle)
 
@@ -124,6 +131,9 @@ def handle(args) -> int:
             checks.extend(check_broker(cfg.broker, args.timeout))
         if wanted("broker tls key"):
             checks.extend(check_tls_key(cfg.broker))
+        coap = [s for s in cfg.sensors if s.driver == "coap" and wanted(f"coap {s.id}")]  # skipped: no waits
+        if coap:
+            checks.extend(check_coap(coap, args.timeout))
     if wanted("clock"):
         checks.append(check_clock())
     if cfg is not None and wanted("daemon"):
@@ -465,6 +475,196 @@ def _check_tls(sock, host: str, tls, timeout: float) -> Check:
     except (ssl.SSLError, OSError) as exc:
         return Check("broker tls", "fail", f"TLS handshake failed: {exc}",
                      "check the port is the TLS listener and the client certificate/key files")
+
+
+# --- coap -------------------------------------------------------------------------------------
+
+COAP_SETUP_S = 2.0  # bound on creating and on shutting down the client context
+_FORMATS = {None: "a number as text", 0: "a number as text", 50: "JSON (a number or an object of numbers)",
+            60: "CBOR (a number or a map of numbers)", 110: "SenML JSON", 112: "SenML CBOR"}
+COAP_FORMATS_FIX = ("the driver reads SenML JSON (content-format 110) or CBOR (112), JSON (50), CBOR (60) or a "
+                    "plain number (0): check what the node's firmware sends")
+
+
+def check_coap(sensors, timeout: float) -> list[Check]:
+    """A Check per CoAP sensor (``coap ID``): one confirmable GET per configured resource, all at once.
+
+    Bounded: each request waits ``timeout`` s at most, the whole check at most ``timeout`` plus twice
+    :data:`COAP_SETUP_S` plus 1 s. Runs its own event loop (in a thread when called from inside one)."""
+    if not sensors:
+        return []
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coap_checks(sensors, timeout))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coap_checks(sensors, timeout)).result()
+
+
+async def coap_checks(sensors, timeout: float) -> list[Check]:
+    """:func:`check_coap` in a running loop: all sensors at once, each with an aiocoap client context of its own.
+
+    Own contexts, as the driver has: Linux reports an ICMP "port unreachable" on a UDP socket's next
+    send too, so on a shared socket one dead node's refusal could be blamed on another's request."""
+    limit = timeout + 2 * COAP_SETUP_S + 1.0
+    tasks = [asyncio.ensure_future(_coap_sensor_alone(s.options, timeout)) for s in sensors]
+    done, pending = await asyncio.wait(tasks, timeout=limit)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
+    checks = []
+    for s, task in zip(sensors, tasks):
+        name = f"coap {s.id}"
+        if task in done and task.exception() is None:
+            status, detail, fix = task.result()
+            checks.append(Check(name, status, detail, fix))
+        elif task in done:
+            checks.append(Check(name, "unknown", f"{s.options.uri}: check failed: {task.exception()!r}"))
+        else:
+            checks.append(Check(name, "unknown", f"{s.options.uri}: no result within {limit:g} s"))
+    return checks
+
+
+async def _coap_sensor_alone(opts, timeout: float) -> tuple[str, str, str]:
+    """:func:`_coap_sensor` with a client context created for it and shut down after."""
+    try:
+        from aiocoap import Context
+
+        ctx = await asyncio.wait_for(Context.create_client_context(), COAP_SETUP_S)
+    except Exception as exc:  # noqa: BLE001 - no client here: the node is unknown, not failed
+        return ("unknown", f"cannot start a CoAP client here: {exc or type(exc).__name__}",
+                "check that the gateway's Python environment has aiocoap")
+    try:
+        return await _coap_sensor(ctx, opts, timeout)
+    finally:
+        try:
+            await asyncio.wait_for(ctx.shutdown(), COAP_SETUP_S)
+        except Exception:  # noqa: BLE001 - the answers are in; a slow shutdown changes none
+            pass
+
+
+async def _coap_get(ctx, uri: str, timeout: float):
+    """The response to one confirmable GET of ``uri``, or the exception (asyncio.TimeoutError: no answer)."""
+    from aiocoap import GET, Message
+
+    try:  # confirmable: aiocoap's default (transport_tuning Reliable)
+        request = ctx.request(Message(code=GET, uri=uri), handle_blockwise=False)
+        return await asyncio.wait_for(request.response, timeout)
+    except (asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - said per resource
+        return exc
+
+
+async def _coap_sensor(ctx, opts, timeout: float) -> tuple[str, str, str]:
+    """(status, detail, fix) of one CoAP sensor: its node first (does it answer?), then each resource."""
+    from aiocoap import error
+
+    from drivers.coap import no_answer, node_address
+
+    node = node_address(opts.uri)
+    host = node.split("://", 1)[1].rpartition(":")[0].strip("[]")
+    got = await asyncio.gather(*(_coap_get(ctx, opts.uri.rstrip("/") + res.path, timeout) for res in opts.resources))
+    lost = [r for r in got if isinstance(r, (asyncio.TimeoutError, error.NetworkError))]
+    if len(lost) == len(got):  # the node does not answer at all: one line for it, not one per resource
+        ping = f"is the node powered and on the network? try `ping {host}`"
+        first = next((r for r in lost if not isinstance(r, asyncio.TimeoutError)), None)
+        if first is None:
+            return "fail", f"no answer from {node} within {timeout:g} s", ping
+        cause = first.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.ECONNREFUSED:
+            port = node.rpartition(":")[2]
+            proto = "TCP" if node.startswith("coap+tcp") else "UDP"
+            return "fail", no_answer(opts.uri, first), (
+                f"{host} is up but nothing listens on {proto} port {port}: is the node's CoAP server running, "
+                "and is the port in `uri` right?")
+        return "fail", no_answer(opts.uri, first), ping
+    parts, statuses, fixes = [], [], []
+    for res, r in zip(opts.resources, got):
+        status, text, fix = _coap_resource(res, r, opts, timeout, host)
+        parts.append(f"{node + res.path if not parts else res.path}: {text}")
+        statuses.append(status)
+        if fix and fix not in fixes:
+            fixes.append(fix)
+    worst = next(s for s in ("fail", "warn", "unknown", "ok") if s in statuses)
+    return worst, "; ".join(parts), "; ".join(fixes)
+
+
+def _coap_resource(res, r, opts, timeout: float, host: str) -> tuple[str, str, str]:
+    """(status, what the resource answered, fix) for one resource of a node that answers."""
+    from aiocoap import SERVICE_UNAVAILABLE, error
+
+    from drivers.coap import network_reason
+
+    if isinstance(r, asyncio.TimeoutError):
+        return "fail", f"no answer within {timeout:g} s", \
+            f"is the node overloaded or the network lossy? try `ping {host}`"
+    if isinstance(r, error.NetworkError):
+        why = network_reason(r)
+        return "fail", f"no answer{f' [{why}]' if why else ''}", f"try `ping {host}`"
+    if isinstance(r, Exception):
+        return "unknown", f"request failed: {r or type(r).__name__}", ""
+    code = r.code
+    if code.is_successful():
+        return _coap_payload(res, r, opts)
+    if code.dotted == "4.04":
+        return "fail", f"{code}: the node has no resource {res.path}", \
+            f"check `resources` in the config: is the path {res.path} right?"
+    if code == SERVICE_UNAVAILABLE:
+        age = r.opt.max_age
+        return "warn", f"{code}: the node is busy{f' for {age} s' if age is not None else ''}", \
+            "the driver asks again later; if it persists, see the node's logs or restart it"
+    if code.class_ == 5:
+        return "warn", f"{code}: the node fails to serve it", "see the node's logs or restart it"
+    return "fail", f"{code}: the node refuses the request", "see the node's manual: what does it expect at this path?"
+
+
+def _coap_payload(res, r, opts) -> tuple[str, str, str]:
+    """(status, what a 2.xx response holds, fix): decoded as the driver decodes it, within its limits."""
+    import time
+
+    from drivers import senml
+    from drivers.coap import decode_payload
+
+    cf = r.opt.content_format
+    fmt = _format_name(cf)
+    size = len(r.payload)
+    head = f"{r.code}, {fmt}, {size} bytes"
+    block = r.opt.block2
+    if block is not None and block.more:
+        total = f" of {r.opt.size2}" if r.opt.size2 is not None else ""
+        if r.opt.size2 is not None and r.opt.size2 > opts.max_payload_bytes:
+            return "fail", f"{head}: first block{total} bytes, over max_payload_bytes={opts.max_payload_bytes}", \
+                "raise max_payload_bytes or make the node send less"
+        return "ok", f"{head}: first block{total} (block-wise; not decoded here)", ""
+    if size > opts.max_payload_bytes:
+        return "fail", f"{head}: over max_payload_bytes={opts.max_payload_bytes}, the driver drops it", \
+            "raise max_payload_bytes or make the node send less"
+    try:
+        samples, errors = decode_payload(r.payload, cf, res, time.time(), opts.max_records)
+    except senml.TooLarge as exc:
+        return "fail", f"{head}: {exc}, the driver drops it", "raise max_records or make the node send less"
+    key = None if cf is None else int(cf)
+    what = _FORMATS.get(key, _FORMATS[None])  # the driver reads any other content-format as text
+    if not samples and errors:
+        if key not in _FORMATS:
+            return "fail", f"{head}: content-format {key} is not one the driver reads (nor a number as text)", \
+                COAP_FORMATS_FIX
+        return "fail", f"{head}: not valid {what} for the driver, it reads nothing from it", COAP_FORMATS_FIX
+    values = _count(len(samples), "value")
+    if errors:
+        return "warn", f"{head}, {values}; {_count(errors, 'part')} not valid {what}, dropped by the driver", \
+            COAP_FORMATS_FIX
+    if not samples:
+        return "warn", f"{head}: no number in it, the driver publishes nothing", COAP_FORMATS_FIX
+    return "ok", f"{head}, {values}", ""
+
+
+def _format_name(cf) -> str:
+    """``application/senml+json``, ``text/plain`` (without parameters), or ``content-format N``."""
+    if cf is None:
+        return "no content-format"
+    media = getattr(cf, "media_type", None)
+    return media.split(";")[0] if media else f"content-format {int(cf)}"
 
 
 # --- clock ------------------------------------------------------------------------------------
