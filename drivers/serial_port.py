@@ -18,6 +18,7 @@ that now points at another ttyUSB number is followed. Any pyserial URL
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,22 @@ import serial
 from edge_gateway import aio
 
 from .base import Driver, LinkLost
+
+log = logging.getLogger(__name__)
+
+PORT_CLOSED = "the port closed: unplugged, or another program opened it"
+
+
+def _lost(port: str, exc: BaseException | str) -> LinkLost:
+    """The LinkLost a failed read or write raises, in a technician's words. pyserial's "device
+    reports readiness to read but returned no data (device disconnected or multiple access on
+    port?)" (and our own check's same words) become :data:`PORT_CLOSED`; the original goes to the
+    debug log."""
+    text = str(exc)
+    if "readiness to read but returned no data" in text:
+        log.debug("%s: %s", port, text)
+        text = PORT_CLOSED
+    return LinkLost(f"{port}: {text}")
 
 
 def port_problem(port: str) -> str:
@@ -105,9 +122,9 @@ class AsyncSerial:
         except BlockingIOError:
             return b""
         except OSError as exc:
-            raise LinkLost(f"{self.port}: {exc}") from exc
+            raise _lost(self.port, exc) from exc
         if not data and ready:
-            raise LinkLost(f"{self.port}: device reports readiness to read but returned no data")
+            raise _lost(self.port, "device reports readiness to read but returned no data")
         return data
 
     async def read(self, max_bytes: int = 65536) -> bytes:
@@ -134,7 +151,7 @@ class AsyncSerial:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, _read)
         except (serial.SerialException, OSError) as exc:
-            raise LinkLost(f"{self.port}: {exc}") from exc
+            raise _lost(self.port, exc) from exc
 
     async def discard_input(self, max_bytes: int = 1 << 20) -> int:
         """Throw away whatever is already waiting (a late reply, line noise); the number of bytes."""
@@ -159,7 +176,7 @@ class AsyncSerial:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, _drain)
         except (serial.SerialException, OSError) as exc:
-            raise LinkLost(f"{self.port}: {exc}") from exc
+            raise _lost(self.port, exc) from exc
 
     async def write(self, data: bytes) -> None:
         ser = self._ser
@@ -168,7 +185,7 @@ class AsyncSerial:
         try:
             await asyncio.get_running_loop().run_in_executor(self._pool, ser.write, data)
         except (serial.SerialException, OSError) as exc:
-            raise LinkLost(f"{self.port}: {exc}") from exc
+            raise _lost(self.port, exc) from exc
 
     async def close(self) -> None:
         ser, self._ser, self._fd = self._ser, None, None

@@ -1,9 +1,11 @@
 """``edge-gateway status`` and ``edge-gateway reload``: ask the running daemon through its control socket.
 
-``status`` prints uptime, broker link, queue depth and the age of its oldest
-message, one row per sensor (rate, last values, error counts), the last
-anomaly events and the outcome of the last reload. ``--json`` prints the
-daemon's whole status document (stable keys) for scripts.
+``status`` prints uptime, broker link (down since when, and why), queue depth
+and the age of its oldest message, one row per sensor (rate, last values, error
+counts, how old its last error is, the error in full below it, and a warning
+when a connected sensor has sent nothing for long), the last events (oldest
+first) and the outcome of the last reload. ``--json`` prints the daemon's whole
+status document (stable keys) for scripts.
 
 ``reload`` asks the daemon to read its config file again (as SIGHUP does) and
 prints what changed (sensors started, stopped and kept; broker; detector; other
@@ -79,18 +81,18 @@ def status(args) -> int:
     return 0
 
 
-def render(s: dict) -> None:
-    from .cmd_common import fmt_age, table
+def render(s: dict, now: float | None = None) -> None:
+    """The human view of a status document; ``now`` (wall time, default the clock) dates "down since"."""
+    from .cmd_common import fmt_age
 
     q = s.get("queue", {})
     print(f"gateway   {s.get('gateway')}   pid {s.get('pid')}   up {fmt_age(s.get('uptime_s'))}")
-    link = s.get("link")
-    print(f"broker    {link}" + (f" ({s['link_error']})" if link != "up" and s.get("link_error") else ""))
+    print(broker_line(s, time.time() if now is None else now))
     print(f"queue     {q.get('depth', s.get('queue_depth'))} messages, oldest {fmt_age(q.get('oldest_age_s'))}, "
-          f"in flight {s.get('inflight')}, last seq {s.get('last_seq')}")
+          f"in flight {s.get('inflight')}")
     c = s.get("counts", {})
     print(f"produced  {c.get('readings', 0)} readings, {c.get('aggregates', 0)} aggregates, "
-          f"{c.get('events', 0)} events; published {s.get('published', {})}")
+          f"{c.get('events', 0)} events; {published_text(s.get('published') or {})}")
     clk = s.get("clock") or {}
     if clk.get("steps"):
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clk["last_step_at"])) if clk.get("last_step_at") else "?"
@@ -101,14 +103,7 @@ def render(s: dict) -> None:
         outcome = "ok" if r.get("last_ok") else f"REFUSED: {r.get('last_error')}"
         print(f"reload    {r['count']} ({r.get('failed', 0)} refused), last at {when}: {outcome}")
     print()
-    rows = []
-    for sid, st in sorted(s.get("sensors", {}).items()):
-        values = ", ".join(f"{ch}={v['value'] + 0.0:g}{v.get('unit') and ' ' + v['unit'] or ''}"  # no "-0"
-                           for ch, v in sorted(st.get("last_values", {}).items()))
-        rows.append([sid, st.get("driver"), f"{st.get('rate_per_s', 0):.2f}/s", fmt_age(st.get("last_reading_age_s")),
-                     st.get("malformed", 0), st.get("link_errors", 0), values or "-",
-                     (st.get("last_error") or "")[:40]])
-    table(rows, ["SENSOR", "DRIVER", "RATE", "LAST", "BAD", "LINK ERR", "LAST VALUES", "LAST ERROR"])
+    sensors_table(s.get("sensors", {}))
     filtered = [f"{sid}: {st['despiked']} despiked, {st['deadband_held']} held by the deadband"
                 for sid, st in sorted(s.get("sensors", {}).items()) if "deadband_held" in st]
     if filtered:
@@ -116,15 +111,109 @@ def render(s: dict) -> None:
     events = s.get("last_events", [])
     if events:
         print()
-        erows = [[time.strftime("%H:%M:%S", time.localtime(e.get("start", 0))), e.get("sensor"),
-                  e.get("type", "") + (" (open)" if e.get("state") == "open" else ""),
-                  e.get("channel", ""), _g(e.get("peak_value")), _g(e.get("peak_score")), e.get("reason", "")]
-                 for e in events]
-        table(erows, ["TIME", "SENSOR", "EVENT", "CHANNEL", "VALUE", "SCORE", "REASON"])
+        events_table(events)
+
+
+def ago(seconds: float) -> str:
+    """A duration for a sentence ("12 s", "3 min", "5.2 h", "2.0 d"): fmt_age's "12s" reads as a unit code."""
+    s = max(0.0, float(seconds))
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 172800:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def broker_line(s: dict, now: float) -> str:
+    """``broker    up``, or down with since when (local time, and how long) and why; a daemon that
+    does not report ``uplink.down_since`` (older) gets the plain state."""
+    link = s.get("link")
+    line = f"broker    {link}"
+    since = (s.get("uplink") or {}).get("down_since")
+    if link != "up" and since:
+        line += f" since {time.strftime('%H:%M:%S', time.localtime(since))} ({ago(now - since)})"
+    if link != "up" and s.get("link_error"):
+        line += f": {s['link_error']}"
+    return line
+
+
+KIND_NAMES = {"agg": "aggregates", "event": "events"}
+
+
+def published_text(published: dict) -> str:
+    """``published: 266 aggregates, 12 events`` (then any other kind by its own name), not a dict."""
+    counts = {"agg": 0, "event": 0, **published}
+    return "published: " + ", ".join(f"{n} {KIND_NAMES.get(k, k)}" for k, n in counts.items())
+
+
+def sensor_notes(st: dict) -> list[str]:
+    """The lines under a sensor's row: its last error in full (the row says how old it is), and a
+    warning when a connected sensor has been silent past ``no_data_after_s`` (see
+    :func:`.metrics.no_data_after`)."""
+    notes = []
+    if st.get("last_error"):
+        notes.append(f"last error: {st['last_error']}")
+    quiet, limit = st.get("no_data_s"), st.get("no_data_after_s")
+    if quiet is not None and limit is not None and quiet >= limit:
+        since_connect = (st.get("last_reading_ts") or 0) < (st.get("last_connect_ts") or 0)
+        expected = st.get("expected_interval_s")
+        notes.append(f"warning: no data for {ago(quiet)}" + (" since connect" if since_connect else "")
+                     + (f" (expected every {expected:g} s)" if expected else ""))
+    return notes
+
+
+def sensors_table(sensors: dict) -> None:
+    """One row per sensor; the LAST ERROR column says how old the error is, the full text follows on
+    an indented line (a reason cut at a column width loses what it says)."""
+    import io
+
+    from .cmd_common import fmt_age, table
+
+    rows, notes = [], []
+    for sid, st in sorted(sensors.items()):
+        values = ", ".join(f"{ch}={v['value'] + 0.0:g}{v.get('unit') and ' ' + v['unit'] or ''}"  # no "-0"
+                           for ch, v in sorted(st.get("last_values", {}).items()))
+        err = ""
+        if st.get("last_error"):
+            age = st.get("last_error_age_s")
+            err = "yes" if age is None else f"{ago(age)} ago"
+            if st.get("last_error_before_reconnect"):
+                err += " (before reconnect)"
+        rows.append([sid, st.get("driver"), f"{st.get('rate_per_s', 0):.2f}/s", fmt_age(st.get("last_reading_age_s")),
+                     st.get("malformed", 0), st.get("link_errors", 0), values or "-", err])
+        notes.append(sensor_notes(st))
+    buf = io.StringIO()
+    table(rows, ["SENSOR", "DRIVER", "RATE", "LAST", "BAD", "LINK ERR", "LAST VALUES", "LAST ERROR"], out=buf)
+    lines = buf.getvalue().splitlines()
+    print("\n".join(lines[:2]))
+    for line, extra in zip(lines[2:], notes):
+        print(line)
+        for note in extra:
+            print(f"    {note}")
+
+
+def events_table(events: list[dict]) -> None:
+    """The recent events, oldest first; an anomaly's REASON is the detector that raised it."""
+    rows = []
+    for e in sorted(events, key=lambda e: e.get("start") or e.get("ts") or 0):
+        reason = e.get("reason") or (f"detector {e['detector']}" if e.get("detector") else "")
+        rows.append([time.strftime("%H:%M:%S", time.localtime(e.get("start") or e.get("ts") or 0)), e.get("sensor"),
+                     e.get("type", "") + (" (open)" if e.get("state") == "open" else ""),
+                     e.get("channel", ""), _g(e.get("peak_value")), _score(e.get("peak_score")), reason])
+    from .cmd_common import table
+
+    table(rows, ["TIME", "SENSOR", "EVENT", "CHANNEL", "VALUE", "SCORE", "REASON"])
 
 
 def _g(x) -> str:
     return "" if x is None else f"{x:g}"
+
+
+def _score(x) -> str:
+    """Scores to 2 decimals: more digits are noise to a reader."""
+    return "" if x is None else f"{x:.2f}"
 
 
 def reload(args) -> int:

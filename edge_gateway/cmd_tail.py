@@ -1,7 +1,8 @@
 """``edge-gateway tail [SENSOR]``: live readings and events as they flow, until Ctrl-C.
 
 Streams through the daemon's control socket. One line per reading
-(``TIME SENSOR CHANNEL VALUE UNIT``) and per event (``TIME SENSOR EVENT ...``);
+(``TIME SENSOR CHANNEL VALUE UNIT``, local time) and per event (``TIME SENSOR EVENT ...``,
+times in ISO-8601 UTC);
 ``--json`` prints the daemon's JSON lines unchanged; ``--events`` shows events
 only; ``--count N`` stops after N lines (for scripts and tests). The daemon
 keeps about 1 MiB of unread lines per client (several pipeline rounds); a
@@ -78,7 +79,17 @@ def handle(args) -> int:
     return 0
 
 
+TIME_FIELDS = ("start", "end", "ts")  # epoch seconds in events: shown as ISO-8601 UTC
+
+
+def iso_utc(ts: float) -> str:
+    """``2024-05-01T14:02:11Z``: an event's time to the second, in UTC (what the cloud side shows),
+    not an epoch float."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 def format_item(item: dict) -> str:
+    """One line for people; ``--json`` prints the daemon's items (raw epoch floats) instead."""
     kind = item.get("type")
     if kind == "reading":
         t = time.strftime("%H:%M:%S", time.localtime(item["ts"])) + f".{int(item['ts'] * 1000) % 1000:03d}"
@@ -86,7 +97,14 @@ def format_item(item: dict) -> str:
     if kind == "dropped":
         return f"({item['count']} lines dropped: this tail fell too far behind the gateway)"
     ts = item.get("start") or item.get("ts") or time.time()
-    t = time.strftime("%H:%M:%S", time.localtime(ts))
-    rest = " ".join(f"{k}={v}" for k, v in item.items()
+    rest = " ".join(f"{k}={_field(k, v)}" for k, v in item.items()
                     if k not in ("type", "event", "sensor", "start", "seq") and v not in (None, ""))
-    return f"{t} {item.get('sensor', ''):<12} EVENT {item.get('event', '')} {rest}".rstrip()
+    return f"{iso_utc(ts)} {item.get('sensor', ''):<12} EVENT {item.get('event', '')} {rest}".rstrip()
+
+
+def _field(key: str, value) -> str:
+    if key in TIME_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return iso_utc(value)
+    if key.endswith("score") and isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)

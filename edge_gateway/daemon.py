@@ -433,6 +433,7 @@ class Gateway:
                 "dropped": q.dropped_total, "dropped_unreported": q.dropped_pending, "rolled_up": q.rolled_up,
                 "file_cap_bytes": q.file_cap_bytes, "queue_recovered_from": self.queue.recovered_from,
                 "link_error": getattr(link, "last_error", ""),
+                "down_since": getattr(link, "down_since", None),
                 "connects": getattr(link, "connects", 0),
                 "rejected": fw.stats.rejected if fw else 0, "rewinds": fw.stats.rewinds if fw else 0,
                 "rejected_by_reason": {f"0x{code:02x}": n for code, n in fw.stats.rejected_by_reason.items()}

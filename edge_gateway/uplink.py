@@ -173,6 +173,9 @@ class MqttLink:
         self._woken = False
         self._up = False
         self.last_error = ""
+        # wall time the link went down (None while up): from the start until the first CONNACK, then
+        # from each disconnect; ``status`` shows "down since" (a technician compares it with the broker's log)
+        self.down_since: float | None = time.time()
         self._said: set[str] = set()  # texts _error logged since the last CONNACK
         self._cycle_error = ""  # what paho reported during this connection attempt
         self._connacked = False  # this connection attempt got a CONNACK (accepted or refused)
@@ -594,6 +597,7 @@ class MqttLink:
         if not was:
             return
         self.disconnects += 1
+        self.down_since = time.time()
         self.last_error = f"disconnected: {reason}"
         ours, self._closing = self._closing or self._leaving, False
         if self._leaving:
@@ -651,6 +655,7 @@ class MqttLink:
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         self._up = True
+        self.down_since = None
         self._health.connected(time.monotonic())
         self.connects += 1
         self.last_error = ""
@@ -687,7 +692,8 @@ class MqttLink:
         self._health.sent(time.monotonic())
 
     def _cb_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._went_down(str(reason_code), reason_code.value, flags.is_disconnect_packet_from_server)
+        from_server = flags.is_disconnect_packet_from_server
+        self._went_down(disconnect_reason(reason_code, from_server), reason_code.value, from_server)
 
     def _cb_publish(self, client, userdata, mid, reason_code, properties) -> None:
         token = self._mid_token.pop(mid, None)
@@ -750,6 +756,15 @@ class MqttLink:
         on_ack = self._on_ack
         for token, rc in acks:
             on_ack(token, rc)
+
+
+def disconnect_reason(reason_code, from_server: bool) -> str:
+    """A disconnect's reason for the log and ``status``. paho reports a connection that ended without
+    a DISCONNECT packet (the broker stopped, crashed or became unreachable) as "Unspecified error"
+    (0x80): say what that means, keeping the code; a broker's own DISCONNECT keeps its reason."""
+    if not from_server and reason_code.value == 0x80:
+        return f"the broker closed the connection or became unreachable (reason code {reason_code.value})"
+    return str(reason_code)
 
 
 def _seq_text(payload: bytes) -> str:

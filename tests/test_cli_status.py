@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 
 from ops_support import cli, serial_sensor, status_json, write_config
@@ -68,6 +69,7 @@ def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
                        extra=f"metrics: {{prometheus_port: {prom}}}\n")
     cfg.write_text(cfg.read_text().replace("keepalive_s: 5}", f"keepalive_s: 5, secrets_file: {secret}}}"))
     sim = Process(["-m", "simulators.serial_line", "--rate", "50", "--link", str(link), "--wait-open"])
+    gw_started = time.time()
     gw = GatewayProcess(cfg, tmp_path / "gw.log", env={"JOURNAL_STREAM": "8:12345"}).start()
     sock = tmp_path / "state" / "control.sock"
     try:
@@ -81,11 +83,20 @@ def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
         assert air["malformed"] == 0 and air["link_errors"] == 0 and air["rate_per_s"] > 0
         assert {"depth", "oldest_age_s", "bytes", "last_seq"} <= set(s["queue"])
         assert s["reload"]["count"] == 0 and s["last_reload_error"] == ""
+        # never connected (nothing listens on the broker port): down since the link started
+        assert gw_started <= s["uplink"]["down_since"] <= time.time() and s["uplink"]["connects"] == 0
+        assert (air["link_up"], air["last_error_ts"], air["expected_interval_s"], air["no_data_after_s"]) == (
+            True, None, None, 60.0)
 
         r = cli("status", "--config", cfg)
         assert r.returncode == 0, r.stderr
         assert re.search(r"^air-1\s+serial_line\s+\d+\.\d+/s", r.stdout, re.M), r.stdout
-        assert "broker    down" in r.stdout and "queue     " in r.stdout
+        since = time.strftime("%H:%M:%S", time.localtime(s["uplink"]["down_since"]))
+        assert re.search(rf"^broker    down since {since} \(\d+ s\): connect to 127\.0\.0\.1:\d+ failed: ", r.stdout,
+                         re.M), r.stdout
+        assert re.search(r"^queue     \d+ messages, oldest \S+, in flight 0$", r.stdout, re.M), r.stdout
+        assert re.search(r"; published: 0 aggregates, 0 events$", r.stdout, re.M), r.stdout
+        assert "last seq" not in r.stdout and "{" not in r.stdout
 
         r = cli("tail", "--socket", sock, "--count", "6")
         assert r.returncode == 0, r.stderr
