@@ -47,26 +47,30 @@ _PATH_NAME = re.compile(r"(_file|_path|_dir)$")
 
 
 def add_to(sub) -> None:
+    key_help = ("dotted path of the value, list items by index or id, e.g. gateway.id, "
+                "sensors[0].options.port or sensors.air-1.options.port")
     p = sub.add_parser("config", help="check, show, get and set values of the YAML config",
                        description="Check, inspect and safely change the YAML config.")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     csub.required = True
     v = csub.add_parser("validate", help="validate a config file; exit 0 if valid, 2 if not")
-    v.add_argument("file")
+    v.add_argument("file", metavar="FILE", help="the config file to check, e.g. /etc/edge-gateway/gateway.yaml")
     v.set_defaults(func=validate)
     s = csub.add_parser("show", help="print the effective config, secrets masked")
-    s.add_argument("file")
+    s.add_argument("file", metavar="FILE", help="the config file to show")
     s.add_argument("--json", action="store_true", help="JSON instead of YAML")
     s.set_defaults(func=show)
     g = csub.add_parser("get", help="print one value: sensors[0].options.port or sensors.air-1.options.port")
-    g.add_argument("file")
-    g.add_argument("key")
+    g.add_argument("file", metavar="FILE", help="the config file to read")
+    g.add_argument("key", metavar="KEY", help=key_help)
     g.add_argument("--json", action="store_true", help="always print JSON")
     g.set_defaults(func=get)
     t = csub.add_parser("set", help="change one value in place, keeping comments; refuses an invalid result")
-    t.add_argument("file")
-    t.add_argument("key")
-    t.add_argument("value")
+    t.add_argument("file", metavar="FILE", help="the config file to change (written only if the result is valid)")
+    t.add_argument("key", metavar="KEY", help=key_help + "; missing mapping keys are created")
+    t.add_argument("value", metavar="VALUE",
+                   help="the new value, read as YAML: 9600 is a number, true a boolean, [a, b] a list; "
+                        "where the file holds a string it stays one (--string forces a string)")
     t.add_argument("--string", action="store_true", help="store VALUE as a string whatever it looks like")
     t.add_argument("--dry-run", action="store_true", help="print the new file instead of writing it")
     t.set_defaults(func=set_value)
@@ -78,7 +82,8 @@ def _load(path: str):
     try:
         return config.load(path), 0
     except config.ConfigError as exc:
-        print(f"edge-gateway: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # every mistake found, one a line, in file order
+            print(f"edge-gateway: {line}", file=sys.stderr)
         return None, 2
 
 

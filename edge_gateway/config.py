@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .schema import ConfigError, Validator
+from .schema import ConfigError, Problems, Validator
 
 __all__ = ["ConfigError", "DetectorOverride", "GatewayConfig", "load", "loads", "read_state_dir"]
 
@@ -178,7 +178,12 @@ def warnings_of(cfg: "GatewayConfig") -> list[tuple[str, str]]:
     if cfg.broker.protocol == "3.1.1":
         out.append(("broker.protocol", "MQTT 3.1.1 cannot report a refused message: the broker acknowledges it "
                     "(ACL deny, size limit) and it is lost without a trace; use \"5\" unless the broker lacks it"))
+    if not cfg.sensors:
+        out.append(("sensors", NO_SENSORS))
     return out
+
+
+NO_SENSORS = "no sensors configured: the gateway will run but read nothing"
 
 
 @dataclass(frozen=True)
@@ -365,16 +370,19 @@ class GatewayConfig:
     source: str = field(default="<string>", metadata={"internal": True})
 
     def __post_init__(self) -> None:
+        problems = []
         ids = [s.id for s in self.sensors]
         for i, sid in enumerate(ids):
             if sid in ids[:i]:
-                raise ValueError(f"sensors: [{i}]: id: duplicate sensor id {sid!r} "
-                                 f"(also sensors[{ids.index(sid)}])")
+                problems.append(f"sensors: [{i}]: id: duplicate sensor id {sid!r} (also sensors[{ids.index(sid)}])")
         for key, sensor in self.detector.override_sensors():
             if sensor not in ids:
                 near = difflib.get_close_matches(sensor, ids, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; sensors: {', '.join(ids) or 'none'}"
-                raise ValueError(f"detector: sensors: {key}: no sensor {sensor!r}{hint}")
+                known = ", ".join(dict.fromkeys(ids)) or "none"
+                hint = f"; did you mean {near[0]!r}?" if near else f"; sensors: {known}"
+                problems.append(f"detector: sensors: {key}: no sensor {sensor!r}{hint}")
+        if problems:
+            raise Problems(problems)
 
     @property
     def state_dir(self) -> Path:
@@ -398,14 +406,17 @@ _HINTS = {"CREDENTIALS_DIRECTORY": "systemd sets it only inside the service: to 
                                    "too, write ${CREDENTIALS_DIRECTORY:-/etc/edge-gateway/credentials}"}
 
 
-def expand_env(root: yaml.Node, text: str, source: str, env: Mapping[str, str]) -> set[int]:
+def expand_env(root: yaml.Node, text: str, source: str, env: Mapping[str, str],
+               unset: list[tuple[yaml.Node, ConfigError]] | None = None) -> set[int]:
     """Replace ``${NAME}``, ``${NAME:-default}`` and ``${NAME-default}`` in the scalar values of ``root``.
 
     Done on the composed nodes, not the text, so comments and keys are never expanded, and a value
     from the environment is exactly one string: a ``#``, ``: `` or newline in it cannot change the
     document. ``:-`` takes the default when NAME is unset or empty, ``-`` only when it is unset (as
     in a shell). An unset NAME without a default is a ConfigError at the reference, with the key
-    path. Returns the ids of the changed nodes, which :class:`_EnvValidator` types by their field.
+    path: raised, or if ``unset`` is given, appended to it with its node (left as written) and the
+    expansion goes on. Returns the ids of the changed nodes, which :class:`_EnvValidator` types by
+    their field.
     """
     expanded: set[int] = set()
     seen: set[int] = set()
@@ -420,12 +431,15 @@ def expand_env(root: yaml.Node, text: str, source: str, env: Mapping[str, str]) 
         elif isinstance(node, yaml.SequenceNode):
             stack.extend(reversed([(v, f"{path}[{i}]") for i, v in enumerate(node.value)]))
         elif isinstance(node, yaml.ScalarNode) and "${" in node.value:
-            if _expand_scalar(node, path, text, source, env):
+            if _expand_scalar(node, path, text, source, env, unset):
                 expanded.add(id(node))
     return expanded
 
 
-def _expand_scalar(node: yaml.ScalarNode, path: str, text: str, source: str, env: Mapping[str, str]) -> bool:
+def _expand_scalar(node: yaml.ScalarNode, path: str, text: str, source: str, env: Mapping[str, str],
+                   unset: list[tuple[yaml.Node, ConfigError]] | None = None) -> bool:
+    missing: list[ConfigError] = []
+
     def sub(m: re.Match) -> str:
         name, op, default = m.groups()
         value = env.get(name)
@@ -434,9 +448,16 @@ def _expand_scalar(node: yaml.ScalarNode, path: str, text: str, source: str, env
         if op is not None:
             return default
         hint = f"; {_HINTS[name]}" if name in _HINTS else ""
-        raise ConfigError(source, *_position(node, text, m), path, f"environment variable {name} is not set{hint}")
+        exc = ConfigError(source, *_position(node, text, m), path, f"environment variable {name} is not set{hint}")
+        if unset is None:
+            raise exc
+        missing.append(exc)
+        return m.group(0)
 
     value, count = _ENV.subn(sub, node.value)
+    if missing:
+        unset.extend((node, e) for e in missing)
+        return False
     if count:
         node.value, node.tag = value, _plain_tag(value)
     return bool(count)
@@ -492,10 +513,10 @@ class _EnvValidator(Validator):
         super().__init__(source, resolve_options)
         self.expanded = expanded
 
-    def convert(self, node: yaml.Node, tp: Any, path: str) -> Any:
+    def _convert(self, node: yaml.Node, tp: Any, path: str) -> Any:
         if id(node) in self.expanded:
             node.tag = _STR if _wants_text(tp) else _plain_tag(node.value)
-        return super().convert(node, tp, path)
+        return super()._convert(node, tp, path)
 
 
 def _driver_options(name: str) -> type:
@@ -519,15 +540,147 @@ def compose(text: str, source: str = "<string>") -> yaml.Node | None:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        hint = ""
         if mark and mark.column and text[mark.index - 1:mark.index + 1] == "${":  # a plain scalar ends at "{"
-            col -= 1
             hint = '; inside [...] or {...}, put a ${NAME} reference in quotes: "${NAME}"'
-        raise ConfigError(source, line, col, "", f"not valid YAML: {exc.problem}{hint}") from None
+            raise ConfigError(source, line, col - 1, "", f"not valid YAML: {exc.problem}{hint}") from None
+        try:
+            plain = _yaml_mistake(exc, text)
+        except Exception:  # noqa: BLE001 - the plain words are a courtesy: never a traceback instead
+            plain = None
+        if plain is None:
+            raise ConfigError(source, line, col, "", f"not valid YAML: {exc.problem}") from None
+        line, col, said = plain
+        raise ConfigError(source, line, col, "", f"not valid YAML: {said} (YAML parser: {exc.problem})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(source, 1, 1, "", f"not valid YAML: {exc}") from None
     except RecursionError:
         raise ConfigError(source, 1, 1, "", "document nested too deeply") from None
+
+
+def _yaml_mistake(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str] | None:
+    """The common YAML mistakes in plain words: (line, column, what and how to fix it); None for the rest.
+
+    A technician meets these after an edit on site: a tab, a key indented unlike its neighbours, an
+    unclosed quote or bracket, ``key:value`` without the space, a value starting with ``@``, ``%`` or a
+    backtick. The caller adds the parser's own words.
+    """
+    problem, context = str(exc.problem or ""), str(exc.context or "")
+    pm, cm = exc.problem_mark, exc.context_mark
+    if pm is None:
+        return None
+    lines = _BREAK.split(text)
+    ln, col = pm.line + 1, pm.column + 1
+
+    def line(n: int) -> str:  # 1-based; "" past the end
+        return lines[n - 1] if 0 < n <= len(lines) else ""
+
+    at = line(ln)[pm.column:pm.column + 1]
+    if at == "\t" or "tab character" in problem:
+        head = line(ln)[:pm.column]
+        if not head.strip():
+            return ln, col, (f"a tab at line {ln}, column {col}: YAML indents with spaces only; "
+                             "replace the tab with spaces")
+        return ln, col, f"a tab at line {ln}, column {col}: YAML separates with spaces only; use a space"
+    m = re.fullmatch(r"found character '(.)' that cannot start any token", problem)
+    if m and m.group(1) in "@`%":
+        c = m.group(1)
+        if not line(ln)[_key_start(line(ln)[:pm.column]):pm.column].strip():  # where a key starts
+            return ln, col, f"a key cannot start with {c!r} (line {ln}, column {col}): remove it, or quote the key"
+        value = line(ln)[pm.column:].split(" #")[0].strip()
+        example = "" if re.search(r"[,\[\]{}'\"]|: ", value) else f', e.g. "{value}"'
+        return ln, col, f"a value cannot start with {c!r} (line {ln}, column {col}): put it in quotes{example}"
+    if "quoted scalar" in context and cm is not None and "unexpected end of stream" in problem:
+        q = line(cm.line + 1)[cm.column:cm.column + 1] or '"'
+        return cm.line + 1, cm.column + 1, (f"the quote {q} opened at line {cm.line + 1}, column {cm.column + 1} "
+                                            f"is never closed: end the value with {q}")
+    m = re.search(r"flow (sequence|mapping)", context)
+    if m and cm is not None and pm.line > cm.line:
+        b = line(cm.line + 1)[cm.column:cm.column + 1] or "["
+        close = "]" if b == "[" else "}"
+        return cm.line + 1, cm.column + 1, (f"the {b!r} at line {cm.line + 1}, column {cm.column + 1} is never "
+                                            f"closed: end the {'list' if b == '[' else 'mapping'} with {close!r}")
+    if problem == "could not find expected ':'" and cm is not None:
+        n = cm.line + 1
+        word = line(n)[cm.column:].split(" #")[0].rstrip()
+        glued = re.fullmatch(r"([^\s:]+):(\S.*)", word)
+        if glued:
+            return n, cm.column + 1, (f"line {n}: put a space after ':' in {word!r} (YAML reads it as one word, "
+                                      f"not a key and a value: {glued.group(1)}: {glued.group(2)})")
+        return n, cm.column + 1, f"line {n}: {word!r} is not a 'key: value' line (no ': ' after it)"
+    if problem == "mapping values are not allowed here":
+        head = line(ln)[:pm.column]
+        key_end = _key_start(head)
+        if ": " in head[key_end:] and not re.search(r"[\[{]", head):
+            k, _, v = line(ln)[key_end:].partition(": ")
+            return ln, col, (f"line {ln}: a second ': ' in one line; a value holding ': ' must be in quotes, "
+                             f"e.g. {k}: \"{v.split(' #')[0].rstrip()}\"")
+        above = _line_above(lines, ln)
+        if above:
+            n, text_above = above
+            glued = re.fullmatch(r"\s*(?:-\s+)*([^\s:#'\"][^\s:]*):(\S+)", text_above.split(" #")[0].rstrip())
+            if glued:
+                word = f"{glued.group(1)}:{glued.group(2)}"
+                said = (f"line {n}: put a space after ':' in {word!r} (without it, YAML reads it as text, "
+                        f"and line {ln} as more of that text)")
+                return n, _key_start(text_above) + 1, said
+            if not re.search(r":(\s|$)", text_above.split(" #")[0]):
+                said = (f"line {n}: {text_above.strip()!r} is not a 'key: value' line (no ': ' in it), so YAML "
+                        f"reads line {ln} as more of it")
+                return n, _key_start(text_above) + 1, said
+            return _indent_mistake(ln, line(ln), n, text_above)
+        return None
+    m = re.fullmatch(r"expected <block end>, but found '(.+)'", problem)
+    if m:
+        found = m.group(1)
+        if found == "<scalar>" and line(ln)[:pm.column].rstrip()[-1:] in ("'", '"'):
+            start = _quote_start(text, pm.index)
+            if start is not None and start.line != pm.line:
+                return start.line + 1, start.column + 1, (
+                    f"the quote opened at line {start.line + 1}, column {start.column + 1} is closed only on line "
+                    f"{ln}: a closing quote is missing")
+            return ln, col, f"text after the closing quote on line {ln}: put the whole value inside the quotes"
+        above = _line_above(lines, ln)
+        if above and found in ("<block mapping start>", "?", "-", "<block sequence start>"):
+            return _indent_mistake(ln, line(ln), *above)
+    return None
+
+
+def _key_start(line: str) -> int:
+    """Where the key of ``line`` starts: after the indentation and any ``- `` list item marks."""
+    m = re.match(r"\s*(?:-(?:\s+|$))*", line)
+    return m.end()
+
+
+def _line_above(lines: list[str], n: int) -> tuple[int, str] | None:
+    """(number, text) of the last line before line ``n`` that holds more than blanks and a comment."""
+    for k in range(n - 1, 0, -1):
+        t = lines[k - 1]
+        if t.strip() and not t.lstrip().startswith("#"):
+            return k, t
+    return None
+
+
+def _indent_mistake(n: int, text: str, n_above: int, above: str) -> tuple[int, int, str] | None:
+    col, col_above = _key_start(text) + 1, _key_start(above) + 1
+    if col == col_above:
+        return None
+    what = "key" if re.match(r"\s*(?:-\s+)*[^\s:#][^:]*:(\s|$)", text) else "line"
+    return n, col, (f"line {n}: this {what} is indented differently from the keys above it (it starts at column "
+                    f"{col}, the key on line {n_above} at column {col_above})")
+
+
+def _quote_start(text: str, index: int) -> yaml.Mark | None:
+    """Start of the last quoted scalar the scanner read before ``index`` (None if none)."""
+    last = None
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if token.start_mark.index >= index:
+                break
+            if isinstance(token, yaml.ScalarToken) and token.style in ("'", '"'):
+                last = token.start_mark
+    except yaml.YAMLError:
+        pass
+    return last
 
 
 def loads(text: str, source: str = "<string>", base_dir: Path | None = None, *,
@@ -536,9 +689,13 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None, *,
     root = compose(text, source)
     if root is None:
         raise ConfigError(source, 1, 1, "", "the file is empty")
-    expanded = expand_env(root, text, source, os.environ if env is None else env)
+    unset: list[tuple[yaml.Node, ConfigError]] = []
+    expanded = expand_env(root, text, source, os.environ if env is None else env, unset)
+    validator = _EnvValidator(source, _driver_options, expanded)
+    validator.errors.extend(e for _, e in unset)  # reported with the schema's mistakes, in file order
+    validator.failed_nodes.update(id(n) for n, _ in unset)
     try:
-        cfg = _EnvValidator(source, _driver_options, expanded).convert(root, GatewayConfig, "")
+        cfg = validator.convert(root, GatewayConfig, "")
     except RecursionError:  # the validator recurses per nesting level too
         raise ConfigError(source, 1, 1, "", "document nested too deeply") from None
     cfg = _resolve_paths(cfg, base_dir, source)
@@ -566,15 +723,44 @@ def _check_socket_path(cfg: GatewayConfig, root: yaml.Node, source: str) -> None
 
 
 def read_text(path: str | os.PathLike, newline: str | None = None) -> str:
-    """The file's text; ConfigError (no line) if it cannot be read or is not UTF-8.
+    """The file's text; ConfigError if it cannot be read (no line), or is not UTF-8 (at the first bad byte).
 
     ``newline=""`` keeps line endings as they are (``config set`` writes CRLF files back as CRLF).
     """
     try:
-        with open(path, encoding="utf-8", newline=newline) as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
         raise ConfigError(str(path), 0, 0, "", f"cannot read: {exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), *not_utf8(data, exc)) from None
+    if newline is None:  # as open() in text mode reads it: universal newlines
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+_BOMS = {b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+
+
+def not_utf8(data: bytes, exc: UnicodeDecodeError) -> tuple[int, int, str, str]:
+    """(line, column, key path, message) for the first byte of ``data`` that is not UTF-8."""
+    bom = _BOMS.get(data[:2])
+    if bom:
+        return 1, 1, "", (f"not UTF-8: the file is saved as {bom} (it starts with bytes "
+                          f"0x{data[0]:02x} 0x{data[1]:02x}); save it as UTF-8")
+    before = data[:exc.start].decode("utf-8")
+    breaks = list(_BREAK.finditer(before))
+    line = len(breaks) + 1
+    col = len(before) - (breaks[-1].end() if breaks else 0) + 1
+    byte = data[exc.start]
+    try:  # most likely a Windows editor's letter or curly quote
+        guess = f", {bytes([byte]).decode('cp1252')!r} in Windows-1252/Latin-1" if byte >= 0x80 else ""
+    except UnicodeDecodeError:
+        guess = ""
+    return line, col, "", (f"line {line}, column {col}: not UTF-8 (byte 0x{byte:02x}{guess}); "
+                           "save the file as UTF-8")
 
 
 def load(path: str | os.PathLike, *, env: Mapping[str, str] | None = None) -> GatewayConfig:

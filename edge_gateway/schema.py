@@ -25,13 +25,58 @@ MAX_NODES = 100_000
 
 
 class ConfigError(Exception):
-    """A config mistake, located: ``file:line:column: key.path: what is wrong``."""
+    """A config mistake, located: ``file:line:column: key.path: what is wrong``.
+
+    One error may carry several independent mistakes (:meth:`combine`): ``errors`` lists them in file
+    order, ``str()`` gives one per line, and ``line``, ``column``, ``path`` and ``message`` are the
+    first one's. A single mistake's ``errors`` is ``[self]``.
+    """
 
     def __init__(self, source: str, line: int, column: int, path: str, message: str) -> None:
         self.source, self.line, self.column, self.path, self.message = source, line, column, path, message
-        where = f"{source}:{line}:{column}" if line else source  # line 0: about the whole file
-        super().__init__(f"{where}: {path}: {message}" if path else f"{where}: {message}")
+        self.errors: list[ConfigError] = [self]
+        self.omitted = 0  # mistakes found beyond those in ``errors``
+        super().__init__(self.located())
 
+    def located(self) -> str:
+        """This one mistake as ``file:line:column: key.path: what``."""
+        where = f"{self.source}:{self.line}:{self.column}" if self.line else self.source  # line 0: the whole file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+    @classmethod
+    def combine(cls, errors: list[ConfigError], limit: int = 0) -> ConfigError:
+        """One error for all of ``errors`` (sorted into file order; only the first ``limit`` kept if > 0)."""
+        ordered = sorted(errors, key=lambda e: (e.line, e.column))
+        if len(ordered) == 1:
+            return ordered[0]
+        first = ordered[0]
+        out = cls(first.source, first.line, first.column, first.path, first.message)
+        kept = ordered[:limit] if limit > 0 else ordered
+        out.errors, out.omitted = kept, len(ordered) - len(kept)
+        text = "\n".join(e.located() for e in kept)
+        if out.omitted:
+            text += f"\n{first.source}: ... and {out.omitted} more mistake{'s' if out.omitted > 1 else ''}"
+        out.args = (text,)
+        return out
+
+
+class Problems(ValueError):
+    """Several independent ``key: what is wrong`` messages from one dataclass's ``__post_init__``."""
+
+    def __init__(self, messages: list[str]) -> None:
+        self.messages = messages
+        super().__init__(messages[0] if messages else "")
+
+
+class _Failed(Exception):
+    """A value could not be converted; its mistakes are recorded in ``Validator.errors`` already."""
+
+
+class _Stop(Exception):
+    """Stop validating (the document is too large): report what was recorded."""
+
+
+MAX_ERRORS = 20  # mistakes listed in one ConfigError; the rest are counted
 
 EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")  # YAML 1.2 floats 1.1 reads as text
 _TAG_NAMES = {
@@ -45,12 +90,26 @@ _TAG_NAMES = {
 }
 
 
+_FAIL = object()  # a value that could not be converted (its mistakes are recorded)
+
+
 class Validator:
-    """Walks composed YAML nodes against a dataclass type."""
+    """Walks composed YAML nodes against a dataclass type, collecting every independent mistake.
+
+    A mistake in one value does not stop the walk: the other keys, list items and sections are still
+    checked, and :meth:`convert` raises one :class:`ConfigError` listing them all in file order. The
+    checks of a section (``__post_init__``) still run when some of its keys are wrong, with defaults
+    for those: what they find in the other keys is reported, unless it names a wrong key (a
+    ``reconnect_max_s`` below a ``reconnect_min_s`` that is no number waits for it). Mistakes found
+    before (e.g. unset ``${NAME}`` references) may be put in ``errors`` first, and the ids of their
+    nodes in ``failed_nodes``.
+    """
 
     def __init__(self, source: str, resolve_options: Callable[[str], type] | None = None) -> None:
         self.source = source
         self.resolve_options = resolve_options
+        self.errors: list[ConfigError] = []
+        self.failed_nodes: set[int] = set()  # ids of nodes whose mistakes are in ``errors`` already
         self._visited = 0
         self._constructor = yaml.constructor.SafeConstructor()  # per load: it keeps every node it built
 
@@ -58,10 +117,36 @@ class Validator:
         mark = node.start_mark
         return ConfigError(self.source, mark.line + 1, mark.column + 1, path, message)
 
-    def convert(self, node: yaml.Node, tp: Any, path: str) -> Any:
+    def convert(self, node: yaml.Node, tp: Any, path: str = "") -> Any:
+        """``node`` as a ``tp``; ConfigError with every mistake found (and those in ``errors`` before)."""
+        try:
+            value = self._convert(node, tp, path)
+        except ConfigError as exc:
+            self.errors.append(exc)
+        except (_Failed, _Stop):
+            if not self.errors:  # cannot happen: a failure is recorded before it is raised
+                self.errors.append(self.error(node, path, "invalid"))
+        if self.errors:
+            raise ConfigError.combine(self.errors, MAX_ERRORS)
+        return value
+
+    def _child(self, node: yaml.Node, tp: Any, path: str) -> Any:
+        """``node`` as a ``tp``, or ``_FAIL`` with its mistakes recorded."""
+        try:
+            return self._convert(node, tp, path)
+        except ConfigError as exc:
+            self.errors.append(exc)
+        except _Failed:
+            pass
+        return _FAIL
+
+    def _convert(self, node: yaml.Node, tp: Any, path: str) -> Any:
         self._visited += 1
         if self._visited > MAX_NODES:
-            raise self.error(node, path, f"document too large (over {MAX_NODES} nodes)")
+            self.errors.append(self.error(node, path, f"document too large (over {MAX_NODES} nodes)"))
+            raise _Stop
+        if id(node) in self.failed_nodes:
+            raise _Failed
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin in (typing.Union, types.UnionType):
@@ -69,7 +154,7 @@ class Validator:
                 return None
             rest = [a for a in args if a is not type(None)]
             if len(rest) == 1:
-                return self.convert(node, rest[0], path)
+                return self._convert(node, rest[0], path)
             raise TypeError(f"unsupported union {tp}")
         if dataclasses.is_dataclass(tp):
             return self._dataclass(node, tp, path)
@@ -83,16 +168,28 @@ class Validator:
             if not isinstance(node, yaml.SequenceNode):
                 raise self.error(node, path, f"expected a list, got {_describe(node)}")
             item = args[0]
-            return tuple(self.convert(n, item, f"{path}[{i}]") for i, n in enumerate(node.value))
+            items = tuple(self._child(n, item, f"{path}[{i}]") for i, n in enumerate(node.value))
+            if any(v is _FAIL for v in items):
+                raise _Failed
+            return items
         if origin is dict:
             if not isinstance(node, yaml.MappingNode):
                 raise self.error(node, path, f"expected a mapping, got {_describe(node)}")
             out = {}
+            failed = False
             for knode, vnode in node.value:
-                key = self._key(knode, path)
-                if key in out:
-                    raise self.error(knode, _join(path, key), "key given twice")
-                out[key] = self.convert(vnode, args[1], _join(path, key))
+                try:
+                    key = self._key(knode, path)
+                    if key in out:
+                        raise self.error(knode, _join(path, key), "key given twice")
+                except ConfigError as exc:
+                    self.errors.append(exc)
+                    failed = True
+                    continue
+                out[key] = self._child(vnode, args[1], _join(path, key))
+                failed = failed or out[key] is _FAIL
+            if failed:
+                raise _Failed
             return out
         if tp is bool:
             value = self._scalar(node, path)
@@ -136,18 +233,27 @@ class Validator:
 
     def _dataclass(self, node: yaml.Node, tp: type, path: str) -> Any:
         if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, path, f"expected a mapping of {tp.__name__} settings, got {_describe(node)}")
+            raise self.error(node, path, f"{_expected_settings(path)}, got {_describe(node)}{_colon_hint(node)}")
         fields = {f.name: f for f in dataclasses.fields(tp) if f.init and not f.metadata.get("internal")}
         hints = typing.get_type_hints(tp)
         given: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        suggested: set[str] = set()  # fields an unknown key was taken for: not also "missing"
+        failed = False
+        bad: set[str] = set()  # fields given wrong or missing
         for knode, vnode in node.value:
-            key = self._key(knode, path)
-            if key not in fields:
-                near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(sorted(fields))}"
-                raise self.error(knode, _join(path, key), f"unknown key{hint}")
-            if key in given:
-                raise self.error(knode, _join(path, key), "key given twice")
+            try:
+                key = self._key(knode, path)
+                if key not in fields:
+                    near = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+                    suggested.update(near)
+                    hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(sorted(fields))}"
+                    raise self.error(knode, _join(path, key), f"unknown key{hint}")
+                if key in given:
+                    raise self.error(knode, _join(path, key), "key given twice")
+            except ConfigError as exc:
+                self.errors.append(exc)
+                failed = True
+                continue
             given[key] = (knode, vnode)
         values: dict[str, Any] = {}
         deferred = []
@@ -157,33 +263,110 @@ class Validator:
                 continue
             if name not in given:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise self.error(node, _join(path, name), "required key is missing")
+                    if name not in suggested:
+                        self.errors.append(self.error(node, _join(path, name), "required key is missing"))
+                    failed = True
+                    bad.add(name)
                 continue
-            values[name] = self.convert(given[name][1], hints[name], _join(path, name))
+            value = self._child(given[name][1], hints[name], _join(path, name))
+            if value is _FAIL:
+                failed = True
+                bad.add(name)
+            else:
+                values[name] = value
         for name, f in deferred:
             sel_name = f.metadata["options_of"]
-            if sel_name not in values:
+            if sel_name not in values:  # missing or wrong: recorded already
                 continue
             assert self.resolve_options is not None
             try:
                 opt_type = self.resolve_options(values[sel_name])
             except LookupError as exc:
-                raise self.error(given[sel_name][1], _join(path, sel_name), str(exc.args[0])) from None
+                self.errors.append(self.error(given[sel_name][1], _join(path, sel_name), str(exc.args[0])))
+                failed = True
+                bad.update((name, sel_name))
+                continue
             if name in given:
-                values[name] = self.convert(given[name][1], opt_type, _join(path, name))
+                value = self._child(given[name][1], opt_type, _join(path, name))
             else:
                 empty = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
-                values[name] = self._dataclass(empty, opt_type, _join(path, name))
+                value = self._child(empty, opt_type, _join(path, name))
+            if value is _FAIL:
+                failed = True
+                bad.add(name)
+            else:
+                values[name] = value
+        if failed:
+            self._check_the_rest(tp, node, path, fields, given, values, bad)
+            raise _Failed
         try:
             return tp(**values)
+        except Problems as exc:
+            self.errors.extend(self._at_key(node, path, fields, given, m) for m in exc.messages)
+            raise _Failed from None
         except (ValueError, TypeError) as exc:
-            message = str(exc)
+            raise self._at_key(node, path, fields, given, str(exc)) from None
+
+    def _check_the_rest(self, tp: type, node: yaml.Node, path: str, fields: dict, given: dict,
+                        values: dict, bad: set[str]) -> None:
+        """Run the checks of ``tp`` on the keys that converted (defaults for the others) and record the
+        mistakes they find in those keys: ``port: 99999`` is wrong whatever the typo beside it. A mistake
+        whose message names a key in ``bad`` may be one of its defaults: left for the next run."""
+        required = [n for n, f in fields.items()
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if any(n not in values for n in required):
+            return
+        try:
+            tp(**values)
+            return
+        except Problems as exc:
+            messages = exc.messages
+        except (ValueError, TypeError) as exc:
+            messages = [str(exc)]
+        except Exception:  # noqa: BLE001 - a check that did not expect a default here: no more to say
+            return
+        for message in messages:
             key, _, rest = message.partition(": ")
-            if key in fields and rest:
-                at = given[key][1] if key in given else node
-                at, where, rest = _descend(at, _join(path, key), rest)
-                raise self.error(at, where, rest) from None
-            raise self.error(node, path, message) from None
+            if key not in values or key in bad or not rest:
+                continue
+            if not any(re.search(rf"\b{re.escape(n)}\b", rest) for n in bad):
+                self.errors.append(self._at_key(node, path, fields, given, message))
+
+    def _at_key(self, node: yaml.Node, path: str, fields: dict, given: dict, message: str) -> ConfigError:
+        """The error for a ``key: what`` message of a dataclass's checks, at the key it names."""
+        key, _, rest = message.partition(": ")
+        if key in fields and rest:
+            at = given[key][1] if key in given else node
+            at, where, rest = _descend(at, _join(path, key), rest)
+            return self.error(at, where, rest)
+        return self.error(node, path, message)
+
+
+def _expected_settings(path: str) -> str:
+    """What a section at ``path`` should have been, in the words of the file: ``expected the broker
+    settings as a mapping (key: value lines)``."""
+    if not path:
+        return "expected a mapping of sections (gateway:, broker:, sensors:, ...)"
+    name = re.split(r"[.]", path)[-1]
+    item = re.fullmatch(r"(.+?)s?\[\d+\]", name)
+    if item:  # sensors[0]: one sensor's settings
+        name = item.group(1)
+    what = "the driver options" if name == "options" else f"the {name} settings"
+    return f"expected {what} as a mapping (key: value lines)"
+
+
+_GLUED_KEY = re.compile(r"([A-Za-z_][\w.-]*):(\S.*)")
+
+
+def _colon_hint(node: yaml.Node) -> str:
+    """For ``id:gw-1`` (one string to YAML): the space after ':' it lacks; for an empty section, what to do."""
+    if is_null(node) and node.start_mark.index == node.end_mark.index:  # nothing written after the key
+        return "; give its settings on the lines below it, indented, or remove the key"
+    if isinstance(node, yaml.ScalarNode) and node.style is None:
+        m = _GLUED_KEY.fullmatch(node.value)
+        if m and "://" not in node.value:
+            return f"; put a space after ':' ({m.group(1)}: {m.group(2)})"
+    return ""
 
 
 def _descend(node: yaml.Node, path: str, message: str) -> tuple[yaml.Node, str, str]:

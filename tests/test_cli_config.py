@@ -147,9 +147,10 @@ def test_set_on_a_symlinked_config_changes_the_target_and_keeps_the_link(tmp_pat
 
 def test_set_on_a_broken_file_reports_it_like_validate(tmp_path):
     cfg = tmp_path / "gw.yaml"
-    for raw, message in ((b"gateway:\n  id: x\n\tbroker: 1\n", f"{cfg}:3:1: not valid YAML: found character '\\t'"),
-                         (b"gateway:\n  id: [x\n", f"{cfg}:3:1: not valid YAML"),
-                         (b"\xff\xfe bad", f"{cfg}: cannot read: 'utf-8' codec can't decode"),
+    for raw, message in ((b"gateway:\n  id: x\n\tbroker: 1\n",
+                          f"{cfg}:3:1: not valid YAML: a tab at line 3, column 1: YAML indents with spaces only"),
+                         (b"gateway:\n  id: [x\n", f"{cfg}:2:7: not valid YAML: the '[' at line 2, column 7 is never closed"),
+                         (b"\xff\xfe bad", f"{cfg}:1:1: not UTF-8: the file is saved as UTF-16"),
                          (b"just a string\n", f"{cfg}: expected a mapping of sections"),
                          (b"- a\n- b\n", f"{cfg}: expected a mapping of sections")):
         cfg.write_bytes(raw)

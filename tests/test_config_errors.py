@@ -176,7 +176,7 @@ def test_numbers_must_be_finite(value):
     assert (e.line, e.path) == (9, "windows.seconds") and "finite" in e.message
     e = error_of("gateway: {id: g}\nsensors:\n  - {id: n, driver: coap, options: {uri: 'coap://h', resources: [],\n"
                  f"      interval_s: {value}}}}}\n")
-    assert (e.line, e.path) == (4, "sensors[0].options.interval_s") and "finite" in e.message
+    assert [(m.line, m.path) for m in e.errors if "finite" in m.message] == [(4, "sensors[0].options.interval_s")]
     e = error_of(GOOD + f"detector:\n  threshold: {value}\n")
     assert e.path == "detector.threshold" and "finite" in e.message
     e = error_of(GOOD + f"detector:\n  params: {{flat_min_run: 20, cusum_h: {value}}}\n")
@@ -286,12 +286,14 @@ def test_a_broker_host_that_is_no_host_is_a_warning_at_its_key(host, said):
     """A URL or host:port loaded silently, then every connect failed as a DNS error (review 17,
     technician #1). A warning, not an error: ${VAR} values load as any string."""
     cfg = config.loads(f"gateway: {{id: g}}\nbroker:\n  host: {host}\n")
-    assert config.warnings_of(cfg) == [("broker.host", f"{said} (the gateway will not reach the broker)")]
+    assert config.warnings_of(cfg) == [("broker.host", f"{said} (the gateway will not reach the broker)"),
+                                       ("sensors", config.NO_SENSORS)]
 
 
 def test_broker_hosts_that_are_hosts_have_no_warning():
     for host in ("::1", "localhost", "mqtt.city-net.example", "192.168.1.10", "broker_1.local."):
-        assert config.warnings_of(config.loads(f"gateway: {{id: g}}\nbroker:\n  host: '{host}'\n")) == []
+        cfg = config.loads(f"gateway: {{id: g}}\nbroker:\n  host: '{host}'\n" + GOOD.split("\n", 2)[2])
+        assert cfg.sensors and config.warnings_of(cfg) == []
 
 
 @pytest.mark.parametrize("driver, port, said", [
@@ -316,4 +318,6 @@ def test_config_validate_shows_those_warnings_at_their_line(tmp_path):
     assert (r.returncode, r.stdout) == (0, f"{cfg}: valid (0 sensors, gateway g)\n")
     assert r.stderr == (f"edge-gateway: {cfg}:3:9: broker.host: warning: 'tcp://10.0.0.5' is a URL: give the host "
                         "name or IP address alone; the port goes in broker.port and TLS in broker.tls (the gateway "
-                        "will not reach the broker)\n")
+                        "will not reach the broker)\n"
+                        f"edge-gateway: {cfg}: sensors: warning: no sensors configured: the gateway will run but "
+                        "read nothing\n")

@@ -356,9 +356,10 @@ def test_config_validate_warns_that_311_cannot_report_refusals(tmp_path):
         broker:
           host: h
           protocol: "3.1.1"
+        sensors: [{id: n, driver: coap, options: {uri: "coap://127.0.0.1", resources: [{path: /n}]}}]
         """))
     r = cli("config", "validate", cfg)
-    assert r.returncode == 0 and r.stdout.strip() == f"{cfg}: valid (0 sensors, gateway gw-1)"
+    assert r.returncode == 0 and r.stdout.strip() == f"{cfg}: valid (1 sensor, gateway gw-1)"
     assert r.stderr.startswith(f"edge-gateway: {cfg}:4:13: broker.protocol: warning: MQTT 3.1.1 cannot report")
     assert len(r.stderr.splitlines()) == 1
     cfg.write_text(cfg.read_text().replace('"3.1.1"', '"5"'))
