@@ -43,11 +43,43 @@ def _command_of(argv: list[str]) -> str | None:
     return None
 
 
+class _PlainHelp:
+    """HelpFormatter mixin: descriptions, epilogs and argument help without the reST markup of the module
+    docstrings they come from (``cmd_common.plain_text``, imported only when help is shown: ``run`` does
+    not keep the commands' helpers resident)."""
+
+    def _format_text(self, text: str) -> str:
+        from .cmd_common import plain_text
+
+        return super()._format_text(plain_text(text))
+
+    def _expand_help(self, action) -> str:
+        from .cmd_common import plain_text
+
+        return plain_text(super()._expand_help(action))
+
+
+class _PlainHelpFormatter(_PlainHelp, argparse.HelpFormatter):
+    pass
+
+
+class HelpParser(argparse.ArgumentParser):
+    """The parser of ``edge-gateway`` and of every subcommand (``add_subparsers`` makes its parsers of the
+    same class): whatever ``formatter_class`` a subcommand asks for (doctor's raw layout), its help is plain
+    text: a module docstring's double-backquoted literals, :func: style roles and single backquotes read as
+    the plain words they quote."""
+
+    def __init__(self, *args, formatter_class=_PlainHelpFormatter, **kwargs) -> None:
+        if not issubclass(formatter_class, _PlainHelp):
+            formatter_class = type(f"Plain{formatter_class.__name__}", (_PlainHelp, formatter_class), {})
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser; given ``argv`` naming a known command, with that command's module only."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = HelpParser(
         prog="edge-gateway",
         description="Street-cabinet IoT gateway: drivers, edge analytics, durable MQTT uplink.",
     )

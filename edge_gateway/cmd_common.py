@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -106,10 +107,27 @@ def fmt_age(seconds) -> str:
     return f"{s / 86400:.1f}d"
 
 
+_ROLE = re.compile(r":[A-Za-z]+(?::[A-Za-z]+)*:`~?([^`]+)`")  # :func:`x`, :py:class:`~a.b`
+_LITERAL = re.compile(r"``(.+?)``", re.S)  # may span a line break of the docstring
+_QUOTED = re.compile(r"(?<![`\w])`([^`\n]+)`(?:__?)?(?![`\w])")  # `x`, `link`_
+_LITERAL_BLOCK = re.compile(r"(?<=\S)::$", re.M)  # "format::" before an indented block
+
+
+def plain_text(text: str) -> str:
+    """``text`` with the reST markup of our docstrings taken out, for ``--help`` (``cli.HelpParser`` applies
+    it to every description and argument help): a double-backquoted literal, a :role: with its backquoted
+    target, or a single-backquoted word becomes the word alone, and a paragraph's closing "::" becomes ":"."""
+    text = _ROLE.sub(lambda m: m.group(1), text)
+    text = _LITERAL.sub(lambda m: m.group(1), text)
+    text = _QUOTED.sub(lambda m: m.group(1), text)
+    return _LITERAL_BLOCK.sub(":", text)
+
+
 def doc_part(doc: str | None, i: int) -> str:
-    """Paragraph ``i`` of a module docstring for a parser's description; empty under ``python -OO``."""
+    """Paragraph ``i`` of a module docstring for a parser's description, as plain text (:func:`plain_text`);
+    empty under ``python -OO``."""
     parts = (doc or "").split("\n\n")
-    return parts[i] if i < len(parts) else ""
+    return plain_text(parts[i]) if i < len(parts) else ""
 
 
 def error(message: str) -> None:

@@ -41,14 +41,14 @@ def add_to(sub) -> None:
                        description=doc_part(__doc__, 1))
     r.add_argument("port", help="device path or pyserial URL")
     r.add_argument("file", help="capture file to write (JSON lines)")
-    r.add_argument("--baud", type=int, default=9600, help="speed (default 9600; see `edge-gateway probe`)")
+    r.add_argument("--baud", type=int, default=9600, help="speed (default 9600; edge-gateway probe finds it)")
     r.add_argument("--duration", type=float, default=0, metavar="S", help="stop after S seconds")
     r.add_argument("--max-bytes", type=int, default=0, metavar="N", help="stop after N bytes")
     r.set_defaults(func=record)
     p = sub.add_parser("replay", help="play a capture into a pty (prints its path)",
                        description="Play a capture file into a new pseudo-terminal; the first output line "
                                    "is the port path.")
-    p.add_argument("file", help="capture file written by `edge-gateway record`")
+    p.add_argument("file", help="capture file written by edge-gateway record")
     p.add_argument("--link", metavar="PATH", help="also make PATH a symlink to the pty")
     p.add_argument("--speed", type=float, default=1.0, help="time factor (2 = twice as fast, 0 = no delays)")
     p.add_argument("--no-wait", action="store_true", help="start at once, not when a reader opens the pty")

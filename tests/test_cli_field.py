@@ -20,7 +20,9 @@ def test_probe_finds_line_protocol_and_pms5003(tmp_path):
     try:
         r = cli("probe", tmp_path / "line.tty")
         assert r.returncode == 0, r.stdout + r.stderr
-        assert r.stdout.startswith("9600 8N1, text lines (kv, channels pm25, pm10, noise_db), pm25=")
+        assert re.match(r"9600 baud: \d+ bytes, looks like kv text lines \(\d+ of \d+ parse\)\n\n"
+                        r"found at 9600 baud \(8N1\): text lines \(kv, channels pm25, pm10, noise_db\), pm25=",
+                        r.stdout), r.stdout
         assert "driver: serial_line" in r.stdout
         r = cli("probe", tmp_path / "pm.tty", "--json")
         assert r.returncode == 0, r.stderr
@@ -29,7 +31,8 @@ def test_probe_finds_line_protocol_and_pms5003(tmp_path):
         assert found["found"]["protocol"] == "pms5003" and found["found"]["bad_frames"] == 0
         assert 0 < found["found"]["values"]["pm2_5"] < 100
         r = cli("probe", tmp_path / "pm.tty")
-        assert r.stdout.startswith("9600 8N1, PMS5003 frames, PM1.0=")
+        assert re.match(r"9600 baud: \d+ bytes, looks like PMS5003 frames \(\d+ valid, 0 bad\)\n\n"
+                        r"found at 9600 baud \(8N1\): PMS5003 frames, PM1.0=", r.stdout), r.stdout
     finally:
         sim.stop()
         pms.stop()
@@ -44,8 +47,9 @@ def test_probe_says_when_nothing_is_recognised(tmp_path):
     try:
         r = cli("probe", tmp_path / "quiet.tty", "--listen", "0.2", "--baud", "9600", "--baud", "115200")
         assert r.returncode == 1
-        assert r.stdout.splitlines() == ["9600 8N1: 0 bytes, no known protocol",
-                                         "115200 8N1: 0 bytes, no known protocol"]
+        assert r.stdout.splitlines() == ["9600 baud: 0 bytes in 0.2 s", "115200 baud: 0 bytes in 0.2 s", "",
+                                         "no bytes at any speed: is the sensor powered, TX wired to RX, and the "
+                                         "port right?"]
     finally:
         port.close()
 
@@ -64,7 +68,7 @@ def test_probe_and_record_on_a_port_the_gateway_reads_say_who_holds_it(tmp_path)
         assert r.returncode == 1
         busy = (f"{tmp_path / 'air.tty'}: in use by another program (the gateway?): stop it first, e.g. "
                 "`systemctl stop edge-gateway`")
-        assert r.stdout.splitlines() == [f"9600 8N1: cannot open: {busy}"]
+        assert r.stdout.splitlines() == [f"9600 baud: cannot open: {busy}"]
         r = cli("record", tmp_path / "air.tty", tmp_path / "cap.jsonl", "--duration", "1")
         assert (r.returncode, r.stderr) == (1, f"edge-gateway: cannot open {tmp_path / 'air.tty'}: {busy}\n")
     finally:

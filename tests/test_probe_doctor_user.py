@@ -1,4 +1,5 @@
-"""``probe`` suggestions the config loader accepts, and ``doctor --user`` judging the state directory as that user."""
+"""``probe``: one line per speed as it goes, Ctrl-C, hints, and suggestions the config loader accepts; and
+``doctor --user`` judging the state directory as that user."""
 
 from __future__ import annotations
 
@@ -8,18 +9,26 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 import tempfile
+import termios
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from ops_support import cli, serial_sensor, write_config
+from support import REPO
 
-from drivers.pms5003 import encode_frame
+from drivers.pms5003 import Pms5003Decoder, encode_frame
 from edge_gateway import cmd_probe, config
 from simulators.modbus_slave import ModbusSlaveSim, RegisterBank
+from simulators.pms5003 import scenario_frames
 from simulators.pty_port import PtyPort
 
 NO_USER = "eg-no-such-user-7q"
@@ -96,30 +105,45 @@ def test_probe_modbus_suggestion_is_a_valid_config_naming_what_was_read(tmp_path
         r = cli("probe", link, "--baud", "9600", "--listen", "0.3", "--modbus-slave", "7", timeout=20)
     assert r.returncode == 0, r.stdout + r.stderr
     sensor = _load_with(tmp_path, _suggested_sensor(r.stdout))
-    assert r.stdout.splitlines()[0] == "9600 8N1, Modbus RTU slave 7, holding register 0 = 1234"
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ["9600 baud: 0 bytes; Modbus RTU slave 7 answered, holding register 0 = 1234", "",
+                         "found at 9600 baud (8N1): Modbus RTU slave 7, holding register 0 = 1234"], r.stdout
     opts = sensor.options
     assert sensor.driver == "modbus_rtu"
     assert (opts.port, opts.baudrate, opts.parity, opts.stopbits) == (str(link), 9600, "N", 1)
     (block,) = opts.blocks
     assert (block.slave, block.function, block.address, block.count) == (7, "holding", 0, 1)
     assert [(f.name, f.offset, f.type) for f in block.fields] == [("reg0", 0, "uint16")]
+    # the settings with units are spelt out: the poll interval and the reply timeout in seconds, the field's unit
+    options = json.loads(_suggested_sensor(r.stdout).splitlines()[2].partition("options: ")[2])
+    assert options["timeout_s"] == 0.5 and options["blocks"][0]["interval_s"] == 1.0
+    assert options["blocks"][0]["fields"] == [{"name": "reg0", "offset": 0, "unit": ""}]
+    assert (block.interval_s, block.fields[0].unit, opts.timeout_s) == (1.0, "", 0.5)
+    assert '    # durations (*_s) are in seconds; fill in the units ("" for none)' in lines, r.stdout
 
 
 def test_every_probe_suggestion_loads(tmp_path, capsys):
     """Each protocol probe can recognise (every branch) prints a sensor entry the loader accepts."""
     streams = {
-        "pms5003": (encode_frame((1, 2, 3, 8, 12, 20, 0, 0, 0, 0, 0, 0, 0)) * 4, "PMS5003 frames, PM1.0=8 "),
-        "kv": (b"pm25=12.5,pm10=20\n" * 4, "text lines (kv, channels pm25, pm10)"),
-        "json": (b'{"temp": 21.5, "rh": 40}\n' * 4, "text lines (json, channels temp, rh)"),
-        "csv": (b"21.5,40,3\n" * 4, "text lines (csv, channels col1, col2, col3)"),
+        "pms5003": (encode_frame((1, 2, 3, 8, 12, 20, 0, 0, 0, 0, 0, 0, 0)) * 4, "PMS5003 frames, PM1.0=8 ",
+                    "PMS5003 frames (", {"frame_interval_s": 1.0}),
+        "kv": (b"pm25=12.5,pm10=20\n" * 4, "text lines (kv, channels pm25, pm10)", "kv text lines (",
+               {"units": {"pm25": "", "pm10": ""}}),
+        "json": (b'{"temp": 21.5, "rh": 40}\n' * 4, "text lines (json, channels temp, rh)", "json text lines (",
+                 {"units": {"temp": "", "rh": ""}}),
+        "csv": (b"21.5,40,3\n" * 4, "text lines (csv, channels col1, col2, col3)", "csv text lines (",
+                {"units": {"col1": "", "col2": "", "col3": ""}}),
     }
-    for name, (data, summary) in streams.items():
+    for name, (data, summary, looks, units) in streams.items():
         link = tmp_path / f"{name}.tty"
         with _device(link, stream=data):
             rc, out = _probe(capsys, link)
-        assert rc == 0 and out.startswith(f"9600 8N1, {summary}"), (name, out)
+        assert rc == 0 and re.match(rf"9600 baud: \d+ bytes, looks like {re.escape(looks)}", out), (name, out)
+        assert f"\n\nfound at 9600 baud (8N1): {summary}" in out, (name, out)
         sensor = _load_with(tmp_path, _suggested_sensor(out))
         assert (sensor.options.port, sensor.options.baudrate) == (str(link), 9600), name
+        options = json.loads(_suggested_sensor(out).splitlines()[2].partition("options: ")[2])
+        assert options.items() >= units.items(), (name, out)
 
     bank = RegisterBank()
     bank.set_registers(3, "holding", 0, [42])
@@ -128,11 +152,162 @@ def test_every_probe_suggestion_loads(tmp_path, capsys):
     with _device(link, bank=bank):
         rc, out = _probe(capsys, link, modbus_slave=3)
         assert rc == 0 and _load_with(tmp_path, _suggested_sensor(out)).options.blocks[0].slave == 3
-        assert out.startswith("9600 8N1, Modbus RTU slave 3, holding register 0 = 42"), out
+        assert out.startswith("9600 baud: 0 bytes; Modbus RTU slave 3 answered, holding register 0 = 42\n"), out
         rc, out = _probe(capsys, link, modbus_slave=4)
     assert rc == 0 and _load_with(tmp_path, _suggested_sensor(out)).options.blocks[0].slave == 4
-    assert out.startswith("9600 8N1, Modbus RTU slave 4, holding register 0: exception 2"), out
+    assert out.startswith("9600 baud: 0 bytes; Modbus RTU slave 4 answered, holding register 0: exception 2\n"
+                          "\nfound at 9600 baud (8N1): Modbus RTU slave 4, holding register 0: exception 2\n"), out
     assert "registers from the meter's manual" in out
+
+
+# --- technician walkthrough: one line per speed as it goes, Ctrl-C keeps what was found, plain hints -------
+
+SPEEDS = {getattr(termios, f"B{b}"): b for b in (50, 9600, 19200, 38400, 57600, 115200)}
+FRAMES = b"".join(scenario_frames(1, 1_700_000_000.0, 1.0, 8))  # 8 frames of the pms5003 simulator, 256 bytes
+NOISE = bytes(range(0x80, 0xE4))  # 100 bytes as a UART at the wrong speed reads them: no newline, no frame start
+
+
+def _found_summary(frames: bytes) -> str:
+    f = Pms5003Decoder().feed(frames)[-1]
+    return f"PMS5003 frames, PM1.0={f.pm1_0} PM2.5={f.pm2_5} PM10={f.pm10}"
+
+
+@contextlib.contextmanager
+def _sensor_at(link: Path, baud: int):
+    """A PMS5003 that talks at ``baud`` only, on a real pty behind ``link``: each time the reader sets a speed
+    (probe opens the port anew at each), the "sensor" sends the simulator's 8 frames once if the speed is
+    ``baud``, else the garbage a UART at the wrong speed would read. The pty starts at 50 baud, which probe
+    never tries, so the first open is seen too."""
+    port = PtyPort(str(link))
+    attrs = termios.tcgetattr(port.slave)
+    attrs[4] = attrs[5] = termios.B50
+    termios.tcsetattr(port.slave, termios.TCSANOW, attrs)
+    stop = threading.Event()
+
+    def serve():
+        seen = termios.B50
+        while not stop.wait(0.01):
+            speed = termios.tcgetattr(port.master)[4]  # a pty's master reports its slave's settings
+            if speed == seen:
+                continue
+            seen = speed
+            if stop.wait(0.15):  # after probe's flush of its input at open
+                return
+            port.write(FRAMES if SPEEDS.get(speed) == baud else NOISE)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield port
+    finally:
+        stop.set()
+        thread.join(5)
+        port.close()
+
+
+def _start_probe(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "edge_gateway", "probe", *map(str, args)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_probe_prints_one_line_per_speed_as_it_goes(tmp_path):
+    """Each speed's line is out (flushed) while the next speed is still being tried, in the order tried."""
+    link = tmp_path / "pm.tty"
+    with _sensor_at(link, 38400):
+        p = _start_probe(link, "--baud", "9600", "--baud", "19200", "--baud", "38400", "--listen", "0.6")
+        try:
+            first = p.stdout.readline()
+            still_running = p.poll() is None
+            rest, err = p.communicate(timeout=30)
+        finally:
+            p.kill()
+    assert p.returncode == 0, first + rest + err
+    assert first == "9600 baud: 100 bytes, no known protocol\n" and still_running, first
+    lines = (first + rest).splitlines()
+    assert lines[:6] == ["9600 baud: 100 bytes, no known protocol",
+                         "19200 baud: 100 bytes, no known protocol",
+                         "38400 baud: 256 bytes, looks like PMS5003 frames (8 valid, 0 bad)",
+                         "",
+                         f"found at 38400 baud (8N1): {_found_summary(FRAMES)}",
+                         ""], first + rest
+    sensor = _load_with(tmp_path, _suggested_sensor(first + rest))
+    assert (sensor.driver, sensor.options.baudrate, sensor.options.frame_interval_s) == ("pms5003", 38400, 1.0)
+    assert lines[-1] == "    # durations (*_s) are in seconds", rest
+
+
+def test_probe_ctrl_c_prints_what_was_found_so_far_and_exits_130(tmp_path):
+    """--all at a sensor that answers at 9600: Ctrl-C during the next speed keeps the 9600 result and its entry."""
+    link = tmp_path / "pm.tty"
+    with _sensor_at(link, 9600):
+        p = _start_probe(link, "--all", "--baud", "9600", "--baud", "19200", "--baud", "38400", "--listen", "2")
+        try:
+            first = p.stdout.readline()
+            time.sleep(0.5)  # into the listening at 19200
+            p.send_signal(signal.SIGINT)
+            rest, err = p.communicate(timeout=30)
+        finally:
+            p.kill()
+    assert p.returncode == 130, first + rest + err
+    assert "Traceback" not in err, err
+    assert first == "9600 baud: 256 bytes, looks like PMS5003 frames (8 valid, 0 bad)\n", first + rest
+    lines = rest.splitlines()
+    assert lines[:2] == ["", "interrupted (Ctrl-C): tried 9600 of 9600, 19200, 38400 baud"], rest
+    assert re.fullmatch(r"19200 baud: interrupted after 0\.\d+ s, 100 bytes, no known protocol", lines[2]), rest
+    assert lines[3] == f"found at 9600 baud (8N1): {_found_summary(FRAMES)}", rest
+    sensor = _load_with(tmp_path, _suggested_sensor(rest))
+    assert (sensor.driver, sensor.options.port, sensor.options.baudrate) == ("pms5003", str(link), 9600)
+
+
+def test_probe_ctrl_c_before_anything_was_found(tmp_path):
+    """Ctrl-C at a silent port: the speeds tried so far and the wiring hint, exit 130, no traceback."""
+    port = PtyPort(str(tmp_path / "quiet.tty"))
+    try:
+        p = _start_probe(tmp_path / "quiet.tty", "--listen", "0.4")
+        try:
+            first = p.stdout.readline()
+            time.sleep(0.1)
+            p.send_signal(signal.SIGINT)
+            rest, err = p.communicate(timeout=30)
+        finally:
+            p.kill()
+    finally:
+        port.close()
+    assert (p.returncode, err) == (130, ""), first + rest + err
+    assert first == "9600 baud: 0 bytes in 0.4 s\n"
+    lines = rest.splitlines()
+    assert lines[:2] == ["", "interrupted (Ctrl-C): tried 9600 of 9600, 19200, 38400, 57600, 115200 baud"], rest
+    assert lines[-1] == cmd_probe.NO_BYTES and len(lines) in (3, 4), rest
+    if len(lines) == 4:  # SIGINT while listening at 19200 (not while opening it)
+        assert re.fullmatch(r"19200 baud: interrupted after [\d.]+ s, 0 bytes", lines[2]), rest
+
+
+def test_probe_hints_at_wiring_when_no_byte_arrives_at_any_speed(tmp_path):
+    port = PtyPort(str(tmp_path / "quiet.tty"))
+    try:
+        r = cli("probe", tmp_path / "quiet.tty", "--listen", "0.25", "--baud", "9600", "--baud", "115200")
+    finally:
+        port.close()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [
+        "9600 baud: 0 bytes in 0.25 s",
+        "115200 baud: 0 bytes in 0.25 s",
+        "",
+        "no bytes at any speed: is the sensor powered, TX wired to RX, and the port right?"]
+
+
+def test_probe_says_a_file_is_not_a_serial_port_and_suggests_dev_for_a_bare_name(tmp_path):
+    r = cli("probe", "/etc/passwd", "--listen", "0.2")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "9600 baud: cannot open: /etc/passwd is not a serial port\n", "")
+    r = cli("probe", tmp_path, "--listen", "0.2")
+    assert (r.returncode, r.stdout) == (1, f"9600 baud: cannot open: {tmp_path} is not a serial port\n")
+    name = "ttyEGnosuch7"
+    assert not os.path.exists(f"/dev/{name}") and not (REPO / name).exists()
+    r = cli("probe", name, "--listen", "0.2")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        1, f"9600 baud: cannot open: {name}: no such device; did you mean /dev/{name}?\n", "")
+    r = cli("probe", tmp_path / "gone.tty", "--listen", "0.2", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["attempts"][0]["error"] == (
+        f"cannot open: {tmp_path / 'gone.tty'}: no such device (is it plugged in? see `ls -l /dev/serial/by-id/`)")
 
 
 def _rows(stdout: str) -> dict[str, tuple[str, str]]:
