@@ -426,7 +426,7 @@ class CoapDriver(Driver):
         st.stats.last_code = str(response.code)
         st.failures += 1
         st.failing = True
-        self.stats.last_error = f"{res.path}: {response.code}"
+        self.stats.note_error(f"{res.path}: {response.code}", self.clock())
         max_age = response.opt.max_age
         if response.code == SERVICE_UNAVAILABLE and max_age is not None:
             delay = min(float(max_age), MAX_RETRY_S)
@@ -453,7 +453,7 @@ class CoapDriver(Driver):
         st = self._states[res.path]
         st.stats.oversize += 1
         self.stats.malformed += 1
-        self.stats.last_error = f"{res.path}: {what}"
+        self.stats.note_error(f"{res.path}: {what}", self.clock())
         if not st.warned_oversize:
             st.warned_oversize = True
             log.warning("sensor %s: %s: %s; such payloads are dropped", self.sensor_id, self._uri(res), what)

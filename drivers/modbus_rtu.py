@@ -207,15 +207,15 @@ class ModbusRtuDriver(Driver):
         self.stats.malformed += decoder.bad_frames
         if not responses:
             stats.timeouts += 1
+            self.stats.note_error(f"block {block.label}: no response within {self.options.timeout_s} s", self.clock())
             await self._outwait_late_reply(port, stats)
-            self.stats.last_error = f"block {block.label}: no response within {self.options.timeout_s} s"
             return False
         stats.responses += 1
         response = responses[0]
         if response.exception:
             stats.exceptions += 1
             stats.last_exception = response.exception
-            self.stats.last_error = f"block {block.label}: exception code {response.exception}"
+            self.stats.note_error(f"block {block.label}: exception code {response.exception}", self.clock())
             return True
         now = self.clock()
         values = layout.decode(response.data)

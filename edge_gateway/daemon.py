@@ -141,6 +141,7 @@ class Gateway:
             raise NotOurs(f"state directory {self.cfg.state_dir} belongs to gateway {other!r}, not "
                           f"{self.cfg.gateway.id!r}: give this gateway its own gateway.state_dir, or move that "
                           "folder away to start afresh (its unsent messages go with it)")
+        log_config_warnings(self.cfg)
         await self._restore_checkpoint()
         self._start_uplink()
         self.notify("STATUS=warming analytics kernels")
@@ -632,7 +633,9 @@ class Gateway:
                     self._reload_refused(f"detector kernels did not compile: {exc!r}", plan.summary())
                     raise ValueError(str(exc)) from exc
             with self._applying_change():
-                return await self._apply(plan, new_cfg)
+                summary = await self._apply(plan, new_cfg)
+            log_config_warnings(new_cfg)
+            return summary
 
     async def _apply(self, plan, new_cfg: GatewayConfig) -> dict:
         import drivers
@@ -755,6 +758,17 @@ async def run(cfg: GatewayConfig, notify: Callable[[str], None] = lambda s: None
         logging.shutdown()
         os._exit(0)
     return 0
+
+
+def log_config_warnings(cfg: GatewayConfig) -> None:
+    """Log each of :func:`.config.warnings_of` as a WARNING, ``file:line:col: key: text`` as ``config
+    validate`` locates it: a gateway started or reloaded from a file nobody validated says in its
+    journal why a sensor is never read or the broker never reached (a URL as broker.host)."""
+    from .cmd_config import _where
+    from .config import warnings_of
+
+    for key, text in warnings_of(cfg):  # the file is read again only when there is something to say
+        log.warning("%s: %s: %s", _where(cfg.source, key), key, text)
 
 
 def _with_parameter(det, name: str, value):

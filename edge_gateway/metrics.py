@@ -54,26 +54,29 @@ def no_data_after(interval: float | None) -> float:
     return NO_DATA_FIXED_S if interval is None else max(NO_DATA_MIN_S, NO_DATA_INTERVALS * interval)
 
 
-class ErrorSeen:
-    """When a driver's ``last_error`` last changed, as seen by :meth:`Telemetry.sensors` (every second).
+_NOT_SHOWN = ("last_error_link",)  # DriverStats bookkeeping that status shows as last_error_before_reconnect
 
-    Drivers and the supervisor keep only the text; the time is estimated here to within one status
-    sample. A link error seen together with a reconnect in the same sample is dated to the start of
-    that sample: the supervisor retries only after a link error, so the error came first.
+
+def _health(d, now: float) -> dict:
+    """When the last error happened and whether the sensor connected since; how long a connected
+    sensor has been silent, against the threshold its pace allows (``status`` warns past it).
+
+    All read from what the driver and the supervisor recorded as it happened
+    (:meth:`drivers.base.DriverStats.note_error`), so the times are exact, not estimated here.
     """
-
-    __slots__ = ("key", "at", "link")
-
-    def __init__(self, key: tuple, at: float, link: bool) -> None:
-        self.key, self.at, self.link = key, at, link
-
-
-def _error_key(d) -> tuple:
-    """What changes whenever a driver records an error, even one with the same text as the last."""
     st = d.stats
-    parts = d.part_stats() if hasattr(d, "part_stats") else {}
-    repeats = sum(int(p.get(k, 0)) for p in parts.values() for k in ("timeouts", "exceptions", "errors", "oversize"))
-    return (st.last_error, st.link_errors, repeats)
+    error_ts = (st.last_error_ts or None) if st.last_error else None
+    interval = expected_interval(d)
+    quiet_from = max(st.last_connect_ts, st.last_reading_ts)
+    return {
+        "last_error_ts": error_ts,
+        "last_error_age_s": None if error_ts is None else round(max(0.0, now - error_ts), 1),
+        "last_error_before_reconnect": bool(st.last_error) and st.error_before_reconnect,
+        "link_up": st.link_up,
+        "expected_interval_s": interval,
+        "no_data_s": round(max(0.0, now - quiet_from), 1) if st.link_up and quiet_from else None,
+        "no_data_after_s": no_data_after(interval),
+    }
 
 
 class RateMeter:
@@ -118,8 +121,6 @@ class Telemetry:
         self.reload: dict[str, Any] = {"count": 0, "ok": 0, "failed": 0, "last_ts": None,
                                        "last_ok": None, "last_error": "", "last_plan": None}
         self.cached: dict = {}
-        self.errors: dict[str, ErrorSeen] = {}  # per sensor: when its last_error was recorded
-        self._sampled: dict[str, float] = {}  # per sensor: when sensors() last looked at it
 
     # --- fed by the daemon --------------------------------------------------------------------
 
@@ -162,14 +163,14 @@ class Telemetry:
             values = {ch: {"value": v, "ts": ts, "unit": unit}
                       for (sid, ch), (v, ts, unit) in self.last_values.items() if sid == d.sensor_id}
             out[d.sensor_id] = {
-                **vars(st),
+                **{k: v for k, v in vars(st).items() if k not in _NOT_SHOWN},
                 "driver": getattr(d, "name", type(d).__name__),
                 "rate_per_s": round(self.rates.rate(d.sensor_id, now, st.readings, started), 3),
                 "readings": st.readings, "malformed": st.malformed, "link_errors": st.link_errors,
                 "connects": st.connects, "last_error": st.last_error,
                 "last_reading_age_s": round(now - st.last_reading_ts, 1) if st.last_reading_ts else None,
                 "last_values": values,
-                **self._health(d, now, started),
+                **_health(d, now),
             }
             out[d.sensor_id].update(extra.get(d.sensor_id, {}))
             parts = d.part_stats() if hasattr(d, "part_stats") else {}
@@ -180,40 +181,7 @@ class Telemetry:
                 out[d.sensor_id].update(
                     late=sum(c["late"] for c in mine.values()), future=sum(c["future"] for c in mine.values()),
                     channel_drops={ch: dict(c) for ch, c in mine.items() if c["late"] or c["future"]})
-        for gone in set(self._sampled) - set(out):  # sensors removed by a reload
-            self._sampled.pop(gone, None)
-            self.errors.pop(gone, None)
         return out
-
-    def _health(self, d, now: float, started: float) -> dict:
-        """When the last error happened and whether the sensor connected since; how long a connected
-        sensor has been silent, against the threshold its pace allows (``status`` warns past it)."""
-        st, sid = d.stats, d.sensor_id
-        prev = self._sampled.get(sid, started)
-        self._sampled[sid] = now
-        connect_ts = getattr(st, "last_connect_ts", 0.0) or 0.0
-        seen = self.errors.get(sid)
-        if not st.last_error:
-            self.errors.pop(sid, None)
-            seen = None
-        else:
-            key = _error_key(d)
-            if seen is None or seen.key != key:
-                link = st.link_errors > (seen.key[1] if seen is not None and seen.key[1] <= st.link_errors else 0)
-                at = prev if link and connect_ts > prev else now
-                seen = self.errors[sid] = ErrorSeen(key, at, link)
-        link_up = bool(st.connects) and not (seen is not None and seen.link and seen.at >= connect_ts)
-        interval = expected_interval(d)
-        quiet_from = max(connect_ts, st.last_reading_ts or 0.0)
-        return {
-            "last_error_ts": None if seen is None else seen.at,
-            "last_error_age_s": None if seen is None else round(max(0.0, now - seen.at), 1),
-            "last_error_before_reconnect": seen is not None and connect_ts > seen.at,
-            "link_up": link_up,
-            "expected_interval_s": interval,
-            "no_data_s": round(max(0.0, now - quiet_from), 1) if link_up and quiet_from else None,
-            "no_data_after_s": no_data_after(interval),
-        }
 
     def sample_rates(self, drivers: list) -> None:
         self.rates.sample(self.clock(), {d.sensor_id: d.stats.readings for d in drivers})

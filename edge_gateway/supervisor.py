@@ -124,10 +124,9 @@ class Supervisor:
                 raise
             except Exception as exc:  # noqa: BLE001 - any driver failure is a link failure
                 reason = str(exc) or type(exc).__name__
-                driver.stats.link_errors += 1
-                driver.stats.last_error = reason
+                now = self.clock()
+                driver.stats.note_error(reason, now, link=True)
                 if link.down_since is None and driver.stats.connects:
-                    now = self.clock()
                     link.down_since = driver.stats.last_reading_ts or now
                     link.down_steady = self.steady() - (now - link.down_since)
                     link.reason = reason

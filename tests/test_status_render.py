@@ -149,8 +149,7 @@ def test_a_connected_sensor_silent_past_its_pace_is_warned_about():
 
 def _link_error(drv, reason: str) -> None:
     """What the supervisor does when a driver raises."""
-    drv.stats.link_errors += 1
-    drv.stats.last_error = reason
+    drv.stats.note_error(reason, drv.clock(), link=True)
 
 
 def test_an_error_is_dated_and_marked_once_the_sensor_reconnected():
@@ -165,20 +164,22 @@ def test_an_error_is_dated_and_marked_once_the_sensor_reconnected():
     _link_error(drv, f"/dev/null: {PORT_CLOSED}")
     clock.t = T0 + 2
     out = tel.sensors([drv], started=T0)["line"]
-    assert (out["last_error_ts"], out["link_up"], out["no_data_s"], out["last_error_before_reconnect"]) == (
-        T0 + 2, False, None, False)  # down: no silence warning, the error says why
+    assert (out["last_error_ts"], out["last_error_age_s"], out["link_up"], out["no_data_s"],
+            out["last_error_before_reconnect"]) == (T0 + 1.4, 0.6, False, None, False)  # down: the error says why
     clock.t = T0 + 2.5
     drv.connected()
     clock.t = T0 + 14
     out = tel.sensors([drv], started=T0)["line"]
-    assert (out["last_error_age_s"], out["last_error_before_reconnect"], out["link_up"]) == (12.0, True, True)
-    # an error and the reconnect after it within one sample (1 s apart in the daemon): the error came first
+    assert (out["last_error_ts"], out["last_error_age_s"], out["last_error_before_reconnect"], out["link_up"]) == (
+        T0 + 1.4, 12.6, True, True)
+    # an error and the reconnect after it within one status sample (1 s apart in the daemon): each keeps its time
     _link_error(drv, "/dev/null: no such device")
     clock.t = T0 + 14.5
     drv.connected()
     clock.t = T0 + 15
     out = tel.sensors([drv], started=T0)["line"]
-    assert (out["last_error_ts"], out["last_error_before_reconnect"], out["link_up"]) == (T0 + 14, True, True)
+    assert (out["last_error_ts"], out["last_connect_ts"], out["last_error_before_reconnect"], out["link_up"]) == (
+        T0 + 14, T0 + 14.5, True, True)
 
 
 def test_a_repeated_error_with_the_same_text_is_dated_again():
@@ -186,16 +187,18 @@ def test_a_repeated_error_with_the_same_text_is_dated_again():
     meter = _built(clock)["meter"]
     tel = Telemetry(clock)
     meter.connected()
-    meter.blocks["sub"].timeouts = 1
-    meter.stats.last_error = "block sub: no response within 0.5 s"
+    clock.t = T0 + 0.7
+    meter.stats.note_error("block sub: no response within 0.5 s", clock())
     clock.t = T0 + 1
-    assert tel.sensors([meter], started=T0)["meter"]["last_error_ts"] == T0 + 1
+    assert tel.sensors([meter], started=T0)["meter"]["last_error_ts"] == T0 + 0.7
     clock.t = T0 + 2
-    assert tel.sensors([meter], started=T0)["meter"]["last_error_age_s"] == 1.0  # nothing new
-    meter.blocks["sub"].timeouts = 2
+    assert tel.sensors([meter], started=T0)["meter"]["last_error_age_s"] == 1.3  # nothing new
+    clock.t = T0 + 2.2
+    meter.stats.note_error("block sub: no response within 0.5 s", clock())
     clock.t = T0 + 3
     out = tel.sensors([meter], started=T0)["meter"]
-    assert (out["last_error_ts"], out["link_up"], out["last_error_before_reconnect"]) == (T0 + 3, True, False)
+    assert (out["last_error_ts"], out["last_error_age_s"], out["link_up"], out["last_error_before_reconnect"]) == (
+        T0 + 2.2, 0.8, True, False)  # a data error while connected: the link stays up, nothing is before a reconnect
 
 
 def test_pyserial_closed_port_wording_becomes_plain(caplog):
@@ -220,11 +223,13 @@ async def test_unplugged_pty_is_logged_in_plain_words_and_status_marks_the_error
     try:
         assert await wait_until(lambda: driver.stats.connects == 1)
         tel.sensors([driver], started=time.time())
+        closed_at = time.time()
         port.close()
         assert await wait_until(lambda: driver.stats.link_errors >= 1)
         await asyncio.sleep(0.05)
         down = tel.sensors([driver], started=0.0)["dev"]
         assert (down["link_up"], down["last_error_before_reconnect"]) == (False, False)
+        assert closed_at <= down["last_error_ts"] == driver.stats.last_error_ts <= time.time()  # the supervisor's clock
         port = PtyPort(link, nonblocking=True)
         assert await wait_until(lambda: driver.stats.connects == 2, timeout=10)
         up = tel.sensors([driver], started=0.0)["dev"]
