@@ -69,7 +69,7 @@ def _config_socket(path: str) -> Path:
         return config.load(path).control_socket
     except config.ConfigError as exc:
         state_dir = config.read_state_dir(path)
-        error(str(exc))
+        error(exc)
     if state_dir is None:
         sock = Path(DEFAULT_STATE_DIR) / "control.sock"
         error(f"note: no gateway.state_dir could be read from {path}; asking the daemon at the default {sock}")
@@ -130,8 +130,17 @@ def doc_part(doc: str | None, i: int) -> str:
     return plain_text(parts[i]) if i < len(parts) else ""
 
 
-def error(message: str) -> None:
-    print(f"edge-gateway: {message}", file=sys.stderr)
+def error(message: object, lead: str = "") -> None:
+    """``message`` on stderr, each of its lines as its own ``edge-gateway: ...`` line: a ConfigError holds
+    one mistake a line (``config validate``'s layout). ``lead`` (e.g. ``"refused, ...: "``) goes before a
+    one-line message, or alone on the first line (without its trailing blank) before several."""
+    lines = str(message).splitlines() or [""]
+    if lead and len(lines) > 1:
+        lines = [lead.rstrip(), *lines]
+    elif lead:
+        lines = [lead + lines[0]]
+    for line in lines:
+        print(f"edge-gateway: {line}", file=sys.stderr)
 
 
 def positive_float(text: str) -> float:

@@ -41,6 +41,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .cmd_common import error
+
 MASK = "********"
 _SECRET_NAME = re.compile(r"(password|passwd|secret|token|psk|api_key|private_key)", re.I)
 _PATH_NAME = re.compile(r"(_file|_path|_dir)$")
@@ -82,8 +84,7 @@ def _load(path: str):
     try:
         return config.load(path), 0
     except config.ConfigError as exc:
-        for line in str(exc).splitlines():  # every mistake found, one a line, in file order
-            print(f"edge-gateway: {line}", file=sys.stderr)
+        error(exc)  # every mistake found, one a line, in file order
         return None, 2
 
 
@@ -297,7 +298,7 @@ def set_value(args) -> int:
         text = config.read_text(path, newline="")
         root = config.compose(text, str(path))
     except config.ConfigError as exc:
-        print(f"edge-gateway: {exc}", file=sys.stderr)
+        error(exc)
         return 2
     try:
         parts = split_key(args.key)
@@ -326,13 +327,13 @@ def set_value(args) -> int:
         try:
             new_text = _round_trip_set(text, root is None, parts, value)
         except Exception as exc:  # noqa: BLE001 - ruamel raises many kinds; all mean "cannot edit this"
-            print(f"edge-gateway: {path}: {exc}", file=sys.stderr)
+            error(exc, lead=f"{path}: ")
             return 2
         faithful = _only_change(text, new_text, target.path, value)
     try:
         config.loads(new_text, str(path), path.resolve().parent)
     except config.ConfigError as exc:
-        print(f"edge-gateway: refused, the result would be invalid (file unchanged): {exc}", file=sys.stderr)
+        error(exc, lead="refused, the result would be invalid (file unchanged): ")
         return 2
     if not faithful:
         print(f"edge-gateway: refused, {args.key} cannot be written so that it reads back as {value!r} "

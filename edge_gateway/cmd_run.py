@@ -27,7 +27,9 @@ def handle(args) -> int:
     try:
         cfg = config.load(args.config)
     except config.ConfigError as exc:
-        print(f"edge-gateway: {exc}", file=sys.stderr)
+        from .cmd_common import error  # only now: the daemon does not keep the commands' helpers resident
+
+        error(exc)  # every mistake, one a line
         return 2
     logs.setup(args.log_level or cfg.log_level)
     # systemd's watchdog ends a hung daemon with SIGABRT: print every thread's stack to the journal first.

@@ -24,13 +24,18 @@ def add_to(subparsers) -> None:
     a = subparsers.add_parser("analyze", help="score timestamp,value CSV files offline")
     a.add_argument("paths", nargs="+", metavar="PATH", help="CSV file or folder (searched recursively)")
     _detector_args(a)
-    a.add_argument("--out-dir", required=True, type=Path)
+    a.add_argument("--out-dir", required=True, type=Path, metavar="DIR",
+                   help="folder for the results: one CSV (timestamp,value,anomaly_score) per input, named as "
+                        "the input (below a folder PATH: at its path inside it)")
     a.add_argument("--batch", type=int, default=64, help="rows per streaming batch (default 64)")
     a.set_defaults(func=cmd_analyze)
 
     e = subparsers.add_parser("evaluate", help="NAB scores of the detector (or of written scores)")
-    e.add_argument("data_dir", type=Path, metavar="DATA_DIR")
-    e.add_argument("windows", type=Path, metavar="WINDOWS.json")
+    e.add_argument("data_dir", type=Path, metavar="DATA_DIR",
+                   help="folder of the labelled CSV files (NAB's data/): the windows file names them relative to it")
+    e.add_argument("windows", type=Path, metavar="WINDOWS.json",
+                   help='anomaly windows per file, as NAB\'s labels/combined_windows.json: '
+                        '{"dir/file.csv": [["start", "end"], ...], ...}')
     e.add_argument("--results-dir", type=Path, help="read anomaly_score from files written by analyze")
     e.add_argument("--files-glob", default="*", help="only files whose relative path matches")
     e.add_argument("--only", default="", help="comma-separated categories (first path part)")

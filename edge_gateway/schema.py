@@ -4,7 +4,10 @@ The YAML is composed into nodes (which remember where they were written), then
 walked against the dataclass types, so every error names the file, line,
 column and key path, says what was expected and suggests a near key name.
 Supported field types: str, int, float, bool, Literal, Optional, tuple[X, ...],
-dict[str, X], and nested dataclasses. A field whose metadata has
+dict[str, X], and nested dataclasses. A key with nothing after it (YAML's null: a
+``metrics:`` whose keys are all commented out) given for a section or a mapping is
+an empty one, so its defaults (its required keys are still reported missing); for
+a list whose default is empty, an empty list. A field whose metadata has
 ``options_of="other_field"`` is validated against the dataclass that
 ``resolve_options(value of other_field)`` returns (how driver options work).
 """
@@ -156,6 +159,8 @@ class Validator:
             if len(rest) == 1:
                 return self._convert(node, rest[0], path)
             raise TypeError(f"unsupported union {tp}")
+        if (dataclasses.is_dataclass(tp) or origin is dict) and _empty_value(node, path):
+            node = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
         if dataclasses.is_dataclass(tp):
             return self._dataclass(node, tp, path)
         if origin is typing.Literal:
@@ -233,7 +238,8 @@ class Validator:
 
     def _dataclass(self, node: yaml.Node, tp: type, path: str) -> Any:
         if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, path, f"{_expected_settings(path)}, got {_describe(node)}{_colon_hint(node)}")
+            raise self.error(node, path,
+                             f"{_expected_settings(path)}, got {_describe(node)}{_colon_hint(node, path)}")
         fields = {f.name: f for f in dataclasses.fields(tp) if f.init and not f.metadata.get("internal")}
         hints = typing.get_type_hints(tp)
         given: dict[str, tuple[yaml.Node, yaml.Node]] = {}
@@ -268,7 +274,12 @@ class Validator:
                     failed = True
                     bad.add(name)
                 continue
-            value = self._child(given[name][1], hints[name], _join(path, name))
+            vnode = given[name][1]
+            if (_empty_value(vnode, _join(path, name)) and f.default == ()
+                    and typing.get_origin(hints[name]) in (tuple, list)):
+                values[name] = ()  # ``sensors:`` with every item commented out: none, as when not given
+                continue
+            value = self._child(vnode, hints[name], _join(path, name))
             if value is _FAIL:
                 failed = True
                 bad.add(name)
@@ -358,10 +369,16 @@ def _expected_settings(path: str) -> str:
 _GLUED_KEY = re.compile(r"([A-Za-z_][\w.-]*):(\S.*)")
 
 
-def _colon_hint(node: yaml.Node) -> str:
-    """For ``id:gw-1`` (one string to YAML): the space after ':' it lacks; for an empty section, what to do."""
-    if is_null(node) and node.start_mark.index == node.end_mark.index:  # nothing written after the key
-        return "; give its settings on the lines below it, indented, or remove the key"
+def _empty_value(node: yaml.Node, path: str) -> bool:
+    """Whether ``node`` is a key's null value (``metrics:`` with nothing, or only comments, below it; ``~``),
+    taken as an empty section. Not the whole document, nor a list item (``- `` alone is a mistake)."""
+    return is_null(node) and bool(path) and not path.endswith("]")
+
+
+def _colon_hint(node: yaml.Node, path: str) -> str:
+    """For ``id:gw-1`` (one string to YAML): the space after ':' it lacks; for an empty list item, what to do."""
+    if is_null(node) and path.endswith("]") and node.start_mark.index == node.end_mark.index:  # a '-' alone
+        return "; give its settings after the '-', indented, or remove the item"
     if isinstance(node, yaml.ScalarNode) and node.style is None:
         m = _GLUED_KEY.fullmatch(node.value)
         if m and "://" not in node.value:

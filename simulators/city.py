@@ -297,12 +297,15 @@ async def _run(args, scenario: sc.Scenario) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edge-gateway-sim city", description=__doc__,
+    from edge_gateway.cmd_common import plain_text  # --help as plain text, also run as python -m
+
+    ap = argparse.ArgumentParser(prog="edge-gateway-sim city", description=plain_text(__doc__ or ""),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("scenario", help="scenario YAML file")
     ap.add_argument("--run-dir", default=os.environ.get("EG_RUN_DIR", "/tmp/edge-gateway-city"),
                     help="where the pty symlinks and the ground truth go")
-    ap.add_argument("--coap-host", default="127.0.0.1")
+    ap.add_argument("--coap-host", default="127.0.0.1",
+                    help="address the CoAP nodes listen on (default 127.0.0.1)")
     ap.add_argument("--coap-port", type=int, default=int(os.environ.get("EG_COAP_PORT", "5683")),
                     help="port of the first CoAP node; the next ones count up")
     ap.add_argument("--t0", type=float, default=None, help="simulated start time (default: now)")

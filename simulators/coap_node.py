@@ -116,3 +116,24 @@ class CoapNode:
             await ctx.shutdown()
         for res in self.resources.values():
             res._observations.clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m simulators.coap_node --help``: what the module is. It has no command line of its own:
+    ``edge-gateway-sim city`` runs CoAP nodes from a scenario, and tests start them in-process."""
+    import argparse
+
+    from edge_gateway.cmd_common import plain_text
+
+    ap = argparse.ArgumentParser(prog="python -m simulators.coap_node", description=plain_text(__doc__ or ""),
+                                 epilog="Not a program of its own: edge-gateway-sim city SCENARIO.yaml runs "
+                                        "CoAP nodes (the scenario's coap sensors).")
+    ap.parse_args(argv)
+    ap.error("no command line of its own; run edge-gateway-sim city SCENARIO.yaml")
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -257,3 +257,24 @@ class ModbusSlaveSim:
         self.detach()
         if port is not None:
             port.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m simulators.modbus_slave --help``: what the module is. It has no command line of its own:
+    ``edge-gateway-sim city`` runs Modbus slaves from a scenario, and tests start them in-process."""
+    import argparse
+
+    from edge_gateway.cmd_common import plain_text
+
+    ap = argparse.ArgumentParser(prog="python -m simulators.modbus_slave", description=plain_text(__doc__ or ""),
+                                 epilog="Not a program of its own: edge-gateway-sim city SCENARIO.yaml runs "
+                                        "Modbus slaves (the scenario's modbus sensors).")
+    ap.parse_args(argv)
+    ap.error("no command line of its own; run edge-gateway-sim city SCENARIO.yaml")
+    return 2
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

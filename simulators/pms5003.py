@@ -60,13 +60,16 @@ def scenario_frames(seed: int, t0: float, interval_s: float, count: int, start: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edge-gateway-sim pms5003", description=__doc__)
-    ap.add_argument("--seed", type=int, default=1)
+    from edge_gateway.cmd_common import plain_text  # --help as plain text, also run as python -m
+
+    ap = argparse.ArgumentParser(prog="edge-gateway-sim pms5003", description=plain_text(__doc__ or ""))
+    ap.add_argument("--seed", type=int, default=1, help="seed of the values (the same seed, the same frames)")
     ap.add_argument("--rate", type=float, default=1.0, help="frames per second")
     ap.add_argument("--count", type=int, default=0, help="stop after N frames (0: run forever)")
     ap.add_argument("--t0", type=float, default=None, help="simulated start time (default: now)")
     ap.add_argument("--link", help="make this path a symlink to the pty")
-    ap.add_argument("--corrupt-every", type=int, default=0)
+    ap.add_argument("--corrupt-every", type=int, default=0, metavar="N",
+                    help="flip one data bit in every Nth frame, so its checksum fails (0: never)")
     args = ap.parse_args(argv)
     check_stream_args(ap, args, "frames")
     with exit_on_signals():

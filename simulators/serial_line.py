@@ -78,11 +78,15 @@ def scenario_lines(seed: int, t0: float, interval_s: float, count: int, fmt: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edge-gateway-sim serial-line", description=__doc__)
-    ap.add_argument("--seed", type=int, default=1)
+    from edge_gateway.cmd_common import plain_text  # --help as plain text, also run as python -m
+
+    ap = argparse.ArgumentParser(prog="edge-gateway-sim serial-line", description=plain_text(__doc__ or ""))
+    ap.add_argument("--seed", type=int, default=1, help="seed of the values (the same seed, the same lines)")
     ap.add_argument("--rate", type=float, default=10.0, help="lines per second")
     ap.add_argument("--count", type=int, default=0, help="stop after N lines (0: run forever)")
-    ap.add_argument("--format", choices=("kv", "csv", "json"), default="kv")
+    ap.add_argument("--format", choices=("kv", "csv", "json"), default="kv",
+                    help="kv: pm25=12.5,pm10=20.1,...; csv: the values alone, pm25,pm10,noise_db (ts first with "
+                         "--timestamps); json: one object a line (default kv)")
     ap.add_argument("--timestamps", action="store_true", help="add ts= with the simulated time")
     ap.add_argument("--t0", type=float, default=None, help="simulated start time (default: now)")
     ap.add_argument("--link", help="make this path a symlink to the pty")

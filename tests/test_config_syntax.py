@@ -178,9 +178,10 @@ def test_read_text_keeps_or_translates_line_endings_as_before(tmp_path):
     ("gateway: {id: g}\nsensors:\n  - {id: a, driver: serial_line, options: /dev/ttyUSB0}\n",
      "site.yaml:3:43: sensors[0].options: expected the driver options as a mapping (key: value lines), "
      "got a string '/dev/ttyUSB0'"),
-    ("gateway: {id: g}\nwindows:\n",
-     "site.yaml:2:9: windows: expected the windows settings as a mapping (key: value lines), got nothing (null); "
-     "give its settings on the lines below it, indented, or remove the key"),
+    # (an empty section, ``windows:`` alone, is its defaults: tests/test_config_sections.py)
+    ("gateway: {id: g}\nsensors:\n  -\n",
+     "site.yaml:3:4: sensors[0]: expected the sensor settings as a mapping (key: value lines), got nothing (null); "
+     "give its settings after the '-', indented, or remove the item"),
     ("just text\n",
      "site.yaml:1:1: expected a mapping of sections (gateway:, broker:, sensors:, ...), got a string 'just text'"),
 ])
@@ -227,6 +228,75 @@ def test_cli_validate_lists_every_mistake_and_exits_2_without_a_traceback(tmp_pa
                         "did you mean 'serial_line'?\n"
                         f"edge-gateway: {cfg}:8:3: broker.hots: unknown key; did you mean 'host'?\n")
     assert "Traceback" not in r.stderr
+
+
+def _three_mistakes(cfg, tmp_path) -> list[str]:
+    """THREE_MISTAKES with a state directory in ``tmp_path``, written to ``cfg``; its mistakes as stderr lines."""
+    cfg.write_text(THREE_MISTAKES.replace("  id: gw-1\n", f"  id: gw-1\n  state_dir: {tmp_path}/state\n"))
+    return [f"edge-gateway: {cfg}:4:21: gateway.batch_interval_s: expected a number, got a string 'fast'",
+            f"edge-gateway: {cfg}:7:13: sensors[0].driver: unknown driver 'serial_lines'; "
+            "did you mean 'serial_line'?",
+            f"edge-gateway: {cfg}:9:3: broker.hots: unknown key; did you mean 'host'?"]
+
+
+def test_cli_run_lists_every_mistake_one_a_line(tmp_path):
+    cfg = tmp_path / "gw.yaml"
+    mistakes = _three_mistakes(cfg, tmp_path)
+    r = cli("run", cfg)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.splitlines() == mistakes
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_set_refusal_lists_every_mistake_one_a_line(tmp_path):
+    cfg = tmp_path / "gw.yaml"
+    mistakes = _three_mistakes(cfg, tmp_path)
+    before = cfg.read_bytes()
+    r = cli("config", "set", cfg, "gateway.id", "gw-2")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.splitlines() == ["edge-gateway: refused, the result would be invalid (file unchanged):",
+                                     *mistakes]
+    assert "Traceback" not in r.stderr
+    assert cfg.read_bytes() == before
+
+
+def test_cli_set_refusal_of_one_mistake_stays_one_line(tmp_path):
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("gateway:\n  id: gw-1\n")
+    r = cli("config", "set", cfg, "broker.port", "99999")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (f"edge-gateway: refused, the result would be invalid (file unchanged): {cfg}:4:9: "
+                        "broker.port: 99999 is not a TCP port\n")
+    assert cfg.read_text() == "gateway:\n  id: gw-1\n"
+
+
+def test_cli_status_with_a_broken_config_lists_every_mistake_one_a_line(tmp_path):
+    """cmd_common.error: the file's mistakes, then the note, then why nothing answers (no daemon here)."""
+    cfg = tmp_path / "gw.yaml"
+    mistakes = _three_mistakes(cfg, tmp_path)
+    sock = tmp_path / "state" / "control.sock"
+    r = cli("status", "--config", cfg)
+    assert (r.returncode, r.stdout) == (3, "")
+    assert r.stderr.splitlines() == [
+        *mistakes,
+        f"edge-gateway: note: asking the daemon at {sock} anyway: it keeps running the config it loaded last",
+        f"edge-gateway: the daemon is not running: no edge-gateway daemon at {sock} (No such file or directory)",
+        "edge-gateway: start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`"]
+    assert "Traceback" not in r.stderr
+
+
+def test_error_prefixes_every_line(capsys):
+    from edge_gateway.cmd_common import error
+
+    error(config.ConfigError.combine([config.ConfigError("f.yaml", 2, 3, "a", "one"),
+                                      config.ConfigError("f.yaml", 1, 1, "b", "two")]))
+    error("plain")
+    error("x\ny", lead="refused: ")
+    error("x", lead="refused: ")
+    assert capsys.readouterr().err == ("edge-gateway: f.yaml:1:1: b: two\nedge-gateway: f.yaml:2:3: a: one\n"
+                                       "edge-gateway: plain\n"
+                                       "edge-gateway: refused:\nedge-gateway: x\nedge-gateway: y\n"
+                                       "edge-gateway: refused: x\n")
 
 
 @pytest.mark.parametrize("raw", [b"gateway:\n  id: x\n\tbroker: 1\n", b"gateway:\n  id: caf\xe9\n",
