@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .signals import ChannelSignal, channel_values
+from .signals import ChannelSignal, channel_values, floor_at
 
 VALUE_FAULTS = ("spike", "level_shift", "drift", "stuck")
 DELIVERY_FAULTS = ("dropout", "corrupt", "disconnect")
@@ -107,7 +107,7 @@ class Scenario:
         raise KeyError(sensor_id)
 
 
-_SIGNAL_KEYS = {"name", "baseline", "amplitude", "period_s", "noise", "decimals"}
+_SIGNAL_KEYS = {"name", "baseline", "amplitude", "period_s", "noise", "decimals", "minimum"}
 _FAULT_KEYS = {"kind", "at", "length", "channel", "magnitude"}
 LINE_FORMATS = ("kv", "csv", "json")
 COAP_FORMATS = ("text", "json", "cbor", "senml-json", "senml-cbor")
@@ -160,7 +160,8 @@ def _channel(c, where: str, kind: str) -> Channel:
                         amplitude=_number(c, "amplitude", where, 0.0),
                         period_s=_number(c, "period_s", where, 86400.0, positive=True),
                         noise=_number(c, "noise", where, 0.0, minimum=0),
-                        decimals=_number(c, "decimals", where, 1, integer=True, minimum=0))
+                        decimals=_number(c, "decimals", where, 1, integer=True, minimum=0),
+                        minimum=_number(c, "minimum", where) if "minimum" in c else -math.inf)
     wire = {k: v for k, v in c.items() if k not in _SIGNAL_KEYS | {"unit"}}
     if kind == "modbus":
         _number(wire, "slave", where, integer=True, minimum=1)
@@ -279,7 +280,7 @@ def values(sensor: SensorSpec, seed: int, t0: float, start: int, count: int) -> 
                 v[hit] += f.magnitude * (k[hit] - f.at + 1) / f.length
             elif f.kind == "stuck":
                 v[hit] = channel_values(ch.signal, seed, t0, interval, 1, f.at)[0]
-        out[ch.name] = np.round(v, ch.signal.decimals)
+        out[ch.name] = floor_at(np.round(v, ch.signal.decimals), ch.signal.minimum)
     return out
 
 

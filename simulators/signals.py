@@ -30,6 +30,7 @@ class ChannelSignal:
     period_s: float = 86400.0
     noise: float = 0.0
     decimals: int = 1
+    minimum: float = -math.inf  # a count or a fill level never goes below 0, whatever the noise draws
 
 
 @functools.lru_cache(maxsize=32)
@@ -62,4 +63,12 @@ def channel_values(sig: ChannelSignal, seed: int, t0: float, interval_s: float, 
     k = np.arange(start, start + count, dtype=np.float64)
     t = t0 + k * interval_s
     cycle = sig.amplitude * np.sin(2.0 * math.pi * (t % sig.period_s) / sig.period_s)
-    return np.round(sig.baseline + cycle + noise(seed, sig.name, count, start) * sig.noise, sig.decimals)
+    return floor_at(np.round(sig.baseline + cycle + noise(seed, sig.name, count, start) * sig.noise, sig.decimals),
+                    sig.minimum)
+
+
+def floor_at(values: np.ndarray, minimum: float) -> np.ndarray:
+    """``values`` raised to ``minimum`` where below it (a rounded -0.0 becomes 0.0 there too)."""
+    if minimum == -math.inf:
+        return values
+    return np.maximum(values, minimum) + 0.0

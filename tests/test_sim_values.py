@@ -139,3 +139,23 @@ def test_sample_cost_does_not_grow_with_k():
 def test_bad_scenario_files_are_one_clear_error(text, message):
     with pytest.raises(ValueError, match=message):
         sc.loads(text)
+
+
+def test_counts_never_go_below_their_minimum():
+    """The demo showed ``traffic-1/bikes min=-1.00``: a count drawn below 0 by the noise. ``minimum``
+    floors it, with no -0.0 left by the rounding; without ``minimum`` the values are unchanged."""
+    free = ChannelSignal("bikes", baseline=4.0, amplitude=3.0, noise=1.0, decimals=0)
+    floored = ChannelSignal("bikes", baseline=4.0, amplitude=3.0, noise=1.0, decimals=0, minimum=0.0)
+    a = channel_values(free, 1, T0, 1.0, 86_400)
+    b = channel_values(floored, 1, T0, 1.0, 86_400)
+    low = a < 0.0
+    assert low.sum() > 100  # the draws this test is about do happen
+    assert np.array_equal(b[~low], a[~low]) and np.all(b[low] == 0.0)
+    assert not np.signbit(b).any()
+    city = sc.load(str(SCENARIO))
+    traffic = next(s for s in city.sensors if s.id == "traffic-1")
+    day = sc.values(traffic, city.seed, T0, 0, 86_400)
+    assert day["vehicles"].min() == 0.0 and day["bikes"].min() == 0.0
+    assert not np.signbit(day["bikes"]).any() and not np.signbit(day["vehicles"]).any()
+    with pytest.raises(ValueError, match=r"sensors\[0\].channels\[0\].minimum: expected a number, got 'low'"):
+        sc.loads(TEXT.replace("baseline: 10.0, noise: 1.0", "baseline: 10.0, noise: 1.0, minimum: low"))
