@@ -42,7 +42,13 @@ def free_port() -> int:
 
 
 def start_broker(run_dir: Path, port: int) -> tuple[subprocess.Popen, str, str]:
-    """Return (process, name, MQTT protocol the gateway should use)."""
+    """Return (process, name, MQTT protocol the gateway should use).
+
+    The broker runs in a session of its own: a Ctrl-C at the terminal reaches the demo's process
+    group, and a broker stopped by it at the same time as the gateway would cut the gateway off
+    before its clean DISCONNECT (a warning and the will message at the end of every demo). The demo
+    stops it last itself.
+    """
     exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     if os.environ.get("DEMO_BROKER") == "amqtt":
         exe = None
@@ -50,12 +56,14 @@ def start_broker(run_dir: Path, port: int) -> tuple[subprocess.Popen, str, str]:
     if exe:
         conf = run_dir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        return subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log), "mosquitto", "5"
+        return (subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log, start_new_session=True),
+                "mosquitto", "5")
     conf = run_dir / "amqtt.yaml"
     conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
                     "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n    allow_anonymous: true\n")
     amqtt = Path(sys.executable).with_name("amqtt")
-    return subprocess.Popen([str(amqtt), "-c", str(conf)], stdout=log, stderr=log), "amqtt (MQTT 3.1.1)", "3.1.1"
+    return (subprocess.Popen([str(amqtt), "-c", str(conf)], stdout=log, stderr=log, start_new_session=True),
+            "amqtt (MQTT 3.1.1)", "3.1.1")
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:
@@ -133,14 +141,55 @@ class Monitor:
                   f"n={data['count']:<4} mean={data['mean']:8.2f} min={data['min']:7.2f} max={data['max']:7.2f} "
                   f"{data.get('unit', '')}", flush=True)
         elif kind == "event":
-            print(f"  EVENT #{seq:<5} {data['sensor']} {data.get('type')} "
-                  f"{ {k: v for k, v in data.items() if k not in ('gw', 'seq', 'sensor', 'type')} }", flush=True)
+            print(f"  EVENT #{seq:<5} {event_text(data)}", flush=True)
+        elif kind == "status":
+            print(f"  status {status_text(data)}", flush=True)
         else:
             print(f"  {msg.topic}: {data}", flush=True)
 
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def _clock(ts) -> str:
+    return datetime.fromtimestamp(ts).strftime("%H:%M:%S") if isinstance(ts, (int, float)) else str(ts)
+
+
+def event_text(e: dict) -> str:
+    """An event for a person watching the demo: where, what, when, how strong, which detector."""
+    where = e.get("sensor", "?") + (f"/{e['channel']}" if e.get("channel") else "")
+    kind = e.get("type", "?")
+    if kind == "anomaly":
+        span = _clock(e.get("start")) + (f"-{_clock(e['end'])}" if e.get("end") not in (None, e.get("start")) else "")
+        unit = f" {e['unit']}" if e.get("unit") else ""
+        return (f"{where} anomaly {e.get('state', ''):<6} {span}  peak {e.get('peak_value', 0):g}{unit}  "
+                f"score {e.get('peak_score', 0):.2f}  ({e.get('detector', '?')})")
+    if kind == "link_gap" and isinstance(e.get("start"), (int, float)) and isinstance(e.get("end"), (int, float)):
+        return (f"{where} link_gap {_clock(e['start'])}-{_clock(e['end'])} ({e['end'] - e['start']:.1f} s): "
+                f"{e.get('reason', '')}")
+    rest = ", ".join(f"{k} {_clock(v) if k in ('start', 'end', 'ts', 'at') else v}" for k, v in e.items()
+                     if k not in ("gw", "seq", "sensor", "type", "channel"))
+    return f"{where} {kind}" + (f": {rest}" if rest else "")
+
+
+def status_text(st: dict) -> str:
+    """The gateway's status message in one line: state, uptime, counts, queue, link (the will says only
+    "offline", with seq -1: the broker published it because the connection dropped)."""
+    if st.get("seq") == -1:
+        return f"{st.get('state')} (the will: the broker lost the gateway's connection)"
+    parts = [str(st.get("state"))]
+    if "uptime_s" in st:
+        parts.append(f"up {st['uptime_s']:.0f} s")
+    c = st.get("counts")
+    if c:
+        parts.append(f"{c.get('readings', 0)} readings, {c.get('aggregates', 0)} aggregates, {c.get('events', 0)} events")
+    q = st.get("queue")
+    if q:
+        parts.append(f"queue {q.get('depth', 0)}")
+    if "link" in st:
+        parts.append(f"link {st['link']}")
+    return ", ".join(parts)
 
 
 def pump(stream, prefix: str, ready: threading.Event | None = None) -> None:
