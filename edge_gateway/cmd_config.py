@@ -22,8 +22,9 @@
   link). VALUE is read as the loader would read it unquoted (``9600`` is a number,
   ``true`` a boolean, and ``1e-6`` a number too), and written so that the loader
   reads it back the same (``1.0e-06``, ``'yes'`` for a string); where the file
-  already holds a string it stays a string, in its quote style, and ``--string``
-  forces one. Missing mapping keys along the path are created. Reload the daemon
+  already holds a string it stays a string, in its quote style (unless a string
+  cannot load there: ``batch_interval_s: fast`` set to 0.5 becomes the number),
+  and ``--string`` forces one. Missing mapping keys along the path are created. Reload the daemon
   afterwards (``edge-gateway reload`` or ``systemctl reload edge-gateway``).
 
 Exit statuses: 0 ok; 2 invalid config (nothing written by ``set``), unknown
@@ -317,23 +318,31 @@ def set_value(args) -> int:
         return 2
     old = target.old
     value = _new_value(args.value, old, args.string)
-    try:
-        new_text = _splice(text, root, target, value, args.value)
-    except _Unspliceable:
-        new_text = None
-    faithful = new_text is not None and _only_change(text, new_text, target.path, value)
-    rewritten = not faithful
-    if rewritten:
+    typed = _new_value(args.value, None, False)
+    # "a string stays a string" (an id such as 007) unless the string cannot be right there: a
+    # technician mending ``batch_interval_s: fast`` with 0.5 means the number
+    retry = not args.string and isinstance(old, str) and "${" not in old and not isinstance(typed, str)
+    for value in (value, typed) if retry else (value,):
         try:
-            new_text = _round_trip_set(text, root is None, parts, value)
-        except Exception as exc:  # noqa: BLE001 - ruamel raises many kinds; all mean "cannot edit this"
-            error(exc, lead=f"{path}: ")
-            return 2
-        faithful = _only_change(text, new_text, target.path, value)
-    try:
-        config.loads(new_text, str(path), path.resolve().parent)
-    except config.ConfigError as exc:
-        error(exc, lead="refused, the result would be invalid (file unchanged): ")
+            new_text = _splice(text, root, target, value, args.value)
+        except _Unspliceable:
+            new_text = None
+        faithful = new_text is not None and _only_change(text, new_text, target.path, value)
+        rewritten = not faithful
+        if rewritten:
+            try:
+                new_text = _round_trip_set(text, root is None, parts, value)
+            except Exception as exc:  # noqa: BLE001 - ruamel raises many kinds; all mean "cannot edit this"
+                error(exc, lead=f"{path}: ")
+                return 2
+            faithful = _only_change(text, new_text, target.path, value)
+        try:
+            config.loads(new_text, str(path), path.resolve().parent)
+            break
+        except config.ConfigError as exc:
+            invalid = exc
+    else:
+        error(invalid, lead="refused, the result would be invalid (file unchanged): ")
         return 2
     if not faithful:
         print(f"edge-gateway: refused, {args.key} cannot be written so that it reads back as {value!r} "

@@ -169,3 +169,26 @@ def test_set_on_an_empty_or_comment_only_file_adds_the_key_below_the_comments(tm
         r = cli("config", "set", cfg, "gateway.id", "cab-17")
         assert r.returncode == 0, r.stderr
         assert cfg.read_text() == before + "gateway:\n  id: cab-17\n"
+
+
+def test_set_mends_a_string_where_a_number_belongs_and_keeps_a_string_where_one_fits(tmp_path):
+    """"A string stays a string" kept ``batch_interval_s: fast`` a string whatever was set: 0.5 was
+    written as "0.5" and refused. Now a string value that cannot load is tried as what VALUE reads as."""
+    from edge_gateway import config
+
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("gateway:\n  id: '007'\n  batch_interval_s: fast\n")
+    r = cli("config", "set", cfg, "gateway.batch_interval_s", "0.5")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout == f"{cfg}: gateway.batch_interval_s = 0.5 (was fast)\n"
+    assert cfg.read_text() == "gateway:\n  id: '007'\n  batch_interval_s: 0.5\n"
+    assert config.load(str(cfg)).gateway.batch_interval_s == 0.5
+    r = cli("config", "set", cfg, "gateway.id", "008")  # an id that looks like a number stays the string
+    assert r.returncode == 0, r.stderr
+    assert cfg.read_text() == "gateway:\n  id: '008'\n  batch_interval_s: 0.5\n"
+    assert config.load(str(cfg)).gateway.id == "008"
+    cfg.write_text("gateway:\n  id: gw\n  batch_interval_s: fast\n")
+    r = cli("config", "set", cfg, "gateway.batch_interval_s", "-1")  # wrong either way: the number's reason
+    assert r.returncode == 2 and cfg.read_text() == "gateway:\n  id: gw\n  batch_interval_s: fast\n"
+    assert r.stderr == ("edge-gateway: refused, the result would be invalid (file unchanged): "
+                        f"{cfg}:3:21: gateway.batch_interval_s: must be positive\n"), r.stderr
