@@ -84,12 +84,15 @@ def print_json(obj) -> None:
 
 
 def table(rows: list[list], headers: list[str], out=None) -> None:
-    """A plain left-aligned table for people (scripts use --json)."""
+    """A plain left-aligned table for people (scripts use --json). A cell of several lines (a config with
+    several mistakes) takes as many rows, each line in its own column, and its longest line sets the width."""
     out = out or sys.stdout
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    cells = [[str(h).splitlines() or [""] for h in headers]]
+    cells += [[("" if c is None else str(c)).splitlines() or [""] for c in r] for r in rows]
+    widths = [max(len(line) for r in cells for line in r[i]) for i in range(len(headers))]
     for n, r in enumerate(cells):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+        for k in range(max(len(c) for c in r)):
+            print("  ".join((c[k] if k < len(c) else "").ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
         if n == 0:
             print("  ".join("-" * w for w in widths), file=out)
 

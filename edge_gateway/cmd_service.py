@@ -264,7 +264,8 @@ def config_problems(config_path: str, unit_text: str, user: str) -> list[str]:
     try:
         cfg = config.load(config_path, env=service_env(unit_text, user))
     except config.ConfigError as exc:
-        return [f"{exc} (loaded as the service will load it, it would exit 2)"]
+        lines = str(exc).splitlines()  # one problem a mistake, as validate prints them
+        return lines[:-1] + [f"{lines[-1]} (loaded as the service will load it, it would exit 2)"]
     state_dir = os.path.normpath(os.path.abspath(cfg.state_dir))
     if state_dir == STATE_DIR:
         return []

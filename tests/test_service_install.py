@@ -94,6 +94,14 @@ def test_install_loads_the_config_as_the_service_will_and_wants_its_state_dir(vi
     assert r.stderr == (f"edge-gateway: {missing}: cannot read: [Errno 2] No such file or directory: '{missing}' "
                         f"(loaded as the service will load it, it would exit 2) (or --force)\n")
 
+    several = _config(visible, "batch_interval_s: -1\nbroker: {port: 99999}", "several.yaml")
+    r = _install(units, several)
+    assert r.returncode == 2 and not units.exists()
+    assert r.stderr.splitlines() == [  # one line a mistake, as validate prints them
+        f"edge-gateway: {several}:3:21: gateway.batch_interval_s: must be positive (or --force)",
+        f"edge-gateway: {several}:4:16: broker.port: 99999 is not a TCP port (loaded as the service will load it, "
+        "it would exit 2) (or --force)"]
+
     # systemd gives the service STATE_DIRECTORY and CREDENTIALS_DIRECTORY: a config may use them
     from_unit = _config(visible, "state_dir: ${STATE_DIRECTORY}", "from-unit.yaml")
     r = _install(units, from_unit, env={"STATE_DIRECTORY": "", "EG_STATE_DIR": ""})
