@@ -54,7 +54,7 @@ connections is not stormed. Those decisions, and naming a session takeover, are 
 (:class:`~.link_health.LinkHealth`, fed by the network thread; :meth:`MqttLink._judge` acts on them).
 
 Failures stay local (docs/uplink.md, "When something fails on the network thread"): a topic MQTT
-cannot carry is refused by :meth:`MqttLink.publish` (:class:`TopicError`) or, inside a burst,
+cannot carry is refused by :meth:`MqttLink.publish` (:class:`.mqtt_rules.TopicError`) or, inside a burst,
 acknowledged as rejected; an exception in one of our paho callbacks is logged and counted; one that
 escapes a connection cycle ends that connection only; and should the thread itself end, the link
 reports itself down and the event loop starts a new one. Inbound messages are capped at
@@ -80,7 +80,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .backoff import backoff_delay
-from .config import MAX_TOPIC, BrokerSection
+from .config import BrokerSection
 from .link_health import SHORT_S, LinkHealth
 from .mqtt_client import (
     PAYLOAD_INVALID,
@@ -90,6 +90,7 @@ from .mqtt_client import (
     Client,
     coalesce,
 )
+from .mqtt_rules import TopicError, disconnect_reason, publish_size, topic_problem
 from .tls import tls_context
 
 log = logging.getLogger(__name__)
@@ -103,34 +104,6 @@ RETAIN_FIX = "; this broker keeps no retained messages: set broker.retain_status
 # so this leaves room for long topics and properties while a 200 MB message cannot reach the daemon.
 MAX_INBOUND = 64 * 1024
 DROP_LOG_EVERY_S = 60.0
-
-
-def topic_problem(topic: str) -> str:
-    """Why MQTT cannot carry a PUBLISH on ``topic`` ("" if it can); checked before paho, which raises."""
-    if not isinstance(topic, str) or not topic:
-        return "empty topic" if isinstance(topic, str) else "topic is not a string"
-    if "+" in topic or "#" in topic:
-        return "wildcard in topic"
-    if "\0" in topic:
-        return "NUL in topic"
-    try:
-        n = len(topic.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "topic is not valid UTF-8"
-    if n > MAX_TOPIC:
-        return f"topic is {n} bytes (MQTT allows {MAX_TOPIC})"
-    return ""
-
-
-class TopicError(RuntimeError):
-    """``publish()`` refused a topic MQTT cannot carry. A RuntimeError, as callers already handle
-    a publish that cannot be made, so a bad reply topic costs one log line, not the link."""
-
-
-def publish_size(topic: str, payload: bytes, v5: bool) -> int:
-    """Bytes of a QoS 1 PUBLISH without properties, as a CONNACK's Maximum Packet Size counts them."""
-    rest = 2 + len(topic.encode()) + 2 + v5 + len(payload)
-    return 1 + (1 if rest < 0x80 else 2 if rest < 0x4000 else 3 if rest < 0x200000 else 4) + rest
 
 
 class MqttLink:
@@ -756,15 +729,6 @@ class MqttLink:
         on_ack = self._on_ack
         for token, rc in acks:
             on_ack(token, rc)
-
-
-def disconnect_reason(reason_code, from_server: bool) -> str:
-    """A disconnect's reason for the log and ``status``. paho reports a connection that ended without
-    a DISCONNECT packet (the broker stopped, crashed or became unreachable) as "Unspecified error"
-    (0x80): say what that means, keeping the code; a broker's own DISCONNECT keeps its reason."""
-    if not from_server and reason_code.value == 0x80:
-        return f"the broker closed the connection or became unreachable (reason code {reason_code.value})"
-    return str(reason_code)
 
 
 def _seq_text(payload: bytes) -> str:

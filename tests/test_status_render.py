@@ -23,7 +23,8 @@ from edge_gateway.cmd_tail import format_item
 from edge_gateway.config import BrokerSection
 from edge_gateway.metrics import Telemetry
 from edge_gateway.supervisor import Backoff, Supervisor
-from edge_gateway.uplink import MqttLink, disconnect_reason
+from edge_gateway.mqtt_rules import disconnect_reason
+from edge_gateway.uplink import MqttLink
 from simulators.pty_port import PtyPort
 from support import Broker, Clock
 from uplink_support import TcpProxy, until

@@ -21,7 +21,7 @@ from paho.mqtt import _packet
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.exception import MalformedPacket
 
-from edge_gateway import config, messages, uplink
+from edge_gateway import config, messages, mqtt_rules
 from edge_gateway.config import BrokerSection
 from edge_gateway.uplink import MqttLink
 from ops_support import cli
@@ -369,5 +369,5 @@ def test_config_validate_warns_that_311_cannot_report_refusals(tmp_path):
 
 def test_the_link_knows_both_protocols_size_arithmetic():
     """publish_size counts what a CONNACK's Maximum Packet Size counts (MQTT 5: one byte of properties)."""
-    assert uplink.publish_size("a/b", b"x" * 10, True) == 1 + 1 + 2 + 3 + 2 + 1 + 10
-    assert uplink.publish_size("a/b", b"x" * 200, False) == 1 + 2 + 2 + 3 + 2 + 200
+    assert mqtt_rules.publish_size("a/b", b"x" * 10, True) == 1 + 1 + 2 + 3 + 2 + 1 + 10
+    assert mqtt_rules.publish_size("a/b", b"x" * 200, False) == 1 + 2 + 2 + 3 + 2 + 200
