@@ -594,11 +594,19 @@ def _yaml_mistake(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str] 
         return cm.line + 1, cm.column + 1, (f"the quote {q} opened at line {cm.line + 1}, column {cm.column + 1} "
                                             f"is never closed: end the value with {q}")
     m = re.search(r"flow (sequence|mapping)", context)
-    if m and cm is not None and pm.line > cm.line:
-        b = line(cm.line + 1)[cm.column:cm.column + 1] or "["
-        close = "]" if b == "[" else "}"
-        return cm.line + 1, cm.column + 1, (f"the {b!r} at line {cm.line + 1}, column {cm.column + 1} is never "
-                                            f"closed: end the {'list' if b == '[' else 'mapping'} with {close!r}")
+    b = line(cm.line + 1)[cm.column:cm.column + 1] if m and cm is not None else ""
+    close, kind = ("]", "list") if b == "[" else ("}", "mapping")
+    opened = f"the {b!r} at line {cm.line + 1}, column {cm.column + 1}" if b else ""
+    got = re.search(r"but got '(.)'", problem)
+    if b in ("[", "{") and got and got.group(1) in "]}" and got.group(1) != close:
+        return ln, col, f"line {ln}, column {col}: {got.group(1)!r} cannot close {opened}: end the {kind} with {close!r}"
+    if b in ("[", "{") and pm.line > cm.line:
+        indent = len(line(ln)) - len(line(ln).lstrip(" "))
+        if "<stream end>" in problem or indent <= len(line(cm.line + 1)) - len(line(cm.line + 1).lstrip(" ")):
+            return cm.line + 1, cm.column + 1, f"{opened} is never closed: end the {kind} with {close!r}"
+        # still indented inside the collection: the items go on, one ',' between two of them is missing
+        return ln, indent + 1, (f"line {ln}: a ',' is missing before this line? The items of {opened} are "
+                                f"separated by commas (or end the {kind} with {close!r})")
     if problem == "could not find expected ':'" and cm is not None:
         n = cm.line + 1
         word = line(n)[cm.column:].split(" #")[0].rstrip()

@@ -261,6 +261,7 @@ class Validator:
                 failed = True
                 continue
             given[key] = (knode, vnode)
+        bad.update(suggested - given.keys())  # meant under a misspelt key: its default is not what the file says
         values: dict[str, Any] = {}
         deferred = []
         for name, f in fields.items():
@@ -299,6 +300,8 @@ class Validator:
                 continue
             if name in given:
                 value = self._child(given[name][1], opt_type, _join(path, name))
+            elif name in suggested:  # written under a misspelt key, reported there
+                continue
             else:
                 empty = yaml.MappingNode("tag:yaml.org,2002:map", [], node.start_mark, node.end_mark)
                 value = self._child(empty, opt_type, _join(path, name))

@@ -376,3 +376,44 @@ def test_a_config_without_sensors_loads_with_a_warning(tmp_path):
     assert (r.returncode, r.stdout) == (0, f"{path}: valid (0 sensors, gateway g)\n")
     assert r.stderr == (f"edge-gateway: {path}:2:10: sensors: warning: no sensors configured: the gateway will run "
                         "but read nothing\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("gateway: {id: g}\nsensorsx:\n  - {id: air-1, driver: serial_line, options: {port: /dev/ttyUSB0}}\n"
+     "detector:\n  sensors:\n    air-1: {threshold: 0.5}\n",
+     "gw.yaml:2:1: sensorsx: unknown key; did you mean 'sensors'?"),
+    ("gateway: {id: g}\nsensors:\n  - id: n1\n    driver: coap\n    optionz: {uri: 'coap://10.0.0.9', resources: [{path: /t}]}\n",
+     "gw.yaml:5:5: sensors[0].optionz: unknown key; did you mean 'options'?"),
+    ("gateway: {id: g}\nsensors:\n  - id: m\n    driver: serial_line\n    options:\n      port: /dev/ttyUSB0\n"
+     "      formt: csv\n      columns: [a, b]\n",
+     "gw.yaml:7:7: sensors[0].options.formt: unknown key; did you mean 'format'?"),
+])
+def test_a_misspelt_key_is_the_one_mistake_reported(text, message):
+    """Review 18: the key a misspelt one was taken for kept its default in the section's checks, which
+    then reported what the file got right ("no sensor 'air-1'", "options.uri: required key is missing",
+    "only the csv format takes columns")."""
+    with pytest.raises(config.ConfigError) as e:
+        config.loads(text, "gw.yaml", env={})
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("text, message", [
+    ("gateway: {id: a,\n  state_dir: /tmp/x\n  log_level: info}\n",
+     "f.yaml:3:3: not valid YAML: line 3: a ',' is missing before this line? The items of the '{' at line 1, "
+     "column 10 are separated by commas (or end the mapping with '}') (YAML parser: expected ',' or '}', but got ':')"),
+    ("gateway:\n  id: gw\nsensors: [{id: a, driver: coap},\n  {id: b, driver: coap}\n  {id: c, driver: coap}]\n",
+     "f.yaml:5:3: not valid YAML: line 5: a ',' is missing before this line? The items of the '[' at line 3, "
+     "column 10 are separated by commas (or end the list with ']') (YAML parser: expected ',' or ']', but got '{')"),
+    ("gateway: {id: a, state_dir: /tmp/x]\n",
+     "f.yaml:1:35: not valid YAML: line 1, column 35: ']' cannot close the '{' at line 1, column 10: end the mapping "
+     "with '}' (YAML parser: expected ',' or '}', but got ']')"),
+    ("gateway:\n  id: [x\nbroker:\n  port: 1\n",
+     "f.yaml:2:7: not valid YAML: the '[' at line 2, column 7 is never closed: end the list with ']' "
+     "(YAML parser: expected ',' or ']', but got ':')"),
+])
+def test_a_missing_comma_is_not_an_unclosed_bracket(text, message):
+    """Review 18: every flow-collection error spanning lines was "never closed", a missing ',' between
+    items and a ']' closing a '{' too. Still indented inside the collection, the items go on."""
+    with pytest.raises(config.ConfigError) as e:
+        config.loads(text, "f.yaml", env={})
+    assert str(e.value) == message
