@@ -100,8 +100,11 @@ def render(s: dict, now: float | None = None) -> None:
     r = s.get("reload", {})
     if r.get("count"):
         when = _dt.datetime.fromtimestamp(r["last_ts"]).strftime("%H:%M:%S") if r.get("last_ts") else "?"
-        outcome = "ok" if r.get("last_ok") else f"REFUSED: {r.get('last_error')}"
+        why = str(r.get("last_error") or "").splitlines() or [""]
+        outcome = "ok" if r.get("last_ok") else f"REFUSED: {why[0]}"
         print(f"reload    {r['count']} ({r.get('failed', 0)} refused), last at {when}: {outcome}")
+        for more in [] if r.get("last_ok") else why[1:]:  # a config with several mistakes: one a line
+            print(f"          {more}")
     print()
     sensors_table(s.get("sensors", {}))
     filtered = [f"{sid}: {st['despiked']} despiked, {st['deadband_held']} held by the deadband"

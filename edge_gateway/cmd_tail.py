@@ -79,32 +79,37 @@ def handle(args) -> int:
     return 0
 
 
-TIME_FIELDS = ("start", "end", "ts")  # epoch seconds in events: shown as ISO-8601 UTC
+TIME_FIELDS = ("start", "end", "ts")  # epoch seconds in events: shown as local date and time
 
 
-def iso_utc(ts: float) -> str:
-    """``2024-05-01T14:02:11Z``: an event's time to the second, in UTC (what the cloud side shows),
-    not an epoch float."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+def clock(ts: float) -> str:
+    """``14:02:11.123``, local time: how every line of ``tail`` starts, readings and events alike."""
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+
+
+def local_iso(ts: float) -> str:
+    """``2024-05-01T14:02:11``: an event's other times to the second, in the same local time as the
+    line's start (an event may end on another day), not an epoch float."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ts))
 
 
 def format_item(item: dict) -> str:
     """One line for people; ``--json`` prints the daemon's items (raw epoch floats) instead."""
     kind = item.get("type")
     if kind == "reading":
-        t = time.strftime("%H:%M:%S", time.localtime(item["ts"])) + f".{int(item['ts'] * 1000) % 1000:03d}"
-        return f"{t} {item['sensor']:<12} {item['channel']:<12} {item['value']:>12g} {item.get('unit', '')}".rstrip()
+        return (f"{clock(item['ts'])} {item['sensor']:<12} {item['channel']:<12} {item['value']:>12g} "
+                f"{item.get('unit', '')}").rstrip()
     if kind == "dropped":
         return f"({item['count']} lines dropped: this tail fell too far behind the gateway)"
     ts = item.get("start") or item.get("ts") or time.time()
     rest = " ".join(f"{k}={_field(k, v)}" for k, v in item.items()
                     if k not in ("type", "event", "sensor", "start", "seq") and v not in (None, ""))
-    return f"{iso_utc(ts)} {item.get('sensor', ''):<12} EVENT {item.get('event', '')} {rest}".rstrip()
+    return f"{clock(ts)} {item.get('sensor', ''):<12} EVENT {item.get('event', '')} {rest}".rstrip()
 
 
 def _field(key: str, value) -> str:
     if key in TIME_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return iso_utc(value)
+        return local_iso(value)
     if key.endswith("score") and isinstance(value, float):
         return f"{value:.2f}"
     return str(value)

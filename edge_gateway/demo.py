@@ -268,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     except config_mod.ConfigError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"demo: {line}", file=sys.stderr)
         return 2
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

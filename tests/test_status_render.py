@@ -74,6 +74,19 @@ def test_broker_line_of_a_link_that_is_up_or_of_an_older_daemon(capsys):
     assert "broker    down: connect to 127.0.0.1:1883 failed: refused" in lines
 
 
+def test_a_reload_refused_for_several_mistakes_lists_them_one_a_line(capsys):
+    render({"gateway": "gw", "link": "up", "reload": {
+        "count": 2, "failed": 1, "last_ts": T0, "last_ok": False,
+        "last_error": "gw.yaml:3:21: gateway.batch_interval_s: must be positive\ngw.yaml:5:9: broker.port: 99999 is not "
+                      "a TCP port"}})
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("reload "))
+    assert lines[at:at + 2] == [
+        f"reload    2 (1 refused), last at {_hms(T0)}: REFUSED: "
+        "gw.yaml:3:21: gateway.batch_interval_s: must be positive",
+        "          gw.yaml:5:9: broker.port: 99999 is not a TCP port"]
+
+
 def test_events_newest_last_with_scores_to_two_decimals_and_the_detector_as_reason(capsys):
     render({"gateway": "gw", "last_events": [
         {"start": T0 + 60, "sensor": "air-1", "type": "anomaly", "state": "open", "channel": "pm25",
@@ -90,11 +103,17 @@ def test_events_newest_last_with_scores_to_two_decimals_and_the_detector_as_reas
     ]
 
 
-def test_tail_event_lines_have_iso_utc_times_to_the_second():
+def test_tail_event_lines_have_local_times_like_the_readings_beside_them():
+    """Events were ISO UTC between readings in local time: hours apart on one screen (review 18)."""
     item = {"type": "event", "event": "anomaly", "sensor": "air-1", "start": T0 + 0.123, "end": T0 + 5.9,
             "channel": "pm25", "peak_score": 4.567891, "detector": "zscore", "seq": 1796146547619}
-    assert format_item(item) == ("2023-11-14T22:13:20Z air-1        EVENT anomaly end=2023-11-14T22:13:25Z "
+    start = time.strftime("%H:%M:%S", time.localtime(T0))
+    end = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(T0 + 5.9))
+    assert format_item(item) == (f"{start}.123 air-1        EVENT anomaly end={end} "
                                  "channel=pm25 peak_score=4.57 detector=zscore")
+    reading = format_item({"type": "reading", "sensor": "air-1", "channel": "pm25", "value": 12.5, "unit": "ug/m3",
+                           "ts": T0 + 0.123})
+    assert reading == f"{start}.123 air-1        pm25                 12.5 ug/m3"
 
 
 CFG = """\
