@@ -36,27 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(usage())
         return 2
     module = importlib.import_module(SIMULATORS[argv[0]])
-    if "-h" in argv[1:] or "--help" in argv[1:]:
-        return _plain_help(module, argv[1:])
     return module.main(argv[1:])
-
-
-def _plain_help(module, argv: list[str]) -> int:
-    """``NAME --help``: the simulator's help with the reST markup of its docstring taken out
-    (argparse prints it and exits while parsing, before the simulator starts)."""
-    import contextlib
-    import io
-
-    from edge_gateway.cmd_common import plain_text
-
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            status = module.main(argv)
-    except SystemExit as exc:
-        status = exc.code
-    sys.stdout.write(plain_text(out.getvalue()))
-    return status if isinstance(status, int) else (0 if status is None else 1)
 
 
 if __name__ == "__main__":
