@@ -361,6 +361,8 @@ def _expected_settings(path: str) -> str:
     settings as a mapping (key: value lines)``."""
     if not path:
         return "expected a mapping of sections (gateway:, broker:, sensors:, ...)"
+    if path.startswith("detector.sensors."):  # a sensor id (a dotted one too), not a section's name
+        return f"expected the detector settings for {path[len('detector.sensors.'):]!r} as a mapping (key: value lines)"
     name = re.split(r"[.]", path)[-1]
     item = re.fullmatch(r"(.+?)s?\[\d+\]", name)
     if item:  # sensors[0]: one sensor's settings

@@ -417,3 +417,13 @@ def test_a_missing_comma_is_not_an_unclosed_bracket(text, message):
     with pytest.raises(config.ConfigError) as e:
         config.loads(text, "f.yaml", env={})
     assert str(e.value) == message
+
+
+def test_a_detector_override_that_is_not_a_mapping_names_its_sensor():
+    """Review 18: "expected the a settings" for sensor a, and the last part only of a dotted id."""
+    head = "gateway: {id: g}\nsensors: [{id: a, driver: coap, options: {uri: 'coap://h', resources: [{path: /x}]}}]\n"
+    for sid, col in (("a", 8), ("a.b", 10)):
+        with pytest.raises(config.ConfigError) as e:
+            config.loads(head + f"detector:\n  sensors:\n    {sid}: 5\n", "f.yaml", env={})
+        assert str(e.value).startswith(f"f.yaml:5:{col}: detector.sensors.{sid}: expected the detector settings for "
+                                       f"'{sid}' as a mapping (key: value lines), got an integer '5'")
