@@ -15,7 +15,8 @@ PM1.0=8 PM2.5=12 PM10=20``, and a sensor entry to paste under ``sensors:``
 with the settings that carry units spelt out at their defaults (durations in
 seconds, channel units to fill in; for Modbus: the slave, the register read and
 8N1 spelt out, as one block to extend from the meter's register map).
-Ctrl-C prints what was found so far. ``--json`` prints every attempt instead.
+Ctrl-C prints what was found so far (a protocol recognised in the bytes the cut-short speed had read
+counts, in the text as in ``--json``). ``--json`` prints every attempt instead.
 Probing stops at the first speed that decodes cleanly (``--all`` tries every
 one). A pty (simulator, ``replay``) ignores the baud rate, so the first speed
 tried wins there.
@@ -34,6 +35,7 @@ import time
 import typing
 
 BAUDS = (9600, 19200, 38400, 57600, 115200)
+MAX_BYTES = 65536  # listening at one speed stops when this much was read
 
 
 def add_to(sub) -> None:
@@ -150,8 +152,9 @@ def probe(port: str, bauds, listen: float, modbus_slave: int | None = None, stop
     """One attempt per speed (appended to ``attempts`` as it ends, and given to ``report``), until a
     protocol is found (``stop_at_first``), the port cannot be opened, or every speed was tried.
 
-    Ctrl-C (KeyboardInterrupt) is raised on, with the speed it cut short in ``attempts`` (``interrupted``,
-    the bytes so far analysed): the caller still holds what was found.
+    Ctrl-C (KeyboardInterrupt) is raised on, with the speed it cut short (while listening, asking or closing
+    the port) in ``attempts``: ``interrupted``, with the bytes read so far analysed. The caller still holds
+    what was found.
     """
     from drivers.serial_port import open_serial
 
@@ -168,29 +171,34 @@ def probe(port: str, bauds, listen: float, modbus_slave: int | None = None, stop
             break
         buf = bytearray()
         start = time.monotonic()
+        recorded = False
         try:
-            ser.reset_input_buffer()
-            deadline = start + listen
-            while time.monotonic() < deadline and len(buf) < 65536:
-                buf += ser.read(max(1, min(ser.in_waiting, 4096)))
-                if len(buf) >= 256 and analyse(bytes(buf)):
-                    break
-            attempt["found"] = analyse(bytes(buf))
-            if attempt["found"] is None and modbus_slave is not None:
-                attempt["modbus_slave"] = modbus_slave
-                attempt["found"] = _modbus(ser, modbus_slave, listen)
-        except KeyboardInterrupt:
-            attempt.update(interrupted=True, bytes=len(buf), seconds=round(time.monotonic() - start, 2),
-                           found=analyse(bytes(buf)))
+            try:
+                ser.reset_input_buffer()
+                deadline = start + listen
+                while time.monotonic() < deadline and len(buf) < MAX_BYTES:
+                    buf += ser.read(max(1, min(ser.in_waiting, 4096)))
+                    if len(buf) >= 256 and analyse(bytes(buf)):
+                        break
+                attempt["found"] = analyse(bytes(buf))
+                if attempt["found"] is None and modbus_slave is not None:
+                    attempt["modbus_slave"] = modbus_slave
+                    attempt["found"] = _modbus(ser, modbus_slave, listen)
+            except Exception as exc:  # noqa: BLE001
+                attempt["error"] = f"read failed: {exc}"
+            finally:
+                ser.close()  # a Ctrl-C here too is caught below
+            attempt["bytes"] = len(buf)
+            attempt["seconds"] = round(time.monotonic() - start, 2)
             attempts.append(attempt)
+            recorded = True
+        except KeyboardInterrupt:
+            if not recorded:  # recorded first, analysed after: a second Ctrl-C during the analysis loses nothing
+                attempt.update(interrupted=True, bytes=len(buf), seconds=round(time.monotonic() - start, 2))
+                attempts.append(attempt)
+                if attempt["found"] is None:
+                    attempt["found"] = analyse(bytes(buf))
             raise
-        except Exception as exc:  # noqa: BLE001
-            attempt["error"] = f"read failed: {exc}"
-        finally:
-            ser.close()
-        attempt["bytes"] = len(buf)
-        attempt["seconds"] = round(time.monotonic() - start, 2)
-        attempts.append(attempt)
         if report:
             report(attempt)
         if attempt["found"] and stop_at_first:
@@ -208,7 +216,9 @@ def _open_error(port: str, exc: Exception) -> str:
         return f"{text} (add the user to the device's group, e.g. `usermod -aG dialout $USER`, then log in again)"
     if "://" not in port and not os.path.exists(port):
         if not port.startswith("/"):  # "ttyUSB0" as dmesg names it
-            return f"{port}: no such device; did you mean /dev/{port}?"
+            if os.path.exists(f"/dev/{port}"):
+                return f"{port}: no such device; did you mean /dev/{port}?"
+            return f"{port}: no such device"
         return f"{port}: no such device (is it plugged in? see `ls -l /dev/serial/by-id/`)"
     if err == errno.ENOENT:
         return f"{port}: no such device (is it plugged in? see `ls -l /dev/serial/by-id/`)"
@@ -256,39 +266,73 @@ def speed_line(attempt: dict, listen: float) -> str:
     return head + f"{n} bytes, no known protocol{asked}"
 
 
-def summary(port: str, attempts: list[dict], bauds, interrupted: bool = False) -> list[str]:
-    """The lines after the per-speed ones: what was found (and its sensor entry), or why nothing was."""
+def found_attempts(attempts: list[dict]) -> list[dict]:
+    """The attempts that recognised a protocol, in the order tried: one rule for the text and ``--json``. An
+    attempt Ctrl-C cut short counts when the bytes it had read decode (it is marked ``interrupted``)."""
+    return [a for a in attempts if a["found"]]
+
+
+def _listed(attempts: list[dict]) -> str:
+    return ", ".join(str(a["baud"]) for a in attempts)
+
+
+def summary(port: str, attempts: list[dict], bauds, interrupted: bool = False,
+            shown: int | None = None, listen: float = 0.0) -> list[str]:
+    """The lines after the per-speed ones: what was found (and its sensor entry), or why nothing was.
+
+    Interrupted, the speed lines not printed yet come first: those of ``attempts[shown:]`` (by default
+    those of the attempts cut short), as :func:`speed_line` with ``listen``.
+    """
     lines = []
     if interrupted:
         done = [a for a in attempts if not a.get("interrupted")]
-        cut = [a for a in attempts if a.get("interrupted")]
-        tried = ", ".join(str(a["baud"]) for a in done) or "none"
-        lines.append(f"interrupted (Ctrl-C): tried {tried} of {', '.join(map(str, bauds))} baud")
-        lines += [speed_line(a, 0) for a in cut]
-    found = [a for a in attempts if a["found"]]
+        unshown = [a for a in attempts if a.get("interrupted")] if shown is None else attempts[shown:]
+        lines.append(f"interrupted (Ctrl-C): tried {_listed(done) or 'none'} of {', '.join(map(str, bauds))} baud")
+        lines += [speed_line(a, listen) for a in unshown]
+    found = found_attempts(attempts)
     if found:
         a = found[0]
-        lines.append(f"found at {a['baud']} baud ({a['framing']}): {a['found']['summary']}")
+        how = f"{a['framing']}, in the bytes read before Ctrl-C" if a.get("interrupted") else a["framing"]
+        lines.append(f"found at {a['baud']} baud ({how}): {a['found']['summary']}")
         lines += ["", "suggested sensor config:", suggestion(port, a)]
         if a["found"].get("note"):
             lines += ["", f"note: {a['found']['note']}"]
-    elif any(a.get("error") for a in attempts):
-        pass  # its line said why
-    elif attempts and not any(a["bytes"] for a in attempts):
-        lines.append(NO_BYTES)
-    elif attempts:
-        lines.append("no known protocol at " + ", ".join(str(a["baud"]) for a in attempts) + " baud (a longer "
-                     "--listen may help; edge-gateway record PORT FILE captures the bytes to look at)")
+    else:
+        line = _nothing_found(attempts, bauds, interrupted)
+        if line:
+            lines.append(line)
     return lines
+
+
+def _nothing_found(attempts: list[dict], bauds, interrupted: bool) -> str | None:
+    """The last line when no protocol was recognised. None only after a single attempt that failed: its
+    line said why (a port that cannot be opened)."""
+    done = [a for a in attempts if not a.get("interrupted")]
+    read = [a for a in attempts if not a.get("error")]
+    failed = [a for a in attempts if a.get("error")]
+    if failed and len(attempts) == 1 and not interrupted:
+        return None
+    note = f"; {_listed(failed)} baud failed (see above)" if failed else ""
+    if any(a["bytes"] for a in read):
+        return (f"no known protocol at {_listed(read)} baud (a longer --listen may help; edge-gateway record PORT "
+                f"FILE captures the bytes to look at){note}")
+    if interrupted and len(done) < len(bauds):  # the wiring hint would be a guess: most speeds were not tried
+        return f"no bytes so far ({len(done)} of {len(bauds)} speeds tried){note}"
+    if not failed:
+        return NO_BYTES
+    return f"no bytes at {_listed(read)} baud{note}" if read else f"nothing read{note}"
 
 
 def handle(args) -> int:
     bauds = tuple(args.baud) if args.baud else BAUDS
     attempts: list[dict] = []
+    shown = 0  # attempts[:shown] were reported (a Ctrl-C between recording and reporting one leaves it out)
 
     def report(attempt: dict) -> None:
+        nonlocal shown
         if not args.json:
             print(speed_line(attempt, args.listen), flush=True)
+        shown += 1
 
     interrupted = False
     try:
@@ -296,14 +340,14 @@ def handle(args) -> int:
               attempts=attempts)
     except KeyboardInterrupt:
         interrupted = True
-    found = [a for a in attempts if a["found"] and not a.get("interrupted")]
+    found = found_attempts(attempts)
     if args.json:
         doc = {"port": args.port, "found": found[0] if found else None, "attempts": attempts}
         if interrupted:
             doc["interrupted"] = True
         print(json.dumps(doc, indent=2, default=str), flush=True)
     else:
-        lines = summary(args.port, attempts, bauds, interrupted)
+        lines = summary(args.port, attempts, bauds, interrupted, shown, args.listen)
         if lines:
             print("\n" + "\n".join(lines), flush=True)
     if interrupted:

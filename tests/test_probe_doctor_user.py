@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import re
+import select
 import shutil
 import signal
 import stat
@@ -165,6 +166,8 @@ def test_every_probe_suggestion_loads(tmp_path, capsys):
 SPEEDS = {getattr(termios, f"B{b}"): b for b in (50, 9600, 19200, 38400, 57600, 115200)}
 FRAMES = b"".join(scenario_frames(1, 1_700_000_000.0, 1.0, 8))  # 8 frames of the pms5003 simulator, 256 bytes
 NOISE = bytes(range(0x80, 0xE4))  # 100 bytes as a UART at the wrong speed reads them: no newline, no frame start
+FLOOD = (NOISE * (cmd_probe.MAX_BYTES // len(NOISE) + 1))[:cmd_probe.MAX_BYTES]  # ends a speed by itself
+WAIT = 30.0  # seconds before a test gives up on a sign from the probe: a hang, not a slow machine
 
 
 def _found_summary(frames: bytes) -> str:
@@ -172,60 +175,142 @@ def _found_summary(frames: bytes) -> str:
     return f"PMS5003 frames, PM1.0={f.pm1_0} PM2.5={f.pm2_5} PM10={f.pm10}"
 
 
-@contextlib.contextmanager
-def _sensor_at(link: Path, baud: int):
-    """A PMS5003 that talks at ``baud`` only, on a real pty behind ``link``: each time the reader sets a speed
-    (probe opens the port anew at each), the "sensor" sends the simulator's 8 frames once if the speed is
-    ``baud``, else the garbage a UART at the wrong speed would read. The pty starts at 50 baud, which probe
-    never tries, so the first open is seen too."""
-    port = PtyPort(str(link))
-    attrs = termios.tcgetattr(port.slave)
-    attrs[4] = attrs[5] = termios.B50
-    termios.tcsetattr(port.slave, termios.TCSANOW, attrs)
-    stop = threading.Event()
-
-    def serve():
-        seen = termios.B50
-        while not stop.wait(0.01):
-            speed = termios.tcgetattr(port.master)[4]  # a pty's master reports its slave's settings
-            if speed == seen:
-                continue
-            seen = speed
-            if stop.wait(0.15):  # after probe's flush of its input at open
-                return
-            port.write(FRAMES if SPEEDS.get(speed) == baud else NOISE)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+def _proc(pid: int, name: str) -> str:
     try:
-        yield port
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except OSError:  # it has ended
+        return ""
+
+
+def _asleep(pid: int) -> bool:
+    """The process is sleeping (state S): the probe only does so in its read's select() once it listens."""
+    return _proc(pid, "stat").rpartition(")")[2].split()[:1] == ["S"]
+
+
+def _bytes_read(pid: int) -> int:
+    """What the process has read (read() syscalls, all files): /proc/PID/io's rchar."""
+    for line in _proc(pid, "io").splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    return -1
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"no sign in {WAIT} s that {what}"
+        time.sleep(0.005)
+
+
+class _Sensor:
+    """A PMS5003 that talks at ``baud`` only, on a real pty behind ``link``, to the probe process ``watch`` names.
+
+    Each time the probe opens the port at a new speed, the sensor first waits until the probe listens at it: the
+    pty is at that speed, the probe is asleep (between setting the speed and flushing its input at open it makes
+    no sleeping call: it sleeps only in its read's select()), and the pty is still at that speed. Only then does
+    it write, once: the simulator's 8 frames if the speed is ``baud``, else ``noise`` (what a UART at the wrong
+    speed would read). So the probe's flushes at open never discard what it writes, however late they run, and
+    it never writes to a speed the probe has left. ``listening[b]`` is set once the probe listens at ``b``,
+    ``sent[b]`` once the bytes are written (``read_before[b]``: the probe's bytes read just before); at a speed
+    in ``hold`` the sensor waits for ``release(b)`` before writing. The pty starts at 50 baud, which probe never
+    tries, so the first open is seen too."""
+
+    def __init__(self, link: Path, baud: int | None, noise: bytes = NOISE, hold=()):
+        self.baud, self.noise, self.pid = baud, noise, None
+        self.port = PtyPort(str(link))
+        os.set_blocking(self.port.master, False)
+        attrs = termios.tcgetattr(self.port.slave)
+        attrs[4] = attrs[5] = termios.B50
+        termios.tcsetattr(self.port.slave, termios.TCSANOW, attrs)
+        self.listening = {b: threading.Event() for b in SPEEDS.values()}
+        self.sent = {b: threading.Event() for b in SPEEDS.values()}
+        self.go = {b: threading.Event() for b in SPEEDS.values()}
+        for b in SPEEDS.values():
+            if b not in hold:
+                self.go[b].set()
+        self.read_before: dict[int, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def watch(self, pid: int) -> None:
+        self.pid = pid
+
+    def release(self, baud: int) -> None:
+        self.go[baud].set()
+
+    def _speed(self) -> int:
+        return termios.tcgetattr(self.port.master)[4]  # a pty's master reports its slave's settings
+
+    def _serve(self) -> None:
+        done = termios.B50
+        while not self.stop.wait(0.002):
+            speed = self._speed()
+            if self.pid is None or speed == done or not _asleep(self.pid) or self._speed() != speed:
+                continue
+            done = speed
+            baud = SPEEDS[speed]
+            self.listening[baud].set()
+            while not self.go[baud].wait(0.01):
+                if self.stop.is_set():
+                    return
+            self.read_before[baud] = _bytes_read(self.pid)
+            self._write(FRAMES if baud == self.baud else self.noise)
+            self.sent[baud].set()
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self.stop.is_set():
+            if select.select([], [self.port.master], [], 0.05)[1]:
+                view = view[os.write(self.port.master, view):]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.port.close()
+
+
+@contextlib.contextmanager
+def _sensor_at(link: Path, baud: int | None, **kw):
+    sensor = _Sensor(link, baud, **kw)
+    try:
+        yield sensor
     finally:
-        stop.set()
-        thread.join(5)
-        port.close()
+        sensor.close()
 
 
-def _start_probe(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "edge_gateway", "probe", *map(str, args)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _start_probe(sensor: _Sensor, *args) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-m", "edge_gateway", "probe", *map(str, args)], cwd=REPO, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sensor.watch(p.pid)
+    return p
+
+
+def _interrupt(p: subprocess.Popen) -> tuple[str, str]:
+    p.send_signal(signal.SIGINT)
+    return p.communicate(timeout=WAIT)
 
 
 def test_probe_prints_one_line_per_speed_as_it_goes(tmp_path):
-    """Each speed's line is out (flushed) while the next speed is still being tried, in the order tried."""
+    """Each speed's line is out (flushed) while the next speed is still being tried, in the order tried.
+
+    --listen 60: each speed ends on what the sensor sent (MAX_BYTES of noise, or frames), never on time; the
+    probe cannot leave 19200 before the sensor sends there, which it does only once the 9600 line was read."""
     link = tmp_path / "pm.tty"
-    with _sensor_at(link, 38400):
-        p = _start_probe(link, "--baud", "9600", "--baud", "19200", "--baud", "38400", "--listen", "0.6")
+    with _sensor_at(link, 38400, noise=FLOOD, hold={19200}) as sensor:
+        p = _start_probe(sensor, link, "--baud", "9600", "--baud", "19200", "--baud", "38400", "--listen", "60")
         try:
             first = p.stdout.readline()
             still_running = p.poll() is None
-            rest, err = p.communicate(timeout=30)
+            sensor.release(19200)
+            rest, err = p.communicate(timeout=WAIT)
         finally:
             p.kill()
     assert p.returncode == 0, first + rest + err
-    assert first == "9600 baud: 100 bytes, no known protocol\n" and still_running, first
+    assert first == f"9600 baud: {cmd_probe.MAX_BYTES} bytes, no known protocol\n" and still_running, first
     lines = (first + rest).splitlines()
-    assert lines[:6] == ["9600 baud: 100 bytes, no known protocol",
-                         "19200 baud: 100 bytes, no known protocol",
+    assert lines[:6] == [f"9600 baud: {cmd_probe.MAX_BYTES} bytes, no known protocol",
+                         f"19200 baud: {cmd_probe.MAX_BYTES} bytes, no known protocol",
                          "38400 baud: 256 bytes, looks like PMS5003 frames (8 valid, 0 bad)",
                          "",
                          f"found at 38400 baud (8N1): {_found_summary(FRAMES)}",
@@ -235,16 +320,21 @@ def test_probe_prints_one_line_per_speed_as_it_goes(tmp_path):
     assert lines[-1] == "    # durations (*_s) are in seconds", rest
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="no /proc/PID/io (task I/O accounting) here")
 def test_probe_ctrl_c_prints_what_was_found_so_far_and_exits_130(tmp_path):
-    """--all at a sensor that answers at 9600: Ctrl-C during the next speed keeps the 9600 result and its entry."""
+    """--all at a sensor that answers at 9600: Ctrl-C during the next speed keeps the 9600 result and its entry.
+
+    SIGINT goes once the probe has read the 100 bytes of noise sent at 19200 (--listen 60: it is still there)."""
     link = tmp_path / "pm.tty"
-    with _sensor_at(link, 9600):
-        p = _start_probe(link, "--all", "--baud", "9600", "--baud", "19200", "--baud", "38400", "--listen", "2")
+    with _sensor_at(link, 9600) as sensor:
+        p = _start_probe(sensor, link, "--all", "--baud", "9600", "--baud", "19200", "--baud", "38400",
+                         "--listen", "60")
         try:
             first = p.stdout.readline()
-            time.sleep(0.5)  # into the listening at 19200
-            p.send_signal(signal.SIGINT)
-            rest, err = p.communicate(timeout=30)
+            assert sensor.sent[19200].wait(WAIT), first
+            _wait_for(lambda: _bytes_read(p.pid) >= sensor.read_before[19200] + len(NOISE),
+                      "the probe read the noise at 19200")
+            rest, err = _interrupt(p)
         finally:
             p.kill()
     assert p.returncode == 130, first + rest + err
@@ -252,33 +342,28 @@ def test_probe_ctrl_c_prints_what_was_found_so_far_and_exits_130(tmp_path):
     assert first == "9600 baud: 256 bytes, looks like PMS5003 frames (8 valid, 0 bad)\n", first + rest
     lines = rest.splitlines()
     assert lines[:2] == ["", "interrupted (Ctrl-C): tried 9600 of 9600, 19200, 38400 baud"], rest
-    assert re.fullmatch(r"19200 baud: interrupted after 0\.\d+ s, 100 bytes, no known protocol", lines[2]), rest
+    assert re.fullmatch(r"19200 baud: interrupted after [\d.]+ s, 100 bytes, no known protocol", lines[2]), rest
     assert lines[3] == f"found at 9600 baud (8N1): {_found_summary(FRAMES)}", rest
     sensor = _load_with(tmp_path, _suggested_sensor(rest))
     assert (sensor.driver, sensor.options.port, sensor.options.baudrate) == ("pms5003", str(link), 9600)
 
 
 def test_probe_ctrl_c_before_anything_was_found(tmp_path):
-    """Ctrl-C at a silent port: the speeds tried so far and the wiring hint, exit 130, no traceback."""
-    port = PtyPort(str(tmp_path / "quiet.tty"))
-    try:
-        p = _start_probe(tmp_path / "quiet.tty", "--listen", "0.4")
+    """Ctrl-C at a silent port while the first speed is listened to: what was tried, no wiring hint (most speeds
+    were not tried), exit 130, no traceback. --listen 60: the probe is still at 9600 when SIGINT comes."""
+    with _sensor_at(tmp_path / "quiet.tty", None, noise=b"") as sensor:
+        p = _start_probe(sensor, tmp_path / "quiet.tty", "--listen", "60")
         try:
-            first = p.stdout.readline()
-            time.sleep(0.1)
-            p.send_signal(signal.SIGINT)
-            rest, err = p.communicate(timeout=30)
+            assert sensor.listening[9600].wait(WAIT)
+            out, err = _interrupt(p)
         finally:
             p.kill()
-    finally:
-        port.close()
-    assert (p.returncode, err) == (130, ""), first + rest + err
-    assert first == "9600 baud: 0 bytes in 0.4 s\n"
-    lines = rest.splitlines()
-    assert lines[:2] == ["", "interrupted (Ctrl-C): tried 9600 of 9600, 19200, 38400, 57600, 115200 baud"], rest
-    assert lines[-1] == cmd_probe.NO_BYTES and len(lines) in (3, 4), rest
-    if len(lines) == 4:  # SIGINT while listening at 19200 (not while opening it)
-        assert re.fullmatch(r"19200 baud: interrupted after [\d.]+ s, 0 bytes", lines[2]), rest
+    assert (p.returncode, err) == (130, ""), out + err
+    lines = out.splitlines()
+    assert lines[:2] == ["", "interrupted (Ctrl-C): tried none of 9600, 19200, 38400, 57600, 115200 baud"], out
+    assert re.fullmatch(r"9600 baud: interrupted after [\d.]+ s, 0 bytes", lines[2]), out
+    assert lines[3:] == ["no bytes so far (0 of 5 speeds tried)"], out
+    assert cmd_probe.NO_BYTES not in out
 
 
 def test_probe_hints_at_wiring_when_no_byte_arrives_at_any_speed(tmp_path):
@@ -300,14 +385,166 @@ def test_probe_says_a_file_is_not_a_serial_port_and_suggests_dev_for_a_bare_name
     assert (r.returncode, r.stdout, r.stderr) == (1, "9600 baud: cannot open: /etc/passwd is not a serial port\n", "")
     r = cli("probe", tmp_path, "--listen", "0.2")
     assert (r.returncode, r.stdout) == (1, f"9600 baud: cannot open: {tmp_path} is not a serial port\n")
-    name = "ttyEGnosuch7"
+    name = "ttyEGnosuch7"  # no /dev/NAME either: nothing to suggest
     assert not os.path.exists(f"/dev/{name}") and not (REPO / name).exists()
     r = cli("probe", name, "--listen", "0.2")
+    assert (r.returncode, r.stdout, r.stderr) == (1, f"9600 baud: cannot open: {name}: no such device\n", "")
+    port = PtyPort()  # /dev/pts/N exists: "pts/N" as a bare name gets the suggestion
+    try:
+        name = port.slave_path.removeprefix("/dev/")
+        assert not (REPO / name).exists()
+        r = cli("probe", name, "--listen", "0.2")
+    finally:
+        port.close()
     assert (r.returncode, r.stdout, r.stderr) == (
         1, f"9600 baud: cannot open: {name}: no such device; did you mean /dev/{name}?\n", "")
     r = cli("probe", tmp_path / "gone.tty", "--listen", "0.2", "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["attempts"][0]["error"] == (
         f"cannot open: {tmp_path / 'gone.tty'}: no such device (is it plugged in? see `ls -l /dev/serial/by-id/`)")
+
+
+# --- probe's results on Ctrl-C and on failed reads, on a scripted port (no timing involved) -------------------
+
+class _ScriptedPort:
+    """A serial port whose reads follow ``reads`` (bytes to return, or an exception to raise), then read
+    nothing; ``close`` raises ``close_raises`` if given."""
+
+    def __init__(self, reads=(), close_raises: BaseException | None = None):
+        self.reads, self.close_raises = list(reads), close_raises
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.reads[0]) if self.reads and isinstance(self.reads[0], bytes) else 0
+
+    def reset_input_buffer(self) -> None:
+        pass
+
+    def read(self, size: int) -> bytes:
+        if not self.reads:
+            return b""
+        item = self.reads.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        if self.close_raises:
+            raise self.close_raises
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """``scripted(ports)``: probe opens ``ports[baud]`` at each speed (a speed left out: read nothing)."""
+    import drivers.serial_port
+
+    def use(ports: dict):
+        monkeypatch.setattr(drivers.serial_port, "open_serial",
+                            lambda port, baudrate, **kw: ports.get(baudrate) or _ScriptedPort())
+    return use
+
+
+def test_probe_ctrl_c_before_every_speed_was_tried_gives_no_wiring_hint(capsys, scripted):
+    """#1: Ctrl-C after one silent speed: "no bytes so far", not the wiring hint (4 speeds were never tried)."""
+    scripted({19200: _ScriptedPort([KeyboardInterrupt()])})
+    rc, out = _probe(capsys, "/dev/ttyUSB9", baud=None, listen=0.05)
+    lines = out.splitlines()
+    assert rc == 130 and lines[:3] == ["9600 baud: 0 bytes in 0.05 s", "",
+                                       "interrupted (Ctrl-C): tried 9600 of 9600, 19200, 38400, 57600, 115200 baud"]
+    assert re.fullmatch(r"19200 baud: interrupted after [\d.]+ s, 0 bytes", lines[3]), out
+    assert lines[4:] == ["no bytes so far (1 of 5 speeds tried)"], out
+    # Ctrl-C once every speed was tried (while the last line was printed): the hint holds
+    every = [{"baud": b, "framing": "8N1", "bytes": 0, "seconds": 0.05, "found": None} for b in cmd_probe.BAUDS]
+    assert cmd_probe.summary("/dev/ttyUSB9", every, cmd_probe.BAUDS, interrupted=True, shown=5)[1:] == [
+        cmd_probe.NO_BYTES]
+
+
+def test_probe_ctrl_c_reports_a_protocol_in_the_bytes_read_so_far_in_text_and_json(tmp_path, capsys, scripted):
+    """#2: 2 frames read (64 bytes, fewer than probe waits for) then Ctrl-C: found, in the text as in --json."""
+    part = FRAMES[:64]
+    scripted({9600: _ScriptedPort([part, KeyboardInterrupt()])})
+    rc, out = _probe(capsys, "/dev/ttyUSB9")
+    lines = out.splitlines()
+    assert rc == 130 and lines[:2] == ["", "interrupted (Ctrl-C): tried none of 9600 baud"], out
+    assert re.fullmatch(r"9600 baud: interrupted after [\d.]+ s, 64 bytes, looks like PMS5003 frames "
+                        r"\(2 valid, 0 bad\)", lines[2]), out
+    assert lines[3] == f"found at 9600 baud (8N1, in the bytes read before Ctrl-C): {_found_summary(part)}", out
+    assert _load_with(tmp_path, _suggested_sensor(out)).options.baudrate == 9600
+
+    scripted({9600: _ScriptedPort([part, KeyboardInterrupt()])})
+    rc, out = _probe(capsys, "/dev/ttyUSB9", json=True)
+    doc = json.loads(out)
+    assert rc == 130 and doc["interrupted"] is True, out
+    found = doc["found"]
+    assert (found["baud"], found["interrupted"], found["bytes"]) == (9600, True, 64), out
+    assert (found["found"]["protocol"], found["found"]["frames"]) == ("pms5003", 2), out
+    assert doc["attempts"] == [found]
+
+
+def test_probe_always_ends_with_a_summary_line(capsys, scripted):
+    """#4: a failed read at one speed and unknown bytes at the other: a summary line still ends the output."""
+    scripted({9600: _ScriptedPort([OSError(5, "Input/output error")]), 19200: _ScriptedPort([NOISE])})
+    rc, out = _probe(capsys, "/dev/ttyUSB9", baud=[9600, 19200], listen=0.05)
+    assert rc == 1 and out.splitlines() == [
+        "9600 baud: read failed: [Errno 5] Input/output error",
+        "19200 baud: 100 bytes, no known protocol",
+        "",
+        "no known protocol at 19200 baud (a longer --listen may help; edge-gateway record PORT FILE captures the "
+        "bytes to look at); 9600 baud failed (see above)"], out
+
+    def attempt(baud, n=0, **kw):
+        return {"baud": baud, "framing": "8N1", "bytes": n, "seconds": 0.05, "found": None, **kw}
+
+    failed = attempt(9600, error="read failed: gone")
+    assert cmd_probe.summary("p", [failed, attempt(19200)], (9600, 19200)) == [
+        "no bytes at 19200 baud; 9600 baud failed (see above)"]
+    assert cmd_probe.summary("p", [failed, dict(failed, baud=19200)], (9600, 19200)) == [
+        "nothing read; 9600, 19200 baud failed (see above)"]
+    assert cmd_probe.summary("p", [attempt(9600, 100), attempt(19200, error="cannot open: p: busy")],
+                             (9600, 19200, 38400))[0].endswith("; 19200 baud failed (see above)")
+    # a single attempt that failed: its line is the summary (the port cannot be opened)
+    assert cmd_probe.summary("p", [attempt(9600, error="cannot open: p: no such device")], (9600, 19200)) == []
+
+
+def test_probe_records_the_attempt_a_ctrl_c_in_close_cuts_short(capsys, scripted):
+    """#5: Ctrl-C while the port is closed (after listening, or a second one after the first) keeps the attempt."""
+    scripted({9600: _ScriptedPort([NOISE], close_raises=KeyboardInterrupt())})
+    rc, out = _probe(capsys, "/dev/ttyUSB9", baud=[9600, 19200], listen=0.05, json=True)
+    doc = json.loads(out)
+    assert rc == 130 and doc["interrupted"] is True and doc["found"] is None, out
+    assert [(a["baud"], a["bytes"], a.get("interrupted")) for a in doc["attempts"]] == [(9600, 100, True)], out
+
+    part = FRAMES[:64]  # a second Ctrl-C, in close(), after the one in read(): one attempt, its frames kept
+    scripted({9600: _ScriptedPort([part, KeyboardInterrupt()], close_raises=KeyboardInterrupt())})
+    rc, out = _probe(capsys, "/dev/ttyUSB9", baud=[9600, 19200], listen=0.05, json=True)
+    doc = json.loads(out)
+    assert rc == 130 and doc["attempts"] == [doc["found"]] and doc["found"]["found"]["frames"] == 2, out
+
+    scripted({9600: _ScriptedPort([FRAMES], close_raises=KeyboardInterrupt())})  # after frames that decode
+    rc, out = _probe(capsys, "/dev/ttyUSB9", baud=[9600, 19200], listen=0.05, all=True)
+    lines = out.splitlines()
+    assert rc == 130 and lines[:2] == ["", "interrupted (Ctrl-C): tried none of 9600, 19200 baud"], out
+    assert re.fullmatch(r"9600 baud: interrupted after [\d.]+ s, 256 bytes, looks like PMS5003 frames "
+                        r"\(8 valid, 0 bad\)", lines[2]), out
+    assert lines[3] == f"found at 9600 baud (8N1, in the bytes read before Ctrl-C): {_found_summary(FRAMES)}"
+
+
+def test_probe_prints_the_line_of_an_attempt_a_ctrl_c_kept_from_being_printed(capsys, scripted, monkeypatch):
+    """Ctrl-C once an attempt is recorded but before its line is out: the line comes after the header."""
+    scripted({9600: _ScriptedPort([NOISE])})
+    line, calls = cmd_probe.speed_line, []
+
+    def interrupted_once(attempt, listen):
+        calls.append(attempt)
+        if len(calls) == 1:  # the line printed as the speed ends
+            raise KeyboardInterrupt
+        return line(attempt, listen)
+
+    monkeypatch.setattr(cmd_probe, "speed_line", interrupted_once)
+    rc, out = _probe(capsys, "/dev/ttyUSB9", baud=[9600, 19200], listen=0.05)
+    assert rc == 130 and out.splitlines() == [
+        "", "interrupted (Ctrl-C): tried 9600 of 9600, 19200 baud", "9600 baud: 100 bytes, no known protocol",
+        "no known protocol at 9600 baud (a longer --listen may help; edge-gateway record PORT FILE captures the "
+        "bytes to look at)"], out
 
 
 def _rows(stdout: str) -> dict[str, tuple[str, str]]:
