@@ -20,7 +20,18 @@ Observations are lossy by design, and a node that reboots forgets its
 observers without telling them. So an observation whose last notification is
 older than its Max-Age plus ``max_age_margin_s`` times 1 to 3 (RFC 7641 section
 3.3.1 asks for 5 to 15 s), and never older than ``observe_timeout_s``, is
-registered again. The old one is ended on the node first (a GET with its token
+registered again. A node that notifies often is not given that long: the
+driver learns each resource's rhythm (the longest of its last
+``SILENCE_WINDOW`` intervals between notifications, once it has seen
+``SILENCE_MIN_INTERVALS``) and registers again after ``SILENCE_FACTOR`` times
+that, but never before ``SILENCE_FLOOR_S`` (a node notifying every second is
+re-registered after 5 s of silence; one notifying every 2 s after 10 s; one
+that notifies rarely keeps the Max-Age or ``observe_timeout_s`` limit, which
+is always the upper bound). A silence that led to a re-registration counts as
+one interval, so a node that has become quieter is not re-registered again and
+again: its limit grows back toward ``observe_timeout_s``. A node that does not
+answer the new registration is a lost link (LinkLost), reported as a gap. The
+old one is ended on the node first (a GET with its token
 and Observe=1, section 3.6), so observers do not pile up on a node that is
 still running. The first response to a registration repeats the node's current
 representation: a payload identical to the one last published for that resource
@@ -39,6 +50,7 @@ DTLS/OSCORE, block-wise uploads, discovery.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -63,6 +75,13 @@ DEFAULT_PORT = 5683  # RFC 7252 (and RFC 8323 for coap+tcp)
 MAX_RETRY_S = 300.0
 CLOCK_STEP_S = 600.0  # a pack this far behind the node's newest times is its clock going back
 KEEP_CHANNELS = 1024  # channels whose times a resource remembers: batcher.MAX_CHANNELS_PER_SENSOR
+# an observation silent for SILENCE_FACTOR times its usual interval between notifications (the longest of the
+# last SILENCE_WINDOW, learnt once SILENCE_MIN_INTERVALS were seen), but at least SILENCE_FLOOR_S, is registered
+# again (never later than observe_timeout_s or Max-Age + margin)
+SILENCE_FACTOR = 5.0
+SILENCE_FLOOR_S = 5.0
+SILENCE_WINDOW = 8
+SILENCE_MIN_INTERVALS = 3
 Sample = tuple[str, float, float, str]
 log = logging.getLogger(__name__)
 
@@ -91,9 +110,15 @@ class CoapResource:
 class CoapOptions:
     """Options of a ``coap`` sensor (one node, one or more resources).
 
+    ``observe_timeout_s``: the longest an observation may stay silent before it is registered again
+    (a fresh GET with Observe; no answer is a lost link). It is an upper bound: a resource that
+    notifies often is registered again sooner, after ``SILENCE_FACTOR`` (5) times its usual interval
+    between notifications (learnt from the last few), but not before ``SILENCE_FLOOR_S`` (5 s), so
+    a rebooted node that forgot its observers costs seconds of data, not ``observe_timeout_s``.
     ``max_age_margin_s``: how long past a notification's Max-Age (times 1 to 3, for jitter) a silent
     observation is trusted before it is registered again. ``max_payload_bytes`` and ``max_records``
-    bound what one response may cost the gateway.
+    bound what one response may cost the gateway. ``uri`` names the node only
+    (``coap://host:port``); the paths go in ``resources``.
     """
 
     uri: str
@@ -109,6 +134,9 @@ class CoapOptions:
     def __post_init__(self) -> None:
         if not self.uri.startswith(("coap://", "coap+tcp://")):
             raise ValueError("uri: expected coap://host[:port]")
+        path = uri_path(self.uri)
+        if path not in ("", "/"):
+            raise ValueError(f"uri: give the node only (coap://host:port); put paths in resources: got path '{path}'")
         if not self.resources:
             raise ValueError("resources: give at least one resource")
         for name in ("interval_s", "request_timeout_s", "observe_timeout_s", "max_age_margin_s",
@@ -118,6 +146,22 @@ class CoapOptions:
         paths = [r.path for r in self.resources]
         if len(set(paths)) != len(paths):
             raise ValueError("resources: a path is listed twice")
+
+
+def uri_path(uri: str) -> str:
+    """The path of a node's URI (``""`` for ``coap://host:port``)."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(uri).path
+
+
+def adaptive_silence_limit(intervals) -> float | None:
+    """How long an observation that notifies at ``intervals`` (seconds between its recent notifications) may
+    stay silent: ``SILENCE_FACTOR`` times the longest of them, at least ``SILENCE_FLOOR_S``; None while fewer
+    than ``SILENCE_MIN_INTERVALS`` are known (the rhythm is not learnt yet)."""
+    if len(intervals) < SILENCE_MIN_INTERVALS:
+        return None
+    return max(SILENCE_FLOOR_S, SILENCE_FACTOR * max(intervals))
 
 
 def node_address(uri: str) -> str:
@@ -244,6 +288,8 @@ class _State:
         self.failing = False  # in this connection, for "every resource fails"
         self.retry_at = 0.0
         self.warned_oversize = False
+        # seconds between the last notifications (and silences that led to a re-registration)
+        self.intervals: collections.deque[float] = collections.deque(maxlen=SILENCE_WINDOW)
 
 
 class CoapDriver(Driver):
@@ -368,14 +414,25 @@ class CoapDriver(Driver):
                     deregister()
 
     async def _follow(self, ctx, request, res: CoapResource, response) -> bool:
-        """Publish notifications until the observation ends; True if it went silent (the node may still hold it)."""
+        """Publish notifications until the observation ends; True if it went silent (the node may still hold it).
+
+        The intervals between notifications are noted for :meth:`_silence_limit` (not the one from the
+        registration's response to the first notification: the node notifies on its own schedule).
+        """
         from aiocoap import error
 
+        loop = asyncio.get_running_loop()
+        st = self._states[res.path]
         notifications = request.observation.__aiter__()
+        previous = None
         while True:
+            limit = self._silence_limit(res, response)
             try:
-                response = await aio.wait_for(notifications.__anext__(), self._silence_limit(response))
+                response = await aio.wait_for(notifications.__anext__(), limit)
             except asyncio.TimeoutError:
+                st.intervals.append(limit)
+                log.info("sensor %s: %s: no notification in %.1f s; registering again", self.sensor_id,
+                         self._uri(res), limit)
                 return True
             except StopAsyncIteration:
                 return False
@@ -384,13 +441,24 @@ class CoapDriver(Driver):
             if not response.code.is_successful():
                 self._failed(res, response)
                 return False
+            now = loop.time()
+            if previous is not None:
+                st.intervals.append(now - previous)
+            previous = now
             await self._handle(ctx, response, res)
 
-    def _silence_limit(self, response) -> float:
-        """RFC 7641 section 3.3.1: a notification is fresh for its Max-Age; re-register 1-3 margins after."""
+    def _silence_limit(self, res: CoapResource, response) -> float:
+        """How long to wait for the next notification before registering again.
+
+        RFC 7641 section 3.3.1: a notification is fresh for its Max-Age; re-register 1-3 margins after.
+        Sooner for a resource that notifies often (:func:`adaptive_silence_limit`); never later than
+        ``observe_timeout_s``.
+        """
         max_age = response.opt.max_age
         margin = self.options.max_age_margin_s * self._rng.uniform(1.0, 3.0)
-        return min(self.options.observe_timeout_s, (DEFAULT_MAX_AGE if max_age is None else max_age) + margin)
+        limit = min(self.options.observe_timeout_s, (DEFAULT_MAX_AGE if max_age is None else max_age) + margin)
+        adaptive = adaptive_silence_limit(self._states[res.path].intervals)
+        return limit if adaptive is None else min(limit, adaptive)
 
     async def _deregistration(self, ctx, msg) -> Callable[[], None] | None:
         """A callable that ends this observation on the node: a GET with its token and Observe=1 (RFC 7641 3.6).
