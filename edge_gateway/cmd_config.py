@@ -337,7 +337,7 @@ def set_value(args) -> int:
                 return 2
             faithful = _only_change(text, new_text, target.path, value)
         try:
-            config.loads(new_text, str(path), path.resolve().parent)
+            new_cfg = config.loads(new_text, str(path), path.resolve().parent)
             break
         except config.ConfigError as exc:
             invalid = exc
@@ -348,6 +348,8 @@ def set_value(args) -> int:
         print(f"edge-gateway: refused, {args.key} cannot be written so that it reads back as {value!r} "
               "(file unchanged)", file=sys.stderr)
         return 2
+    if parts == ["gateway", "id"]:
+        _warn_state_dir_taken(new_cfg)
     if rewritten:
         print(f"note: {args.key} could not be changed in place (an anchor, alias or tag?), so the whole file "
               "was re-written: its layout may differ, check with diff", file=sys.stderr)
@@ -364,6 +366,24 @@ def set_value(args) -> int:
     if isinstance(old, str) and "${" in old:
         print(f"note: this replaced the environment reference {old}", file=sys.stderr)
     return 0
+
+
+def _warn_state_dir_taken(cfg) -> None:
+    """A warning (the file is still written) when ``cfg``'s state directory holds another gateway's queue:
+    with the new ``gateway.id`` the gateway would not start there (exit 2, which systemd does not restart)."""
+    import sqlite3
+
+    from .cmd_doctor import queue_owner
+    from .reload import new_id_advice, state_dir_taken
+
+    try:
+        found = queue_owner(cfg.queue_path)
+    except (sqlite3.Error, OSError):
+        return  # unreadable here: `edge-gateway doctor` says so
+    if found is None or found[0] is None or found[0] == cfg.gateway.id:
+        return
+    print(f"edge-gateway: warning: {state_dir_taken(cfg.state_dir, found[0], cfg.gateway.id)}: "
+          f"{new_id_advice(cfg.state_dir, found[0])}; or set gateway.id back to {found[0]!r}", file=sys.stderr)
 
 
 def _new_value(raw: str, old, force_string: bool):

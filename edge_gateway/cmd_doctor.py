@@ -16,6 +16,11 @@ Checks, each ``ok``, ``warn``, ``fail`` or ``unknown``:
   group / other mode bits, on a file system mounted read-write; and it has
   free space for the queue (``queue.max_bytes`` plus 50 MB); a warning when it
   is not inside /var/lib/edge-gateway, the only folder the unit may write;
+* state dir id: when the state directory already holds a queue, the gateway
+  whose it is (the id the queue recorded at its first start): another
+  ``gateway.id`` fails, as ``edge-gateway run`` would refuse to start there
+  (exit 2, which systemd does not restart); with how to change the id without
+  losing the queue;
 * broker: ``broker.secrets_file`` (if set) opens and parses, by the rules the
   gateway applies; the host name resolves (DNS), a TCP connection opens, and with
   ``broker.tls`` the TLS handshake verifies against the configured CA, and the
@@ -70,7 +75,7 @@ class Check:
     fix: str = ""
 
 
-CHECKS = ("config", "user", "serial", "state dir", "broker secrets", "broker dns", "broker tcp", "broker tls",
+CHECKS = ("config", "user", "serial", "state dir", "state dir id", "broker secrets", "broker dns", "broker tcp", "broker tls",
           "broker tls key", "coap", "clock", "daemon")
 
 
@@ -125,6 +130,8 @@ def handle(args) -> int:
                 checks.append(check_serial(s.id, port, user))
         if wanted("state dir"):
             checks.append(check_state_dir(cfg.state_dir, cfg.queue.max_bytes, user))
+        if wanted("state dir id"):
+            checks.extend(check_state_dir_id(cfg))
         if wanted("broker secrets"):
             checks.extend(check_secrets(cfg.broker))
         if any(wanted(n) for n in ("broker dns", "broker tcp", "broker tls")):  # skipped: no network waits
@@ -391,6 +398,52 @@ def _write_problem(state_dir: Path, probe: Path, user: str) -> tuple[str, str] |
     return None
 
 
+def queue_owner(queue_path: Path) -> tuple[str | None, int] | None:
+    """(the gateway id recorded in the queue file, or None if none is yet; its unsent messages), or None when
+    there is no queue file. Raises sqlite3.Error or OSError when it cannot be read.
+
+    What :meth:`edge_gateway.queue.DurableQueue.claim` compares at start-up, read here without it: opening a
+    DurableQueue writes (its schema, and the owner itself on a first claim), and this must not, not even
+    beside a running gateway. So: the queue's own file, read-only (SQLite's ``mode=ro``), its ``meta`` row
+    ``owner`` and the rows of ``outbox``.
+    """
+    import sqlite3
+
+    if not queue_path.exists():
+        return None
+    db = sqlite3.connect(f"{queue_path.absolute().as_uri()}?mode=ro", uri=True, timeout=2.0)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone() if "meta" in tables else None
+        depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] if "outbox" in tables else 0
+    finally:
+        db.close()
+    return (None if row is None else str(row[0])), int(depth)
+
+
+def check_state_dir_id(cfg) -> list[Check]:
+    """Whose queue the state directory holds: another gateway's fails (``run`` would exit 2). None: no queue yet."""
+    import sqlite3
+
+    from .reload import new_id_advice, state_dir_taken
+
+    path = cfg.queue_path
+    try:
+        found = queue_owner(path)
+    except (sqlite3.Error, OSError) as exc:
+        return [Check("state dir id", "unknown", f"cannot read {path}: {exc}",
+                      "run doctor as root or as the service user")]
+    if found is None or found[0] is None:
+        return []
+    owner, depth = found
+    queued = _count(depth, "unsent message")
+    if owner == cfg.gateway.id:
+        return [Check("state dir id", "ok", f"{path}: the queue of gateway {owner!r}, {queued}")]
+    return [Check("state dir id", "fail", f"{state_dir_taken(cfg.state_dir, owner, cfg.gateway.id)} "
+                  f"(exit 2, which systemd does not restart); {queued} there now",
+                  f"{new_id_advice(cfg.state_dir, owner)}; or set gateway.id back to {owner!r}")]
+
+
 # --- broker -----------------------------------------------------------------------------------
 
 def check_secrets(broker) -> list[Check]:
@@ -563,7 +616,8 @@ async def _coap_sensor(ctx, opts, timeout: float) -> tuple[str, str, str]:
 
     node = node_address(opts.uri)
     host = node.split("://", 1)[1].rpartition(":")[0].strip("[]")
-    got = await asyncio.gather(*(_coap_get(ctx, opts.uri.rstrip("/") + res.path, timeout) for res in opts.resources))
+    urls = [opts.uri.rstrip("/") + res.path for res in opts.resources]  # as the driver asks (CoapDriver._uri)
+    got = await asyncio.gather(*(_coap_get(ctx, url, timeout) for url in urls))
     lost = [r for r in got if isinstance(r, (asyncio.TimeoutError, error.NetworkError))]
     if len(lost) == len(got):  # the node does not answer at all: one line for it, not one per resource
         ping = f"is the node powered and on the network? try `ping {host}`"
@@ -579,9 +633,10 @@ async def _coap_sensor(ctx, opts, timeout: float) -> tuple[str, str, str]:
                 "and is the port in `uri` right?")
         return "fail", no_answer(opts.uri, first), ping
     parts, statuses, fixes = [], [], []
-    for res, r in zip(opts.resources, got):
-        status, text, fix = _coap_resource(res, r, opts, timeout, host)
-        parts.append(f"{node + res.path if not parts else res.path}: {text}")
+    for res, url, r in zip(opts.resources, urls, got):
+        asked = _path_of(url)  # the path requested: a path in `uri` goes before the resource's
+        status, text, fix = _coap_resource(res, asked, r, opts, timeout, host)
+        parts.append(f"{node + asked if not parts else asked}: {text}")
         statuses.append(status)
         if fix and fix not in fixes:
             fixes.append(fix)
@@ -589,8 +644,17 @@ async def _coap_sensor(ctx, opts, timeout: float) -> tuple[str, str, str]:
     return worst, "; ".join(parts), "; ".join(fixes)
 
 
-def _coap_resource(res, r, opts, timeout: float, host: str) -> tuple[str, str, str]:
-    """(status, what the resource answered, fix) for one resource of a node that answers."""
+def _path_of(url: str) -> str:
+    """The path (and query) part of a CoAP URL: what the node is asked for."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _coap_resource(res, asked: str, r, opts, timeout: float, host: str) -> tuple[str, str, str]:
+    """(status, what the resource answered, fix) for one resource of a node that answers; ``asked``: the path
+    requested (the resource's, after any path in ``uri``)."""
     from aiocoap import SERVICE_UNAVAILABLE, error
 
     from drivers.coap import network_reason
@@ -607,6 +671,10 @@ def _coap_resource(res, r, opts, timeout: float, host: str) -> tuple[str, str, s
     if code.is_successful():
         return _coap_payload(res, r, opts)
     if code.dotted == "4.04":
+        if asked != res.path:  # a path in `uri` too: the node was asked for both
+            return "fail", f"{code}: the node has no resource {asked}", \
+                (f"`uri` has a path ({_path_of(opts.uri.rstrip('/'))}) that goes before each resource's: give "
+                 f"`uri` as coap://host[:port] only, and each path in `resources`")
         return "fail", f"{code}: the node has no resource {res.path}", \
             f"check `resources` in the config: is the path {res.path} right?"
     if code == SERVICE_UNAVAILABLE:

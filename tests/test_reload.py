@@ -46,7 +46,12 @@ def test_plan_refuses_what_needs_a_restart():
     old = config.loads(BASE)
     p = reload.plan(old, config.loads(BASE.replace("id: gw-1", "id: gw-2") + "windows: {seconds: 10}\n"))
     assert not p.ok and p.restart_required == ("gateway.id", "windows")
-    assert p.reason() == "needs a restart to change gateway.id, windows"
+    assert p.reason() == ("nothing from this file was applied; needs a restart: gateway.id (running 'gw-1', file "
+                          "'gw-2'), windows.seconds (running 60, file 10); the state directory /tmp/x (its queue of "
+                          "unsent messages) belongs to gateway 'gw-1', so gateway 'gw-2' would not start on it: let "
+                          "its queue drain under gateway.id 'gw-1' (`edge-gateway status` shows the depth), then "
+                          "also change gateway.state_dir to a new folder (or move /tmp/x away), then restart the "
+                          "service (systemctl restart edge-gateway); or set them back")
     live = dataclasses.replace(old, gateway=dataclasses.replace(old.gateway, batch_interval_s=1.0), log_level="debug")
     p = reload.plan(old, live)
     assert p.ok and p.other_changed == ("log_level", "gateway.batch_interval_s")
