@@ -1,7 +1,8 @@
 """``edge-gateway status`` and ``edge-gateway reload``: ask the running daemon through its control socket.
 
-``status`` prints uptime, broker link (down since when, and why), queue depth
-and the age of its oldest message, one row per sensor (rate, last values, error
+``status`` prints uptime, broker link (down since when, when the next connect
+attempt is due, and why; up since when, and the last outage), queue depth and
+the age of its oldest message, one row per sensor (rate, last values, error
 counts, how old its last error is, the error in full below it, and a warning
 when a connected sensor has sent nothing for long), the last events (oldest
 first) and the outcome of the last reload. ``--json`` prints the daemon's whole
@@ -9,7 +10,8 @@ status document (stable keys) for scripts.
 
 ``reload`` asks the daemon to read its config file again (as SIGHUP does) and
 prints what changed (sensors started, stopped and kept; broker; detector; other
-live settings), or why the new config was refused.
+live settings), or why the new config was refused (mistakes of a ``--config`` file
+that does not load are listed once, before the daemon is asked).
 
 Exit statuses: 0 ok; 1 the daemon refused the reload / answered with an error;
 2 bad usage or an unreadable ``--config``; 3 the daemon is not running
@@ -19,6 +21,7 @@ Exit statuses: 0 ok; 1 the daemon refused the reload / answered with an error;
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import time
 
 
@@ -130,16 +133,43 @@ def ago(seconds: float) -> str:
 
 
 def broker_line(s: dict, now: float) -> str:
-    """``broker    up``, or down with since when (local time, and how long) and why; a daemon that
-    does not report ``uplink.down_since`` (older) gets the plain state."""
+    """The broker link in one line, times local (a technician compares them with the broker's log).
+
+    Down: since when (and how long), when the next connect attempt is due while the link waits in its
+    reconnect backoff (a broker back up is not taken for one still refusing), and why::
+
+        broker    down since 19:45:30 (99 s): connect to ... failed: Connection refused; next attempt in 12 s
+
+    Up: since when, and the last outage, if any::
+
+        broker    up since 19:47:14; last down 19:45:30-19:47:14 (104 s)
+
+    A daemon that does not report these ``uplink`` keys (older) gets the plain state."""
     link = s.get("link")
+    up = s.get("uplink") or {}
     line = f"broker    {link}"
-    since = (s.get("uplink") or {}).get("down_since")
-    if link != "up" and since:
-        line += f" since {time.strftime('%H:%M:%S', time.localtime(since))} ({ago(now - since)})"
-    if link != "up" and s.get("link_error"):
+    if link == "up":
+        outage = up.get("last_outage") or {}
+        since = up.get("up_since") or outage.get("end")
+        if since:
+            line += f" since {_hms(since)}"
+        if outage.get("start") and outage.get("end"):
+            line += (f"; last down {_hms(outage['start'])}-{_hms(outage['end'])} "
+                     f"({ago(outage['end'] - outage['start'])})")
+        return line
+    since = up.get("down_since")
+    if since:
+        line += f" since {_hms(since)} ({ago(now - since)})"
+    if s.get("link_error"):
         line += f": {s['link_error']}"
+    wait = up.get("next_attempt_in_s")
+    if wait is not None:
+        line += f"; next attempt in {ago(wait) if wait >= 1 else 'under 1 s'}"
     return line
+
+
+def _hms(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
 
 
 KIND_NAMES = {"agg": "aggregates", "event": "events"}
@@ -222,17 +252,56 @@ def _score(x) -> str:
 def reload(args) -> int:
     from .cmd_common import error, print_json
 
+    noted = _load_note(args)
     reply, rc = _ask(args, {"cmd": "reload"}, args.timeout)
     if reply is None:
         return rc
     if args.json:
         print_json(reply)
     if not reply.get("ok"):
-        error(f"reload refused, the running config stays: {reply.get('error')}")
+        why = str(reply.get("error"))
+        lines = why.splitlines()
+        new = [line for line in lines if not _said(line, noted)]
+        if lines and not new:
+            error("reload refused, the running config stays: for the mistakes above")
+        elif len(new) < len(lines):
+            error("\n".join(new), lead="reload refused, the running config stays: for the mistakes above and ")
+        else:
+            error(f"reload refused, the running config stays: {why}")
         return 1
     if not args.json:
         print(reload_line(reply.get("reload", {})))
     return 0
+
+
+def _load_note(args) -> tuple[str, list[str]]:
+    """The mistakes :func:`.cmd_common.socket_path` is about to print about ``--config`` (the file does
+    not load; the daemon is asked anyway): ``(source, lines)``, ``("", [])`` if it prints none. A
+    daemon that reads the same file refuses the reload for the same mistakes: said once, not twice."""
+    from . import config
+
+    if getattr(args, "socket", None) or not getattr(args, "config", None):
+        return "", []
+    try:
+        config.load(args.config)
+    except config.ConfigError as exc:
+        return exc.source, str(exc).splitlines()
+    except Exception:  # noqa: BLE001 - socket_path says what is wrong with the file
+        pass
+    return "", []
+
+
+def _said(line: str, noted: tuple[str, list[str]]) -> bool:
+    """``line`` of the daemon's refusal is one of the ``noted`` mistakes, wherever the daemon names its
+    file from (``gw.yaml:3:21: ...`` here, ``/etc/edge-gateway/gw.yaml:3:21: ...`` in the daemon)."""
+    source, lines = noted
+    for mine in lines:
+        if line == mine:
+            return True
+        rest = mine[len(source):] if source and mine.startswith(source) else ""
+        if rest and line.endswith(rest) and line[:-len(rest)].endswith(os.path.basename(source)):
+            return True
+    return False
 
 
 def reload_line(plan: dict) -> str:

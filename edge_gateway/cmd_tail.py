@@ -1,9 +1,9 @@
 """``edge-gateway tail [SENSOR]``: live readings and events as they flow, until Ctrl-C.
 
 Streams through the daemon's control socket. One line per reading
-(``TIME SENSOR CHANNEL VALUE UNIT``, local time) and per event (``TIME SENSOR EVENT ...``,
-times in ISO-8601 UTC);
-``--json`` prints the daemon's JSON lines unchanged; ``--events`` shows events
+(``TIME SENSOR CHANNEL VALUE UNIT``) and per event (``TIME SENSOR EVENT ...``), all in
+local time: TIME as ``14:02:11.123``, an event's other times (``end=``) as
+``2024-05-01T14:02:11``; ``--json`` prints the daemon's JSON lines unchanged; ``--events`` shows events
 only; ``--count N`` stops after N lines (for scripts and tests). The daemon
 keeps about 1 MiB of unread lines per client (several pipeline rounds); a
 client that falls further behind (a slow terminal, pipe or ssh link) loses
@@ -11,7 +11,10 @@ lines, for itself only, and a ``(N lines dropped ...)`` note says so; the
 gateway itself never waits. At most 32 clients may be connected to the daemon;
 more are refused with an error.
 
-Exit statuses: 0 stopped by --count or the daemon closed the stream; 1 error;
+Exit statuses: 0 stopped by --count, or the reader of the output went away
+(``tail | head -30``: quietly, no "Broken pipe"; 0 rather than the shell's 141 for a
+process killed by SIGPIPE, so that a pipeline under ``set -o pipefail`` does not fail
+for it), or the daemon closed the stream; 1 error;
 2 bad usage (a SENSOR the gateway does not have: the error names those it
 has); 3 the daemon is not running; 130 Ctrl-C.
 """
@@ -19,6 +22,7 @@ has); 3 the daemon is not running; 130 Ctrl-C.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -57,7 +61,8 @@ def handle(args) -> int:
         for item in items:
             if args.events and item.get("type") == "reading":
                 continue
-            print(json.dumps(item, separators=(",", ":")) if args.json else format_item(item), flush=True)
+            if not write_line(json.dumps(item, separators=(",", ":")) if args.json else format_item(item)):
+                return 0  # the reader went away (tail | head): not an error
             shown += 1
             if args.count and shown >= args.count:
                 break
@@ -77,6 +82,28 @@ def handle(args) -> int:
     finally:
         sys.stdout.flush()
     return 0
+
+
+def write_line(line: str, out=None) -> bool:
+    """Print ``line`` to ``out`` (default stdout) and flush it; False once the reader has gone away
+    (``tail | head -30``: a closed pipe).
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError, and the interpreter's
+    own flush of stdout at exit would raise it again ("Exception ignored ... BrokenPipeError"). As the
+    Python docs advise (``signal`` module, "Note on SIGPIPE"), ``out``'s file descriptor is pointed at
+    /dev/null: whatever is still buffered, and any later write, goes nowhere, quietly."""
+    out = sys.stdout if out is None else out
+    try:
+        out.write(line + "\n")
+        out.flush()
+        return True
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, out.fileno())
+        finally:
+            os.close(devnull)
+        return False
 
 
 TIME_FIELDS = ("start", "end", "ts")  # epoch seconds in events: shown as local date and time

@@ -108,8 +108,15 @@ class Gateway:
         return out
 
     def _on_gap(self, gap) -> None:
+        """A sensor's link is back (the supervisor, from the driver's ``connected()``, before the driver
+        reads anything on the new link): report the outage once, as a ``link_gap``, and re-anchor the
+        dropout clock of every channel of the sensor, so the jump in its stamps is not also reported as a
+        ``dropout`` anomaly on each channel. Readings of the new link reach the batcher only after this;
+        those of the old one were scored by the rounds run while the supervisor waited to retry (a
+        round every batch_interval_s, 0.2 s by default; the first retry waits at least 0.25 s)."""
         from . import messages
 
+        self.pipeline.resume_sensor(gap.sensor)
         self._pending.append(messages.event(self.topics, self.cfg.gateway.id, gap.sensor, "link_gap",
                                             start=gap.start, end=gap.end, reason=gap.reason))
 
@@ -425,16 +432,23 @@ class Gateway:
                 self.forwarder.notify()
 
     def uplink_status(self) -> dict:
-        """Queue bounds and link health for ``status`` (backlog size, age of the oldest unsent message)."""
+        """Queue bounds and link health for ``status`` (backlog size, age of the oldest unsent message;
+        while down, since when and the seconds until the next connect attempt; while up, since when,
+        and the last outage as ``{start, end}`` wall times)."""
         q = self.queue.stats_now()
         age = self.queue.oldest_age()
         fw, link = self.forwarder, self.link
+        next_at = getattr(link, "next_attempt_at", None)
+        outage = getattr(link, "last_outage", None)
         return {"backlog": q.depth, "backlog_bytes": q.bytes, "max_bytes": self.cfg.queue.max_bytes,
                 "oldest_age_s": None if age is None else round(age, 1), "queue_full": q.full,
                 "dropped": q.dropped_total, "dropped_unreported": q.dropped_pending, "rolled_up": q.rolled_up,
                 "file_cap_bytes": q.file_cap_bytes, "queue_recovered_from": self.queue.recovered_from,
                 "link_error": getattr(link, "last_error", ""),
                 "down_since": getattr(link, "down_since", None),
+                "next_attempt_in_s": None if next_at is None else round(max(0.0, next_at - time.time()), 1),
+                "up_since": getattr(link, "up_since", None),
+                "last_outage": dict(outage) if outage else None,
                 "connects": getattr(link, "connects", 0),
                 "rejected": fw.stats.rejected if fw else 0, "rewinds": fw.stats.rewinds if fw else 0,
                 "rejected_by_reason": {f"0x{code:02x}": n for code, n in fw.stats.rejected_by_reason.items()}

@@ -79,25 +79,45 @@ def _health(d, now: float) -> dict:
     }
 
 
-class RateMeter:
-    """Per-key rate from the older of the last two samples (one to two intervals ago) to now.
+RATE_WINDOW_S = 30.0  # status rates span about this long: steady, yet a change shows within a minute
+RATE_SAMPLES = 128  # samples kept at most (the daemon takes one a second: the window, with room to spare)
 
-    Counting up to the live count, not to the last sample, shows readings as soon as they flow:
-    a sensor that started after the last sample would otherwise read 0/s for up to an interval.
+
+class RateMeter:
+    """Per-key rate over the last ``window_s`` (30 s): from the oldest sample taken within the window
+    to now, ``(count now - count then) / (now - then)``.
+
+    A one-second sample step made the rate cover 1 to 2 s, and readings that arrive in bursts (a
+    Modbus block, a batch of lines) made it jump by half its value from one ``status`` to the next.
+    Samples are timestamped and kept in a bounded deque (``maxlen``: samples taken faster than
+    ``window_s / maxlen`` apart shorten the window). Counting up to the live count, not to the last
+    sample, shows readings as soon as they flow; a sensor that started after the oldest sample is
+    counted from the oldest sample that has it, one not sampled yet from ``since``; a count that went
+    down (a driver replaced by a reload) starts the count again from the first sample after it.
     """
 
-    def __init__(self) -> None:
-        self._prev: tuple[float, dict[str, int]] | None = None
-        self._last: tuple[float, dict[str, int]] | None = None
+    def __init__(self, window_s: float = RATE_WINDOW_S, maxlen: int = RATE_SAMPLES) -> None:
+        self.window_s = window_s
+        self._samples: collections.deque[tuple[float, dict[str, int]]] = collections.deque(maxlen=maxlen)
 
     def sample(self, now: float, counts: dict[str, int]) -> None:
-        self._prev, self._last = self._last, (now, dict(counts))
+        self._samples.append((now, dict(counts)))
+        while self._samples and self._samples[0][0] < now - self.window_s:
+            self._samples.popleft()
 
     def rate(self, key: str, now: float, count: int, since: float) -> float:
-        """Readings per second since the older kept sample that has ``key``, or since ``since`` before that."""
-        for ref in (self._prev, self._last):
-            if ref is not None and key in ref[1] and now > ref[0] and count >= ref[1][key]:
-                return (count - ref[1][key]) / (now - ref[0])
+        """Readings per second since the oldest sample within the window that has ``key`` (with no
+        drop of the count after it), or since ``since`` when no sample has it."""
+        ref = None
+        newer = count
+        for t, counts in reversed(self._samples):
+            c = counts.get(key)
+            if c is None or c > newer or t < now - self.window_s:
+                break
+            if now > t:
+                ref, newer = (t, c), c
+        if ref is not None:
+            return (count - ref[1]) / (now - ref[0])
         return count / (now - since) if now > since else 0.0
 
 

@@ -153,6 +153,16 @@ class Pipeline:
         dates is not a dropout, and after a step back the gaps would be negative until time caught up."""
         self.detectors.resume()
 
+    def resume_sensor(self, sensor: str) -> int:
+        """The link to ``sensor`` was down and is back (a ``link_gap``): the gap in its stamps is not a
+        dropout of each of its channels. Re-anchors their dropout clocks as :meth:`clock_stepped` does
+        for all (see :meth:`.Detector.resume`); returns how many channels. Call it before the first
+        reading of the new link is processed."""
+        channels = np.array([c for c, k in enumerate(self.batcher.keys) if k.sensor == sensor], dtype=np.int64)
+        if channels.size:  # a channel no batch has reached yet has no dropout clock: skipped
+            self.detectors.resume(channels)
+        return int(channels.size)
+
     def _rewound(self, channels: np.ndarray) -> None:
         """Channels whose time went back and whose windows start afresh (see :meth:`.Engine.process`)."""
         self._marks[channels] = np.nan  # what was sent ahead must not make the new windows and events late

@@ -57,8 +57,9 @@ class _Link:
         self.down_steady = 0.0  # down_since on the steady clock: a gap's length survives a clock step
         self.up_steady = 0.0  # when the link last connected (steady clock)
         self.readings_at_connect = 0
+        self.connects_seen = 0  # driver.stats.connects when the last failure was counted
         self.reason = ""
-        self.attempt = 0
+        self.attempt = 0  # consecutive failed runs since the last connection that worked
 
 
 class Supervisor:
@@ -135,10 +136,14 @@ class Supervisor:
                     log.warning("sensor %s: cannot open link: %s", driver.sensor_id, reason)
                 if not isinstance(exc, (LinkLost, OSError)):
                     log.error("sensor %s: driver failed: %r", driver.sensor_id, exc, exc_info=exc)
-            if driver.stats.connects and (driver.stats.readings > link.readings_at_connect
-                                          or self.steady() - link.up_steady >= STABLE_S):
+            connected = driver.stats.connects > link.connects_seen  # this run opened the link
+            link.connects_seen = driver.stats.connects
+            if connected and (driver.stats.readings > link.readings_at_connect
+                              or self.steady() - link.up_steady >= STABLE_S):
                 # only a link that worked starts the backoff afresh: one that opens and fails at once
-                # (a loose connector, a serial server dropping the session) is not retried 3 times a second
+                # (a loose connector, a serial server dropping the session) is not retried 3 times a
+                # second. Judged once, on the run that connected: the counts of that connection stay
+                # as they were while later attempts fail, and must not reset every one of them
                 link.attempt = 0
             delay = self.backoff.delay(link.attempt, self._rng)
             link.attempt += 1

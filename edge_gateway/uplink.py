@@ -149,6 +149,14 @@ class MqttLink:
         # wall time the link went down (None while up): from the start until the first CONNACK, then
         # from each disconnect; ``status`` shows "down since" (a technician compares it with the broker's log)
         self.down_since: float | None = time.time()
+        # wall time the network thread connects again while it waits in its reconnect backoff (None while
+        # up or while an attempt is under way): ``status`` says "next attempt in 12 s", so that a broker
+        # back up is not taken for one still refusing
+        self.next_attempt_at: float | None = None
+        self.up_since: float | None = None  # wall time of the CONNACK of the session up now
+        # the outage before the session up now, or before the last one: {"start": wall, "end": wall}
+        # (None until a connection is lost, or until a first connect that had to retry succeeds)
+        self.last_outage: dict[str, float] | None = None
         self._said: set[str] = set()  # texts _error logged since the last CONNACK
         self._cycle_error = ""  # what paho reported during this connection attempt
         self._connacked = False  # this connection attempt got a CONNACK (accepted or refused)
@@ -233,6 +241,7 @@ class MqttLink:
         if old is not None:
             old.join(1.0)  # a dead thread is past its last statement; this returns at once
         self._died = False
+        self.next_attempt_at = None
         self._thread = threading.Thread(target=self._main, name="mqtt", daemon=True)
         self._thread.start()
 
@@ -258,6 +267,7 @@ class MqttLink:
         self._respawn_pending = True
         delay = backoff_delay(self.thread_restarts - 1, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
         assert self._loop is not None
+        self.next_attempt_at = time.time() + delay
         self._loop.call_later(delay, self._spawn)
 
     def _prepare(self) -> None:
@@ -316,7 +326,9 @@ class MqttLink:
                 break
             delay = backoff_delay(self._health.next_attempt(), self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
             log.debug("reconnecting in %.2f s (attempt %d)", delay, self._attempt)
+            self.next_attempt_at = time.time() + delay
             self._stopping.wait(delay)
+            self.next_attempt_at = None
 
     def _finish(self) -> None:
         """Stopping: write a disconnect() queued by stop(), so that the broker does not fire the will."""
@@ -571,6 +583,7 @@ class MqttLink:
             return
         self.disconnects += 1
         self.down_since = time.time()
+        self.up_since = None
         self.last_error = f"disconnected: {reason}"
         ours, self._closing = self._closing or self._leaving, False
         if self._leaving:
@@ -627,8 +640,12 @@ class MqttLink:
         self._guarded("birth publish", self._publish_birth)
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
+        now = time.time()
+        if self.down_since is not None and (self.connects or self.last_error):  # not a plain first connect
+            self.last_outage = {"start": self.down_since, "end": now}
         self._up = True
         self.down_since = None
+        self.up_since = now
         self._health.connected(time.monotonic())
         self.connects += 1
         self.last_error = ""

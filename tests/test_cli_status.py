@@ -115,7 +115,9 @@ def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
         assert r.returncode == 0 and "; kept air-1; " in r.stdout, r.stdout + r.stderr
         cfg.write_text(cfg.read_text().replace("id: ops-gw", "id: renamed"))
         r = cli("reload", "--socket", sock)
-        assert r.returncode == 1 and "needs a restart to change gateway.id" in r.stderr
+        assert r.returncode == 1 and ("edge-gateway: reload refused, the running config stays: nothing from this "
+                                      "file was applied; needs a restart: gateway.id (running 'ops-gw', file "
+                                      "'renamed'); the state directory ") in r.stderr, r.stderr
         s = status_json(sock)
         assert s["reload"]["count"] == 2 and s["reload"]["failed"] == 1
         assert "gateway.id" in s["last_reload_error"] and s["gateway"] == "ops-gw"
@@ -159,7 +161,8 @@ def test_rate_counts_up_to_the_live_count_from_the_older_sample():
     assert m.rate("air-1", 12.0, 50, since=7.0) == 10.0
     m.sample(11.0, {"air-1": 30, "noise-1": 0})
     m.sample(12.0, {"air-1": 30, "noise-1": 0})  # the sensor paused for two samples ...
-    assert m.rate("air-1", 12.5, 45, since=7.0) == 10.0  # ... and readings flow again: not 0/s
+    # ... and readings flow again: not 0/s, counted from the oldest sample of the 30 s window (t = 10)
+    assert m.rate("air-1", 12.5, 45, since=7.0) == (45 - 30) / 2.5
     assert m.rate("noise-1", 12.5, 6, since=7.0) == 4.0
     assert m.rate("bins-1", 12.5, 4, since=10.5) == 2.0  # new sensor, in no sample yet
     assert m.rate("air-1", 12.0, 30, since=7.0) == 0.0  # a sensor that stopped

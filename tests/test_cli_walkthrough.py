@@ -69,7 +69,7 @@ def test_commands_reach_the_running_gateway_while_its_config_file_is_broken(tmp_
         assert (r.returncode, r.stderr) == (0, note) and len(r.stdout.splitlines()) == 2, r.stderr
         r = cli("reload", "-c", cfg, env=env)
         assert (r.returncode, r.stdout) == (1, ""), r.stderr
-        assert r.stderr == note + f"edge-gateway: reload refused, the running config stays: {broken.value}\n"
+        assert r.stderr == note + "edge-gateway: reload refused, the running config stays: for the mistakes above\n"
         # in another environment the file names another state dir: nothing listens there, and the note says where
         other = tmp_path / "nowhere" / "state" / "control.sock"
         r = cli("status", "-c", cfg, env={"EG_WALK_STATE": ""})

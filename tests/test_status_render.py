@@ -1,6 +1,6 @@
 """What ``status`` and ``tail`` tell a technician (review walkthrough): an error's age and whether the
 sensor reconnected since, a silent sensor, plain words for a closed port and a lost broker, the
-events table and the published counts as sentences, event times in ISO-8601 UTC."""
+events table and the published counts as sentences, event times in local time like the readings."""
 
 from __future__ import annotations
 
