@@ -15,13 +15,42 @@ import csv
 import fnmatch
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 
+ANALYZE_DESCRIPTION = (
+    "Score timestamp,value CSV files offline with the gateway's detectors, fed row by row as the daemon "
+    "would see them live. Writes one CSV (timestamp,value,anomaly_score) per input below --out-dir and "
+    "prints one line per input: its rows, how many the detectors spent learning (their warm-up: nothing "
+    "is scored before it ends), the highest score and the timestamp of its row, and how many rows are at "
+    "or above the event threshold (event_threshold, the score at which the gateway opens an event). "
+    "A file shorter than the warm-up is warned about on stderr. "
+    "Exit statuses: 0 done; 1 an input is not readable (nothing written) or a result cannot be written; "
+    "2 bad usage (a missing PATH, a folder without CSV files, a bad --set)."
+)
+
+EVALUATE_DESCRIPTION = (
+    "Score the detector on a labelled corpus (the Numenta Anomaly Benchmark's data/ and "
+    "labels/combined_windows.json) by NAB's method, or score the anomaly_score columns written by "
+    "analyze (--results-dir). Prints the files and windows scored, then one line per profile: the "
+    "normalised score (100 perfect, 0 as if nothing were detected), the threshold and raw. The threshold "
+    "is the one that gives the profile its best corpus total, chosen per profile as NAB does: it is not "
+    "the gateway's event threshold (event_threshold). raw is that best total before normalising: the "
+    "sum over windows and detections of the profile's weights (tp for the earliest detection in a window, "
+    "scaled by how early; -fn for a missed window; -fp, scaled, for a detection outside the windows); "
+    "score = 100 * (raw - null) / (perfect - null), null being every window missed and perfect every "
+    "window found at once. "
+    "Exit statuses: 0 done; 1 a data file is not readable; 2 bad usage (missing or unreadable labels, "
+    "profiles or results files, no file selected)."
+)
+
+
 def add_to(subparsers) -> None:
-    a = subparsers.add_parser("analyze", help="score timestamp,value CSV files offline")
+    a = subparsers.add_parser("analyze", help="score timestamp,value CSV files offline",
+                              description=ANALYZE_DESCRIPTION)
     a.add_argument("paths", nargs="+", metavar="PATH", help="CSV file or folder (searched recursively)")
     _detector_args(a)
     a.add_argument("--out-dir", required=True, type=Path, metavar="DIR",
@@ -30,13 +59,17 @@ def add_to(subparsers) -> None:
     a.add_argument("--batch", type=int, default=64, help="rows per streaming batch (default 64)")
     a.set_defaults(func=cmd_analyze)
 
-    e = subparsers.add_parser("evaluate", help="NAB scores of the detector (or of written scores)")
+    e = subparsers.add_parser("evaluate", help="NAB scores of the detector (or of written scores)",
+                              description=EVALUATE_DESCRIPTION)
     e.add_argument("data_dir", type=Path, metavar="DATA_DIR",
                    help="folder of the labelled CSV files (NAB's data/): the windows file names them relative to it")
     e.add_argument("windows", type=Path, metavar="WINDOWS.json",
                    help='anomaly windows per file, as NAB\'s labels/combined_windows.json: '
                         '{"dir/file.csv": [["start", "end"], ...], ...}')
-    e.add_argument("--results-dir", type=Path, help="read anomaly_score from files written by analyze")
+    e.add_argument("--results-dir", type=Path,
+                   help="read anomaly_score from files written by analyze: at CATEGORY/FILE.csv (analyze the "
+                        "corpus root), or at FILE.csv when the selected files are of one category "
+                        "(analyze that category's folder)")
     e.add_argument("--files-glob", default="*", help="only files whose relative path matches")
     e.add_argument("--only", default="", help="comma-separated categories (first path part)")
     e.add_argument("--profiles", type=Path, help="NAB profiles.json (default: the three NAB profiles)")
@@ -98,6 +131,61 @@ def _why_scoreless(settings, key: str) -> str | None:
     return None
 
 
+# the warm-up setting of each detector that has one (readings it learns from before it scores)
+_WARMUP_OF = {"ewma": "ewma_warmup", "robust": "robust_warmup", "rate": "rate_warmup",
+              "cusum": "cusum_warmup", "novelty": "nov_warmup"}
+
+
+def warmup(settings) -> int:
+    """Readings the configured chain learns from before it can score: the longest warm-up of a weighted detector."""
+    from .analytics.chain import DETECTOR_NAMES
+
+    return int(max((math.ceil(getattr(settings, _WARMUP_OF[name]))
+                    for name, w in zip(DETECTOR_NAMES, settings.weights) if w > 0.0 and name in _WARMUP_OF),
+                   default=0))
+
+
+def _is_capture(path: Path) -> bool:
+    """Whether ``path`` starts with the header line of an ``edge-gateway record`` capture."""
+    import json
+
+    from .cmd_record import FORMAT
+
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.readline(4096))
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and header.get("format") == FORMAT
+
+
+_TZ_WARNING = "no explicit representation of timezones available for np.datetime64"
+
+
+def read_table(path: Path):
+    """:func:`.nab.read_table`, refusing a raw capture with what to do instead; ``...Z`` (UTC) stamps parse quietly.
+
+    numpy reads a ``Z`` or ``+hh:mm`` suffix as UTC or that offset and converts to UTC, as wanted, but warns that
+    datetime64 has no time zone: the warning says nothing to the user, so it is not shown.
+    """
+    from . import nab
+
+    if _is_capture(path):
+        raise nab.SeriesError(f"{path}: this is a raw capture from `edge-gateway record`, not a timestamp,value "
+                              f"CSV; decode it first: `edge-gateway replay {path} --csv OUT_DIR --config CONFIG "
+                              "--sensor ID` writes one CSV per channel, which analyze reads")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TZ_WARNING, category=UserWarning)
+        return nab.read_table(path)
+
+
+def read_series(path: Path):
+    """:func:`.nab.read_series` with :func:`read_table`'s handling of captures and time zones."""
+    _, ts, val = read_table(path)
+    val[np.isinf(val)] = math.nan
+    return ts, val
+
+
 def _csv_files(path: Path, skip: Path | None = None) -> list[tuple[Path, Path]]:
     """(file, path relative to what was given) for a file or every CSV below a folder.
 
@@ -135,7 +223,11 @@ def _jobs(paths: list[str], out_dir: Path) -> list[tuple[Path, Path]]:
         path = Path(p)
         if not path.exists():
             raise ValueError(f"no such file or folder: {p}")
-        for src, rel in _csv_files(path, skip):
+        found = _csv_files(path, skip)
+        if not found:
+            raise ValueError(f"no CSV files in folder {p}: analyze reads timestamp,value files named *.csv "
+                             "(searched for in it and every folder below it)")
+        for src, rel in found:
             dst = out_dir / rel
             prev = by_dst.setdefault(dst.resolve(), (src, dst))
             if prev[0] != src and prev[0].resolve() != src.resolve():
@@ -160,7 +252,7 @@ def cmd_analyze(args) -> int:
     inputs, bad = [], 0
     for src, dst in jobs:  # every input is read before anything is written
         try:
-            inputs.append((dst, *nab.read_table(src)))
+            inputs.append((src, dst, *read_table(src)))
         except nab.SeriesError as exc:
             print(f"edge-gateway analyze: {exc}", file=sys.stderr)
             bad += 1
@@ -168,7 +260,9 @@ def cmd_analyze(args) -> int:
         print(f"edge-gateway analyze: {bad} of {len(jobs)} file(s) not readable; nothing written",
               file=sys.stderr)
         return 1
-    for dst, stamps, ts, val in inputs:
+    learn = warmup(settings)
+    summary = []
+    for src, dst, stamps, ts, val in inputs:
         score = stream_scores(settings, ts, np.where(np.isinf(val), math.nan, val), args.batch)
         try:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -186,15 +280,36 @@ def cmd_analyze(args) -> int:
             print(f"edge-gateway analyze: cannot write {exc.filename or dst}: {exc.strerror or exc}",
                   file=sys.stderr)
             return 1
+        summary.append(_summary(src, stamps, val, score, learn, settings.event_threshold))
+    for line, warning in summary:
+        print(line)
+        if warning:
+            print(f"edge-gateway analyze: warning: {warning}", file=sys.stderr)
     print(f"analyzed {len(jobs)} file(s) into {args.out_dir}")
     return 0
+
+
+def _summary(src: Path, stamps: list[str], val: np.ndarray, score: np.ndarray, learn: int,
+             threshold: float) -> tuple[str, str | None]:
+    """The line ``analyze`` prints for one input, and the warning for a file shorter than the warm-up."""
+    n = len(stamps)
+    finite = np.flatnonzero(np.isfinite(val))  # a missing reading teaches the detectors nothing
+    learning = int(finite[learn]) if learn < finite.shape[0] else n
+    top = int(np.argmax(score)) if n else 0
+    best = f"max score {score[top]:.3f} at {stamps[top]}" if n and score[top] > 0 else "max score 0"
+    above = int(np.count_nonzero(score >= threshold))
+    line = (f"{src}: {n} rows, {learning} spent learning, {best}, "
+            f"{above} at or above the event threshold {threshold:g}")
+    warning = None
+    if n < learn:
+        warning = (f"{src}: only {n} rows: the detectors learn for {learn} before they score; record longer")
+    return line, warning
 
 
 def corpus_scores(settings, data_dir: Path, keys: list[str],
                   series: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, np.ndarray]:
     """Run the detector over every file at once, one channel per file (``series``: as already read)."""
     from .analytics.chain import Detector
-    from .nab import read_series
 
     read = [series[k] if series is not None else read_series(data_dir / k) for k in keys]
     if not read:
@@ -218,6 +333,36 @@ def _load_json(load, path: Path | None, what: str):
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"{path}: not {what} ({type(exc).__name__}: {exc})") from None
+
+
+def _results_files(results_dir: Path, keys: list[str]) -> dict[str, Path]:
+    """The results file of every labelled file ``keys[i]`` (``category/file.csv``) below ``results_dir``.
+
+    NAB's layout, ``results_dir/category/file.csv`` (what ``analyze`` writes for the corpus root), is
+    read first. Otherwise, when every selected file is of one category, ``results_dir/file.csv`` (what
+    ``analyze`` writes for that category's folder); with several categories a flat name could be any of
+    them, so it is not guessed. ValueError naming the first file found neither way.
+    """
+    categories = {k.split("/")[0] for k in keys}
+    out = {}
+    for k in keys:
+        nested, flat = results_dir / k, results_dir / Path(k).name
+        if nested.is_file() or (nested.exists() and not flat.is_file()):
+            out[k] = nested  # (a folder there is reported when it is read)
+        elif flat.is_file() and len(categories) == 1 and "/" in k:
+            out[k] = flat
+        else:
+            category = k.split("/")[0] if "/" in k else None
+            why = (f"; {flat} exists, but flat results are read only when the selected files are of one "
+                   f"category (select it with --only), as {len(categories)} categories are selected"
+                   if flat.is_file() and len(categories) > 1 else "")
+            one = (f", or {flat} when {results_dir} holds the results of one category flat "
+                   f"(`edge-gateway analyze DATA_DIR/{category} --out-dir {results_dir}`, evaluated with "
+                   f"--only {category})" if category else "")
+            raise ValueError(f"no results for {k} in {results_dir}: expected {nested}, NAB's layout "
+                             f"(write it with `edge-gateway analyze DATA_DIR --out-dir {results_dir}` on the "
+                             f"corpus root){one}{why}")
+    return out
 
 
 def cmd_evaluate(args) -> int:
@@ -249,14 +394,19 @@ def cmd_evaluate(args) -> int:
         print("edge-gateway evaluate: no labelled files selected", file=sys.stderr)
         return 2
     try:  # every data file is read (once) before anything is scored
-        series = {k: nab.read_series(args.data_dir / k) for k in keys}
+        series = {k: read_series(args.data_dir / k) for k in keys}
     except nab.SeriesError as exc:
         print(f"edge-gateway evaluate: {exc}", file=sys.stderr)
         return 1
     if args.results_dir:
         scores = {}
+        try:
+            sources = _results_files(args.results_dir, keys)
+        except ValueError as exc:
+            print(f"edge-gateway evaluate: {exc}", file=sys.stderr)
+            return 2
         for k in keys:
-            src = args.results_dir / k
+            src = sources[k]
             try:
                 with open(src, newline="") as f:
                     scores[k] = np.array([float(r["anomaly_score"]) for r in csv.DictReader(f)])
@@ -273,7 +423,7 @@ def cmd_evaluate(args) -> int:
     labels = {k: nab.label_rows(series[k][0], windows[k]) for k in keys}
     for k in keys:
         if scores[k].shape[0] != labels[k].window.shape[0]:
-            print(f"edge-gateway evaluate: {args.results_dir / k}: {scores[k].shape[0]} scores for "
+            print(f"edge-gateway evaluate: {sources[k]}: {scores[k].shape[0]} scores for "
                   f"{labels[k].window.shape[0]} rows of {args.data_dir / k}", file=sys.stderr)
             return 2
     result = nab.score_corpus(scores, labels, profiles)

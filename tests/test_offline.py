@@ -148,7 +148,8 @@ def test_evaluate_bad_inputs_are_messages_not_tracebacks(tmp_path):
     (results / "cat").mkdir(parents=True)
     (results / "cat" / "a.csv").write_text("timestamp,value\n2014-04-01 00:00:00,1\n")
     for args, message in (
-            ([windows, "--results-dir", tmp_path / "none"], f"cannot read {tmp_path / 'none' / 'cat' / 'a.csv'}"),
+            ([windows, "--results-dir", tmp_path / "none"], f"no results for cat/a.csv in {tmp_path / 'none'}: expected "
+                                                         f"{tmp_path / 'none' / 'cat' / 'a.csv'}, NAB's layout"),
             ([windows, "--results-dir", results], f"{results / 'cat' / 'a.csv'}: not a results file"),
             (["LIST"], "not a NAB windows file"),
             (["INT"], "not a NAB windows file"),
