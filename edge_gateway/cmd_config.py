@@ -1,8 +1,10 @@
-"""``edge-gateway config validate|show|get|set``: check, inspect and safely change the YAML config.
+"""``edge-gateway config validate|show|get|set|options``: check, inspect and safely change the YAML config.
 
 * ``validate FILE``: parse and check; errors name ``file:line:column: key.path``.
 * ``show FILE``: the effective config (``${ENV}`` expanded, defaults filled,
-  paths resolved) as YAML, or ``--json``. Secrets are masked: values of keys
+  paths resolved, ``queue.path`` too) as YAML, or ``--json``. An unset
+  ``detector.threshold`` shows the detectors' event threshold it stands for,
+  marked ``# default`` (``get`` prints the bare value and says so on stderr). Secrets are masked: values of keys
   named like password/secret/token/psk are printed as ``********``, and for
   secret files (``broker.secrets_file``, ``*key_file``) only the path is shown,
   never the file's contents (this command never opens them).
@@ -24,8 +26,14 @@
   reads it back the same (``1.0e-06``, ``'yes'`` for a string); where the file
   already holds a string it stays a string, in its quote style (unless a string
   cannot load there: ``batch_interval_s: fast`` set to 0.5 becomes the number),
-  and ``--string`` forces one. Missing mapping keys along the path are created. Reload the daemon
+  and ``--string`` forces one; VALUE that YAML reads as a mapping or a list (``bins-1:``) where
+  neither fits is taken as the string it is. Missing mapping keys along the path are created.
+  ``--dry-run`` prints the edit as a unified diff (``--full``: the whole new file) and writes nothing. Reload the daemon
   afterwards (``edge-gateway reload`` or ``systemctl reload edge-gateway``).
+* ``options [DRIVER]``: every driver with a one-line summary, or one driver's options (dotted
+  for nested ones, ``blocks[].fields[].type``) with type, default and the text the code documents
+  them with (field metadata ``doc``, or the options class docstring's part about the field);
+  ``--markdown`` is docs/drivers.md.
 
 Exit statuses: 0 ok; 2 invalid config (nothing written by ``set``), unknown
 key, or bad usage; 1 the file could not be written.
@@ -75,8 +83,16 @@ def add_to(sub) -> None:
                    help="the new value, read as YAML: 9600 is a number, true a boolean, [a, b] a list; "
                         "where the file holds a string it stays one (--string forces a string)")
     t.add_argument("--string", action="store_true", help="store VALUE as a string whatever it looks like")
-    t.add_argument("--dry-run", action="store_true", help="print the new file instead of writing it")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print what would change (a unified diff) instead of writing the file")
+    t.add_argument("--full", action="store_true", help="with --dry-run, print the whole new file instead of the diff")
     t.set_defaults(func=set_value)
+    o = csub.add_parser("options", help="list the drivers, or the options of one: type, default, meaning")
+    o.add_argument("driver", metavar="DRIVER", nargs="?",
+                   help="the driver whose options to list (serial_line, pms5003, modbus_rtu, coap); "
+                        "without it, every driver with a one-line summary")
+    o.add_argument("--markdown", action="store_true", help="Markdown, as in docs/drivers.md")
+    o.set_defaults(func=options)
 
 
 def _load(path: str):
@@ -118,8 +134,29 @@ def _where(path: str, key: str) -> str:
 # --- show / get -------------------------------------------------------------------------------
 
 def effective(cfg) -> dict:
-    """The config as plain data with secrets masked (see the module docstring)."""
-    return _plain(cfg, "")
+    """The config as plain data with secrets masked (see the module docstring), ``queue.path`` resolved
+    (against the state directory) and the values the config leaves to the code filled in (:func:`filled`)."""
+    data = _plain(cfg, "")
+    if isinstance(data.get("queue"), dict) and hasattr(cfg, "queue_path"):
+        data["queue"]["path"] = str(cfg.queue_path)
+    for (section, key), value in filled(cfg).items():
+        data[section][key] = value
+    return data
+
+
+def filled(cfg) -> dict[tuple[str, str], object]:
+    """``{(section, key): value}`` of the settings left unset (null) whose value the code gives:
+    ``detector.threshold`` is then the detectors' ``event_threshold`` (the tuned default, or the one
+    ``detector.params`` gives)."""
+    det = getattr(cfg, "detector", None)
+    if det is None or getattr(det, "threshold", 0) is not None:
+        return {}
+    from .analytics.settings import DetectorSettings  # no Numba
+
+    settings = DetectorSettings()
+    if det.params:
+        settings = settings.with_overrides(det.overrides())
+    return {("detector", "threshold"): settings.event_threshold}
 
 
 def _plain(obj, name: str):
@@ -152,8 +189,22 @@ def show(args) -> int:
         print(json.dumps(data, indent=2))
     else:
         print(f"# effective config of {cfg.source} (env expanded, defaults filled, secrets masked)")
-        _dump_yaml(data, sys.stdout)
+        out = io.StringIO()
+        _dump_yaml(data, out)
+        sys.stdout.write(_mark_defaults(out.getvalue(), filled(cfg)))
     return 0
+
+
+def _mark_defaults(text: str, keys) -> str:
+    """The dumped YAML with ``  # default`` after the lines of the ``(section, key)`` values in ``keys``."""
+    lines = text.split("\n")
+    section = None
+    for i, line in enumerate(lines):
+        if line and not line.startswith(" "):
+            section = line.split(":", 1)[0]
+        elif line.startswith("  ") and not line.startswith("   ") and (section, line[2:].split(":", 1)[0]) in keys:
+            lines[i] = line + "  # default (the detectors' event_threshold)"
+    return "\n".join(lines)
 
 
 def _dump_yaml(data, stream) -> None:
@@ -230,7 +281,8 @@ def get(args) -> int:
     if cfg is None:
         return rc
     try:
-        value = lookup(effective(cfg), split_key(args.key))
+        parts = split_key(args.key)
+        value = lookup(effective(cfg), parts)
     except (KeyError, ValueError) as exc:
         print(f"edge-gateway: {exc.args[0]}", file=sys.stderr)
         return 2
@@ -239,7 +291,9 @@ def get(args) -> int:
     elif isinstance(value, bool):
         print("true" if value else "false")
     else:
-        print("" if value is None else value)
+        print("" if value is None else str(value))  # the bare value: scripts read it
+        if tuple(parts) in filled(cfg):
+            print(f"note: {args.key} is not set in the file; this is its default", file=sys.stderr)
     return 0
 
 
@@ -322,7 +376,14 @@ def set_value(args) -> int:
     # "a string stays a string" (an id such as 007) unless the string cannot be right there: a
     # technician mending ``batch_interval_s: fast`` with 0.5 means the number
     retry = not args.string and isinstance(old, str) and "${" not in old and not isinstance(typed, str)
-    for value in (value, typed) if retry else (value,):
+    candidates = [value, typed] if retry else [value]
+    # ``bins-1:`` or ``- a`` is a mapping or a list to YAML, which a string setting (strip_prefix) refuses:
+    # a technician typing it there means the text
+    as_text = not args.string and isinstance(typed, (dict, list)) and not any(isinstance(c, str) for c in candidates)
+    if as_text:
+        candidates.append(args.value)
+    errors = []
+    for value in candidates:
         try:
             new_text = _splice(text, root, target, value, args.value)
         except _Unspliceable:
@@ -340,10 +401,14 @@ def set_value(args) -> int:
             new_cfg = config.loads(new_text, str(path), path.resolve().parent)
             break
         except config.ConfigError as exc:
-            invalid = exc
+            errors.append(exc)
     else:
-        error(invalid, lead="refused, the result would be invalid (file unchanged): ")
+        # with the text tried last too, the typed value's mistake says more ("expected a number, got a mapping")
+        error(errors[-2] if as_text else errors[-1], lead="refused, the result would be invalid (file unchanged): ")
         return 2
+    if as_text and len(errors) == len(candidates) - 1:
+        print(f"note: {args.value!r} reads as {'a mapping' if isinstance(typed, dict) else 'a list'} in YAML, "
+              f"which {args.key} cannot hold: it was taken as a string (--string says so up front)", file=sys.stderr)
     if not faithful:
         print(f"edge-gateway: refused, {args.key} cannot be written so that it reads back as {value!r} "
               "(file unchanged)", file=sys.stderr)
@@ -354,7 +419,7 @@ def set_value(args) -> int:
         print(f"note: {args.key} could not be changed in place (an anchor, alias or tag?), so the whole file "
               "was re-written: its layout may differ, check with diff", file=sys.stderr)
     if args.dry_run:
-        sys.stdout.write(new_text)
+        sys.stdout.write(new_text if getattr(args, "full", False) else _diff(text, new_text, str(path)))
         return 0
     try:
         atomic_write(path, new_text)
@@ -366,6 +431,17 @@ def set_value(args) -> int:
     if isinstance(old, str) and "${" in old:
         print(f"note: this replaced the environment reference {old}", file=sys.stderr)
     return 0
+
+
+def _diff(old: str, new: str, name: str) -> str:
+    """A unified diff of the edit, as ``diff -u`` prints it (a last line without a line break says so)."""
+    import difflib
+
+    out = []
+    for line in difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                     fromfile=name, tofile=f"{name} (after set)"):
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
 
 
 def _warn_state_dir_taken(cfg) -> None:
@@ -809,3 +885,219 @@ def atomic_write(path: Path, text: str) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+# --- options: the reference of every driver's options ------------------------------------------
+
+_OPTIONS_HINT = "edge-gateway config options DRIVER: the options of one driver (the keys under a sensor's options:)"
+_FIELD_LEAD = re.compile(r"``\w+``(?:(?:/|, | and | or )``\w+``)*(:?)(?= |$)")
+_DESC_WIDTH = 100  # descriptions are wrapped here, whatever the terminal: the output is the same everywhere
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionDoc:
+    """One line of the options reference: a dotted key, its type and default in YAML words, its text."""
+
+    key: str
+    type: str
+    default: str  # YAML text of the default, or "required"
+    text: str  # reST as the code holds it ("" where it holds none)
+
+
+def _doc_paragraphs(doc: str | None) -> list[str]:
+    import inspect
+
+    return [" ".join(p.split()) for p in inspect.cleandoc(doc or "").split("\n\n") if p.strip()]
+
+
+def _segments(paragraph: str, names: set[str]):
+    """(field names, text) of every part of ``paragraph`` about fields, and where the first one starts.
+
+    A part starts where a sentence or clause (after ``. ``, ``; `` or ``: `` outside parentheses)
+    begins with a field name in double backquotes, or several joined by "/", ", ", " and " or " or ".
+    One begun by a sentence runs to the next such part or the paragraph's end; one begun
+    by a clause, to the end of that clause. A name followed by ``:`` is the label of its text.
+    """
+    cuts = [(0, ".")]
+    depth = 0
+    literal = False
+    for i, ch in enumerate(paragraph):
+        if paragraph.startswith("``", i):
+            literal = not literal if i == 0 or paragraph[i - 1] != "`" else literal
+        if literal:
+            continue
+        depth += (ch == "(") - (ch == ")")
+        if depth == 0 and ch in ".;:" and paragraph[i + 1:i + 2] == " ":
+            cuts.append((i + 2, ch))
+    starts = []
+    for pos, kind in cuts:
+        m = _FIELD_LEAD.match(paragraph, pos)
+        if m:
+            found = re.findall(r"``(\w+)``", m.group(0))
+            if all(n in names for n in found):
+                starts.append((pos, kind, found, m))
+    out = []
+    for j, (pos, kind, found, m) in enumerate(starts):
+        end = starts[j + 1][0] if j + 1 < len(starts) else len(paragraph)
+        if kind != ".":  # a clause: to its end
+            end = min([end] + [c for c, k in cuts if c > pos and k in ".;"])
+        text = paragraph[m.end() + 1:end] if m.group(1) else paragraph[pos:end]
+        text = text.strip().rstrip(";").rstrip()
+        if text:
+            out.append((found, text))
+    return out, (starts[0][0] if starts else None)
+
+
+def _field_texts(cls) -> dict[str, str]:
+    """The text the class docstring gives each field (see :func:`_segments`)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    texts: dict[str, list[str]] = {}
+    for paragraph in _doc_paragraphs(cls.__doc__):
+        for found, text in _segments(paragraph, names)[0]:
+            for name in found:
+                texts.setdefault(name, []).append(text)
+    return {name: " ".join(parts) for name, parts in texts.items()}
+
+
+def _class_summary(cls) -> str:
+    """What one item of a nested class is: its docstring's first paragraph up to any part about a field."""
+    paragraphs = _doc_paragraphs(cls.__doc__)
+    if not paragraphs:
+        return ""
+    first = paragraphs[0]
+    start = _segments(first, {f.name for f in dataclasses.fields(cls)})[1]
+    text = (first if start is None else first[:start]).strip().rstrip(".;:,").strip()
+    return text + "." if text else ""
+
+
+def _yaml_type(tp) -> tuple[str, type | None]:
+    """``tp`` in the words of the YAML file, and the dataclass its items are (or None)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        words, inner = _yaml_type(rest[0]) if len(rest) == 1 else (" or ".join(_yaml_type(a)[0] for a in rest), None)
+        return (words + " or null" if type(None) in args else words), inner
+    if origin is typing.Literal:
+        return "one of " + "|".join(str(a) for a in args), None
+    if origin in (tuple, list):
+        words, inner = _yaml_type(args[0]) if args else ("values", None)
+        plural = {"mapping": "mappings", "string": "strings", "number": "numbers", "integer": "integers",
+                  "boolean": "booleans"}
+        return "list of " + plural.get(words, words), inner
+    if origin is dict:
+        return f"mapping of {_yaml_type(args[0])[0]} to {_yaml_type(args[1])[0]}", None
+    if dataclasses.is_dataclass(tp):
+        return "mapping", tp
+    return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, "any value"), None
+
+
+def option_docs(cls, prefix: str = "") -> list[OptionDoc]:
+    """Every option of the options dataclass ``cls``, nested ones dotted (``blocks[].fields[].type``)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    texts = _field_texts(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("internal"):
+            continue
+        words, inner = _yaml_type(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            default = _dump(_plain(f.default, f.name), None)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = _dump(_plain(f.default_factory(), f.name), None)
+        else:
+            default = "required"
+        text = next((str(f.metadata[k]) for k in ("doc", "help", "description") if f.metadata.get(k)), "")
+        text = text or texts.get(f.name, "") or (_class_summary(inner) if inner else "")
+        out.append(OptionDoc(prefix + f.name, words, default, text))
+        if inner is not None:
+            nested = "[]." if words.startswith("list of") else "."
+            out += option_docs(inner, f"{prefix}{f.name}{nested}")
+    return out
+
+
+def driver_summary(name: str) -> str:
+    """The first line of the driver module's docstring (reST as written)."""
+    import drivers
+
+    module = sys.modules[drivers.get(name).__module__]
+    return _doc_paragraphs(module.__doc__)[0] if module.__doc__ else ""
+
+
+def _md(text: str) -> str:
+    """Our docstrings' reST as Markdown, safe in a table cell."""
+    from .cmd_common import _ROLE
+
+    text = _ROLE.sub(lambda m: f"``{m.group(1)}``", text)
+    text = re.sub(r"``(.+?)``", lambda m: f"`{m.group(1)}`", text)
+    return text.replace("|", "\\|")
+
+
+def options_text(name: str | None = None, *, markdown: bool = False) -> str:
+    """The options reference: every driver with its summary (no ``name``), or one driver's options;
+    ``markdown``: docs/drivers.md (all drivers), or one driver's section of it. KeyError: no such driver."""
+    import textwrap
+
+    import drivers
+
+    from .cmd_common import plain_text
+
+    if name is not None and name not in drivers.names():
+        raise KeyError(name)
+    if markdown:
+        if name is not None:
+            return _options_markdown(name)
+        head = ("# Driver options\n\n"
+                "<!-- generated by `edge-gateway config options --markdown`; "
+                "tests/test_config_options.py checks that it is current -->\n\n"
+                "The keys under a sensor's `options:` in the config, for each `driver:`. "
+                "`a[].b` is the key `b` of every item of the list `a`; `a.b`, the key `b` of the mapping `a`. "
+                "The same reference on a gateway: `edge-gateway config options [DRIVER]`.\n\n"
+                "| driver | |\n|---|---|\n"
+                + "".join(f"| [`{n}`](#{n}) | {_md(driver_summary(n))} |\n" for n in drivers.names()))
+        return head + "".join("\n" + _options_markdown(n) for n in drivers.names())
+    if name is None:
+        width = max(map(len, drivers.names()))
+        lines = [f"{n:<{width}}  {plain_text(driver_summary(n))}" for n in drivers.names()]
+        return "\n".join(lines + ["", _OPTIONS_HINT]) + "\n"
+    docs = option_docs(drivers.get(name).Options)
+    width = max(len(d.key) for d in docs)
+    lines = [f"{name}: {plain_text(driver_summary(name))}", "options (the keys under the sensor's options:):"]
+    for d in docs:
+        default = "required" if d.default == "required" else f"default {d.default}"
+        lines.append(f"  {d.key:<{width}}  {d.type}, {default}")
+        if d.text:
+            lines += textwrap.wrap(plain_text(d.text), _DESC_WIDTH, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6, break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
+
+
+def _options_markdown(name: str) -> str:
+    import drivers
+
+    rows = [f"| `{d.key}` | {_md(d.type)} | {'required' if d.default == 'required' else _md(f'`{d.default}`')} "
+            f"| {_md(d.text)} |".replace("|  |", "| |")
+            for d in option_docs(drivers.get(name).Options)]
+    return (f"## {name}\n\n{_md(driver_summary(name))}\n\n| option | type | default | description |\n"
+            "|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+def options(args) -> int:
+    import difflib
+
+    import drivers
+
+    try:
+        sys.stdout.write(options_text(args.driver, markdown=args.markdown))
+    except KeyError:
+        known = drivers.names()
+        near = difflib.get_close_matches(args.driver, known, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        print(f"edge-gateway: unknown driver {args.driver!r}{hint} (known drivers: {', '.join(known)})",
+              file=sys.stderr)
+        return 2
+    return 0

@@ -201,7 +201,7 @@ def test_config_arguments_are_explained():
         for dest, help_text in helps("config", action).items():
             if dest in ("file", "key", "value"):
                 assert f"{dest.upper()} {help_text}" in text, (action, text)
-    assert "usage: edge-gateway config set [-h] [--string] [--dry-run] FILE KEY VALUE" in r.stdout
+    assert "usage: edge-gateway config set [-h] [--string] [--dry-run] [--full] FILE KEY VALUE" in _flat(r.stdout)
 
 
 def test_plain_text_and_doc_part():
