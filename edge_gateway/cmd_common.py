@@ -35,7 +35,8 @@ def not_running(path: Path, exc: Exception) -> int:
               "(seconds; minutes at a Pi's first start); ask again shortly")
         return 4
     error(f"the daemon is not running: {exc}")
-    error("start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`")
+    error("start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`; "
+          "if it runs with another config, pass --config FILE (or --socket PATH)")
     return 3
 
 
@@ -83,18 +84,61 @@ def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def table(rows: list[list], headers: list[str], out=None) -> None:
+def table(rows: list[list], headers: list[str], out=None, notes: list[list[str]] | None = None) -> None:
     """A plain left-aligned table for people (scripts use --json). A cell of several lines (a config with
-    several mistakes) takes as many rows, each line in its own column, and its longest line sets the width."""
+    several mistakes) takes as many rows, each line in its own column, and its longest line sets the width.
+
+    When ``out`` is a terminal or ``COLUMNS`` is set, the LAST column is wrapped at spaces to fit the
+    terminal's width (:func:`shutil.get_terminal_size`, which honours ``COLUMNS``), its continuation lines
+    under that column: one long DETAIL no longer pads every row. Text is never cut: a word longer than
+    the room left stays whole (at least :data:`MIN_LAST` columns are given to the last one).
+    ``notes``: lines printed under each row (indented 4), after its wrapped lines."""
     out = out or sys.stdout
     cells = [[str(h).splitlines() or [""] for h in headers]]
     cells += [[("" if c is None else str(c)).splitlines() or [""] for c in r] for r in rows]
     widths = [max(len(line) for r in cells for line in r[i]) for i in range(len(headers))]
+    room = _terminal_width(out)
+    if room is not None and headers:
+        last = max(MIN_LAST, room - sum(w + 2 for w in widths[:-1]))
+        if widths[-1] > last:
+            for r in cells[1:]:
+                r[-1] = [part for line in r[-1] for part in _wrap(line, last)]
+            widths[-1] = max(len(line) for r in cells for line in r[-1])
     for n, r in enumerate(cells):
         for k in range(max(len(c) for c in r)):
             print("  ".join((c[k] if k < len(c) else "").ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
         if n == 0:
             print("  ".join("-" * w for w in widths), file=out)
+        elif notes is not None and n - 1 < len(notes):
+            for note in notes[n - 1]:
+                print(f"    {note}", file=out)
+
+
+MIN_LAST = 20  # columns the wrapped last column gets at least, however wide the others are
+
+
+def _terminal_width(out) -> int | None:
+    """The width to wrap the last column at: ``COLUMNS`` if set, else the terminal's when ``out`` is
+    one; None (no wrapping) for a pipe or file without ``COLUMNS``."""
+    import shutil
+
+    tty = False
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):
+        pass
+    if not os.environ.get("COLUMNS") and not tty:
+        return None
+    return shutil.get_terminal_size().columns
+
+
+def _wrap(line: str, width: int) -> list[str]:
+    """``line`` in lines of at most ``width`` characters, broken at spaces only; a longer word stays whole."""
+    import textwrap
+
+    if len(line) <= width:
+        return [line]
+    return textwrap.wrap(line, width, break_long_words=False, break_on_hyphens=False) or [line]
 
 
 def fmt_age(seconds) -> str:

@@ -13,7 +13,11 @@ prints what changed (sensors started, stopped and kept; broker; detector; other
 live settings), or why the new config was refused (mistakes of a ``--config`` file
 that does not load are listed once, before the daemon is asked).
 
-Exit statuses: 0 ok; 1 the daemon refused the reload / answered with an error;
+A new broker is waited for (up to 5 s) and a second line says whether it connected
+(``broker changed: connected to HOST:PORT``) or not (``broker changed: NOT connected after 5 s:
+...``); not connected is still exit 0: the reload applied and the gateway keeps trying.
+
+Exit statuses: 0 ok (also a new broker not connected yet); 1 the daemon refused the reload / answered with an error;
 2 bad usage or an unreadable ``--config``; 3 the daemon is not running
 (nothing listens on the control socket); 130 Ctrl-C.
 """
@@ -200,8 +204,6 @@ def sensor_notes(st: dict) -> list[str]:
 def sensors_table(sensors: dict) -> None:
     """One row per sensor; the LAST ERROR column says how old the error is, the full text follows on
     an indented line (a reason cut at a column width loses what it says)."""
-    import io
-
     from .cmd_common import fmt_age, table
 
     rows, notes = [], []
@@ -217,27 +219,36 @@ def sensors_table(sensors: dict) -> None:
         rows.append([sid, st.get("driver"), f"{st.get('rate_per_s', 0):.2f}/s", fmt_age(st.get("last_reading_age_s")),
                      st.get("malformed", 0), st.get("link_errors", 0), values or "-", err])
         notes.append(sensor_notes(st))
-    buf = io.StringIO()
-    table(rows, ["SENSOR", "DRIVER", "RATE", "LAST", "BAD", "LINK ERR", "LAST VALUES", "LAST ERROR"], out=buf)
-    lines = buf.getvalue().splitlines()
-    print("\n".join(lines[:2]))
-    for line, extra in zip(lines[2:], notes):
-        print(line)
-        for note in extra:
-            print(f"    {note}")
+    table(rows, ["SENSOR", "DRIVER", "RATE", "LAST", "BAD", "LINK ERR", "LAST VALUES", "LAST ERROR"], notes=notes)
 
 
 def events_table(events: list[dict]) -> None:
-    """The recent events, oldest first; an anomaly's REASON is the detector that raised it."""
+    """The recent events, oldest first; an anomaly's REASON is the detector that raised it.
+
+    EVENT says how long an event lasted once it is over (``anomaly 5.9 s``, ``link_gap 11.1 s``),
+    ``(open)`` while an anomaly still runs, ``(closed)`` for one closed without an end. The rows are
+    the daemon's last events in memory: a restart starts the table empty."""
     rows = []
     for e in sorted(events, key=lambda e: e.get("start") or e.get("ts") or 0):
         reason = e.get("reason") or (f"detector {e['detector']}" if e.get("detector") else "")
         rows.append([time.strftime("%H:%M:%S", time.localtime(e.get("start") or e.get("ts") or 0)), e.get("sensor"),
-                     e.get("type", "") + (" (open)" if e.get("state") == "open" else ""),
-                     e.get("channel", ""), _g(e.get("peak_value")), _score(e.get("peak_score")), reason])
+                     event_name(e), e.get("channel", ""), _g(e.get("peak_value")), _score(e.get("peak_score")),
+                     reason])
     from .cmd_common import table
 
     table(rows, ["TIME", "SENSOR", "EVENT", "CHANNEL", "VALUE", "SCORE", "REASON"])
+
+
+def event_name(e: dict) -> str:
+    """The EVENT cell: the type, then ``(open)``, the duration once it ended, or ``(closed)``."""
+    kind = e.get("type", "")
+    if e.get("state") == "open":
+        return f"{kind} (open)"
+    start, end = e.get("start"), e.get("end")
+    if isinstance(start, (int, float)) and isinstance(end, (int, float)) and end >= start:
+        d = end - start
+        return f"{kind} {d:.1f} s" if d < 120 else f"{kind} {ago(d)}"
+    return f"{kind} (closed)" if e.get("state") == "closed" else kind
 
 
 def _g(x) -> str:
@@ -271,6 +282,9 @@ def reload(args) -> int:
         return 1
     if not args.json:
         print(reload_line(reply.get("reload", {})))
+        link = broker_link_line(reply.get("reload", {}))
+        if link:
+            print(link)
     return 0
 
 
@@ -315,3 +329,26 @@ def reload_line(plan: dict) -> str:
     return (f"reloaded: started {names('start')}; stopped {names('stop')}; kept {names('keep')}; "
             f"broker {changed('broker_changed')}; detector {changed('detector_changed')}; "
             f"other live changes: {names('other_changed')}")
+
+
+def broker_link_line(plan: dict) -> str:
+    """The outcome of a new broker, on the line after :func:`reload_line` (empty when the broker did
+    not change, or from an older daemon that does not wait for it)::
+
+        broker changed: connected to 10.0.0.5:1883
+        broker changed: NOT connected after 5 s: connect to ... failed: ...; the gateway keeps trying
+        (edge-gateway status); to undo, set broker back and reload
+
+    Still exit 0: the reload applied; the link keeps trying (a broker down for maintenance is not a
+    wrong setting). Exit 1 stays "refused"."""
+    b = plan.get("broker_link")
+    if not plan.get("broker_changed") or not isinstance(b, dict):
+        return ""
+    where = f"{b.get('host')}:{b.get('port')}"
+    if b.get("connected"):
+        return f"broker changed: connected to {where}"
+    line = f"broker changed: NOT connected after {b.get('waited_s', 0):g} s: {b.get('error') or 'no answer'}; "
+    if b.get("rolled_back"):
+        return line + "the previous broker settings were put back (the reload came over MQTT)"
+    return line + "the gateway keeps trying (edge-gateway status); to undo, set broker back and reload"
+

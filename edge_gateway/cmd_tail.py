@@ -3,7 +3,8 @@
 Streams through the daemon's control socket. One line per reading
 (``TIME SENSOR CHANNEL VALUE UNIT``) and per event (``TIME SENSOR EVENT ...``), all in
 local time: TIME as ``14:02:11.123``, an event's other times (``end=``) as
-``2024-05-01T14:02:11``; ``--json`` prints the daemon's JSON lines unchanged; ``--events`` shows events
+``2024-05-01T14:02:11``, and no ``gw=`` (one gateway is asked); ``--json`` prints the
+daemon's JSON lines unchanged (``gw`` included); ``--events`` shows events
 only; ``--count N`` stops after N lines (for scripts and tests). The daemon
 keeps about 1 MiB of unread lines per client (several pipeline rounds); a
 client that falls further behind (a slow terminal, pipe or ssh link) loses
@@ -130,7 +131,7 @@ def format_item(item: dict) -> str:
         return f"({item['count']} lines dropped: this tail fell too far behind the gateway)"
     ts = item.get("start") or item.get("ts") or time.time()
     rest = " ".join(f"{k}={_field(k, v)}" for k, v in item.items()
-                    if k not in ("type", "event", "sensor", "start", "seq") and v not in (None, ""))
+                    if k not in ("type", "event", "sensor", "start", "seq", "gw") and v not in (None, ""))
     return f"{clock(ts)} {item.get('sensor', ''):<12} EVENT {item.get('event', '')} {rest}".rstrip()
 
 

@@ -33,6 +33,7 @@ from .statelock import AlreadyRunning, NotOurs, StateDirLock
 
 log = logging.getLogger(__name__)
 
+BROKER_WAIT_S = 5.0  # a reload with a new broker waits this long for its CONNACK (Gateway._apply)
 CHECKPOINT_EVERY_S = 60.0  # written with the next append, and only when changed (docs/uplink.md)
 STATS_EVERY_S = 5.0  # systemd's STATUS= line
 STATS_LOG_EVERY_S = 900.0  # the same figures in the journal: 96 lines a day, not 17,280 (review 16, bounds #8)
@@ -473,7 +474,7 @@ class Gateway:
         router.register("ping", lambda args: {"pong": self.clock(), "last_seq": self.queue.last_seq})
         router.register("status", lambda args: self.snapshot())
         router.register("set", lambda args: self.set_parameter(args.get("name"), args.get("value")))
-        router.register("reload", lambda args: (self.request_reload(), {"reload": "requested"})[1])
+        router.register("reload", self._mqtt_reload)
         return router
 
     def _on_command(self, topic: str, payload: bytes) -> None:
@@ -593,6 +594,13 @@ class Gateway:
             self.prometheus.stop()
             self.prometheus = None
 
+    async def _mqtt_reload(self, args: dict) -> dict:
+        """Downlink ``reload``: reload the config file and reply with what applied (refused: an error
+        reply). The reply waits for the reload, as ``set``'s does, so that it can say whether a new broker
+        connected, and that the previous broker was put back when it did not (:meth:`_apply`)."""
+        summary = await self.reload_from_file(origin="mqtt")
+        return {"reload": "applied", **summary}
+
     def request_reload(self) -> None:
         """Reload the config file in the background (SIGHUP, MQTT ``reload``); see :meth:`reload`.
 
@@ -610,8 +618,9 @@ class Gateway:
 
         self._spawn(_reload(), "reload")
 
-    async def reload_from_file(self) -> dict:
-        """Read ``cfg.source`` again and :meth:`reload` it; raise ValueError if it is refused."""
+    async def reload_from_file(self, origin: str = "local") -> dict:
+        """Read ``cfg.source`` again and :meth:`reload` it; raise ValueError if it is refused.
+        ``origin``: ``"mqtt"`` for the downlink command, else ``"local"`` (see :meth:`_apply`)."""
         from . import config
 
         await self._wait_started("reload")
@@ -620,17 +629,19 @@ class Gateway:
         except config.ConfigError as exc:
             self._reload_refused(str(exc), None)
             raise ValueError(str(exc)) from None
-        return await self.reload(new_cfg)
+        return await self.reload(new_cfg, origin=origin)
 
     def _reload_refused(self, reason: str, plan: dict | None) -> None:
         log.error("reload refused, the running config stays: %s", reason)
         self.telemetry.reload_done(False, reason, plan)
         self._publish_status()
 
-    async def reload(self, new_cfg: GatewayConfig) -> dict:
+    async def reload(self, new_cfg: GatewayConfig, origin: str = "local") -> dict:
         """Apply a validated config: restart only the sensors that changed, keep queue and analytics state.
 
-        Refused (ValueError; the old config keeps running) when the change needs a restart.
+        Refused (ValueError; the old config keeps running) when the change needs a restart. A new
+        broker is waited for (:meth:`_apply`); ``origin`` ``"mqtt"`` (the downlink) puts the previous
+        broker back when the new one does not connect.
         """
         from . import reload as reload_planning
 
@@ -647,11 +658,23 @@ class Gateway:
                     self._reload_refused(f"detector kernels did not compile: {exc!r}", plan.summary())
                     raise ValueError(str(exc)) from exc
             with self._applying_change():
-                summary = await self._apply(plan, new_cfg)
+                summary = await self._apply(plan, new_cfg, origin)
             log_config_warnings(new_cfg)
             return summary
 
-    async def _apply(self, plan, new_cfg: GatewayConfig) -> dict:
+    async def _apply(self, plan, new_cfg: GatewayConfig, origin: str = "local") -> dict:
+        """Apply ``plan``. With new broker settings, the new link's CONNACK is waited for (at most
+        :data:`BROKER_WAIT_S`, asynchronously: the gateway keeps serving) and the outcome goes into the
+        result as ``broker_link``: ``{host, port, connected, waited_s, error, rolled_back}``.
+
+        A broker that does not connect in that time is kept, not rolled back: a broker down for
+        maintenance at reload time is not a wrong setting, and the link keeps trying it (the result and
+        ``edge-gateway status`` say so; to undo, set the broker back and reload). Except for a reload
+        that came over MQTT (``origin="mqtt"``): losing the link would lose the very channel needed to
+        undo it, so the previous broker settings are put back (the rest of the reload stays applied;
+        the file still names the new broker, so the next reload tries it again) and
+        ``rolled_back`` says so in the reply.
+        """
         import drivers
 
         new_sensors = {s.id: s for s in new_cfg.sensors}
@@ -671,9 +694,10 @@ class Gateway:
         if new_cfg.log_level != self.cfg.log_level:
             logging.getLogger().setLevel(new_cfg.log_level.upper())
         old_cfg, self.cfg = self.cfg, new_cfg
+        summary = plan.summary()
         if plan.broker_changed:
             await self._replace_uplink(old_cfg)
-        summary = plan.summary()
+            summary["broker_link"] = await self._await_new_link(old_cfg, origin)
         log.info("config reloaded from %s: %s", new_cfg.source, json.dumps(summary))
         self.telemetry.reload_done(True, "", summary)
         self._publish_status()
@@ -690,6 +714,36 @@ class Gateway:
         if old_fw is not None and self.forwarder is not None:
             self.forwarder.stats = old_fw.stats
         self.forwarder.notify()
+
+    async def _await_new_link(self, old_cfg: GatewayConfig, origin: str) -> dict:
+        """Wait (asynchronously) up to :data:`BROKER_WAIT_S` for the new link's CONNACK; the outcome for
+        the reload result. Not connected and ``origin == "mqtt"``: the previous broker is put back."""
+        b = self.cfg.broker
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        deadline = t0 + BROKER_WAIT_S
+        while not (self.link is not None and self.link.connected) and not self._stop.is_set() \
+                and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        connected = self.link is not None and self.link.connected
+        out = {"host": b.host, "port": b.port, "connected": connected,
+               "waited_s": round(loop.time() - t0, 1) if connected else BROKER_WAIT_S,
+               "error": "" if connected else (getattr(self.link, "last_error", "") or "no CONNACK yet"),
+               "rolled_back": False}
+        if connected:
+            return out
+        if origin == "mqtt" and not self._stop.is_set():
+            log.error("new broker %s:%d not connected after %g s (%s); the reload came over MQTT: putting "
+                      "the previous broker %s:%d back", b.host, b.port, BROKER_WAIT_S, out["error"],
+                      old_cfg.broker.host, old_cfg.broker.port)
+            new_cfg = self.cfg
+            self.cfg = dataclasses.replace(self.cfg, broker=old_cfg.broker)
+            await self._replace_uplink(new_cfg)
+            out["rolled_back"] = True
+        else:
+            log.warning("new broker %s:%d not connected after %g s: %s; the gateway keeps trying",
+                        b.host, b.port, BROKER_WAIT_S, out["error"])
+        return out
 
     def _log_stats(self) -> None:
         s = self.snapshot()

@@ -20,3 +20,11 @@ def broker(tmp_path):
     b = Broker(tmp_path / "broker").start()
     yield b
     b.close()
+
+
+@pytest.fixture(autouse=True)
+def _natural_table_width(monkeypatch):
+    """CLI tables at their natural width in every test and every CLI it starts: pytest-xdist's workers
+    run with COLUMNS=80, which makes ``cmd_common.table`` wrap its last column (tests of the wrapping set
+    COLUMNS themselves)."""
+    monkeypatch.delenv("COLUMNS", raising=False)

@@ -24,7 +24,7 @@ def test_doctor_lists_each_config_mistake_on_its_own_line(tmp_path):
     """Several mistakes used to go into one DETAIL cell, the table as wide as all of them together."""
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("gateway:\n  id: gw\n  batch_interval_s: -1\nbroker:\n  port: 99999\n")
-    r = cli("doctor", cfg, "--skip", "clock", "--skip", "user")
+    r = cli("doctor", cfg, "--skip", "clock", "--skip", "user", env={"COLUMNS": ""})  # unwrapped (xdist sets 80)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     lines = r.stdout.splitlines()
     assert lines[2:4] == [f"FAIL    config  {cfg}:3:21: gateway.batch_interval_s: must be positive",

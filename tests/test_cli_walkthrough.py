@@ -79,7 +79,8 @@ def test_commands_reach_the_running_gateway_while_its_config_file_is_broken(tmp_
                             "it loaded last\n"
                             f"edge-gateway: the daemon is not running: no edge-gateway daemon at {other} "
                             "(No such file or directory)\n"
-                            "edge-gateway: start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`\n")
+                            "edge-gateway: start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`; "
+                            "if it runs with another config, pass --config FILE (or --socket PATH)\n")
         s = status_json(sock)
         assert s["reload"]["count"] == 2 and s["reload"]["failed"] == 1 and s["link"] == "up"
     finally:

@@ -281,7 +281,8 @@ def test_cli_status_with_a_broken_config_lists_every_mistake_one_a_line(tmp_path
         *mistakes,
         f"edge-gateway: note: asking the daemon at {sock} anyway: it keeps running the config it loaded last",
         f"edge-gateway: the daemon is not running: no edge-gateway daemon at {sock} (No such file or directory)",
-        "edge-gateway: start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`"]
+        "edge-gateway: start it with `systemctl start edge-gateway` or `edge-gateway run CONFIG`; "
+        "if it runs with another config, pass --config FILE (or --socket PATH)"]
     assert "Traceback" not in r.stderr
 
 

@@ -208,7 +208,10 @@ def _gateway_yaml(tmp_path, broker_port: int, broker_extra: str, sensor_port: st
 
 
 def _daemon_warnings(gw: GatewayProcess) -> list[str]:
-    return [ln for ln in gw.log_text().splitlines() if ln.startswith("<4>edge_gateway.daemon: ")]
+    """The daemon's warnings but the reload's "new broker ... not connected after 5 s" (its resolver's
+    words differ from one system to the next; tests/test_reload_broker.py asserts it)."""
+    return [ln for ln in gw.log_text().splitlines() if ln.startswith("<4>edge_gateway.daemon: ")
+            and not ln.startswith("<4>edge_gateway.daemon: new broker ")]
 
 
 def test_the_daemon_logs_config_warnings_at_start_and_after_a_successful_reload_only(tmp_path):

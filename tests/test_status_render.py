@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 
+import pytest
 import serial
 from driver_fixtures import wait_until
 from paho.mqtt.packettypes import PacketTypes
@@ -30,6 +31,12 @@ from support import Broker, Clock
 from uplink_support import TcpProxy, until
 
 T0 = 1_700_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _no_columns(monkeypatch):
+    """Tables at their natural width: pytest-xdist workers run with COLUMNS=80, which wraps the last column."""
+    monkeypatch.delenv("COLUMNS", raising=False)
 
 
 def _hms(ts: float) -> str:
@@ -95,11 +102,11 @@ def test_events_newest_last_with_scores_to_two_decimals_and_the_detector_as_reas
         {"start": T0 + 30, "sensor": "air-1", "type": "anomaly", "state": "closed", "channel": "pm10",
          "peak_value": 99.0, "peak_score": 0.999, "detector": "hst"}]})
     lines = capsys.readouterr().out.splitlines()
-    at = lines.index("TIME      SENSOR   EVENT           CHANNEL  VALUE  SCORE  REASON")
+    at = lines.index("TIME      SENSOR   EVENT             CHANNEL  VALUE  SCORE  REASON")
     assert lines[at + 2:] == [
-        f"{_hms(T0)}  noise-1  link_gap" + " " * 31 + "unplugged",
-        f"{_hms(T0 + 30)}  air-1    anomaly         pm10     99     1.00   detector hst",
-        f"{_hms(T0 + 60)}  air-1    anomaly (open)  pm25     181.5  4.57   detector zscore",
+        f"{_hms(T0)}  noise-1  link_gap 8.0 s" + " " * 27 + "unplugged",  # its duration (walkthrough #2)
+        f"{_hms(T0 + 30)}  air-1    anomaly (closed)  pm10     99     1.00   detector hst",  # not like an open one
+        f"{_hms(T0 + 60)}  air-1    anomaly (open)    pm25     181.5  4.57   detector zscore",
     ]
 
 
