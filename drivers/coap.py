@@ -88,8 +88,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CoapResource:
-    """One resource on the node. ``channel``/``unit`` name a plain number; ``units`` the keys of a
-    JSON object; SenML names (minus ``strip_prefix``) are channels and carry their own units."""
+    """One resource on the node.
+
+    ``path``: the resource's path on the node, starting with '/' (``/bins``). ``channel``: the channel a
+    plain-number payload is sent under (default: the last part of the path). ``unit``: that number's unit.
+    ``units``: for a JSON object payload, the unit of each key (each key is a channel). ``strip_prefix``:
+    taken off the front of SenML names before they become channels (a node's base name such as
+    ``bins-1:``); SenML records carry their own units.
+    """
 
     path: str
     channel: str = ""
@@ -118,7 +124,12 @@ class CoapOptions:
     ``max_age_margin_s``: how long past a notification's Max-Age (times 1 to 3, for jitter) a silent
     observation is trusted before it is registered again. ``max_payload_bytes`` and ``max_records``
     bound what one response may cost the gateway. ``uri`` names the node only
-    (``coap://host:port``); the paths go in ``resources``.
+    (``coap://host:port``); the paths go in ``resources``. ``mode``: ``observe`` registers once and the
+    node sends each new value (RFC 7641); ``poll`` asks with a GET every few seconds, as ``observe`` does
+    for a resource that answers without Observe. ``interval_s``: seconds between two GETs of a polled
+    resource, and the first wait before asking again a resource that answered with an error (doubled at
+    each further error, up to 300 s). ``request_timeout_s``: how long a request waits for the node's answer before the link counts as
+    lost.
     """
 
     uri: str

@@ -38,7 +38,14 @@ from .serial_port import AsyncSerial
 
 @dataclass(frozen=True)
 class ModbusField:
-    """One value inside a block: ``offset`` registers from the block's start."""
+    """One value inside a block: ``offset`` registers from the block's start.
+
+    ``name``: the channel name it is sent under. ``type``: how its registers read (32-bit types take two).
+    ``word_order``: ``big`` when the high word comes first, ``little`` for meters that send the low word
+    first (32-bit types only). ``scale``: the register value times this is the value sent (0.1 for a
+    register counting tenths). ``unit``: the unit it is sent with. ``min``, ``max``: a value outside them
+    is sent marked bad (quality), not dropped; null: no limit.
+    """
 
     name: str
     offset: int
@@ -58,7 +65,14 @@ class ModbusField:
 
 @dataclass(frozen=True)
 class ModbusBlock:
-    """Registers read with one request, every ``interval_s``."""
+    """Registers read with one request, every ``interval_s``.
+
+    ``slave``: the meter's Modbus address on the bus, 1..247. ``address``: the first register (0-based,
+    as on the wire: register 40001 of a datasheet's holding registers is 0). ``count``: how many
+    registers, 1..125. ``function``: ``holding`` registers (function 3) or ``input`` registers (function 4).
+    ``interval_s``: seconds from one read of the block to the next.
+    ``name``: the block's name in status and logs (default ``slave:function:address``).
+    """
 
     slave: int
     address: int
@@ -90,7 +104,15 @@ class ModbusBlock:
 
 @dataclass(frozen=True)
 class ModbusOptions:
-    """Options of a ``modbus_rtu`` sensor (one RS-485 bus)."""
+    """Options of a ``modbus_rtu`` sensor (one RS-485 bus).
+
+    ``port``: the RS-485 adapter's device (``/dev/ttyUSB0``) or a pyserial URL. ``baudrate``, ``parity``,
+    ``stopbits``: the bus's line settings, the same on every meter of it (8 data bits). ``timeout_s``: how
+    long a request waits for its answer; a slave that does not answer costs its own blocks this long.
+    ``dead_after``: rounds of every block without any answer after which the port is closed and opened
+    again (an adapter that hung). ``exclusive``: lock the port, so a second sensor entry naming the same
+    bus fails at once instead of interleaving requests.
+    """
 
     port: str
     blocks: tuple[ModbusBlock, ...]

@@ -23,7 +23,18 @@ Sample = tuple[str, float, "float | None"]
 
 @dataclass(frozen=True)
 class LineOptions:
-    """Options of a ``serial_line`` sensor."""
+    """Options of a ``serial_line`` sensor.
+
+    ``port``: the serial device (``/dev/ttyUSB0``; a ``/dev/serial/by-id/...`` link names the same sensor
+    after a re-plug) or a pyserial URL such as ``socket://host:port``. ``baudrate``: the line speed, 8N1
+    (``edge-gateway probe`` finds it). ``format``: ``kv`` reads ``pm25=12.5,pm10=20`` lines, ``csv`` reads
+    values in the order of ``columns``, ``json`` reads one object of numbers a line. ``columns``: the
+    channel name of each CSV column (csv only). ``delimiter``: what separates the pairs (kv) or cells
+    (csv). ``timestamp_field``: a field holding the reading's time in epoch seconds, used instead of the
+    time the line arrived; a line without it is malformed. ``units``: the unit of each channel, by channel
+    name (e.g. ``pm25: ug/m3``); a channel not listed has none. ``max_line``: bytes a line may have; a
+    longer one is dropped whole and counted as malformed.
+    """
 
     port: str
     baudrate: int = 9600
