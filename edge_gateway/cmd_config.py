@@ -449,11 +449,11 @@ def _warn_state_dir_taken(cfg) -> None:
     with the new ``gateway.id`` the gateway would not start there (exit 2, which systemd does not restart)."""
     import sqlite3
 
-    from .cmd_doctor import queue_owner
+    from .queue import read_owner
     from .reload import new_id_advice, state_dir_taken
 
     try:
-        found = queue_owner(cfg.queue_path)
+        found = read_owner(cfg.queue_path)
     except (sqlite3.Error, OSError):
         return  # unreadable here: `edge-gateway doctor` says so
     if found is None or found[0] is None or found[0] == cfg.gateway.id:

@@ -398,38 +398,16 @@ def _write_problem(state_dir: Path, probe: Path, user: str) -> tuple[str, str] |
     return None
 
 
-def queue_owner(queue_path: Path) -> tuple[str | None, int] | None:
-    """(the gateway id recorded in the queue file, or None if none is yet; its unsent messages), or None when
-    there is no queue file. Raises sqlite3.Error or OSError when it cannot be read.
-
-    What :meth:`edge_gateway.queue.DurableQueue.claim` compares at start-up, read here without it: opening a
-    DurableQueue writes (its schema, and the owner itself on a first claim), and this must not, not even
-    beside a running gateway. So: the queue's own file, read-only (SQLite's ``mode=ro``), its ``meta`` row
-    ``owner`` and the rows of ``outbox``.
-    """
-    import sqlite3
-
-    if not queue_path.exists():
-        return None
-    db = sqlite3.connect(f"{queue_path.absolute().as_uri()}?mode=ro", uri=True, timeout=2.0)
-    try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        row = db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone() if "meta" in tables else None
-        depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] if "outbox" in tables else 0
-    finally:
-        db.close()
-    return (None if row is None else str(row[0])), int(depth)
-
-
 def check_state_dir_id(cfg) -> list[Check]:
     """Whose queue the state directory holds: another gateway's fails (``run`` would exit 2). None: no queue yet."""
     import sqlite3
 
+    from .queue import read_owner
     from .reload import new_id_advice, state_dir_taken
 
     path = cfg.queue_path
     try:
-        found = queue_owner(path)
+        found = read_owner(path)
     except (sqlite3.Error, OSError) as exc:
         return [Check("state dir id", "unknown", f"cannot read {path}: {exc}",
                       "run doctor as root or as the service user")]

@@ -119,6 +119,27 @@ def _empty_counts() -> dict:
     return {"count": 0, "agg": 0, "event": 0, "anomaly": 0, "reasons": {}, "first_seq": 0, "last_seq": 0}
 
 
+def read_owner(queue_path: Path) -> tuple[str | None, int] | None:
+    """(the gateway id recorded in the queue file, or None if none is yet; its unsent messages), or None when
+    there is no queue file. Raises sqlite3.Error or OSError when it cannot be read.
+
+    What :meth:`DurableQueue.claim` compares at start-up, read without it (``doctor``, ``config set
+    gateway.id``): opening a DurableQueue writes (its schema, and the owner itself on a first claim), and
+    this must not, not even beside a running gateway. So: the file read-only (SQLite's ``mode=ro``), its
+    ``meta`` row ``owner`` and the rows of ``outbox``.
+    """
+    if not queue_path.exists():
+        return None
+    db = sqlite3.connect(f"{queue_path.absolute().as_uri()}?mode=ro", uri=True, timeout=2.0)
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        row = db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone() if "meta" in tables else None
+        depth = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] if "outbox" in tables else 0
+    finally:
+        db.close()
+    return (None if row is None else str(row[0])), int(depth)
+
+
 class DurableQueue:
     """Append in batches, read in order after a cursor, delete on acknowledgement."""
 
