@@ -25,6 +25,21 @@ def usage() -> str:
             f"simulators (each prints its port path or endpoints; NAME --help for its options):\n{rows}")
 
 
+def run_by_city(prog: str, doc: str | None, what: str, argv: list[str] | None = None) -> int:
+    """``python -m PROG --help`` for a simulator module with no command line of its own (the CoAP node,
+    the Modbus slave): its docstring as plain text, and that ``edge-gateway-sim city`` runs ``what``
+    (the scenario's sensors of that kind). Anything but --help: exit 2 saying so."""
+    import argparse
+
+    from edge_gateway.cmd_common import plain_text
+
+    ap = argparse.ArgumentParser(prog=prog, description=plain_text(doc or ""),
+                                 epilog=f"Not a program of its own: edge-gateway-sim city SCENARIO.yaml runs {what}.")
+    ap.parse_args(argv)
+    ap.error("no command line of its own; run edge-gateway-sim city SCENARIO.yaml")
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):

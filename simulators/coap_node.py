@@ -121,16 +121,9 @@ class CoapNode:
 def main(argv: list[str] | None = None) -> int:
     """``python -m simulators.coap_node --help``: what the module is. It has no command line of its own:
     ``edge-gateway-sim city`` runs CoAP nodes from a scenario, and tests start them in-process."""
-    import argparse
+    from .cli import run_by_city
 
-    from edge_gateway.cmd_common import plain_text
-
-    ap = argparse.ArgumentParser(prog="python -m simulators.coap_node", description=plain_text(__doc__ or ""),
-                                 epilog="Not a program of its own: edge-gateway-sim city SCENARIO.yaml runs "
-                                        "CoAP nodes (the scenario's coap sensors).")
-    ap.parse_args(argv)
-    ap.error("no command line of its own; run edge-gateway-sim city SCENARIO.yaml")
-    return 2
+    return run_by_city("python -m simulators.coap_node", __doc__, "CoAP nodes (the scenario's coap sensors)", argv)
 
 
 if __name__ == "__main__":
