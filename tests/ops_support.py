@@ -12,7 +12,11 @@ import threading
 import time
 from pathlib import Path
 
-from support import REPO, free_port
+import msgpack
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from support import REPO, free_port, wait_for
 
 
 def cli(*args, env: dict | None = None, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess:
@@ -84,3 +88,31 @@ class NotifyReceiver:
         self._stop.set()
         self._thread.join(5)
         self.sock.close()
+
+
+class Commands:
+    """Publishes downlink commands and collects the replies (msgpack)."""
+
+    def __init__(self, port: int, gw: str = "ops-gw") -> None:
+        self.base = f"city/{gw}"
+        self.replies: list[dict] = []
+        self.ready = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-commands", protocol=mqtt.MQTTv5)
+        self.c.on_connect = lambda c, u, f, rc, p: (c.subscribe(f"{self.base}/cmd-res/#", qos=1), self.ready.set())
+        self.c.on_message = lambda c, u, m: self.replies.append(msgpack.unpackb(m.payload))
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        wait_for(self.ready.is_set, 10, what="command client connected")
+        time.sleep(0.2)
+
+    def send(self, command: str, rid: int, **args) -> None:
+        self.c.publish(f"{self.base}/cmd/{command}", msgpack.packb({"id": rid, "args": args}),
+                       qos=1).wait_for_publish(5)
+
+    def reply(self, rid: int, timeout: float = 10) -> dict:
+        return wait_for(lambda: next((r for r in self.replies if r.get("id") == rid), None), timeout,
+                        what=f"reply {rid}")
+
+    def stop(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()

@@ -13,11 +13,8 @@ import json
 import threading
 import time
 
-import msgpack
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from ops_support import cli, status_json
+from ops_support import Commands, cli, status_json
 from support import GatewayProcess, free_port, wait_for
 from uplink_support import gateway_config
 
@@ -101,37 +98,10 @@ def test_a_reload_to_a_live_broker_says_connected_to(tmp_path, broker):
         assert gw.stop() == 0
 
 
-class _Commands:
-    """Sends downlink commands (msgpack) and collects the replies."""
-
-    def __init__(self, port: int, gw: str) -> None:
-        self.base = f"city/{gw}"
-        self.replies: list[dict] = []
-        self.ready = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="rb-commands", protocol=mqtt.MQTTv5)
-        self.c.on_connect = lambda c, u, f, rc, p: (c.subscribe(f"{self.base}/cmd-res/#", qos=1), self.ready.set())
-        self.c.on_message = lambda c, u, m: self.replies.append(msgpack.unpackb(m.payload))
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        wait_for(self.ready.is_set, 10, what="command client connected")
-        time.sleep(0.2)
-
-    def send(self, command: str, rid: int) -> None:
-        self.c.publish(f"{self.base}/cmd/{command}", msgpack.packb({"id": rid}), qos=1).wait_for_publish(5)
-
-    def reply(self, rid: int, timeout: float) -> dict:
-        return wait_for(lambda: next((r for r in self.replies if r.get("id") == rid), None), timeout,
-                        what=f"reply {rid}")
-
-    def stop(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-
 def test_a_reload_over_mqtt_to_a_dead_broker_puts_the_old_broker_back_and_says_so(tmp_path, broker):
     cfg, gw, sock = _gateway(tmp_path, broker.port, "[ping, status, reload]")
     dead = free_port()
-    cmd = _Commands(broker.port, "rb-gw")
+    cmd = Commands(broker.port, "rb-gw")
     try:
         _set_port(cfg, broker.port, dead)
         cmd.send("reload", 7)

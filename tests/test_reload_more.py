@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import signal
 import textwrap
-import threading
 import time
 from pathlib import Path
 
-import msgpack
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_gateway import config
 from edge_gateway.analytics.chain import Detector
 from edge_gateway.analytics.engine import Engine
 from edge_gateway.detector_groups import detector_settings
-from ops_support import cli, status_json
+from ops_support import Commands, cli, status_json
 from support import GatewayProcess, Subscriber, wait_for
 from test_daemon_startup import DETECTOR_KERNEL, Notifications, detector_lookups, numba_cache_copy, simulator
 
@@ -38,34 +34,6 @@ def gateway_yaml(tmp_path: Path, port: int, sensors: list[str], *, commands: str
         windows: {{seconds: 0.5, grace_s: 0.2}}
         """) + textwrap.dedent(extra) + ("sensors:\n" + body if sensors else ""))
     return cfg
-
-
-class Commands:
-    """Publishes downlink commands and collects the replies (msgpack)."""
-
-    def __init__(self, port: int, gw: str = "ops-gw") -> None:
-        self.base = f"city/{gw}"
-        self.replies: list[dict] = []
-        self.ready = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-commands", protocol=mqtt.MQTTv5)
-        self.c.on_connect = lambda c, u, f, rc, p: (c.subscribe(f"{self.base}/cmd-res/#", qos=1), self.ready.set())
-        self.c.on_message = lambda c, u, m: self.replies.append(msgpack.unpackb(m.payload))
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        wait_for(self.ready.is_set, 10, what="command client connected")
-        time.sleep(0.2)
-
-    def send(self, command: str, rid: int, **args) -> None:
-        self.c.publish(f"{self.base}/cmd/{command}", msgpack.packb({"id": rid, "args": args}),
-                       qos=1).wait_for_publish(5)
-
-    def reply(self, rid: int, timeout: float = 10) -> dict:
-        return wait_for(lambda: next((r for r in self.replies if r.get("id") == rid), None), timeout,
-                        what=f"reply {rid}")
-
-    def stop(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
 
 
 def aggregates(sub: Subscriber, sensor: str) -> list[dict]:
