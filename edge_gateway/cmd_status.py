@@ -228,14 +228,13 @@ def events_table(events: list[dict]) -> None:
     EVENT says how long an event lasted once it is over (``anomaly 5.9 s``, ``link_gap 11.1 s``),
     ``(open)`` while an anomaly still runs, ``(closed)`` for one closed without an end. The rows are
     the daemon's last events in memory: a restart starts the table empty."""
-    rows = []
-    for e in sorted(events, key=lambda e: e.get("start") or e.get("ts") or 0):
-        reason = e.get("reason") or (f"detector {e['detector']}" if e.get("detector") else "")
-        rows.append([time.strftime("%H:%M:%S", time.localtime(e.get("start") or e.get("ts") or 0)), e.get("sensor"),
-                     event_name(e), e.get("channel", ""), _g(e.get("peak_value")), _score(e.get("peak_score")),
-                     reason])
     from .cmd_common import table
 
+    rows = []
+    for at, e in sorted(((e.get("start") or e.get("ts") or 0, e) for e in events), key=lambda p: p[0]):
+        reason = e.get("reason") or (f"detector {e['detector']}" if e.get("detector") else "")
+        rows.append([_hms(at), e.get("sensor"), event_name(e), e.get("channel", ""), _g(e.get("peak_value")),
+                     _score(e.get("peak_score")), reason])
     table(rows, ["TIME", "SENSOR", "EVENT", "CHANNEL", "VALUE", "SCORE", "REASON"])
 
 
