@@ -106,29 +106,38 @@ def _load(path: str):
 
 
 def validate(args) -> int:
-    from . import config
-
     cfg, rc = _load(args.file)
     if cfg is None:
         return rc
-    for key, text in config.warnings_of(cfg):
-        print(f"edge-gateway: {_where(args.file, key)}: {key}: warning: {text}", file=sys.stderr)
+    for where, key, text in located_warnings(cfg, args.file):
+        print(f"edge-gateway: {where}: {key}: warning: {text}", file=sys.stderr)
     n = len(cfg.sensors)
     print(f"{args.file}: valid ({n} sensor{'' if n == 1 else 's'}, gateway {cfg.gateway.id})")
     return 0
 
 
-def _where(path: str, key: str) -> str:
-    """``file:line:column`` of ``key``'s value, as errors name it (just the file if it is not written there)."""
+def located_warnings(cfg, path: str) -> list[tuple[str, str, str]]:
+    """:func:`.config.warnings_of` ``cfg`` as ``(where, key, text)``: ``where`` is ``file:line:column`` of
+    the key's value, as errors name it (just the file if it is not written there). The file is read and
+    composed once, and only when there is a warning (``validate``; the daemon's journal at start and reload)."""
     from . import config
 
+    warnings = config.warnings_of(cfg)
+    if not warnings:
+        return []
     try:
-        node = _locate(config.compose(config.read_text(path), path), split_key(key)).node
-    except (KeyError, config.ConfigError):
-        node = None
-    if node is None:
-        return path
-    return f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+        root = config.compose(config.read_text(path), path)
+    except config.ConfigError:
+        root = None  # as an empty file: every key is "not written there"
+    out = []
+    for key, text in warnings:
+        try:
+            node = _locate(root, split_key(key)).node
+        except KeyError:
+            node = None
+        out.append((path if node is None else f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}",
+                    key, text))
+    return out
 
 
 # --- show / get -------------------------------------------------------------------------------

@@ -832,11 +832,10 @@ def log_config_warnings(cfg: GatewayConfig) -> None:
     """Log each of :func:`.config.warnings_of` as a WARNING, ``file:line:col: key: text`` as ``config
     validate`` locates it: a gateway started or reloaded from a file nobody validated says in its
     journal why a sensor is never read or the broker never reached (a URL as broker.host)."""
-    from .cmd_config import _where
-    from .config import warnings_of
+    from .cmd_config import located_warnings
 
-    for key, text in warnings_of(cfg):  # the file is read again only when there is something to say
-        log.warning("%s: %s: %s", _where(cfg.source, key), key, text)
+    for where, key, text in located_warnings(cfg, cfg.source):  # the file is read only if there is one
+        log.warning("%s: %s: %s", where, key, text)
 
 
 def _with_parameter(det, name: str, value):
