@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,17 @@ def probation_length(n_rows: int, percent: float = 0.15) -> int:
     return int(min(math.floor(percent * n_rows), percent * 5000))
 
 
+_TZ_WARNING = "no explicit representation of timezones available for np.datetime64"
+
+
 def to_epoch(stamps) -> np.ndarray:
-    """``2014-04-01 00:00:00`` (optionally with fractions) -> float64 epoch seconds, UTC."""
-    return np.array(list(stamps), dtype="datetime64[us]").astype(np.int64) / 1e6
+    """``2014-04-01 00:00:00`` (optionally with fractions) -> float64 epoch seconds, UTC.
+
+    numpy reads a ``Z`` or ``+hh:mm`` suffix as UTC or that offset and converts to UTC, as wanted, but
+    warns that datetime64 has no time zone: the warning says nothing to the user, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TZ_WARNING, category=UserWarning)
+        return np.array(list(stamps), dtype="datetime64[us]").astype(np.int64) / 1e6
 
 
 class SeriesError(ValueError):

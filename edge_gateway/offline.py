@@ -15,7 +15,6 @@ import csv
 import fnmatch
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -159,31 +158,30 @@ def _is_capture(path: Path) -> bool:
     return isinstance(header, dict) and header.get("format") == FORMAT
 
 
-_TZ_WARNING = "no explicit representation of timezones available for np.datetime64"
-
-
-def read_table(path: Path):
-    """:func:`.nab.read_table`, refusing a raw capture with what to do instead; ``...Z`` (UTC) stamps parse quietly.
-
-    numpy reads a ``Z`` or ``+hh:mm`` suffix as UTC or that offset and converts to UTC, as wanted, but warns that
-    datetime64 has no time zone: the warning says nothing to the user, so it is not shown.
-    """
+def _refuse_capture(path: Path) -> None:
+    """A raw capture given where a timestamp,value CSV belongs: :class:`.nab.SeriesError` saying what to do."""
     from . import nab
 
     if _is_capture(path):
         raise nab.SeriesError(f"{path}: this is a raw capture from `edge-gateway record`, not a timestamp,value "
                               f"CSV; decode it first: `edge-gateway replay {path} --csv OUT_DIR --config CONFIG "
                               "--sensor ID` writes one CSV per channel, which analyze reads")
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_TZ_WARNING, category=UserWarning)
-        return nab.read_table(path)
+
+
+def read_table(path: Path):
+    """:func:`.nab.read_table`, refusing a raw capture with what to do instead."""
+    from . import nab
+
+    _refuse_capture(path)
+    return nab.read_table(path)
 
 
 def read_series(path: Path):
-    """:func:`.nab.read_series` with :func:`read_table`'s handling of captures and time zones."""
-    _, ts, val = read_table(path)
-    val[np.isinf(val)] = math.nan
-    return ts, val
+    """:func:`.nab.read_series`, refusing a raw capture with what to do instead."""
+    from . import nab
+
+    _refuse_capture(path)
+    return nab.read_series(path)
 
 
 def _csv_files(path: Path, skip: Path | None = None) -> list[tuple[Path, Path]]:
