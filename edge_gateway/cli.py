@@ -102,13 +102,29 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error: argparse has printed and exits
+        return _flushed(e.code if isinstance(e.code, int) else 2)
+    try:
+        return _flushed(int(args.func(args) or 0))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # ``status | head``: the reader has what it wanted
+        return _flushed(0)
+
+
+def _flushed(status: int) -> int:
+    """``status``, once stdout is flushed here rather than by the interpreter at exit, where a reader that
+    has gone (``edge-gateway --help | head -3``) is reported as "Exception ignored ... BrokenPipeError"
+    and exit status 120."""
+    try:
+        sys.stdout.flush()
     except BrokenPipeError:
-        return 0
+        from .cmd_common import quiet_closed
+
+        quiet_closed(sys.stdout)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,17 @@ DEFAULT_CONFIG = "/etc/edge-gateway/gateway.yaml"
 DEFAULT_STATE_DIR = "/var/lib/edge-gateway"
 
 
+def quiet_closed(out) -> None:
+    """Point ``out``'s file descriptor at /dev/null once its reader has gone (a closed pipe: ``status |
+    head``), as the Python docs advise (``signal`` module, "Note on SIGPIPE"): Python ignores SIGPIPE, so
+    the interpreter's own flush at exit would raise BrokenPipeError again and print "Exception ignored"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, out.fileno())
+    finally:
+        os.close(devnull)
+
+
 def add_socket_args(p) -> None:
     p.add_argument("--socket", metavar="PATH",
                    help="control socket (default: <state_dir>/control.sock of --config, "

@@ -23,7 +23,6 @@ has); 3 the daemon is not running; 130 Ctrl-C.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -89,21 +88,17 @@ def write_line(line: str, out=None) -> bool:
     """Print ``line`` to ``out`` (default stdout) and flush it; False once the reader has gone away
     (``tail | head -30``: a closed pipe).
 
-    Python ignores SIGPIPE, so a write to a closed pipe raises BrokenPipeError, and the interpreter's
-    own flush of stdout at exit would raise it again ("Exception ignored ... BrokenPipeError"). As the
-    Python docs advise (``signal`` module, "Note on SIGPIPE"), ``out``'s file descriptor is pointed at
-    /dev/null: whatever is still buffered, and any later write, goes nowhere, quietly."""
+    Then ``out`` goes to /dev/null (:func:`.cmd_common.quiet_closed`): whatever is still buffered, and
+    any later write, goes nowhere, quietly."""
     out = sys.stdout if out is None else out
     try:
         out.write(line + "\n")
         out.flush()
         return True
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, out.fileno())
-        finally:
-            os.close(devnull)
+        from .cmd_common import quiet_closed
+
+        quiet_closed(out)
         return False
 
 
