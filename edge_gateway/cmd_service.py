@@ -25,7 +25,13 @@ folder the unit hides (/home, /root, /run/user by ProtectHome; /tmp, /var/tmp
 by PrivateTmp), a config whose state dir is not /var/lib/edge-gateway, and an
 installed unit that differs from this one (local changes belong in a drop-in:
 ``systemctl edit edge-gateway``; ``--force`` keeps the old file as ``.bak``).
-``--stdout`` prints the unit and checks nothing.
+``--stdout`` prints the unit on stdout (exit 0, so it can be piped) and runs the same checks on the
+executable, venv and config: each problem that would refuse it is a ``warning: ...`` line on stderr.
+
+``Documentation=`` names docs/operations.md of the install that holds the executable:
+PREFIX/share/doc/edge-gateway/operations.md (setup.cfg ``data_files``), or, for an editable install
+(``pip install -e .``, which installs no data files), the source tree's docs/operations.md. The line is
+left out when neither exists.
 
 Exit statuses: 0 written, unchanged (or printed with ``--stdout``); 1 cannot write; 2 bad usage or refused.
 """
@@ -38,6 +44,7 @@ import pwd
 import re
 import shutil
 import sys
+import sysconfig
 from pathlib import Path
 
 UNIT_NAME = "edge-gateway.service"
@@ -65,8 +72,7 @@ TEMPLATE = """\
 #   install -d -m 0700 /etc/edge-gateway/credentials     # broker-secrets here, mode 0600 (if the broker has a password)
 [Unit]
 Description=edge-gateway street-cabinet IoT gateway
-Documentation={doc}
-# ttyUSB and ttyACM come from modules: DeviceAllow= only resolves groups that exist when the unit starts.
+{documentation}# ttyUSB and ttyACM come from modules: DeviceAllow= only resolves groups that exist when the unit starts.
 Wants=network-online.target modprobe@usbserial.service modprobe@cdc_acm.service
 After=network-online.target time-sync.target modprobe@usbserial.service modprobe@cdc_acm.service
 # No start limit: a fault that lasts a while (broker, device, disk) must not leave the gateway down for good.
@@ -152,17 +158,43 @@ WantedBy=multi-user.target
 
 def render(exec_path: str = DEFAULTS["exec"], config: str = DEFAULTS["config"], user: str = DEFAULTS["user"],
            watchdog: int = DEFAULTS["watchdog"], doc: str | None = None) -> str:
-    """The unit; ``doc`` (default: beside ``exec_path``, :func:`doc_path`) is its ``Documentation=``."""
+    """The unit; ``doc`` (default: beside ``exec_path``, :func:`doc_path`) is its ``Documentation=``, left out
+    if ``doc`` is ``""``."""
     device_allow = "\n".join(f"DeviceAllow=char-{g} rw" for g in DEVICE_GROUPS)
     doc = doc_path(exec_path) if doc is None else doc
+    documentation = f"Documentation={_doc_url(doc)}\n" if doc else ""
     return TEMPLATE.format(exec=_exec_word(exec_path), config=_exec_word(config), user=user, watchdog=watchdog,
-                           credential=CREDENTIAL_SOURCE, device_allow=device_allow, doc=_doc_url(doc))
+                           credential=CREDENTIAL_SOURCE, device_allow=device_allow, documentation=documentation)
 
 
 def doc_path(exe: str) -> str:
     """Where the install that holds ``exe`` (PREFIX/bin/edge-gateway) put docs/operations.md:
     PREFIX/share/doc/edge-gateway/operations.md (setup.cfg ``data_files``, installed under the same prefix)."""
     return os.path.join(os.path.dirname(os.path.dirname(exe)), DOC_FILE)
+
+
+def source_doc() -> str | None:
+    """docs/operations.md of the source tree this package is imported from, when it is not an installed copy
+    (an editable install, ``pip install -e .``: its package is the source tree's folder), if it exists."""
+    package = Path(__file__).resolve().parent
+    site_dirs = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+    if package.parent in site_dirs:  # copied into site-packages: its docs are under the prefix (doc_path)
+        return None
+    doc = package.parent / "docs" / "operations.md"
+    return str(doc) if doc.is_file() else None
+
+
+def find_doc(exe: str) -> str | None:
+    """The operations doc of the install that holds ``exe`` (a link is followed), or None if it has none:
+    :func:`doc_path` if that file exists; else, if ``exe`` is this Python's own (its prefix is
+    ``sys.prefix``), the source tree's of an editable install (:func:`source_doc`)."""
+    real = os.path.realpath(exe)
+    installed = doc_path(real)
+    if os.path.isfile(installed):
+        return installed
+    if os.path.dirname(os.path.dirname(real)) == os.path.realpath(sys.prefix):
+        return source_doc()
+    return None
 
 
 def _doc_url(path: str) -> str:
@@ -285,7 +317,9 @@ def add_to(sub) -> None:
     i.add_argument("--user", default=DEFAULTS["user"], help="system user (and group) to run as")
     i.add_argument("--exec", dest="exec_path", help="edge-gateway executable (default: the one on PATH)")
     i.add_argument("--watchdog-sec", type=int, default=DEFAULTS["watchdog"], help="WatchdogSec (0: off)")
-    i.add_argument("--stdout", action="store_true", help="print the unit instead of writing it (checks nothing)")
+    i.add_argument("--stdout", action="store_true",
+                   help="print the unit instead of writing it (exit 0; problems that would refuse it are "
+                        "warnings on stderr)")
     i.add_argument("--force", action="store_true",
                    help="install despite the checks, and replace a unit that differs (kept as .bak)")
     i.set_defaults(func=install)
@@ -305,14 +339,17 @@ def install(args) -> int:
         error(f"--user {args.user!r}: not a system user name (lower case letters, digits, '_', '-')")
         return 2
     exe, config_path = os.path.abspath(exe), os.path.abspath(args.config)
-    # the docs sit under the prefix of the install itself: /usr/local/bin/edge-gateway may link into a venv
-    text = render(exe, config_path, args.user, args.watchdog_sec, doc=doc_path(os.path.realpath(exe)))
+    # the docs of the install itself (/usr/local/bin/edge-gateway may link into a venv); none: no Documentation=
+    text = render(exe, config_path, args.user, args.watchdog_sec, doc=find_doc(exe) or "")
     if args.watchdog_sec == 0:
         text = text.replace("WatchdogSec=0\n", "")
-    if args.stdout:
-        sys.stdout.write(text)
-        return 0
     problems = path_problems(exe, config_path) + config_problems(config_path, text, args.user)
+    if args.stdout:  # the unit stays pipeable; what `install` would refuse it for is said on stderr
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        for problem in problems:
+            error(f"warning: {problem} (install refuses this unit unless --force)")
+        return 0
     for problem in problems:
         error(f"warning: {problem} (--force: installed anyway)" if args.force else f"{problem} (or --force)")
     if problems and not args.force:

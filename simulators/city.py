@@ -19,8 +19,12 @@ Standard output, one line each, fields separated by single spaces::
     truth RUN_DIR/ground_truth.jsonl
     serial air-1 RUN_DIR/air-1.tty
     modbus meters RUN_DIR/meters.tty
-    coap bins-1 coap://127.0.0.1:5683/bins
+    coap bins-1 uri=coap://127.0.0.1:5683 resources=/bins
+    coap traffic-1 uri=coap://127.0.0.1:5684 resources=/counts,/speed
     ready
+
+A ``coap`` line is one sensor's node as a ``coap`` sensor's options take it: ``uri``
+(the node only, no path) and the ``path`` of each of its ``resources`` (comma-separated).
 """
 
 from __future__ import annotations
@@ -138,7 +142,8 @@ class City:
                     except OSError as exc:
                         raise OSError(exc.errno, f"CoAP node of {s.id} on {node.uri}: "
                                                  f"{exc.strerror or exc}") from None
-                    self.endpoints += [("coap", s.id, node.uri + path) for path in groups]
+                    # as the coap driver's options take them: uri is the node only, the paths are resources
+                    self.endpoints.append(("coap", s.id, f"uri={node.uri} resources={','.join(groups)}"))
         except BaseException:
             await self.close()
             raise

@@ -151,3 +151,34 @@ def test_install_never_silently_replaces_a_changed_unit(visible):
     assert r.stdout.startswith(f"wrote {target} (the old one is edge-gateway.service.bak)\n")
     assert target.read_text() == written
     assert target.with_name(target.name + ".bak").read_text() == edited
+
+
+def test_stdout_prints_the_unit_and_warns_of_what_install_would_refuse(visible):
+    """A technician who previews with --stdout and pastes the unit by hand is told what `install` would refuse
+    it for (same checks, same wording, as warnings on stderr); the unit itself is still on stdout, exit 0."""
+    units = visible / "units"
+    cfg = _config(visible)
+    r = _install(units, cfg, "--force")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    written = (units / cmd_service.UNIT_NAME).read_text()
+    r = cli("service", "install", "--stdout", "--config", cfg, "--exec", EXE)
+    assert (r.returncode, r.stdout, r.stderr) == (0, written, "")  # nothing to say: no warnings
+
+    home_exe = "/home/pi/edge-gateway/.venv/bin/edge-gateway"
+    wrong_state = _config(visible, "state_dir: /srv/eg", "wrong-state.yaml")
+    r = cli("service", "install", "--stdout", "--config", wrong_state, "--exec", home_exe)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+    assert r.stdout == cmd_service.render(home_exe, str(wrong_state), doc="")
+    assert r.stderr.splitlines() == [
+        f"edge-gateway: warning: executable {home_exe} is under /home, which the unit's ProtectHome=yes hides from "
+        "the service: install into e.g. /opt/edge-gateway (python3 -m venv /opt/edge-gateway) and give "
+        "--exec /opt/edge-gateway/bin/edge-gateway (install refuses this unit unless --force)",
+        f"edge-gateway: warning: {wrong_state}: gateway.state_dir is /srv/eg for the service; it must be "
+        "/var/lib/edge-gateway, the unit's StateDirectory= (the only folder the service may write, and where "
+        "status, reload and doctor look) (install refuses this unit unless --force)"]
+    assert [p.name for p in units.iterdir()] == [cmd_service.UNIT_NAME]  # --stdout writes nothing
+
+    r = _install(units, wrong_state, exe=home_exe)  # the same problems, as install says them
+    assert r.returncode == 2 and [ln.replace(" (or --force)", "") for ln in r.stderr.splitlines()] == [
+        ln.replace("warning: ", "").replace(" (install refuses this unit unless --force)", "")
+        for ln in cli("service", "install", "--stdout", "--config", wrong_state, "--exec", home_exe).stderr.splitlines()]

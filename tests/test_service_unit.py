@@ -207,11 +207,63 @@ def test_documentation_points_at_the_operations_doc_the_install_puts_under_its_p
     (venv / "bin" / "edge-gateway").write_text("#!/bin/sh\n")
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "edge-gateway").symlink_to(venv / "bin" / "edge-gateway")
+    doc = venv / "share" / "doc" / "edge-gateway" / "operations.md"
+    doc.parent.mkdir(parents=True)
+    doc.write_text("# operations\n")
     r = cli("service", "install", "--stdout", "--exec", tmp_path / "bin" / "edge-gateway")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert f"ExecStart={tmp_path}/bin/edge-gateway run /etc/edge-gateway/gateway.yaml" in lines
-    assert f"Documentation=file:{venv}/share/doc/edge-gateway/operations.md" in lines
+    assert [ln for ln in lines if ln.startswith("Documentation=")] == [f"Documentation=file:{doc}"]
+
+
+def test_documentation_is_left_out_when_the_install_has_no_doc(tmp_path):
+    """An install without the data file (another venv, or a prefix that lost it): no Documentation= line rather
+    than one naming a file that does not exist."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    exe = tmp_path / "venv" / "bin" / "edge-gateway"
+    exe.write_text("#!/bin/sh\n")
+    r = cli("service", "install", "--stdout", "--exec", exe)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[6:9] == ["[Unit]", "Description=edge-gateway street-cabinet IoT gateway",
+                           "# ttyUSB and ttyACM come from modules: DeviceAllow= only resolves groups that exist when "
+                           "the unit starts."]
+    assert not [ln for ln in lines if ln.startswith("Documentation")]
+    assert r.stdout == cmd_service.render(str(exe), doc="")
+    assert cmd_service.render(str(exe), doc="") == cmd_service.render(str(exe)).replace(
+        f"Documentation=file:{tmp_path}/venv/share/doc/edge-gateway/operations.md\n", "")
+
+
+def test_documentation_of_an_editable_install_is_the_source_trees(tmp_path, monkeypatch):
+    """``pip install -e .`` (what ``make`` does) installs no data files: the doc is the source tree's, found from
+    where the package is imported from; a copy in site-packages has none there."""
+    beside = Path(sys.executable).parent / "edge-gateway"  # this Python's own executable
+    installed = Path(cmd_service.doc_path(os.path.realpath(beside)))
+    expected = installed if installed.is_file() else REPO / "docs" / "operations.md"
+    r = cli("service", "install", "--stdout", "--exec", beside)
+    assert r.returncode == 0, r.stderr
+    assert [ln for ln in r.stdout.splitlines() if ln.startswith("Documentation=")] == [
+        f"Documentation=file:{expected}"]
+
+    site = tmp_path / "lib" / "site-packages"
+    src = tmp_path / "src"
+    for top in (site, src):
+        (top / "edge_gateway").mkdir(parents=True)
+        (top / "edge_gateway" / "cmd_service.py").write_text("")
+        (top / "docs").mkdir()
+    (site / "docs" / "operations.md").write_text("# not ours\n")
+    monkeypatch.setattr(cmd_service.sysconfig, "get_paths", lambda: {"purelib": str(site), "platlib": str(site)})
+    monkeypatch.setattr(cmd_service, "__file__", str(site / "edge_gateway" / "cmd_service.py"))
+    assert cmd_service.source_doc() is None  # an installed copy: its doc is under the prefix
+    monkeypatch.setattr(cmd_service, "__file__", str(src / "edge_gateway" / "cmd_service.py"))
+    assert cmd_service.source_doc() is None  # a source tree without the doc
+    (src / "docs" / "operations.md").write_text("# operations\n")
+    assert cmd_service.source_doc() == str(src / "docs" / "operations.md")
+    other = tmp_path / "other" / "bin" / "edge-gateway"  # another install's executable: not this source tree's doc
+    assert cmd_service.find_doc(str(other)) is None
+    if not installed.is_file():  # this Python's executable, whose prefix has no doc: the (patched) source tree's
+        assert cmd_service.find_doc(str(beside)) == str(src / "docs" / "operations.md")
 
 
 def test_the_unit_leaves_proc_cpuinfo_readable_for_llvm():

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 import drivers
 from edge_gateway import config
@@ -120,8 +121,23 @@ def test_city_cli_prints_its_endpoints(tmp_path):
     assert lines[0].startswith("t0 ") and lines[-1] == "ready"
     assert f"serial air-1 {tmp_path}/air-1.tty" in lines
     assert f"modbus meters {tmp_path}/meters.tty" in lines
-    assert f"coap bins-1 coap://127.0.0.1:{port}/bins" in lines
-    assert f"coap traffic-1 coap://127.0.0.1:{port + 1}/speed" in lines
+    # what a coap sensor's options take (uri: the node only; resources: the paths), as in configs/demo.yaml
+    assert [ln for ln in lines if ln.startswith("coap ")] == [
+        f"coap bins-1 uri=coap://127.0.0.1:{port} resources=/bins",
+        f"coap traffic-1 uri=coap://127.0.0.1:{port + 1} resources=/counts,/speed"]
+    sensors = []
+    for ln in lines:  # pasted into a config as printed, each is a valid coap sensor
+        if ln.startswith("coap "):
+            _, sid, uri, resources = ln.split(" ")
+            sensors.append({"id": sid, "driver": "coap", "options": {
+                "uri": uri.removeprefix("uri="),
+                "resources": [{"path": p} for p in resources.removeprefix("resources=").split(",")]}})
+    pasted = tmp_path / "pasted.yaml"
+    pasted.write_text(yaml.safe_dump({"gateway": {"id": "g", "state_dir": str(tmp_path / "state")},
+                                      "sensors": sensors}))
+    assert [(s.id, s.options.uri, [r.path for r in s.options.resources]) for s in config.load(pasted).sensors] == [
+        ("bins-1", f"coap://127.0.0.1:{port}", ["/bins"]),
+        ("traffic-1", f"coap://127.0.0.1:{port + 1}", ["/counts", "/speed"])]
     assert links_at_ready == {str(tmp_path / f"{s}.tty"): True for s in ("air-1", "noise-1", "pm-1", "meters")}
     assert not any(tmp_path.glob("*.tty"))  # all removed at the end
     truth = tmp_path / "ground_truth.jsonl"
