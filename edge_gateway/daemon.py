@@ -832,7 +832,7 @@ def log_config_warnings(cfg: GatewayConfig) -> None:
     """Log each of :func:`.config.warnings_of` as a WARNING, ``file:line:col: key: text`` as ``config
     validate`` locates it: a gateway started or reloaded from a file nobody validated says in its
     journal why a sensor is never read or the broker never reached (a URL as broker.host)."""
-    from .cmd_config import located_warnings
+    from .config_keys import located_warnings
 
     for where, key, text in located_warnings(cfg, cfg.source):  # the file is read only if there is one
         log.warning("%s: %s: %s", where, key, text)

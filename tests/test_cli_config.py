@@ -7,7 +7,8 @@ import os
 import textwrap
 from dataclasses import dataclass, field
 
-from edge_gateway.cmd_config import MASK, effective
+from edge_gateway.cmd_config import effective
+from edge_gateway.plain_config import MASK
 from ops_support import cli
 
 CONFIG = textwrap.dedent("""\

@@ -12,7 +12,7 @@ from ops_support import cli
 from support import REPO
 
 from edge_gateway.analytics.settings import DetectorSettings
-from edge_gateway.cmd_config import options_text
+from edge_gateway.config_docs import options_text
 
 HINT = "edge-gateway config options DRIVER: the options of one driver (the keys under a sensor's options:)"
 
