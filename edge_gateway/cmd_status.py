@@ -5,7 +5,8 @@ attempt is due, and why; up since when, and the last outage), queue depth and
 the age of its oldest message, one row per sensor (rate, last values, error
 counts, how old its last error is, the error in full below it, and a warning
 when a connected sensor has sent nothing for long), the last events (oldest
-first) and the outcome of the last reload. ``--json`` prints the daemon's whole
+first, kept across restarts: a line says when the gateway restarted) and the
+outcome of the last reload. ``--json`` prints the daemon's whole
 status document (stable keys) for scripts.
 
 ``reload`` asks the daemon to read its config file again (as SIGHUP does) and
@@ -226,16 +227,37 @@ def events_table(events: list[dict]) -> None:
     """The recent events, oldest first; an anomaly's REASON is the detector that raised it.
 
     EVENT says how long an event lasted once it is over (``anomaly 5.9 s``, ``link_gap 11.1 s``),
-    ``(open)`` while an anomaly still runs, ``(closed)`` for one closed without an end. The rows are
-    the daemon's last events in memory: a restart starts the table empty."""
+    ``(open)`` while an anomaly still runs, ``(closed)`` for one closed without an end.
+
+    The daemon keeps them across restarts (see :func:`.metrics.pack_events` for what a power cut
+    loses). Those from before a restart (``before_restart``: when it restarted) come first, each run's
+    oldest first, and a line under them says when it restarted::
+
+        12:00:05  air-1    anomaly (open)   pm25     100    1.00   detector range
+            -- gateway restarted at 12:03:10 --
+        12:03:40  air-1    anomaly (open)   pm25     100    1.00   detector range
+
+    A run's events stay above the restart that ended it even if the clock stepped back at the restart."""
     from .cmd_common import table
 
-    rows = []
-    for at, e in sorted(((e.get("start") or e.get("ts") or 0, e) for e in events), key=lambda p: p[0]):
-        reason = e.get("reason") or (f"detector {e['detector']}" if e.get("detector") else "")
-        rows.append([_hms(at), e.get("sensor"), event_name(e), e.get("channel", ""), _g(e.get("peak_value")),
-                     _score(e.get("peak_score")), reason])
-    table(rows, ["TIME", "SENSOR", "EVENT", "CHANNEL", "VALUE", "SCORE", "REASON"])
+    runs: dict = {}  # before_restart -> events, in the order the daemon kept them (runs oldest first)
+    for e in events:
+        runs.setdefault(e.get("before_restart"), []).append(e)
+    rows, notes = [], []
+    for restart in sorted(runs, key=lambda r: r is None):  # this run's events (None) last
+        for at, e in sorted(((e.get("start") or e.get("ts") or 0, e) for e in runs[restart]), key=lambda p: p[0]):
+            reason = e.get("reason") or (f"detector {e['detector']}" if e.get("detector") else "")
+            rows.append([_hms(at), e.get("sensor"), event_name(e), e.get("channel", ""), _g(e.get("peak_value")),
+                         _score(e.get("peak_score")), reason])
+            notes.append([])
+        if restart is not None:
+            notes[-1] = [restart_line(restart)]
+    table(rows, ["TIME", "SENSOR", "EVENT", "CHANNEL", "VALUE", "SCORE", "REASON"], notes=notes)
+
+
+def restart_line(at: float) -> str:
+    """The line under the events of a run that ended with a restart at ``at`` (local time)."""
+    return f"-- gateway restarted at {_hms(at)} --"
 
 
 def event_name(e: dict) -> str:

@@ -151,6 +151,7 @@ class Gateway:
                           "folder away to start afresh (its unsent messages go with it)")
         log_config_warnings(self.cfg)
         await self._restore_checkpoint()
+        await self._restore_events()  # before the control socket answers `status` (_start_operations)
         self._start_uplink()
         self.notify("STATUS=warming analytics kernels")
         t0 = time.perf_counter()
@@ -351,17 +352,39 @@ class Gateway:
     # --- state -------------------------------------------------------------------------------
 
     async def _save_checkpoint(self) -> None:
+        """The analytics state and, with it, ``status``'s recent events (:func:`.metrics.pack_events`
+        says what a power cut loses); both ride the next write transaction, and an unchanged blob is
+        not written again."""
+        from .metrics import EVENTS_CHECKPOINT
         from .pipeline import pack_checkpoint
 
         state = self.pipeline.checkpoint_state()
         blob = await asyncio.get_running_loop().run_in_executor(None, pack_checkpoint, state)
         await self.queue.save_checkpoint("analytics", blob)
+        await self.queue.save_checkpoint(EVENTS_CHECKPOINT, self.telemetry.events_blob())
 
     async def _restore_checkpoint(self) -> None:
         blob = await self.queue.load_checkpoint("analytics")
         if blob:
             n = self.pipeline.restore(blob, await self.queue.load_note("marks"))
             log.info("restored analytics state of %d channels", n)
+
+    async def _restore_events(self) -> None:
+        """``status``'s recent events of the runs before this one, marked as from before this restart
+        (:meth:`.metrics.Telemetry.restore_events`). A blob that is not one is logged and left: the
+        table starts empty, the gateway starts all the same (the next checkpoint replaces it)."""
+        from .metrics import EVENTS_CHECKPOINT
+
+        blob = await self.queue.load_checkpoint(EVENTS_CHECKPOINT)
+        if not blob:
+            return
+        try:
+            n = self.telemetry.restore_events(blob, self.started)
+        except ValueError as exc:
+            log.warning("recent events of the last run not restored (%s): `edge-gateway status` lists only "
+                        "the events from now on", exc)
+            return
+        log.info("restored %d recent event(s) of the last run", n)
 
     def snapshot(self) -> dict:
         fw = self.forwarder

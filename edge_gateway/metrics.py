@@ -7,6 +7,8 @@ Prometheus text endpoint on 127.0.0.1. All three show the same figures: the
 exporter reads the last document the event loop assembled (refreshed every
 second), never the live objects from its own thread.
 
+The recent events are kept across restarts in a queue checkpoint (:func:`pack_events`).
+
 Not here: the socket protocol (:mod:`edge_gateway.control`) or when a status
 message is sent (:mod:`edge_gateway.daemon`).
 """
@@ -18,11 +20,14 @@ import logging
 import time
 from typing import Any, Callable
 
+import msgpack
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 RECENT_EVENTS = 10
+EVENTS_CHECKPOINT = "events"  # the queue checkpoint that keeps the recent events across restarts
+EVENTS_FORMAT = 1  # version of that blob (see pack_events)
 
 # A connected sensor silent this long is flagged in ``status`` (``no_data_s`` >= ``no_data_after_s``):
 # NO_DATA_INTERVALS of the pace its options promise, at least NO_DATA_MIN_S (a missed poll or two is
@@ -158,6 +163,22 @@ class Telemetry:
     def observe_event(self, fields: dict) -> None:
         self.events.append({k: v for k, v in fields.items() if k != "gw"})
 
+    def events_blob(self) -> bytes:
+        """The recent events for the queue's :data:`EVENTS_CHECKPOINT` (:func:`pack_events`)."""
+        return pack_events(list(self.events))
+
+    def restore_events(self, blob: bytes, restarted_at: float) -> int:
+        """Put back the recent events of the runs before this one (:func:`unpack_events`; ValueError,
+        nothing changed, for a blob that is not one), oldest first, before any this run saw, within
+        :data:`RECENT_EVENTS`. Each gets ``before_restart``: the wall time of the restart that ended
+        its run (``restarted_at``, this run's start, unless an earlier restart already set it), which
+        ``status`` shows as a line between the runs. Returns how many were put back."""
+        old = unpack_events(blob)
+        for e in old:
+            e.setdefault("before_restart", restarted_at)
+        self.events = collections.deque(old + list(self.events), maxlen=RECENT_EVENTS)
+        return min(len(old), RECENT_EVENTS)
+
     def reload_done(self, ok: bool, error: str = "", plan: dict | None = None) -> None:
         r = self.reload
         r["count"] += 1
@@ -205,6 +226,54 @@ class Telemetry:
 
     def sample_rates(self, drivers: list) -> None:
         self.rates.sample(self.clock(), {d.sensor_id: d.stats.readings for d in drivers})
+
+
+# --- the recent events across restarts ----------------------------------------------------------
+
+_NUMBERS = ("start", "end", "ts", "before_restart", "peak_value", "peak_score")
+_TEXTS = ("type", "sensor", "channel", "state", "reason", "detector")
+
+
+def pack_events(events: list[dict]) -> bytes:
+    """The recent events as a checkpoint blob: msgpack ``{"format": 1, "events": [...]}``, oldest first,
+    the fields as sent (without ``gw``), plus ``before_restart`` on those restored from an earlier run.
+
+    The daemon stores it with the analytics checkpoint, in the same rhythm (``CHECKPOINT_EVERY_S``, 60 s,
+    riding the next write transaction; and at a clean stop), not once per event; the same events give
+    the same bytes, which the queue does not write again. A power cut (or a crash) loses from the
+    ``status`` view the events seen since the last checkpoint that committed: about the last minute's,
+    as for the analytics state (docs/uplink.md, "Flash writes"), and with ``queue.synchronous: normal``
+    maybe the last commits too. The events themselves are queued messages, committed in their round,
+    and reach the cloud regardless."""
+    return msgpack.packb({"format": EVENTS_FORMAT, "events": events}, use_bin_type=True)
+
+
+def unpack_events(blob: bytes) -> list[dict]:
+    """Inverse of :func:`pack_events`; ValueError, saying why, for anything else (a corrupt or foreign
+    blob, another format version, fields of the wrong type that ``status`` could not show). At most
+    :data:`RECENT_EVENTS` of the newest are returned."""
+    try:
+        doc = msgpack.unpackb(blob, raw=False, max_bin_len=1 << 16, max_str_len=1 << 16,
+                              max_array_len=1 << 12, max_map_len=1 << 12)
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several kinds for a damaged blob
+        raise ValueError(f"not msgpack: {exc.__class__.__name__}" + (f": {exc}" if str(exc) else "")) from None
+    if not isinstance(doc, dict) or "events" not in doc or "format" not in doc:
+        raise ValueError("not a recent-events checkpoint")
+    if doc["format"] != EVENTS_FORMAT:
+        raise ValueError(f"format {doc['format']!r}, this version reads {EVENTS_FORMAT}")
+    events = doc["events"]
+    if not isinstance(events, list):
+        raise ValueError("its events are not a list")
+    for i, e in enumerate(events):
+        if not isinstance(e, dict) or not all(isinstance(k, str) for k in e):
+            raise ValueError(f"event {i} is not a map of names")
+        for k in _NUMBERS:
+            if k in e and e[k] is not None and (isinstance(e[k], bool) or not isinstance(e[k], (int, float))):
+                raise ValueError(f"event {i}: {k} is not a number")
+        for k in _TEXTS:
+            if k in e and e[k] is not None and not isinstance(e[k], str):
+                raise ValueError(f"event {i}: {k} is not text")
+    return events[-RECENT_EVENTS:]
 
 
 # --- Prometheus -------------------------------------------------------------------------------

@@ -360,7 +360,7 @@ class DurableQueue:
                 raise
             self._hit_cap()
             for name in self._ckpt_pending:
-                log.error("queue full: analytics checkpoint %r not saved", name)
+                log.error("queue full: checkpoint %r not saved", name)
             self._ckpt_pending.clear()
             if checkpoint is not None:
                 note = None
@@ -756,7 +756,7 @@ class DurableQueue:
             if not (_is_full(exc) and self._ckpt_pending):
                 raise
             for name in self._ckpt_pending:  # deletes must keep working on a full disk
-                log.error("queue full: analytics checkpoint %r not saved", name)
+                log.error("queue full: checkpoint %r not saved", name)
             self._ckpt_pending.clear()
             self._ack_once(seqs)
 
