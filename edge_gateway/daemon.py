@@ -197,7 +197,9 @@ class Gateway:
         fut.cancel()
         return False
 
-    def _start_uplink(self) -> None:
+    def _start_uplink(self, history: tuple = (None, None)) -> None:
+        """A forwarder and a link to the configured broker, started; ``history``: the replaced link's last
+        outage and the time it went down if it was down (:meth:`.uplink.MqttLink.take_history`)."""
         from .forwarder import Forwarder
         from .uplink import MqttLink
 
@@ -210,6 +212,7 @@ class Gateway:
                              credentials=self._credentials if self.cfg.broker.secrets_file else None,
                              subscriptions=(self.topics.cmd("+"),) if self.cfg.broker.commands else (),
                              on_message=self._on_command)
+        self.link.take_history(*history)
         self.forwarder.link = self.link
         self.forwarder.start()
         self.link.start()
@@ -729,11 +732,14 @@ class Gateway:
     async def _replace_uplink(self, old_cfg: GatewayConfig) -> None:
         """New broker settings: a new link and forwarder; the queue resends what was not acknowledged."""
         old_fw, old_link = self.forwarder, self.link
+        history: tuple = (None, None)
+        if old_link is not None:  # read before the stop, which takes the link down
+            history = (old_link.last_outage, None if old_link.connected else old_link.down_since)
         if old_fw is not None:
             await old_fw.stop()
         if old_link is not None:
             await old_link.stop(None)
-        self._start_uplink()
+        self._start_uplink(history)
         if old_fw is not None and self.forwarder is not None:
             self.forwarder.stats = old_fw.stats
         self.forwarder.notify()

@@ -157,6 +157,7 @@ class MqttLink:
         # the outage before the session up now, or before the last one: {"start": wall, "end": wall}
         # (None until a connection is lost, or until a first connect that had to retry succeeds)
         self.last_outage: dict[str, float] | None = None
+        self._outage_open = False  # down_since is an outage taken over from a replaced link (take_history)
         self._said: set[str] = set()  # texts _error logged since the last CONNACK
         self._cycle_error = ""  # what paho reported during this connection attempt
         self._connacked = False  # this connection attempt got a CONNACK (accepted or refused)
@@ -227,6 +228,16 @@ class MqttLink:
         return self._up and not self._died and t is not None and t.is_alive()
 
     # --- lifecycle ----------------------------------------------------------------------------
+
+    def take_history(self, last_outage: dict[str, float] | None, down_since: float | None) -> None:
+        """Before :meth:`start`: continue a replaced link's outage history (a reload with new broker
+        settings), which is the gateway's, not one link object's. ``last_outage`` stays the last one, and
+        ``down_since`` (the old link was down when replaced) keeps that outage open from when it began:
+        this link's first CONNACK closes it, as a reconnect would."""
+        self.last_outage = last_outage
+        if down_since is not None:
+            self.down_since = down_since
+            self._outage_open = True
 
     def start(self) -> None:
         """Connect in the background; reconnect with jittered exponential backoff until stopped."""
@@ -641,7 +652,8 @@ class MqttLink:
         for topic in self._subscriptions:
             client.subscribe(topic, qos=1)
         now = time.time()
-        if self.down_since is not None and (self.connects or self.last_error):  # not a plain first connect
+        if self.down_since is not None and (self.connects or self.last_error or self._outage_open):
+            # not a plain first connect
             self.last_outage = {"start": self.down_since, "end": now}
         self._up = True
         self.down_since = None

@@ -69,6 +69,8 @@ def test_a_reload_to_a_dead_broker_says_not_connected_and_the_daemon_serves_mean
                         "error": f"connect to 127.0.0.1:{dead} failed: [Errno 111] Connection refused",
                         "rolled_back": False}
         assert s["reload"]["last_ok"] is True
+        down_since = s["uplink"]["down_since"]  # the reload took the link down: the outage began there
+        assert down_since is not None and s["uplink"]["last_outage"] is None
 
         # set it back and reload: connected, said with where
         _set_port(cfg, dead, broker.port)
@@ -77,7 +79,10 @@ def test_a_reload_to_a_dead_broker_says_not_connected_and_the_daemon_serves_mean
         got = json.loads(r.stdout)["reload"]["broker_link"]
         assert got["connected"] is True and got["rolled_back"] is False and got["error"] == ""
         assert got["waited_s"] < 5.0
-        assert status_json(sock)["link"] == "up"
+        s = status_json(sock)
+        assert s["link"] == "up"
+        # the outage that began at the first reload ended at this one's CONNACK, though each had its own link
+        assert s["uplink"]["last_outage"] == {"start": down_since, "end": s["uplink"]["up_since"]}
     finally:
         assert gw.stop() == 0
 
@@ -89,11 +94,15 @@ def test_a_reload_to_a_live_broker_says_connected_to(tmp_path, broker):
     gw = GatewayProcess(cfg, tmp_path / "gw.log").start()
     try:
         gw.wait_ready()
-        assert status_json(sock)["link"] == "down"
+        s = status_json(sock)
+        assert s["link"] == "down"
+        down_since = s["uplink"]["down_since"]  # since the start: the broker was never reached
         _set_port(cfg, dead, broker.port)
         r = cli("reload", "--socket", sock)
         assert (r.returncode, r.stderr) == (0, ""), r.stderr
         assert r.stdout.splitlines() == [RELOADED, f"broker changed: connected to 127.0.0.1:{broker.port}"]
+        up = status_json(sock)["uplink"]
+        assert up["last_outage"] == {"start": down_since, "end": up["up_since"]}  # not lost with the old link
     finally:
         assert gw.stop() == 0
 
