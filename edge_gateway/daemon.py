@@ -72,6 +72,10 @@ class Gateway:
         self.drivers = [
             drivers.get(s.driver)(s.id, s.options, self.batcher.add, clock=clock) for s in cfg.sensors
         ]
+        # messages for the next round: link gaps go before what its readings make (the gap ended before
+        # the new link's first reading); a clock step after (its since_seq..seq are the rows stamped on the
+        # clock before the step, and that round's output closes windows of the old clock)
+        self._gaps_pending: list = []
         self._pending: list = []
         self._refused_seen: dict[str, int] = {}  # batcher.refused when _make_room last looked
         self._room_checked = -math.inf
@@ -118,7 +122,7 @@ class Gateway:
         from . import messages
 
         self.pipeline.resume_sensor(gap.sensor)
-        self._pending.append(messages.event(self.topics, self.cfg.gateway.id, gap.sensor, "link_gap",
+        self._gaps_pending.append(messages.event(self.topics, self.cfg.gateway.id, gap.sensor, "link_gap",
                                             start=gap.start, end=gap.end, reason=gap.reason))
 
     def _status_payload(self, state: str, full: bool = False) -> bytes:
@@ -279,9 +283,8 @@ class Gateway:
             await self._clock_stepped(step)
         batch = self.batcher.drain()
         self.counts["readings"] += len(batch)
-        out = self.pipeline.process(batch, self.clockwatch.steady())
-        out += self._pending
-        self._pending = []
+        out = self._gaps_pending + self.pipeline.process(batch, self.clockwatch.steady()) + self._pending
+        self._gaps_pending, self._pending = [], []
         self._observe(batch, out)
         if self.batcher.refused and self._make_room():
             self._numbering_owed = True

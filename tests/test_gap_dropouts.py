@@ -22,6 +22,8 @@ from driver_fixtures import wait_until, write_all
 
 from edge_gateway import config, messages
 from edge_gateway.daemon import Gateway
+from edge_gateway.readings import Reading
+from edge_gateway.supervisor import LinkGap
 from ops_support import status_json
 from simulators.pty_port import PtyPort
 from simulators.serial_line import scenario_lines
@@ -170,3 +172,32 @@ async def test_the_gap_is_reported_and_the_dropout_clocks_reanchored_before_the_
     assert order[:at] == [("reading", sent[k]) for k in range(A) for _ in range(3)]
     assert order[at + 1:] == [("reading", sent[k]) for k in range(B, N) for _ in range(3)]
     assert [r["type"] for r in rows if "type" in r] == ["link_gap"]
+
+
+async def test_a_link_gap_is_queued_before_what_the_new_link_raises_in_the_same_round(tmp_path):
+    """The gap ends before the new link's first reading, so its ``link_gap`` goes first in the round that
+    also carries what that reading raised (it went after them, the order of the queue saying the gap
+    came later). The real Gateway, Pipeline and queue; the test plays the supervisor and the driver."""
+    cfg = config.loads(textwrap.dedent(f"""\
+        gateway: {{id: gw, state_dir: {tmp_path}/state}}
+        sensors:
+          - {{id: dev, driver: serial_line, options: {{port: {tmp_path}/dev.tty, format: kv}}}}
+        windows: {{seconds: 60, grace_s: 2}}
+        detector: {{params: {{range_hi: 100}}}}
+        """))
+    gw = Gateway(cfg)
+    sink = gw.drivers[0].sink
+    await gw.queue.open()
+    try:
+        for k in range(5):  # the old link
+            sink(Reading("dev", "v", 10.0 + k, 1000.0 + k))
+        await gw.tick()
+        gw._on_gap(LinkGap("dev", 1004.0, 1010.0, "unplugged"))
+        sink(Reading("dev", "v", 500.0, 1010.5))  # the new link's first reading: beyond range_hi
+        await gw.tick()
+        rows = [messages.decode(r.payload) for r in await gw.queue.peek(0, 100)]
+    finally:
+        await gw.queue.close()
+    assert [(r["type"], r.get("state"), r["start"]) for r in rows] == [
+        ("link_gap", None, 1004.0), ("anomaly", "open", 1010.5)]
+    assert rows[1]["seq"] == rows[0]["seq"] + 1
