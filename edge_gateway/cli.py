@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as e:  # --help, or a usage error: argparse has printed and exits
-        return _flushed(e.code if isinstance(e.code, int) else 2)
+    except SystemExit:  # --help, or a usage error: argparse has printed and exits
+        _flushed(0)
+        raise
     try:
         return _flushed(int(args.func(args) or 0))
     except KeyboardInterrupt:
