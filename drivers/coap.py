@@ -11,7 +11,8 @@ Both count one ``malformed`` and one ``oversize`` for the resource.
 
 Each resource fails on its own: a 4.xx/5.xx answer (or error notification) is
 counted in :attr:`CoapDriver.resources` and that resource alone is asked again
-later (after the 5.03's Max-Age, else with a doubling delay), while the others
+later (with a doubling delay, or after a 5.03's Max-Age but, from the second 5.03
+in a row, never sooner than that doubling delay of the error before), while the others
 go on being read. Only a node that does not answer (timeout, network error), or
 whose every resource answers with an error, raises LinkLost, and the supervisor
 retries with backoff and reports the gap.
@@ -128,7 +129,8 @@ class CoapOptions:
     node sends each new value (RFC 7641); ``poll`` asks with a GET every few seconds, as ``observe`` does
     for a resource that answers without Observe. ``interval_s``: seconds between two GETs of a polled
     resource, and the first wait before asking again a resource that answered with an error (doubled at
-    each further error, up to 300 s). ``request_timeout_s``: how long a request waits for the node's answer before the link counts as
+    each further error, up to 300 s). A 5.03 with Max-Age is asked again after its Max-Age, but from the
+    second 5.03 in a row not sooner than the doubled wait of the error before it. ``request_timeout_s``: how long a request waits for the node's answer before the link counts as
     lost.
     """
 
@@ -173,6 +175,22 @@ def adaptive_silence_limit(intervals) -> float | None:
     if len(intervals) < SILENCE_MIN_INTERVALS:
         return None
     return max(SILENCE_FLOOR_S, SILENCE_FACTOR * max(intervals))
+
+
+def retry_delay(failures: int, interval_s: float, max_age: int | None = None) -> float:
+    """Seconds before asking again a resource that answered with an error ``failures`` times in a row.
+
+    ``interval_s`` doubled at each further error, up to ``MAX_RETRY_S`` (or ``interval_s`` if longer). A
+    5.03's Max-Age (``max_age``) is when the node asks to be asked again (RFC 7252 section 5.9.3.4), a hint:
+    the first 5.03 waits it, and a further one also at least the doubling delay of one error fewer, so a
+    node answering 5.03 with Max-Age 0 again and again is not asked hundreds of times a second.
+    """
+    def doubling(k: int) -> float:
+        return min(interval_s * 2.0 ** min(k - 1, 20), max(MAX_RETRY_S, interval_s))
+
+    if max_age is None:
+        return doubling(failures)
+    return max(min(float(max_age), MAX_RETRY_S), doubling(failures - 1) if failures > 1 else 0.0)
 
 
 def node_address(uri: str) -> str:
@@ -506,12 +524,8 @@ class CoapDriver(Driver):
         st.failures += 1
         st.failing = True
         self.stats.note_error(f"{res.path}: {response.code}", self.clock())
-        max_age = response.opt.max_age
-        if response.code == SERVICE_UNAVAILABLE and max_age is not None:
-            delay = min(float(max_age), MAX_RETRY_S)
-        else:
-            delay = min(self.options.interval_s * 2.0 ** min(st.failures - 1, 20),
-                        max(MAX_RETRY_S, self.options.interval_s))
+        max_age = response.opt.max_age if response.code == SERVICE_UNAVAILABLE else None
+        delay = retry_delay(st.failures, self.options.interval_s, max_age)
         st.retry_at = asyncio.get_running_loop().time() + delay
         if all(s.failing for s in self._states.values()):
             raise LinkLost(f"{self.options.uri}: every resource answers with an error, last {res.path}: "

@@ -9,13 +9,17 @@ same port fails loudly (LinkLost with the lock error) instead of interleaving
 frames. A shared-owner registry was not needed for that and would have made
 restart and gap reporting span several sensors.
 
-A slave that does not answer costs only its own blocks their ``timeout_s``:
+A slave that does not answer loses only its own blocks' readings, though each
+request to it holds the bus about twice ``timeout_s`` (the wait, then as long
+again to throw away a late reply) before the next block's turn:
 timeouts, exception responses and CRC errors are counted per block in
 :attr:`ModbusRtuDriver.blocks` and the block's readings are skipped (a value
 that was never read is not a bad value; the gap is visible downstream). A
 value outside a field's ``min``/``max`` is sent with ``Quality.BAD``. When no
-block at all has answered ``dead_after`` times in a row the driver raises
-LinkLost, so the supervisor reopens an adapter that hung.
+block at all has answered ``dead_after`` times in a row (each block counts
+its own requests, so one dead meter polled often does not count for the
+others) the driver raises LinkLost, so the supervisor reopens an adapter that
+hung.
 
 Why not pymodbus' client: it runs its own reconnect loop and hides a vanished
 port behind retries, while here the supervisor owns reconnects and gap
@@ -108,9 +112,12 @@ class ModbusOptions:
 
     ``port``: the RS-485 adapter's device (``/dev/ttyUSB0``) or a pyserial URL. ``baudrate``, ``parity``,
     ``stopbits``: the bus's line settings, the same on every meter of it (8 data bits). ``timeout_s``: how
-    long a request waits for its answer; a slave that does not answer costs its own blocks this long.
-    ``dead_after``: rounds of every block without any answer after which the port is closed and opened
-    again (an adapter that hung). ``exclusive``: lock the port, so a second sensor entry naming the same
+    long a request waits for its answer; a slave that does not answer costs its own blocks about twice this long
+    per request, and holds the bus meanwhile (the wait, then as long again listening for a late reply
+    to throw away).
+    ``dead_after``: how many times in a row every block must go unanswered before the port is closed and
+    opened again (an adapter that hung); a block that answers keeps the bus open, however often a dead
+    meter's blocks are polled. ``exclusive``: lock the port, so a second sensor entry naming the same
     bus fails at once instead of interleaving requests.
     """
 
@@ -182,7 +189,7 @@ class ModbusRtuDriver(Driver):
         await port.open()
         loop = asyncio.get_running_loop()
         due = [loop.time()] * len(plans)
-        silent = 0
+        failed = [0] * len(plans)  # per block, requests in a row without an answer
         is_connected = False
         try:
             while True:
@@ -197,14 +204,16 @@ class ModbusRtuDriver(Driver):
                 if due[i] < now:
                     due[i] = now + block.interval_s
                 if answered:
-                    silent = 0
+                    failed[i] = 0
                     if not is_connected:
                         is_connected = True
                         self.connected()
                 else:
-                    silent += 1
-                    if silent >= opts.dead_after * len(plans):
-                        raise LinkLost(f"{opts.port}: no slave answered {silent} requests in a row")
+                    failed[i] += 1
+                    # a dead meter polled often must not take the bus down while another still answers
+                    if min(failed) >= opts.dead_after:
+                        raise LinkLost(f"{opts.port}: no slave answered: each of the {len(plans)} blocks "
+                                       f"went unanswered {opts.dead_after} times in a row")
         finally:
             await port.close()
             port.shutdown()

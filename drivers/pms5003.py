@@ -10,7 +10,9 @@ counts above 0.3/0.5/1.0/2.5/5.0/10 um per 0.1 L, reserved.
 :class:`Pms5003Decoder` is pure and never raises on input: garbage is skipped
 with ``bytes.find`` for the next ``BM`` header, and a header whose length or
 checksum is wrong is counted as a bad frame and resynchronised one byte later,
-so a corrupted frame costs that frame only.
+so a corrupted frame costs that frame only. A ``BM`` inside a frame whose
+checksum failed (a count of 0x424D particles) is tried too, since a frame may
+start there, but is not counted bad again: one corrupt frame, one bad frame.
 
 Frames carry no time. When several arrive in one read (the loop was busy and
 they queued up in the kernel), the last is stamped with the read time and each
@@ -76,6 +78,9 @@ class Pms5003Decoder:
         self.frames = 0
         self.bad_frames = 0
         self.skipped_bytes = 0
+        # the buffer's bytes before this index belong to a frame already counted bad (its checksum failed):
+        # a "BM" in them is tried, as a frame may start there, but its failure is not that frame's again
+        self._counted_to = 0
 
     def feed(self, data: bytes) -> list[Pms5003Frame]:
         buf = self._buf
@@ -99,7 +104,8 @@ class Pms5003Decoder:
                     i = j
                     break
                 if buf[j + 2] != 0 or buf[j + 3] != LENGTH_FIELD:
-                    self.bad_frames += 1
+                    if j >= self._counted_to:
+                        self.bad_frames += 1
                     self.skipped_bytes += 1
                     i = j + 1
                     continue
@@ -108,7 +114,9 @@ class Pms5003Decoder:
                     break
                 fields = unpack(buf, j + 2)
                 if sum(view[j:j + 30]) != fields[14]:
-                    self.bad_frames += 1
+                    if j >= self._counted_to:
+                        self.bad_frames += 1
+                        self._counted_to = j + FRAME_LEN
                     self.skipped_bytes += 1
                     i = j + 1
                     continue
@@ -117,9 +125,11 @@ class Pms5003Decoder:
         finally:
             view.release()
         del buf[:i]
+        self._counted_to = max(0, self._counted_to - i)
         if len(buf) > _MAX_BUFFER:
             self.skipped_bytes += len(buf)
             buf.clear()
+            self._counted_to = 0
         self.frames += len(out)
         return out
 
@@ -165,7 +175,8 @@ class Pms5003Driver(StreamDriver):
     def on_open(self) -> None:
         self._channels = self.options.channels()
         self._decoder = Pms5003Decoder()
-        self._last_read = self.stats.last_reading_ts
+        # pyserial empties the input on open: nothing read from now on was sent before it
+        self._last_read = self.clock()
 
     def on_bytes(self, data: bytes, now: float) -> None:
         before = self._decoder.bad_frames

@@ -81,6 +81,12 @@ def test_line_reads_split_anywhere_decode_as_one_read(lines, tail, cuts):
 # ---- pms5003
 
 words = st.tuples(*[st.integers(0, 0xFFFF)] * 13)
+# words that put "BM" (and a valid length after it) inside a frame's data, aligned or across two words
+bm_words = st.tuples(*[st.one_of(st.integers(0, 0xFFFF), st.sampled_from([0x424D, 0x001C, 0x0042, 0x4D00]))] * 13)
+
+
+def broken_checksum(frame: bytes) -> bytes:
+    return frame[:-1] + bytes([frame[-1] ^ 1])
 
 
 @SETTINGS
@@ -92,11 +98,25 @@ def test_pms5003_never_raises(data, cuts):
 
 
 @SETTINGS
-@given(st.lists(st.tuples(garbage, words), max_size=8), garbage, st.lists(st.integers(0, 2000)))
+@given(st.lists(st.tuples(garbage, words, st.lists(bm_words, max_size=2)), max_size=8), garbage,
+       st.lists(st.integers(0, 2000)))
 def test_pms5003_frames_in_garbage_are_recovered(items, tail, cuts):
-    stream = b"".join(junk + encode_frame(w) for junk, w in items) + tail
+    """Also behind frames with a broken checksum whose data holds "BM"."""
+    stream = b"".join(junk + b"".join(broken_checksum(encode_frame(b)) for b in bad) + encode_frame(w)
+                      for junk, w, bad in items) + tail
     got = feed_in_pieces(Pms5003Decoder(), stream, cuts)
-    assert is_subsequence([Pms5003Frame(*w) for _, w in items], got)
+    assert is_subsequence([Pms5003Frame(*w) for _, w, _ in items], got)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(bm_words, st.booleans()), max_size=8), st.lists(st.integers(0, 2000)))
+def test_pms5003_one_bad_frame_per_corrupt_frame(items, cuts):
+    """Good frames and frames with a broken checksum, their data full of "BM": every good frame is recovered
+    and each corrupt one is counted once, however the stream is cut into reads."""
+    stream = b"".join(broken_checksum(encode_frame(w)) if bad else encode_frame(w) for w, bad in items)
+    d = Pms5003Decoder()
+    assert feed_in_pieces(d, stream, cuts) == [Pms5003Frame(*w) for w, bad in items if not bad]
+    assert (d.frames, d.bad_frames) == (sum(not bad for _, bad in items), sum(bad for _, bad in items))
 
 
 # ---- modbus

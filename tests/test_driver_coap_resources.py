@@ -12,7 +12,7 @@ from aiocoap import NOT_FOUND, SERVICE_UNAVAILABLE
 from driver_fixtures import by_channel, running, wait_until
 
 from drivers.base import LinkLost
-from drivers.coap import CoapDriver, CoapOptions, CoapResource
+from drivers.coap import CoapDriver, CoapOptions, CoapResource, retry_delay
 from edge_gateway.supervisor import Backoff, Supervisor
 from simulators.coap_node import CoapNode
 
@@ -123,3 +123,37 @@ async def test_a_node_whose_every_resource_fails_is_a_lost_link(mode):
         await node.stop()
     assert [driver.resources[p].errors for p in ("/a", "/b")] == [1, 1]
     assert node.resources["/a"].gets == node.resources["/b"].gets == 1 and driver.stats.connects == 0
+
+
+async def test_a_503_with_max_age_0_is_not_asked_again_and_again():
+    """RFC 7252's Max-Age on a 5.03 is a hint: Max-Age 0 is asked again at once, then only after interval_s."""
+    node = CoapNode()
+    node.add("/temp").publish(b"21.5", 0)
+    node.add("/bad").fail(SERVICE_UNAVAILABLE, 0)
+    await node.start()
+    out = []
+    opts = CoapOptions(uri=node.uri, interval_s=30, resources=(CoapResource("/temp"), CoapResource("/bad")))
+    driver = CoapDriver("n", opts, out.append)
+    try:
+        async with running(driver) as task:
+            assert await wait_until(lambda: driver.resources["/bad"].errors == 2 and len(out) == 1)
+            # before, hundreds of GETs a second
+            assert not await wait_until(lambda: node.resources["/bad"].gets > 2, timeout=1.0)
+            assert not task.done()
+    finally:
+        await node.stop()
+    bad = driver.resources["/bad"]
+    assert (node.resources["/bad"].gets, bad.requests, bad.errors, bad.responses) == (2, 2, 2, 0)
+    assert bad.last_code == str(SERVICE_UNAVAILABLE) and [r.value for r in out] == [21.5]
+    assert (driver.stats.connects, driver.stats.link_errors) == (1, 0)
+
+
+def test_retry_delays():
+    # any error: interval_s doubled at each further one, up to 300 s (or interval_s if longer)
+    assert [retry_delay(k, 5.0) for k in (1, 2, 3, 4, 7, 30)] == [5.0, 10.0, 20.0, 40.0, 300.0, 300.0]
+    assert retry_delay(3, 500.0) == 500.0
+    # a 5.03's Max-Age first, then never sooner than the doubled wait of the error before
+    assert [retry_delay(k, 5.0, 0) for k in (1, 2, 3, 4, 30)] == [0.0, 5.0, 10.0, 20.0, 300.0]
+    assert [retry_delay(k, 5.0, 1) for k in (1, 2, 3)] == [1.0, 5.0, 10.0]
+    assert [retry_delay(k, 5.0, 30) for k in (1, 2, 3, 4, 5)] == [30.0, 30.0, 30.0, 30.0, 40.0]
+    assert retry_delay(1, 5.0, 100_000) == 300.0

@@ -156,3 +156,53 @@ async def test_a_late_reply_is_not_taken_for_the_next_blocks(pty):  # noqa: F811
     assert {r.value for r in got["a"]} == {1111.0} and {r.value for r in got["b"]} == {2222.0}
     a, b = driver.blocks["A"], driver.blocks["B"]
     assert (a.timeouts, a.late, b.timeouts, b.late) == (1, 1, 0, 0)
+
+
+def _live_and_dead(port: str, live_interval_s: float, timeout_s: float, dead_after: int) -> ModbusOptions:
+    return ModbusOptions(port=port, timeout_s=timeout_s, dead_after=dead_after, blocks=(
+        ModbusBlock(1, 0, 1, (ModbusField("v", 0),), interval_s=live_interval_s, name="live"),
+        ModbusBlock(9, 0, 1, (ModbusField("ghost", 0),), interval_s=0.01, name="dead")))
+
+
+async def test_a_dead_meter_polled_often_does_not_drop_a_bus_whose_other_meter_answers(pty):  # noqa: F811
+    """dead_after counts each block's own failures: a dead meter asked 10 times per live poll keeps the link."""
+    bank = RegisterBank()
+    bank.set_registers(1, "holding", 0, [2304])
+    sim = ModbusSlaveSim(bank)
+    sim.attach(pty)
+    out = []
+    driver = ModbusRtuDriver("meters", _live_and_dead(pty.slave_path, 60.0, 0.05, 2), out.append)
+    async with running(driver) as task:
+        # before, the bus was dropped at the 4th failure in a row (dead_after times the 2 blocks)
+        assert await wait_until(lambda: driver.blocks["dead"].timeouts >= 10 or task.done())
+        assert not task.done()
+    sim.detach()
+    assert [r.value for r in out] == [2304.0]
+    live, dead = driver.blocks["live"], driver.blocks["dead"]
+    assert (live.requests, live.responses, live.timeouts) == (1, 1, 0)
+    assert dead.responses == 0 and dead.timeouts >= 10 and dead.requests in (dead.timeouts, dead.timeouts + 1)
+    assert (driver.stats.connects, driver.stats.link_errors) == (1, 0)
+    assert driver.stats.last_error == "block dead: no response within 0.05 s"  # still visible in status
+
+
+async def test_the_bus_is_lost_once_every_block_failed_dead_after_times_in_a_row(pty):  # noqa: F811
+    bank = RegisterBank()
+    bank.set_registers(1, "holding", 0, [7])
+    sim = ModbusSlaveSim(bank)
+    sim.attach(pty)
+    driver = ModbusRtuDriver("meters", _live_and_dead(pty.slave_path, 0.05, 0.2, 3), lambda r: None)
+    task = asyncio.create_task(driver.run())
+    try:
+        assert await wait_until(lambda: driver.blocks["live"].responses >= 2)
+        assert driver.blocks["live"].timeouts == 0
+        sim.silent = True
+        assert await wait_until(task.done, timeout=30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        sim.detach()
+    with pytest.raises(LinkLost) as lost:
+        task.result()
+    assert str(lost.value) == (f"{pty.slave_path}: no slave answered: each of the 2 blocks went unanswered "
+                               "3 times in a row")
+    assert driver.blocks["live"].timeouts == 3 and driver.blocks["dead"].timeouts >= 3

@@ -33,6 +33,21 @@ def test_resync_after_garbage_bad_checksum_and_bad_length():
     assert d.feed(b"M" + FRAME[2:]) == [Pms5003Frame(*WORDS)]
 
 
+def test_one_bad_frame_per_corrupt_frame_whose_data_holds_bm():
+    """A count of 0x424D particles puts "BM" inside the frame: tried as a header, not counted bad again."""
+    bm = encode_frame((5, 8, 10, 5, 8, 10, 0x424D, 0x1C, 300, 0x42, 0x4D00, 1, 0))  # "BM\0\x1c", "BM\0\0"
+    bad = bm[:-1] + bytes([bm[-1] ^ 1])  # the checksum broken, the data kept
+    assert bad.count(b"BM") == 3
+    stream = b"\x00B" + FRAME + bad + FRAME + bad + bad + FRAME[:20] + FRAME + b"B"
+    whole = Pms5003Decoder()
+    assert whole.feed(stream) == [Pms5003Frame(*WORDS)] * 3
+    assert (whole.frames, whole.bad_frames) == (3, 4)  # 3 corrupt frames and the truncated one
+    for a in range(len(stream)):
+        d = Pms5003Decoder()
+        assert d.feed(stream[:a]) + d.feed(stream[a:]) == [Pms5003Frame(*WORDS)] * 3
+        assert d.bad_frames == 4, a
+
+
 def test_frame_split_across_reads():
     d = Pms5003Decoder()
     stream = FRAME * 3
@@ -127,3 +142,21 @@ def test_simulator_refuses_a_rate_that_is_not_positive(rate, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr()
     assert "--rate: must be a positive number of frames per second" in err.err and err.out == ""
+
+
+async def test_frames_of_the_first_read_are_dated_after_the_port_opened(pty):  # noqa: F811
+    """pyserial empties the input on open, so frames queued in the first read came after it, even on a reconnect
+    long after the previous connection's last reading."""
+    clock = {"now": 1000.0}
+    out = []
+    driver = Pms5003Driver("pm-1", Pms5003Options(port=pty.slave_path), out.append, clock=lambda: clock["now"])
+    for opened, read, first in ((1000.0, 1000.4, 1), (2000.0, 2000.4, 6)):
+        clock["now"] = opened
+        async with running(driver):
+            assert await wait_until(lambda: driver.stats.connects == (1 if first == 1 else 2))
+            clock["now"] = read
+            write_all(pty, b"".join(frame_bytes(0, v, 0) for v in range(first, first + 5)))
+            assert await wait_until(lambda: len(out) == 3 * (first + 4))
+    got = {r.value: r.ts for r in by_channel(out)["pm2_5"]}
+    assert got == pytest.approx({1.0: 1000.08, 2.0: 1000.16, 3.0: 1000.24, 4.0: 1000.32, 5.0: 1000.4,
+                                 6.0: 2000.08, 7.0: 2000.16, 8.0: 2000.24, 9.0: 2000.32, 10.0: 2000.4})
