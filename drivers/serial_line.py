@@ -1,16 +1,22 @@
 """Text-line sensors on a serial port: ``key=value`` pairs, CSV with known columns, JSON lines.
 
 The :class:`LineDecoder` is pure (bytes in, values out) and never raises on
-input: a line that does not parse is counted as malformed and skipped, and a
-line longer than ``max_line`` bytes is dropped whole so a stream without
-newlines cannot grow memory.
+input. A line ends at CR, LF or CRLF. A field that is not a number is counted
+as malformed and skipped, and the other fields of its line are kept (as the
+CoAP driver does with a JSON object: one count per bad field); a word such as
+``ok`` or ``ERR`` (a status, not a reading) is skipped without being counted.
+A line counts once, and gives nothing, when it cannot be split into fields at
+all (not ASCII, not a JSON object, the wrong number of CSV cells), names a
+field twice, or lacks a valid ``timestamp_field`` (its readings cannot be
+dated). A line longer than ``max_line`` bytes is dropped whole so a stream
+without line ends cannot grow memory.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from itertools import repeat
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,6 +26,45 @@ from .serial_port import StreamDriver
 
 Sample = tuple[str, float, "float | None"]
 
+_EOL = re.compile(rb"\r\n|\r|\n")
+# a status word, not a reading: ok, ERR, warming up, N/A, nan, -inf (letters, spaces, / _ . -; no digit)
+_WORD = re.compile(r"[+-]?[A-Za-z][A-Za-z /_.-]*")
+_NOT_IN_DELIMITER = "\r\n0123456789.+-"
+LATEST_EPOCH_S = 1e11  # the year 5138: a later time is not one (milliseconds read as seconds)
+_PER_SECOND = {"s": 1, "ms": 1000}
+
+
+def check_options(fmt: str, columns: tuple[str, ...], delimiter: str, timestamp_field: str,
+                  max_line: int, timestamp_unit: str = "s") -> None:
+    """Raise ValueError (``"key: why"``) for options that would make every line malformed."""
+    if fmt == "csv" and not columns:
+        raise ValueError("columns: the csv format needs the list of column names")
+    if fmt != "csv" and columns:
+        raise ValueError("columns: only the csv format takes columns")
+    if "" in columns:
+        raise ValueError("columns: a column name is empty")
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise ValueError(f"columns: {', '.join(map(repr, twice))} {'is' if len(twice) == 1 else 'are'} listed twice "
+                         "(each column is one channel)")
+    if fmt == "csv" and timestamp_field and timestamp_field not in columns:
+        raise ValueError(f"timestamp_field: {timestamp_field!r} is not one of the columns {list(columns)}")
+    if fmt == "csv" and timestamp_field and len(columns) == 1:
+        raise ValueError("columns: the timestamp_field is the only column: there is no value to read")
+    if fmt != "json":
+        if not delimiter:
+            raise ValueError("delimiter: must not be empty")
+        wrong = sorted(set(delimiter) & set(_NOT_IN_DELIMITER + ("=" if fmt == "kv" else "")))
+        if wrong:
+            raise ValueError(f"delimiter: must not contain {' or '.join(map(repr, wrong))} "
+                             "(line ends, '=' of kv pairs and characters of numbers)")
+    if isinstance(max_line, bool) or max_line < 1:
+        raise ValueError("max_line: must be at least 1 byte")
+    if timestamp_unit not in _PER_SECOND:
+        raise ValueError(f"timestamp_unit: expected one of {'|'.join(_PER_SECOND)}, got {timestamp_unit!r}")
+    if timestamp_unit != "s" and not timestamp_field:
+        raise ValueError("timestamp_unit: only used with a timestamp_field")
+
 
 @dataclass(frozen=True)
 class LineOptions:
@@ -28,12 +73,20 @@ class LineOptions:
     ``port``: the serial device (``/dev/ttyUSB0``; a ``/dev/serial/by-id/...`` link names the same sensor
     after a re-plug) or a pyserial URL such as ``socket://host:port``. ``baudrate``: the line speed, 8N1
     (``edge-gateway probe`` finds it). ``format``: ``kv`` reads ``pm25=12.5,pm10=20`` lines, ``csv`` reads
-    values in the order of ``columns``, ``json`` reads one object of numbers a line. ``columns``: the
-    channel name of each CSV column (csv only). ``delimiter``: what separates the pairs (kv) or cells
-    (csv). ``timestamp_field``: a field holding the reading's time in epoch seconds, used instead of the
-    time the line arrived; a line without it is malformed. ``units``: the unit of each channel, by channel
-    name (e.g. ``pm25: ug/m3``); a channel not listed has none. ``max_line``: bytes a line may have; a
-    longer one is dropped whole and counted as malformed.
+    values in the order of ``columns``, ``json`` reads one object of numbers a line. A field whose value is
+    not a number counts once as malformed and the other fields of its line are kept; a word (``ok``,
+    ``ERR``, ``nan``, JSON ``"ok"``, ``true`` or ``null``) is a status, not a reading, and is skipped
+    without being counted; a line naming a field twice is dropped whole and counted once. ``columns``: the
+    channel name of each CSV column (csv only), each name once. ``delimiter``: what separates the pairs
+    (kv) or cells (csv); one empty field after the last delimiter is ignored. It may not be empty nor hold
+    a line end, a digit, ``.``, ``+``, ``-`` or (kv) ``=``. ``timestamp_field``: a field holding the
+    reading's time, used instead of the time the line arrived (with csv, one of the ``columns``); a line
+    without it, or where it is not a number, is dropped whole and counted as malformed. ``timestamp_unit``:
+    ``s`` (epoch seconds) or ``ms`` (epoch milliseconds, 13 digits); a time past the year 5000 (milliseconds
+    read as seconds) drops the line, counted as malformed and shown as the sensor's last error.
+    ``units``: the unit of each channel, by channel name (e.g. ``pm25: ug/m3``); a channel not listed has
+    none. ``max_line``: bytes a line may have, not counting its end (CR, LF or CRLF); a longer one is
+    dropped whole and counted as malformed.
     """
 
     port: str
@@ -42,39 +95,52 @@ class LineOptions:
     columns: tuple[str, ...] = ()
     delimiter: str = ","
     timestamp_field: str = ""
+    timestamp_unit: Literal["s", "ms"] = "s"
     units: dict[str, str] = field(default_factory=dict)
     max_line: int = 4096
 
     def __post_init__(self) -> None:
-        if self.format == "csv" and not self.columns:
-            raise ValueError("columns: the csv format needs the list of column names")
-        if self.format != "csv" and self.columns:
-            raise ValueError("columns: only the csv format takes columns")
+        check_options(self.format, self.columns, self.delimiter, self.timestamp_field, self.max_line,
+                      self.timestamp_unit)
         if self.baudrate <= 0:
             raise ValueError("baudrate: must be positive")
 
 
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, so that a key given twice is seen."""
+
+
+class _Word(str):
+    """A JSON constant (NaN, Infinity, -Infinity): a word, as ``nan`` is in kv."""
+
+
 class LineDecoder:
-    """Split a byte stream into lines and lines into ``(channel, value, ts)`` samples."""
+    """Split a byte stream into lines and lines into ``(channel, value, ts)`` samples.
+
+    ``lines`` counts the non-empty lines, ``malformed`` the bad fields and bad lines (see the module's
+    docstring). ``problem`` holds what is wrong with the timestamps, in a technician's words, when a
+    line was dropped for a time that cannot be one (the driver shows it as the sensor's last error).
+    """
 
     def __init__(self, fmt: str = "kv", columns: tuple[str, ...] = (), delimiter: str = ",",
-                 timestamp_field: str = "", max_line: int = 4096) -> None:
-        if fmt == "csv" and not columns:
-            raise ValueError("csv format needs columns")
+                 timestamp_field: str = "", max_line: int = 4096, timestamp_unit: str = "s") -> None:
+        check_options(fmt, tuple(columns), delimiter, timestamp_field, max_line, timestamp_unit)
         self.fmt = fmt
         self.columns = tuple(columns)
         self.delimiter = delimiter
         self.timestamp_field = timestamp_field
+        self.timestamp_unit = timestamp_unit
         self.max_line = max_line
         self.lines = 0
         self.malformed = 0
+        self.problem = ""
         self._buf = b""
         self._overlong = False
 
     def feed(self, data: bytes) -> list[list[Sample]]:
-        """Decode every complete line in ``data``; one list of samples per good line."""
+        """Decode every complete line in ``data``; one list of samples per line that gives any."""
         buf = self._buf + data
-        *lines, rest = buf.split(b"\n")
+        *lines, rest = _EOL.split(buf)
         out: list[list[Sample]] = []
         for raw in lines:
             if self._overlong or len(raw) > self.max_line:
@@ -83,14 +149,13 @@ class LineDecoder:
                 self.lines += 1
                 self.malformed += 1
                 continue
-            raw = raw.strip(b"\r \t")
-            if not raw:
+            raw = raw.strip(b" \t")
+            if not raw:  # a blank line, or the LF of a CRLF that came in the next read
                 continue
             self.lines += 1
-            samples = self.parse_line(raw)
-            if samples is None:
-                self.malformed += 1
-            else:
+            samples, bad = self.parse(raw)
+            self.malformed += bad
+            if samples:
                 out.append(samples)
         if len(rest) > self.max_line:
             self._overlong = True
@@ -99,64 +164,113 @@ class LineDecoder:
         return out
 
     def parse_line(self, raw: bytes) -> list[Sample] | None:
-        """Parse one line; None when any part of it is not valid."""
+        """The samples of one line (without its line end); None when it gives none and a part is bad."""
+        samples, bad = self.parse(raw)
+        return samples if samples or not bad else None
+
+    def parse(self, raw: bytes) -> tuple[list[Sample], int]:
+        """The samples of one line (without its line end), and how many of its parts are malformed."""
         if len(raw) > self.max_line:
-            return None
+            return [], 1
         try:
-            text = raw.decode("ascii")
-        except UnicodeDecodeError:
-            return None
-        try:
-            if self.fmt == "kv":
-                fields: dict[str, str] = {}
-                parts = text.split(self.delimiter)
-                for pair in parts:
-                    key, sep, value = pair.partition("=")
-                    if not sep or "=" in value or "_" in value:
-                        return None
-                    fields[key.strip()] = value
-                if len(fields) != len(parts):
-                    return None
-                return self._samples(list(fields), list(map(float, fields.values())))
-            if self.fmt == "csv":
-                cells = text.split(self.delimiter)
-                if len(cells) != len(self.columns) or len(set(self.columns)) != len(cells) or "_" in text:
-                    return None
-                return self._samples(list(self.columns), list(map(float, cells)))
-            obj = json.loads(text)
-            if not isinstance(obj, dict):
-                return None
-            return self._samples([str(k) for k in obj], [_json_number(v) for v in obj.values()])
-        except (ValueError, TypeError, RecursionError):
-            return None
-
-    def _samples(self, keys: list[str], values: list[float]) -> list[Sample] | None:
-        """Pair unique, non-empty keys with finite values; split off the timestamp field."""
-        if "" in keys or not math.isfinite(sum(values)) and not all(map(math.isfinite, values)):
-            return None
+            fields, bad = self._fields(raw.decode("ascii"))
+        except (ValueError, TypeError, RecursionError):  # not ASCII, not JSON (UnicodeDecodeError is a ValueError)
+            return [], 1
+        if fields is None:
+            return [], 1
+        keys = [k for k, _ in fields]
+        if len(set(keys)) != len(keys):
+            return [], 1
+        value_of = _json_value if self.fmt == "json" else _text_value
+        ts = None
         tsf = self.timestamp_field
-        if not tsf:
-            return list(zip(keys, values, repeat(None))) if keys else None
-        try:
-            i = keys.index(tsf)
-        except ValueError:
+        if tsf:
+            ts = self._timestamp(dict(fields).get(tsf), value_of)
+            if ts is None:
+                return [], 1
+        out: list[Sample] = []
+        for key, text in fields:
+            if tsf and key == tsf:
+                continue
+            try:
+                value = value_of(text)
+            except (ValueError, TypeError, OverflowError):
+                bad += 1
+                continue
+            if value is None:  # a status word, not a reading
+                continue
+            if not key or not key.isprintable():
+                bad += 1
+                continue
+            out.append((key, value, ts))
+        return out, bad
+
+    def _fields(self, text: str) -> tuple[list[tuple[str, object]] | None, int]:
+        """The line's (key, value) fields and how many parts are not fields; None if it has no fields."""
+        if self.fmt == "json":
+            obj = json.loads(text, object_pairs_hook=_Pairs, parse_constant=_Word)
+            return (list(obj) if isinstance(obj, _Pairs) else None), 0
+        parts = text.split(self.delimiter)
+        if len(parts) > (len(self.columns) if self.fmt == "csv" else 1) and not parts[-1].strip():
+            parts.pop()  # a delimiter after the last field
+        if self.fmt == "csv":
+            return (list(zip(self.columns, parts)) if len(parts) == len(self.columns) else None), 0
+        fields, bad = [], 0
+        for part in parts:
+            key, sep, value = part.partition("=")
+            if not sep or "=" in value:
+                bad += 1
+            else:
+                fields.append((key.strip(), value))
+        return fields, bad
+
+    def _timestamp(self, text, value_of) -> float | None:
+        """The line's time in epoch seconds; None when it is missing, not a number or not a time."""
+        if text is None:
             return None
-        ts = values.pop(i)
-        del keys[i]
-        return list(zip(keys, values, repeat(ts))) if keys else None
+        try:
+            value = value_of(text)
+        except (ValueError, TypeError, OverflowError):
+            return None
+        if value is None:
+            return None
+        ts = value / _PER_SECOND[self.timestamp_unit]
+        if ts >= LATEST_EPOCH_S:
+            hint = ": milliseconds? set timestamp_unit: ms" if self.timestamp_unit == "s" else ""
+            shown = str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
+            self.problem = (f"{self.timestamp_field} {shown} is not a time in {self.timestamp_unit} "
+                            f"(past the year 5000){hint}")
+            return None
+        return ts
 
 
-def _number(text: str) -> float:
-    value = float(text.strip())
-    if not math.isfinite(value):
+def _text_value(text: str) -> float | None:
+    """The finite number ``text`` (a kv or CSV field) holds; None for a status word; ValueError else."""
+    text = text.strip()
+    if _WORD.fullmatch(text):
+        return None
+    if "_" in text:  # Python's digit grouping (1_000), not a sensor's number
+        raise ValueError("not a number")
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
         raise ValueError("not a finite number")
     return value
 
 
-def _json_number(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def _json_value(value) -> float | None:
+    """The finite number a JSON value is; None for a status (a word, true/false, null); else an error."""
+    if value is None or isinstance(value, (bool, _Word)):
+        return None
+    if isinstance(value, str):
+        if _WORD.fullmatch(value.strip()):
+            return None
+        raise ValueError("a string, not a number")
+    if not isinstance(value, (int, float)):
         raise TypeError("not a number")
-    return _number(repr(value))
+    value = float(value)  # OverflowError for an int beyond a float
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
 
 
 class SerialLineDriver(StreamDriver):
@@ -167,7 +281,8 @@ class SerialLineDriver(StreamDriver):
 
     def on_open(self) -> None:
         opts: LineOptions = self.options
-        self._decoder = LineDecoder(opts.format, opts.columns, opts.delimiter, opts.timestamp_field, opts.max_line)
+        self._decoder = LineDecoder(opts.format, opts.columns, opts.delimiter, opts.timestamp_field, opts.max_line,
+                                    opts.timestamp_unit)
 
     def on_bytes(self, data: bytes, now: float) -> None:
         decoder = self._decoder
@@ -179,6 +294,9 @@ class SerialLineDriver(StreamDriver):
                 self.stats.readings += 1
             self.stats.last_reading_ts = now
         self.stats.malformed += decoder.malformed - before
+        if decoder.problem:
+            self.stats.note_error(decoder.problem, now)
+            decoder.problem = ""
 
 
 DRIVER = SerialLineDriver
