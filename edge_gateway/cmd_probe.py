@@ -80,11 +80,11 @@ def _pms(data: bytes) -> dict | None:
 def _lines(data: bytes) -> dict | None:
     from drivers.serial_line import LineDecoder
 
-    nl = data.find(b"\n")
-    if nl < 0:
+    parts = re.split(rb"\r\n|\r|\n", data)  # as the driver ends lines: CR, LF or CRLF
+    if len(parts) < 2:
         return None
-    body = data[nl + 1:]  # the first line is probably cut: we started listening mid-line
-    raw_lines = [ln.strip(b"\r \t") for ln in body.split(b"\n")[:-1]]
+    # the first line is probably cut (we started listening mid-line), and the last is not ended yet
+    raw_lines = [ln.strip(b" \t") for ln in parts[1:-1]]
     raw_lines = [ln for ln in raw_lines if ln]
     if not raw_lines:
         return None

@@ -220,7 +220,7 @@ def _replay_csv(args, header: dict, chunks) -> int:
         error(f"{args.file}: a reading's time cannot be written as a date-time ({exc})")
         return 1
     if malformed:
-        print(f"edge-gateway: warning: {malformed} malformed line(s) or frame(s) skipped, as the driver skips them",
+        print(f"edge-gateway: warning: {malformed} malformed line(s), field(s) or frame(s) skipped, as the driver skips them",
               file=sys.stderr)
     return 0
 

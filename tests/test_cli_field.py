@@ -234,3 +234,16 @@ def test_replay_refuses_a_capture_time_out_of_range(tmp_path):
         r = cli("replay", bad, "--no-wait", "--linger", "0")
         assert r.returncode == 1 and f"{bad}:2: bad capture line: t must be 0..1e+09 seconds" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_probe_recognises_lines_ended_by_cr_lf_or_crlf_as_the_driver_reads_them():
+    """A sensor ending its lines with CR only was 'nothing recognised' (probe split on LF), though the
+    driver reads it. The first line is cut (probe starts listening mid-line) and is left out."""
+    from edge_gateway.cmd_probe import analyse
+
+    for eol in (b"\r", b"\n", b"\r\n"):
+        data = b"m25=9" + b"".join(b"%spm25=%d,pm10=%d" % (eol, 10 + k, 20 + k) for k in range(5)) + eol
+        found = analyse(data)
+        assert found is not None, eol
+        assert (found["driver"], found["options"], found["values"]) == (
+            "serial_line", {"format": "kv"}, {"pm25": 14.0, "pm10": 24.0}), eol

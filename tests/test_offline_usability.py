@@ -174,7 +174,7 @@ def test_replay_csv_decodes_a_serial_line_capture_for_analyze(tmp_path, capsys, 
     capture(Path("cap.jsonl"), [b"pm25=10,pm10=20\npm25=1", b"1,pm10=21\ngarbage\n", b"pm25=12,pm10=22\n"])
     rc, out, err = run(capsys, "replay", "cap.jsonl", "--csv", "dec", "--config", "gw.yaml", "--sensor", "air-1")
     assert (rc, out, err) == (0, "dec/pm10.csv: 3 rows of air-1/pm10\ndec/pm25.csv: 3 rows of air-1/pm25\n",
-                              "edge-gateway: warning: 1 malformed line(s) or frame(s) skipped, as the driver "
+                              "edge-gateway: warning: 1 malformed line(s), field(s) or frame(s) skipped, as the driver "
                               "skips them\n")
     assert Path("dec/pm25.csv").read_text().splitlines() == [
         "timestamp,value", "2014-04-01 00:00:00.000211,10.0", "2014-04-01 00:00:01.000211,11.0",
