@@ -439,6 +439,12 @@ def check_secrets(broker) -> list[Check]:
         return [Check("broker secrets", "fail", str(exc), fix)]
     if problem:
         return [Check("broker secrets", "warn", problem, f"chmod 600 {path} (owned by root or the service user)")]
+    from .config import transport_warnings
+
+    clear = [text for key, text in transport_warnings(broker) if key == "broker.secrets_file"]
+    if clear and creds.password:
+        return [Check("broker secrets", "warn", f"{path}: {clear[0]}",
+                      "set broker.tls (the broker's port for TLS, usually 8883, and its CA in broker.tls.ca_file)")]
     return [Check("broker secrets", "ok", f"{path}: username and {'password' if creds.password else 'no password'}")]
 
 def check_broker(broker, timeout: float) -> list[Check]:

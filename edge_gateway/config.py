@@ -175,6 +175,7 @@ def warnings_of(cfg: "GatewayConfig") -> list[tuple[str, str]]:
             problem = port_problem(port)
             if problem:
                 out.append((f"sensors[{i}].options.port", f"{problem} (the sensor will not be read)"))
+    out.extend(transport_warnings(cfg.broker))
     if cfg.broker.protocol == "3.1.1":
         out.append(("broker.protocol", "MQTT 3.1.1 cannot report a refused message: the broker acknowledges it "
                     "(ACL deny, size limit) and it is lost without a trace; use \"5\" unless the broker lacks it"))
@@ -184,6 +185,31 @@ def warnings_of(cfg: "GatewayConfig") -> list[tuple[str, str]]:
 
 
 NO_SENSORS = "no sensors configured: the gateway will run but read nothing"
+
+
+def loopback(host: str) -> bool:
+    """``host`` names this machine (localhost, 127.0.0.0/8, ::1): what goes to it never crosses a network."""
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_warnings(broker: "BrokerSection") -> list[tuple[str, str]]:
+    """(key path, text) of broker settings that expose the link: a password sent in clear to another machine
+    (MQTT's CONNECT carries it as is: anyone on the cabinet's network or the operator's reads it), and a TLS
+    link that accepts any certificate of its CA for this broker. Also ``doctor``'s."""
+    out = []
+    if broker.secrets_file and broker.tls is None and not loopback(broker.host):
+        out.append(("broker.secrets_file", f"the broker's username and password go to {broker.host} in clear text: "
+                    "there is no broker.tls (set it, or keep the password on a broker on this machine)"))
+    if broker.tls is not None and not broker.tls.check_hostname:
+        out.append(("broker.tls.check_hostname", f"false: any certificate the CA signed is taken for {broker.host}, "
+                    "so whoever holds one can pose as the broker (set true, or give the broker a certificate "
+                    "naming it)"))
+    return out
 
 
 @dataclass(frozen=True)

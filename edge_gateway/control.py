@@ -269,8 +269,10 @@ class ControlServer:
                 req = json.loads(line)
                 if not isinstance(req, dict):
                     raise ValueError("a request is a JSON object")
-            except (ValueError, asyncio.LimitOverrunError, asyncio.TimeoutError) as exc:
-                await _send(writer, {"ok": False, "error": f"bad request: {exc}"})
+            except (ValueError, RecursionError, asyncio.LimitOverrunError, asyncio.TimeoutError) as exc:
+                # RecursionError: JSON nested deeper than the parser's stack (a line of 30,000 "[")
+                why = "nested too deep" if isinstance(exc, RecursionError) else exc
+                await _send(writer, {"ok": False, "error": f"bad request: {why}"})
                 return
             await self._dispatch(req, reader, writer)
         except (ConnectionError, asyncio.CancelledError):

@@ -61,6 +61,10 @@ async def test_async_snapshot_commands_and_errors(tmp_path):
 
         assert "bad request" in (await asyncio.to_thread(raw, b"not json\n"))["error"]
         assert "bad request" in (await asyncio.to_thread(raw, b"[1, 2]\n"))["error"]
+        # deeper than json's stack (RecursionError): an answer, not a task dying with a traceback in the journal
+        assert await asyncio.to_thread(raw, b"[" * 30_000 + b"\n") == {"ok": False,
+                                                                       "error": "bad request: nested too deep"}
+        assert (await asyncio.to_thread(control.request, srv.path, {"cmd": "echo", "x": 6}))["echo"] == 6
     finally:
         await srv.stop()
 

@@ -738,6 +738,46 @@ def test_doctor_checks_the_secrets_file(tmp_path):
     assert cmd_doctor.check_secrets(config.loads("gateway: {id: s}\n").broker) == []
 
 
+def test_a_password_in_clear_to_another_machine_and_a_tls_that_takes_any_name_are_warned_of(tmp_path, capsys):
+    """Security review 19 #3: a secrets_file without broker.tls sent the password in clear (a fake broker read
+    it from the CONNECT), and `validate`, the journal and doctor said nothing; check_hostname false neither.
+    No connection is made here: 192.0.2.10 is a documentation address."""
+    from edge_gateway import cmd_doctor
+    from edge_gateway.cli import main
+
+    secrets = tmp_path / "broker.secrets"
+    secrets.write_text("username: gw-17\npassword: pw\n")
+    secrets.chmod(0o600)
+    clear = ("broker.secrets_file", "the broker's username and password go to 192.0.2.10 in clear text: there is no "
+             "broker.tls (set it, or keep the password on a broker on this machine)")
+
+    def load(broker: str):
+        return config.loads(f"gateway: {{id: s, state_dir: {tmp_path}/state}}\nbroker: {broker}\n")
+
+    cfg = load(f"{{host: 192.0.2.10, secrets_file: {secrets}}}")
+    none = ("sensors", config.NO_SENSORS)
+    assert config.warnings_of(cfg) == [clear, none]
+    (c,) = cmd_doctor.check_secrets(cfg.broker)
+    assert (c.status, c.detail, c.fix) == (
+        "warn", f"{secrets}: {clear[1]}",
+        "set broker.tls (the broker's port for TLS, usually 8883, and its CA in broker.tls.ca_file)")
+    for safe in (f"{{host: 127.0.0.1, secrets_file: {secrets}}}", f"{{host: localhost, secrets_file: {secrets}}}",
+                 f"{{host: '::1', secrets_file: {secrets}}}", "{host: 192.0.2.10}",
+                 f"{{host: 192.0.2.10, secrets_file: {secrets}, tls: {{ca_file: /etc/ssl/ca.pem}}}}"):
+        assert config.warnings_of(load(safe)) == [none], safe
+    assert cmd_doctor.check_secrets(load(f"{{host: localhost, secrets_file: {secrets}}}").broker)[0].status == "ok"
+    tls = load("{host: mqtt.example.net, tls: {ca_file: /etc/ssl/ca.pem, check_hostname: false}}")
+    assert config.warnings_of(tls) == [("broker.tls.check_hostname", (
+        "false: any certificate the CA signed is taken for mqtt.example.net, so whoever holds one can pose as the "
+        "broker (set true, or give the broker a certificate naming it)")), none]
+    path = tmp_path / "gw.yaml"
+    path.write_text(f"gateway: {{id: s, state_dir: {tmp_path}/state}}\nbroker:\n  host: 192.0.2.10\n"
+                    f"  secrets_file: {secrets}\nsensors: []\n")
+    capsys.readouterr()
+    assert main(["config", "validate", str(path)]) == 0
+    assert f"edge-gateway: {path}:4:17: broker.secrets_file: warning: {clear[1]}\n" in capsys.readouterr().err
+
+
 # --- review 15 walkthrough #7: the fix for a port the user may not open -------------------------
 
 def test_doctor_fix_for_a_port_the_user_may_not_open_names_dialout_and_usermod(tmp_path, monkeypatch):
