@@ -7,7 +7,11 @@ does not decode is counted in ``stats.malformed`` and skipped. Block-wise
 responses (RFC 7959) are put together here, so a payload over
 ``max_payload_bytes`` is refused after at most that many bytes rather than
 fetched whole; a pack (or JSON object) over ``max_records`` is refused whole.
-Both count one ``malformed`` and one ``oversize`` for the resource.
+Both count one ``malformed`` and one ``oversize`` for the resource. A channel
+name a node gives (a JSON object's key, a SenML name) must be printable and at
+most :data:`.senml.MAX_NAME` characters, a SenML unit at most
+:data:`.senml.MAX_UNIT`: another counts one ``malformed`` for its key or record,
+and the payload's other values are kept.
 
 Each resource fails on its own: a 4.xx/5.xx answer (or error notification) is
 counted in :attr:`CoapDriver.resources` and that resource alone is asked again
@@ -261,7 +265,7 @@ def decode_payload(payload: bytes, content_format: int | None, res: CoapResource
         out, errors = [], 0
         for key, value in obj.items():
             v = _finite(value)
-            if v is None or not isinstance(key, str) or not key:
+            if v is None or not senml.channel_name_ok(key):  # no ESC for a terminal, no 60 KB label
                 errors += 1
             else:
                 out.append((key, v, now, res.units.get(key, "")))

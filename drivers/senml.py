@@ -7,6 +7,11 @@ resolved time below 2**28 is relative to ``now``. Base fields carry over to
 later records. String and data values (``vs``, ``vd``) are not numbers and are
 left out without counting as errors.
 
+Names and units reach a technician's terminal (``status``, ``tail``) and Prometheus labels, so they are
+bounded here: a resolved name of more than :data:`MAX_NAME` characters, and a unit (``u``, ``bu``) that is
+longer than :data:`MAX_UNIT` or not printable (:meth:`str.isprintable`: no ESC, BEL, NUL, line end), make
+their record malformed, like any name that breaks section 4.5.1.
+
 What RFC 8428 makes a receiver refuse is refused: a whole pack whose ``bver`` is
 not a version up to 10 (section 4.4: a newer one may mean something else), or
 that holds a field whose name ends in ``_`` (must-understand, section 4.4; none
@@ -36,6 +41,9 @@ CT_SENML_CBOR = 112
 RELATIVE_LIMIT = 2 ** 28
 MAX_VERSION = 10
 NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9:./_]*")
+# Bounds of what a node may name (a channel) and give as a unit: CoAP's JSON object keys share them
+MAX_NAME = 128  # characters: ``urn:dev:mac:0024befffe804ff1:temperature`` is 41
+MAX_UNIT = 32  # characters: RFC 8428 / 8798 units are a few (``Cel``, ``%RH``, ``ug/m3``, ``count/min``)
 
 # RFC 8428 table 6: CBOR labels of the JSON keys
 _CBOR_LABELS = {-1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", -6: "bs",
@@ -93,15 +101,28 @@ _VALID_NAMES_MAX = 4096
 
 
 def valid_name(name: str) -> bool:
-    """RFC 8428 section 4.5.1; names repeat in every pack, so the ones seen valid are remembered (boundedly)."""
+    """RFC 8428 section 4.5.1 and at most :data:`MAX_NAME` characters; names repeat in every pack, so the
+    ones seen valid are remembered (boundedly)."""
     if name in _valid_names:
         return True
-    if NAME.fullmatch(name) is None:
+    if len(name) > MAX_NAME or NAME.fullmatch(name) is None:
         return False
     if len(_valid_names) >= _VALID_NAMES_MAX:
         _valid_names.clear()
     _valid_names.add(name)
     return True
+
+
+def channel_name_ok(name: object) -> bool:
+    """A channel name a node may give (a CoAP JSON object's key): a non-empty printable string
+    (:meth:`str.isprintable`) of at most :data:`MAX_NAME` characters."""
+    return name.__class__ is str and 0 < len(name) <= MAX_NAME and name.isprintable()
+
+
+def unit_ok(unit: object) -> bool:
+    """A unit a node may give (SenML ``u`` or ``bu``): a printable string of at most :data:`MAX_UNIT`
+    characters; "" (no unit) is one."""
+    return unit.__class__ is str and len(unit) <= MAX_UNIT and unit.isprintable()
 
 
 def _refuses(rec: dict, K: _Keys) -> bool:
@@ -152,7 +173,7 @@ def resolve(pack, now: float, keys: _Keys = JSON_KEYS, max_records: int | None =
                     bt = _num(rec[K.bt])
                     ok = ok and bt is not None
                 if K.bu in rec:
-                    bu = rec[K.bu] if rec[K.bu].__class__ is str else None
+                    bu = rec[K.bu] if unit_ok(rec[K.bu]) else None
                     ok = ok and bu is not None
                 if K.bv in rec:
                     bv = _num(rec[K.bv])
@@ -197,8 +218,9 @@ def resolve(pack, now: float, keys: _Keys = JSON_KEYS, max_records: int | None =
                 ts += now
             unit = rec.get(K.u, bu)
             full = bn + name
-            if unit.__class__ is not str or not (full in valid or valid_name(full)) or not isfinite(value) \
-                    or not isfinite(ts):
+            # bu was checked when set (a bad one is None); a record's own u is checked here
+            if unit.__class__ is not str or (unit is not bu and not unit_ok(unit)) \
+                    or not (full in valid or valid_name(full)) or not isfinite(value) or not isfinite(ts):
                 errors += 1
                 continue
             append(new(Record, (full, value, ts, unit)))

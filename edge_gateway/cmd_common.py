@@ -91,6 +91,19 @@ def _config_socket(path: str) -> Path:
     return sock
 
 
+def printable(text: object) -> str:
+    """``text`` (``str()`` of it) safe for a terminal: each character that is not printable
+    (:meth:`str.isprintable`: ESC, BEL, NUL, line ends, C1 controls, bidi overrides) written as repr
+    writes it (``\\x1b``, ``\\n``, ``\\u202e``), the rest unchanged (``µg/m³`` stays, and so does a
+    backslash: the text is for reading, not for parsing back). For what a sensor or node supplied
+    (channel names, units, errors, event fields): a rogue node must not retitle, clear or rewrite the
+    technician's screen, whatever the daemon passes on."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def print_json(obj) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 

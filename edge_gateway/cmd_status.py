@@ -90,8 +90,12 @@ def status(args) -> int:
 
 
 def render(s: dict, now: float | None = None) -> None:
-    """The human view of a status document; ``now`` (wall time, default the clock) dates "down since"."""
-    from .cmd_common import fmt_age
+    """The human view of a status document; ``now`` (wall time, default the clock) dates "down since".
+
+    What a node or the network supplied (channel names, units, errors, event fields) is shown through
+    :func:`.cmd_common.printable`: a control character in it is written as ``\\x1b``, never sent to the
+    terminal, whatever the daemon passes on. ``--json`` escapes them itself (``\\u001b``)."""
+    from .cmd_common import fmt_age, printable
 
     q = s.get("queue", {})
     print(f"gateway   {s.get('gateway')}   pid {s.get('pid')}   up {fmt_age(s.get('uptime_s'))}")
@@ -108,7 +112,7 @@ def render(s: dict, now: float | None = None) -> None:
     r = s.get("reload", {})
     if r.get("count"):
         when = _dt.datetime.fromtimestamp(r["last_ts"]).strftime("%H:%M:%S") if r.get("last_ts") else "?"
-        why = str(r.get("last_error") or "").splitlines() or [""]
+        why = [printable(line) for line in str(r.get("last_error") or "").splitlines()] or [""]
         outcome = "ok" if r.get("last_ok") else f"REFUSED: {why[0]}"
         print(f"reload    {r['count']} ({r.get('failed', 0)} refused), last at {when}: {outcome}")
         for more in [] if r.get("last_ok") else why[1:]:  # a config with several mistakes: one a line
@@ -166,7 +170,9 @@ def broker_line(s: dict, now: float) -> str:
     if since:
         line += f" since {_hms(since)} ({ago(now - since)})"
     if s.get("link_error"):
-        line += f": {s['link_error']}"
+        from .cmd_common import printable
+
+        line += f": {printable(s['link_error'])}"
     wait = up.get("next_attempt_in_s")
     if wait is not None:
         line += f"; next attempt in {ago(wait) if wait >= 1 else 'under 1 s'}"
@@ -190,9 +196,11 @@ def sensor_notes(st: dict) -> list[str]:
     """The lines under a sensor's row: its last error in full (the row says how old it is), and a
     warning when a connected sensor has been silent past ``no_data_after_s`` (see
     :func:`.metrics.no_data_after`)."""
+    from .cmd_common import printable
+
     notes = []
     if st.get("last_error"):
-        notes.append(f"last error: {st['last_error']}")
+        notes.append(f"last error: {printable(st['last_error'])}")
     quiet, limit = st.get("no_data_s"), st.get("no_data_after_s")
     if quiet is not None and limit is not None and quiet >= limit:
         since_connect = (st.get("last_reading_ts") or 0) < (st.get("last_connect_ts") or 0)
@@ -204,7 +212,8 @@ def sensor_notes(st: dict) -> list[str]:
 
 def sensors_table(sensors: dict) -> None:
     """One row per sensor; the LAST ERROR column says how old the error is, the full text follows on
-    an indented line (a reason cut at a column width loses what it says)."""
+    an indented line (a reason cut at a column width loses what it says). Channel names and units (a
+    node's) are shown through :func:`.cmd_common.printable`, as the error is."""
     from .cmd_common import fmt_age, table
 
     rows, notes = [], []
@@ -217,8 +226,9 @@ def sensors_table(sensors: dict) -> None:
             err = "yes" if age is None else f"{ago(age)} ago"
             if st.get("last_error_before_reconnect"):
                 err += " (before reconnect)"
-        rows.append([sid, st.get("driver"), f"{st.get('rate_per_s', 0):.2f}/s", fmt_age(st.get("last_reading_age_s")),
-                     st.get("malformed", 0), st.get("link_errors", 0), values or "-", err])
+        rows.append(_printable([sid, st.get("driver"), f"{st.get('rate_per_s', 0):.2f}/s",
+                                fmt_age(st.get("last_reading_age_s")), st.get("malformed", 0),
+                                st.get("link_errors", 0), values or "-", err]))
         notes.append(sensor_notes(st))
     table(rows, ["SENSOR", "DRIVER", "RATE", "LAST", "BAD", "LINK ERR", "LAST VALUES", "LAST ERROR"], notes=notes)
 
@@ -247,12 +257,20 @@ def events_table(events: list[dict]) -> None:
     for restart in sorted(runs, key=lambda r: r is None):  # this run's events (None) last
         for at, e in sorted(((e.get("start") or e.get("ts") or 0, e) for e in runs[restart]), key=lambda p: p[0]):
             reason = e.get("reason") or (f"detector {e['detector']}" if e.get("detector") else "")
-            rows.append([_hms(at), e.get("sensor"), event_name(e), e.get("channel", ""), _g(e.get("peak_value")),
-                         _score(e.get("peak_score")), reason])
+            rows.append(_printable([_hms(at), e.get("sensor"), event_name(e), e.get("channel", ""),
+                                    _g(e.get("peak_value")), _score(e.get("peak_score")), reason]))
             notes.append([])
         if restart is not None:
             notes[-1] = [restart_line(restart)]
     table(rows, ["TIME", "SENSOR", "EVENT", "CHANNEL", "VALUE", "SCORE", "REASON"], notes=notes)
+
+
+def _printable(row: list) -> list:
+    """A table row with each text cell through :func:`.cmd_common.printable` (a line end in one would
+    also have split it into several lines)."""
+    from .cmd_common import printable
+
+    return [printable(c) if isinstance(c, str) else c for c in row]
 
 
 def restart_line(at: float) -> str:

@@ -117,17 +117,24 @@ def local_iso(ts: float) -> str:
 
 
 def format_item(item: dict) -> str:
-    """One line for people; ``--json`` prints the daemon's items (raw epoch floats) instead."""
+    """One line for people; ``--json`` prints the daemon's items (raw epoch floats) instead.
+
+    Every text from the daemon goes through :func:`.cmd_common.printable`: a node names its channels and
+    units, and writes the text of errors; a control character in them is shown (``\\x1b``), never sent
+    to the terminal. ``--json`` needs none of it: JSON escapes them (``\\u001b``)."""
+    from .cmd_common import printable
+
     kind = item.get("type")
     if kind == "reading":
-        return (f"{clock(item['ts'])} {item['sensor']:<12} {item['channel']:<12} {item['value']:>12g} "
-                f"{item.get('unit', '')}").rstrip()
+        return (f"{clock(item['ts'])} {printable(item['sensor']):<12} {printable(item['channel']):<12} "
+                f"{item['value']:>12g} {printable(item.get('unit', ''))}").rstrip()
     if kind == "dropped":
-        return f"({item['count']} lines dropped: this tail fell too far behind the gateway)"
+        return f"({printable(item['count'])} lines dropped: this tail fell too far behind the gateway)"
     ts = item.get("start") or item.get("ts") or time.time()
-    rest = " ".join(f"{k}={_field(k, v)}" for k, v in item.items()
+    rest = " ".join(f"{printable(k)}={printable(_field(k, v))}" for k, v in item.items()
                     if k not in ("type", "event", "sensor", "start", "seq", "gw") and v not in (None, ""))
-    return f"{clock(ts)} {item.get('sensor', ''):<12} EVENT {item.get('event', '')} {rest}".rstrip()
+    return (f"{clock(ts)} {printable(item.get('sensor', '')):<12} EVENT {printable(item.get('event', ''))} "
+            f"{rest}").rstrip()
 
 
 def _field(key: str, value) -> str:

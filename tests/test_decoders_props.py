@@ -194,7 +194,10 @@ def test_senml_arbitrary_bytes_never_raise(data):
         records, errors = senml.decode(data, fmt, 1e9)
         assert errors >= 0
     for cf in (0, 50, 60, 110, 112, None):
-        decode_payload(data, cf, CoapResource("/x"), 1e9)
+        samples, _ = decode_payload(data, cf, CoapResource("/x"), 1e9)
+        for channel, _, _, unit in samples:
+            assert channel.isprintable() and 0 < len(channel) <= senml.MAX_NAME
+            assert unit.isprintable() and len(unit) <= senml.MAX_UNIT
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -206,7 +209,8 @@ def test_senml_arbitrary_structures_never_raise(pack, cpack):
         payload = b"[]"
     for r in senml.decode_json(payload, 1e9)[0] + senml.decode_cbor(cbor2.dumps(cpack), 1e9)[0]:
         assert isinstance(r.name, str) and r.name and math.isfinite(r.value) and math.isfinite(r.ts)
-        assert RFC8428_NAME.fullmatch(r.name)
+        assert RFC8428_NAME.fullmatch(r.name) and len(r.name) <= senml.MAX_NAME
+        assert r.unit.isprintable() and len(r.unit) <= senml.MAX_UNIT
 
 
 # RFC 8428 section 4.5.1, written out again here rather than imported
@@ -303,3 +307,49 @@ def test_senml_valid_packs_decode_exactly(base, bt, recs, fmt):
     got, errors = senml.decode(payload, senml.CT_SENML_JSON if fmt == "json" else senml.CT_SENML_CBOR, 0.0)
     assert errors == 0
     assert got == [senml.Record(f"{base}:{n}", v, bt + t, u) for n, v, t, u in recs]
+
+
+# ---- what a node names and gives as a unit reaches a terminal and Prometheus labels (review s19 #1, #8)
+
+CONTROLS = "\x1b\x07\x00\n\r\t\x7f\x9b\u202e\u2028"
+units = (st.text(max_size=40)
+         | st.builds(lambda a, c, b: a + c + b, st.text(max_size=8), st.sampled_from(CONTROLS), st.text(max_size=8)))
+long_names = st.text(NAME_CHARS, min_size=120, max_size=140).map(lambda n: "n" + n)
+
+
+def _unit_ok(unit: str) -> bool:
+    """Written out again here: printable, at most 32 characters."""
+    return len(unit) <= 32 and all(c.isprintable() for c in unit)
+
+
+@SETTINGS
+@given(units, finite, formats)
+def test_senml_units_are_kept_iff_printable_and_short(unit, v, fmt):
+    pack = [{"n": "ok", "v": 1}, {"n": "x", "u": unit, "v": v}, {"n": "ok2", "u": "Cel", "v": 3}]
+    want = [senml.Record("ok", 1.0, 1e9, "")] + ([senml.Record("x", float(v), 1e9, unit)] if _unit_ok(unit) else [])
+    assert _decode(pack, fmt) == (want + [senml.Record("ok2", 3.0, 1e9, "Cel")], 0 if _unit_ok(unit) else 1)
+    pack = [{"bu": unit, "n": "a", "v": v}, {"n": "b", "v": v}, {"bu": "K", "n": "c", "v": 3}]
+    kept = [senml.Record(n, float(v), 1e9, unit) for n in "ab"] if _unit_ok(unit) else []
+    assert _decode(pack, fmt) == (kept + [senml.Record("c", 3.0, 1e9, "K")], 0 if _unit_ok(unit) else 2)
+
+
+@SETTINGS
+@given(valid_names | long_names, st.integers(0, 140), finite, formats)
+def test_senml_names_are_kept_iff_at_most_128_characters(name, cut, v, fmt):
+    cut = min(cut, len(name))
+    pack = [{"bn": name[:cut], "n": name[cut:], "v": v}, {"bn": "", "n": "ok", "v": 2}]
+    want = ([senml.Record(name, float(v), 1e9, "")] if len(name) <= 128 else []) + [senml.Record("ok", 2.0, 1e9, "")]
+    assert _decode(pack, fmt) == (want, 0 if len(name) <= 128 else 1)
+
+
+json_keys = st.text(max_size=12) | long_names | st.builds(lambda a, c, b: a + c + b, st.text(max_size=6),
+                                                          st.sampled_from(CONTROLS), st.text(max_size=6))
+
+
+@SETTINGS
+@given(st.dictionaries(json_keys, finite, max_size=6), st.sampled_from([50, 60]))
+def test_coap_object_keys_are_channels_iff_printable_non_empty_and_at_most_128(obj, cf):
+    payload = json.dumps(obj).encode() if cf == 50 else cbor2.dumps(obj)
+    good = [k for k in obj if 0 < len(k) <= 128 and all(c.isprintable() for c in k)]
+    assert decode_payload(payload, cf, CoapResource("/x"), 1e9) == (
+        [(k, float(obj[k]), 1e9, "") for k in good], len(obj) - len(good))
