@@ -35,15 +35,14 @@ from typing import NamedTuple
 
 import cbor2
 
+from edge_gateway.readings import MAX_NAME, MAX_UNIT
+
 CT_JSON = 50
 CT_SENML_JSON = 110
 CT_SENML_CBOR = 112
 RELATIVE_LIMIT = 2 ** 28
 MAX_VERSION = 10
 NAME = re.compile(r"[A-Za-z0-9][-A-Za-z0-9:./_]*")
-# Bounds of what a node may name (a channel) and give as a unit: CoAP's JSON object keys share them
-MAX_NAME = 128  # characters: ``urn:dev:mac:0024befffe804ff1:temperature`` is 41
-MAX_UNIT = 32  # characters: RFC 8428 / 8798 units are a few (``Cel``, ``%RH``, ``ug/m3``, ``count/min``)
 
 # RFC 8428 table 6: CBOR labels of the JSON keys
 _CBOR_LABELS = {-1: "bver", -2: "bn", -3: "bt", -4: "bu", -5: "bv", -6: "bs",

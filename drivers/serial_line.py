@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edge_gateway.readings import Reading
+from edge_gateway.readings import MAX_NAME, Reading
 
 from .serial_port import StreamDriver
 
@@ -76,8 +76,9 @@ class LineOptions:
     values in the order of ``columns``, ``json`` reads one object of numbers a line. A field whose value is
     not a number counts once as malformed and the other fields of its line are kept; a word (``ok``,
     ``ERR``, ``nan``, JSON ``"ok"``, ``true`` or ``null``) is a status, not a reading, and is skipped
-    without being counted; a line naming a field twice is dropped whole and counted once. ``columns``: the
-    channel name of each CSV column (csv only), each name once. ``delimiter``: what separates the pairs
+    without being counted; a line naming a field twice is dropped whole and counted once; a name longer
+    than 128 characters counts as a bad field. ``columns``: the channel name of each CSV column (csv only),
+    each name once. ``delimiter``: what separates the pairs
     (kv) or cells (csv); one empty field after the last delimiter is ignored. It may not be empty nor hold
     a line end, a digit, ``.``, ``+``, ``-`` or (kv) ``=``. ``timestamp_field``: a field holding the
     reading's time, used instead of the time the line arrived (with csv, one of the ``columns``); a line
@@ -199,7 +200,7 @@ class LineDecoder:
                 continue
             if value is None:  # a status word, not a reading
                 continue
-            if not key or not key.isprintable():
+            if not key or len(key) > MAX_NAME or not key.isprintable():
                 bad += 1
                 continue
             out.append((key, value, ts))

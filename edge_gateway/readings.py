@@ -6,6 +6,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 
+# What a sensor may name a channel and give as a unit, wherever it names them (a SenML record, a CoAP JSON
+# key, a text line's key): they reach a technician's terminal, Prometheus labels and the status document
+MAX_NAME = 128  # characters: ``urn:dev:mac:0024befffe804ff1:temperature`` is 41
+MAX_UNIT = 32  # characters: RFC 8428 / 8798 units are a few (``Cel``, ``%RH``, ``ug/m3``, ``count/min``)
+
+
 class Quality(IntEnum):
     """Per-reading quality flag, carried through to the cloud."""
 

@@ -39,6 +39,9 @@ def decode(fmt: str, data: bytes, **kw) -> tuple[list, int, int]:
     # words are statuses, not readings: skipped, not counted
     ("kv", b"a=nan,b=inf,c=-inf,d=ok,e=N/A,f=warming up,g=2", [("g", 2.0)], 0),
     ("json", b'{"a": NaN, "b": -Infinity, "c": true, "d": false, "e": "warming up", "g": 2}', [("g", 2.0)], 0),
+    # a name longer than edge_gateway.readings.MAX_NAME (128): it reaches terminals and labels (review 19)
+    ("kv", b"a=1," + b"n" * 128 + b"=2," + b"m" * 129 + b"=3", [("a", 1.0), ("n" * 128, 2.0)], 1),
+    ("json", b'{"a": 1, "' + b"m" * 129 + b'": 3}', [("a", 1.0)], 1),
     # nothing good
     ("kv", b"junk", [], 1),
     ("kv", b"status=ok", [], 0),
