@@ -491,6 +491,8 @@ class Gateway:
                 "gave_up": getattr(link, "gave_up", 0),
                 "commands": dict(self.router.counts) if self.router else {},
                 "commands_refused": self.router.refused if self.router else 0,
+                "commands_busy": self.router.busy if self.router else 0,
+                "commands_retained": self.router.retained if self.router else 0,
                 "inbound_dropped": getattr(link, "inbound_dropped", 0),
                 "refused_topics": getattr(link, "refused_topics", 0),
                 "callback_errors": getattr(link, "callback_errors", 0),
@@ -506,25 +508,37 @@ class Gateway:
         router.register("reload", self._mqtt_reload)
         return router
 
-    def _on_command(self, topic: str, payload: bytes) -> None:
+    def _on_command(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """One downlink request from the link (event loop). Refused without a task: an invalid name
+        (never echoed into a reply topic, review 14 #1) and, while ``downlink.MAX_IN_FLIGHT`` commands
+        are running, any (review 19 #4: a flood grew a task per message). A request delivered with the
+        retain flag is answered with an error and never run (review 19 #5: the broker delivers it again
+        at every subscribe, i.e. every reconnect and restart)."""
         from .downlink import valid_name
 
         name = topic.rsplit("/", 1)[-1]
-        if self.router is None or self.link is None:
+        router = self.router
+        if router is None or self.link is None:
             return
-        if not valid_name(name):  # never echoed into a reply topic (review 14 #1)
-            self.router.refuse()
+        if not valid_name(name):
+            router.refuse()
             log.debug("command with an invalid name refused (%d bytes)", len(name))
+            return
+        if not router.admit():
             return
 
         async def run() -> None:
-            reply = await self.router.handle(name, payload)
+            reply = router.refuse_retained(name, payload) if retain else await router.handle(name, payload)
+            link = self.link
+            if link is None:
+                return
             try:
-                self.link.publish(self.topics.cmd_res(name), reply)
+                link.publish(self.topics.cmd_res(name), reply)
             except RuntimeError as exc:
                 log.warning("command reply not sent: %s", exc)
 
-        self._spawn(run(), f"cmd:{name[:32]}")
+        task = self._spawn(run(), f"cmd:{name[:32]}")
+        task.add_done_callback(lambda t: router.done())  # also when cancelled before it ran
 
     async def set_parameter(self, name, value) -> dict:
         """Downlink ``set``: the event ``threshold`` or one detector parameter, at run time.
@@ -574,6 +588,8 @@ class Gateway:
         if self.control is not None:
             s["control"] = {"clients": self.control.clients, "refused": self.control.refused,
                             "accept_errors": self.control.accept_errors}
+        if self.prometheus is not None:
+            s["prometheus"] = self.prometheus.stats()
         return s
 
     def _observe(self, batch, out: list) -> None:
@@ -613,14 +629,14 @@ class Gateway:
         self.telemetry.cached = await self.status()
         if self.cfg.metrics.prometheus_port:
             self.prometheus = PrometheusEndpoint(self.cfg.metrics.prometheus_port, lambda: self.telemetry.cached)
-            self.prometheus.start()
+            await self.prometheus.start()
 
     async def _stop_operations(self) -> None:
         if self.control is not None:
             await self.control.stop()
             self.control = None
         if self.prometheus is not None:
-            self.prometheus.stop()
+            await self.prometheus.stop()
             self.prometheus = None
 
     async def _mqtt_reload(self, args: dict) -> dict:

@@ -14,6 +14,11 @@ only short names (:func:`valid_name`) are looked up; anything else is refused
 and counted (``refused``) without being echoed. Requests larger than
 :data:`MAX_REQUEST` are refused before they are decoded.
 
+At most :data:`MAX_IN_FLIGHT` commands run at once (:meth:`CommandRouter.admit`, called by the daemon
+before it starts a task); more are refused without a task and without a reply, and counted (``busy``).
+A request delivered with the MQTT retain flag is never run (:meth:`CommandRouter.refuse_retained`): it
+gets an error reply and is counted (``retained``). Both are logged at most once a minute, not per message.
+
 Not here: the MQTT side (``uplink.py`` subscribes, caps inbound size, refuses
 invalid topics) and what the commands do (``daemon.py``).
 """
@@ -25,6 +30,7 @@ import json
 import logging
 import math
 import re
+import time
 from typing import Any, Callable, Iterable
 
 import msgpack
@@ -33,6 +39,16 @@ log = logging.getLogger(__name__)
 MAX_REQUEST = 8 * 1024
 MAX_NAME = 64  # characters; every real command name is far shorter
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_NAME)
+MAX_IN_FLIGHT = 8
+"""Commands accepted and not yet answered, at most (security review 19 #4). Each one is a task holding
+its request and, for ``status``, a full snapshot and its encoded reply; without a cap a flood of the
+default-enabled ``status`` (90,000 QoS 0 requests in 32 s) queued a task per message and took the daemon
+from 147 MB to 536 MB, past the unit's MemoryMax. A cloud sends one command at a time and waits for its
+reply, so 8 leave room for a few operators at once; more are refused on arrival, without a task or a
+reply (an answer per refused message would be a flood of our own), and counted."""
+LOG_EVERY_S = 60.0  # at most one log line a minute per kind of refusal (busy, retained)
+RETAINED = ("retained commands are refused (a retained request would run again at every reconnect): "
+            "publish commands with retain false, and clear this one with an empty retained message")
 
 
 def valid_name(name: object) -> bool:
@@ -96,6 +112,11 @@ class CommandRouter:
         self._handlers: dict[str, Callable[[dict], Any]] = {}
         self.counts = {"ok": 0, "error": 0}
         self.refused = 0  # requests whose name is not valid_name() (also counted as errors)
+        self.max_in_flight = MAX_IN_FLIGHT
+        self.in_flight = 0  # admitted by admit(), not yet done()
+        self.busy = 0  # refused by admit(): MAX_IN_FLIGHT were in flight (no task, no reply)
+        self.retained = 0  # requests delivered with the retain flag: error reply, never run
+        self._logged = {"busy": float("-inf"), "retained": float("-inf")}  # monotonic time of the last line
 
     def register(self, name: str, handler: Callable[[dict], Any]) -> None:
         self._handlers[name] = handler
@@ -104,6 +125,42 @@ class CommandRouter:
         """Count a request whose name is not :func:`valid_name` (its reply topic would echo it)."""
         self.refused += 1
         self.counts["error"] += 1
+
+    def admit(self) -> bool:
+        """Take one of the :data:`MAX_IN_FLIGHT` slots for a command about to run (the caller calls
+        :meth:`done` when its reply has been handed over); False, counted and logged (at most once a
+        minute), when all are taken: the command is dropped without a reply."""
+        if self.in_flight >= self.max_in_flight:
+            self.busy += 1
+            self._note("busy", "downlink: %d commands in flight, refusing more without a reply "
+                               "(%d refused so far; logged at most once a minute)", self.max_in_flight)
+            return False
+        self.in_flight += 1
+        return True
+
+    def done(self) -> None:
+        self.in_flight -= 1
+
+    def refuse_retained(self, name: str, payload: bytes) -> bytes:
+        """The error reply to a request that arrived with the retain flag (never run), counted and logged
+        at most once a minute. A retained request is kept by the broker and delivered again at every
+        subscribe (each reconnect and restart): run, it would undo every later command."""
+        self.retained += 1
+        self.counts["error"] += 1
+        self._note("retained", "downlink: a retained command on cmd/%s was refused, not run: clear it with an "
+                               "empty retained message (%d refused so far; logged at most once a minute)", name[:64])
+        rid, is_json = None, payload[:MAX_REQUEST].lstrip()[:1] == b"{"
+        try:
+            rid, _, is_json = parse_request(payload)
+        except CommandError:
+            pass
+        return encode_reply({"id": rid, "ok": False, "error": RETAINED}, is_json)
+
+    def _note(self, kind: str, text: str, arg: object) -> None:
+        now = time.monotonic()
+        if now - self._logged[kind] >= LOG_EVERY_S:
+            self._logged[kind] = now
+            log.warning(text, arg, self.busy if kind == "busy" else self.retained)
 
     async def handle(self, name: str, payload: bytes) -> bytes:
         """Run one command; return the encoded reply (never raises, except on cancellation)."""

@@ -5,7 +5,8 @@ that into the ``status`` document served on the control socket, the retained
 status message on MQTT, and, when ``metrics.prometheus_port`` is set, a
 Prometheus text endpoint on 127.0.0.1. All three show the same figures: the
 exporter reads the last document the event loop assembled (refreshed every
-second), never the live objects from its own thread.
+second), on the event loop itself (:class:`PrometheusEndpoint`: no thread, a
+bounded number of connections, a read timeout).
 
 The recent events are kept across restarts in a queue checkpoint (:func:`pack_events`).
 
@@ -15,8 +16,12 @@ message is sent (:mod:`edge_gateway.daemon`).
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
+import gzip
 import logging
+import socket
 import time
 from typing import Any, Callable
 
@@ -353,27 +358,189 @@ def _collector(get_status: Callable[[], dict]):
     return StatusCollector()
 
 
-class PrometheusEndpoint:
-    """``/metrics`` on 127.0.0.1:port, served by prometheus_client's own thread."""
+HTTP_MAX_CLIENTS = 8
+"""Prometheus connections served at once (security review 19 #2). prometheus_client's server started a
+thread per connection and kept an idle one open for ever: any local user held 1,015 idle connections, the
+daemon reached its 1,024 descriptors, and the MQTT reconnect (EMFILE) and the control socket failed. A
+scraper needs one connection at a time; more are answered 503 and closed at once."""
+HTTP_READ_TIMEOUT_S = 5.0  # a request head not complete by then: the connection is closed (slot freed)
+HTTP_WRITE_TIMEOUT_S = 10.0  # a response not taken by then (a client that does not read): aborted
+HTTP_MAX_HEAD = 8 * 1024  # request line and headers, at most
+HTTP_LISTEN_BACKLOG = 16
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+         b"Retry-After: 1\r\nContent-Length: 18\r\nConnection: close\r\n\r\ntoo many clients\r\n")
 
-    def __init__(self, port: int, get_status: Callable[[], dict], host: str = "127.0.0.1") -> None:
+
+class PrometheusEndpoint:
+    """``/metrics`` on 127.0.0.1:port, served on the daemon's event loop (like the control socket).
+
+    The text is what prometheus_client's own server made (the same registry and encoder: ``Accept``
+    chooses the plain text or OpenMetrics format, ``Accept-Encoding: gzip`` compresses, ``name[]``
+    filters, every path but ``/favicon.ico`` serves the metrics), from the status document the event loop
+    caches every second; it is encoded once per document and format. Bounded: at most
+    :data:`HTTP_MAX_CLIENTS` connections (more get a 503 and are closed, counted in ``refused`` and
+    logged at most once a minute), one request per connection, a head of at most :data:`HTTP_MAX_HEAD`
+    bytes that must arrive within :data:`HTTP_READ_TIMEOUT_S`, no thread. A failing ``accept()``
+    (EMFILE) is retried with backoff and logged once, as on the control socket."""
+
+    def __init__(self, port: int, get_status: Callable[[], dict], host: str = "127.0.0.1",
+                 max_clients: int = HTTP_MAX_CLIENTS) -> None:
         self.port = port
         self.host = host
         self.get_status = get_status
-        self._server = None
-        self._thread = None
+        self.max_clients = max_clients
+        self.refused = 0  # connections turned away because max_clients were being served
+        self.timeouts = 0  # connections closed because the request head did not arrive in time
+        self.accept_errors = 0
+        self.served = 0
+        self._registry = None
+        self._listener = None
+        self._acceptor: asyncio.Task | None = None
+        self._clients: set[asyncio.Task] = set()
+        self._refused_logged = float("-inf")
+        self._cache: tuple[Any, str, bytes] | None = None  # (status document, content type, text)
 
-    def start(self) -> None:
-        from prometheus_client import CollectorRegistry, start_http_server
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def stats(self) -> dict:
+        return {"port": self.port, "clients": self.clients, "served": self.served, "refused": self.refused,
+                "timeouts": self.timeouts, "accept_errors": self.accept_errors}
+
+    async def start(self) -> None:
+        from prometheus_client import CollectorRegistry
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_collector(self.get_status))
-        self._server, self._thread = start_http_server(self.port, addr=self.host, registry=registry)
-        self.port = self._server.server_address[1]
+        self._registry = registry
+        sock = socket.create_server((self.host, self.port), backlog=HTTP_LISTEN_BACKLOG)
+        sock.setblocking(False)
+        self._listener = sock
+        self.port = sock.getsockname()[1]
+        self._acceptor = asyncio.get_running_loop().create_task(self._accept_loop(), name="prometheus-accept")
         log.info("prometheus metrics on http://%s:%d/metrics", self.host, self.port)
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    async def stop(self) -> None:
+        from . import aio
+
+        if self._acceptor is not None:
+            await aio.cancel_and_wait([self._acceptor])
+            self._acceptor = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        await aio.cancel_and_wait(list(self._clients))
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        listener = self._listener
+        failed, pause = 0, 0.0
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                failed += 1
+                self.accept_errors += 1
+                if failed == 1:
+                    log.error("prometheus: accept failed (%s); retrying with backoff", exc.strerror or exc)
+                pause = min(1.0, max(0.05, pause * 2))
+                await asyncio.sleep(pause)
+                continue
+            if failed:
+                log.warning("prometheus: accepting again after %d failed accepts", failed)
+                failed, pause = 0, 0.0
+            if len(self._clients) >= self.max_clients:
+                self._refuse(conn)
+                continue
+            task = loop.create_task(self._client(conn), name="prometheus-client")
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
+
+    def _refuse(self, conn: socket.socket) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 60.0:
+            self._refused_logged = now
+            log.warning("prometheus: %d clients connected, refusing more (%d refused so far)",
+                        self.max_clients, self.refused)
+        with conn:
+            with contextlib.suppress(OSError):
+                conn.send(_BUSY)
+                conn.recv(HTTP_MAX_HEAD)  # a request already here, unread, would turn the close into a reset
+
+    async def _client(self, conn: socket.socket) -> None:
+        from . import aio
+
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn, limit=HTTP_MAX_HEAD)
+        except OSError:
+            conn.close()
+            return
+        try:
+            try:
+                head = await aio.wait_for(reader.readuntil(b"\r\n\r\n"), HTTP_READ_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                self.timeouts += 1
+                return
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                writer.write(_response("400 Bad Request", [], b"bad request\n"))
+            else:
+                writer.write(self._respond(head))
+            await aio.wait_for(writer.drain(), HTTP_WRITE_TIMEOUT_S)
+        except (asyncio.TimeoutError, ConnectionError):
+            writer.transport.abort()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _respond(self, head: bytes) -> bytes:
+        """The response to one request head, as prometheus_client's WSGI app answers it."""
+        from urllib.parse import parse_qs, urlsplit
+
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return _response("400 Bad Request", [], b"bad request\n")
+        method, target = parts[0], urlsplit(parts[1])
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        if method == "OPTIONS":
+            return _response("200 OK", [("Allow", "OPTIONS,GET")], b"")
+        if method != "GET":
+            return _response("405 Method Not Allowed", [("Allow", "OPTIONS,GET")],
+                             f"# HTTP 405 Method Not Allowed: {method}; use OPTIONS or GET\n".encode())
+        if target.path == "/favicon.ico":
+            return _response("200 OK", [], b"")
+        self.served += 1
+        return _response("200 OK", *self._exposition(headers.get("accept"), headers.get("accept-encoding"),
+                                                     parse_qs(target.query)))
+
+    def _exposition(self, accept: str | None, accept_encoding: str | None, params: dict):
+        from prometheus_client.exposition import choose_encoder, gzip_accepted
+
+        encoder, content_type = choose_encoder(accept)
+        if "name[]" in params:
+            output = encoder(self._registry.restricted_registry(params["name[]"]))
+        else:
+            doc, cached = self.get_status(), self._cache
+            if cached is not None and cached[0] is doc and cached[1] == content_type:
+                output = cached[2]
+            else:
+                output = encoder(self._registry)
+                self._cache = (doc, content_type, output)
+        headers = [("Content-Type", content_type)]
+        if gzip_accepted(accept_encoding):
+            output = gzip.compress(output)
+            headers.append(("Content-Encoding", "gzip"))
+        return headers, output
+
+
+def _response(status: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    head = [f"HTTP/1.0 {status}", *(f"{k}: {v}" for k, v in headers), f"Content-Length: {len(body)}",
+            "Connection: close", "", ""]
+    return "\r\n".join(head).encode("latin-1") + body

@@ -59,6 +59,9 @@ acknowledged as rejected; an exception in one of our paho callbacks is logged an
 escapes a connection cycle ends that connection only; and should the thread itself end, the link
 reports itself down and the event loop starts a new one. Inbound messages are capped at
 :data:`MAX_INBOUND` bytes (MQTT 5: Maximum Packet Size in the CONNECT; 3.1.1: dropped on arrival).
+``on_message(topic, payload, retain)`` gets the retain flag: the subscriptions are made again at every
+CONNACK, and a broker delivers a retained message at each of them (MQTT 5 subscribes with Retain Handling
+2, so that it does not; 3.1.1 has no such option, and the daemon refuses what arrives flagged).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .backoff import backoff_delay
 from .config import BrokerSection
@@ -114,7 +118,7 @@ class MqttLink:
                  on_ack: Callable[[int, int], None], on_state: Callable[[bool], None],
                  credentials: Callable[[], tuple[str, str] | None] | None = None,
                  subscriptions: tuple[str, ...] = (),
-                 on_message: Callable[[str, bytes], None] | None = None) -> None:
+                 on_message: Callable[[str, bytes, bool], None] | None = None) -> None:
         self.cfg = cfg
         self.client_id = client_id
         self.status_topic = status_topic
@@ -650,7 +654,10 @@ class MqttLink:
             self._resend = deque(self._unacked)
         self._guarded("birth publish", self._publish_birth)
         for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
+            if self._v5:  # Retain Handling 2: the broker sends no retained message at the subscribe
+                client.subscribe(topic, options=SubscribeOptions(qos=1, retainHandling=2))
+            else:  # 3.1.1 has no such option: a retained message arrives flagged (on_message's retain)
+                client.subscribe(topic, qos=1)
         now = time.time()
         if self.down_since is not None and (self.connects or self.last_error or self._outage_open):
             # not a plain first connect
@@ -723,7 +730,8 @@ class MqttLink:
                 log.warning("dropped a %d-byte message on %r: larger than %d bytes (%d dropped so far)",
                             size, topic[:64], MAX_INBOUND, self.inbound_dropped)
             return
-        self._post(self._on_message, topic, payload if type(payload) is bytes else bytes(payload))
+        self._post(self._on_message, topic, payload if type(payload) is bytes else bytes(payload),
+                   bool(msg.retain))
 
     def _safe(self, fn: Callable[..., None], abandon: bool = False) -> Callable[..., None]:
         def callback(*args) -> None:

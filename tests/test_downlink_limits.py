@@ -55,7 +55,8 @@ def make_link(port: int, protocol: str = "5", *, birth=lambda: b"online", acks=N
                     on_ack=lambda t, rc: (acks if acks is not None else []).append((t, rc)),
                     on_state=(states if states is not None else []).append,
                     subscriptions=(TOPICS.cmd("+"),),
-                    on_message=lambda topic, payload: (inbox if inbox is not None else []).append((topic, payload)))
+                    on_message=lambda topic, payload, retain: (inbox if inbox is not None else []).append(
+                        (topic, payload)))
 
 
 async def test_publish_refuses_topics_mqtt_cannot_carry_and_the_link_keeps_working(broker):
@@ -240,3 +241,134 @@ def test_a_command_on_a_65535_byte_topic_leaves_the_gateway_uplink_working(broke
             pub.stop()
         rc = gw.stop()
     assert rc == 0
+
+
+# --- review 19 #4: a bounded number of commands in flight ------------------------------------------
+
+
+async def test_commands_over_the_cap_are_refused_without_a_task_counted_and_logged_once(
+        broker, tmp_path, caplog, monkeypatch):
+    """The real Gateway's link, router and command path against Mosquitto. A handler held open keeps
+    MAX_IN_FLIGHT commands running: the rest are refused on arrival, without a task or a reply, counted
+    in status and logged once; released, exactly the admitted ones are answered, and commands at or
+    under the cap are all answered."""
+    from edge_gateway import config, downlink
+    from edge_gateway.daemon import Gateway
+
+    monkeypatch.setattr(downlink, "LOG_EVERY_S", 1e9)  # one line per burst, however slow the machine
+    cap, over = downlink.MAX_IN_FLIGHT, 5
+    cfg = config.loads(f"gateway: {{id: lim-gw, topic_prefix: city, state_dir: {tmp_path}/state, "
+                       f"status_interval_s: 0}}\nbroker: {{host: 127.0.0.1, port: {broker.port}, keepalive_s: 5, "
+                       "reconnect_min_s: 0.1, reconnect_max_s: 0.5, commands: [ping, status]}\n")
+    gw = Gateway(cfg)
+    await gw.queue.open()
+    gw._start_uplink()
+    release, started = asyncio.Event(), []
+
+    async def held_ping(args):
+        started.append(1)
+        await release.wait()
+        return {"pong": 1}
+
+    gw.router.register("ping", held_ping)
+    pub = None
+    try:
+        await until(lambda: gw.link.connected, 10, "connected")
+        pub = Publisher(broker.port, listen="city/lim-gw/cmd-res/#")
+        await asyncio.sleep(0.2)  # the subscription of the publisher is in place
+        for i in range(cap + over):
+            await asyncio.to_thread(pub.send, TOPICS.cmd("ping"), json.dumps({"id": i}).encode())
+        await until(lambda: gw.router.busy == over, 10, "the excess refused")
+        await until(lambda: len(started) == cap, 5, "the admitted commands running")
+        await asyncio.sleep(0.3)
+        running = [t for t in gw._background if t.get_name().startswith("cmd:") and not t.done()]
+        assert (len(running), gw.router.in_flight, gw.router.busy, pub.got) == (cap, cap, over, [])
+        release.set()
+        await until(lambda: len(pub.got) == cap, 10, "the admitted commands answered")
+        await asyncio.sleep(0.3)
+        assert sorted(json.loads(p)["id"] for _, p in pub.got) == list(range(cap))  # the first 8, once each
+        assert gw.router.in_flight == 0 and gw.router.counts == {"ok": cap, "error": 0}
+
+        for i in range(100, 100 + cap):  # at the cap, nothing refused
+            await asyncio.to_thread(pub.send, TOPICS.cmd("ping"), json.dumps({"id": i}).encode())
+        await until(lambda: len(pub.got) == 2 * cap, 10, "answers to the second round")
+        await asyncio.sleep(0.3)
+        assert len(pub.got) == 2 * cap and gw.router.busy == over
+        status = await gw.status()
+        assert (status["uplink"]["commands_busy"], status["uplink"]["commands"]) == (over, {"ok": 2 * cap, "error": 0})
+        lines = [r.getMessage() for r in caplog.records if "commands in flight, refusing more" in r.getMessage()]
+        assert lines == [f"downlink: {cap} commands in flight, refusing more without a reply (1 refused so far; "
+                         "logged at most once a minute)"]
+    finally:
+        release.set()
+        if pub:
+            pub.stop()
+        await gw.forwarder.stop()
+        await gw.link.stop()
+        await gw._cancel_background()
+        await gw.queue.close()
+
+
+# --- review 19 #5: retained commands are never run --------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_a_retained_command_is_not_run_at_connect_nor_at_reconnects(broker, tmp_path, protocol):
+    """A retained ``set`` was applied at every connect (4 times in the review), undoing later sets.
+    MQTT 5 subscribes with Retain Handling 2: the broker sends it not at all. 3.1.1 cannot ask that: the
+    gateway gets it with the retain flag and answers an error, at the first connect and again at the
+    reconnect (its connection cut by a proxy), without applying it."""
+    from uplink_support import TcpProxy
+
+    proxy = TcpProxy(broker.port)
+    pub = Publisher(broker.port, listen="city/lim-gw/cmd-res/#")
+    stale = json.dumps({"id": "stale", "args": {"name": "threshold", "value": 0.99}}).encode()
+    pub.c.publish(TOPICS.cmd("set"), stale, qos=1, retain=True).wait_for_publish(10)
+    cfg = gateway_config(tmp_path, proxy.port, "lim-gw", sensors="sensors: []",
+                         broker_extra=f"protocol: '{protocol}', commands: [ping, status, set]")
+    gw = GatewayProcess(cfg, tmp_path / "gateway.log").start()
+    retained = protocol == "3.1.1"
+    try:
+        gw.wait_ready()
+        for n in (1, 2):
+            wait_for(lambda: gw.log_text().count("connected to") == n, 10, what=f"connect {n}")
+            for k in range(20):  # until the gateway's subscription is in place (a new session at n == 1)
+                pub.send(TOPICS.cmd("ping"), json.dumps({"id": f"p{n}-{k}"}).encode())
+                if wait_until(lambda: any(json.loads(p)["id"].startswith(f"p{n}-") for _, p in pub.got), 0.5):
+                    break
+            if n == 1:
+                proxy.cut()
+        wait_for(lambda: any(json.loads(p)["id"].startswith("p2-") for _, p in pub.got), 5, what="ping 2")
+        time.sleep(0.3)
+        replies = [(t.rsplit("/", 1)[1], json.loads(p)) for t, p in pub.got]
+        refusal = ("set", {"id": "stale", "ok": False, "error": downlink_retained()})
+        pongs = [r for name, r in replies if name == "ping"]
+        assert all(r["ok"] for r in pongs) and {r["id"][:2] for r in pongs} == {"p1", "p2"}
+        assert [x for x in replies if x[0] == "set"] == ([refusal, refusal] if retained else [])
+        s = control.request(tmp_path / "state" / "control.sock", {"cmd": "status"})["status"]
+        assert s["uplink"]["connects"] == 2 and s["uplink"]["commands_retained"] == (2 if retained else 0)
+        assert s["uplink"]["commands"] == {"ok": len(pongs), "error": 2 if retained else 0}
+        assert "threshold set" not in gw.log_text()
+        assert gw.log_text().count("retained command on cmd/set was refused") == (1 if retained else 0)
+    finally:
+        pub.c.publish(TOPICS.cmd("set"), b"", qos=1, retain=True).wait_for_publish(10)  # clear it
+        pub.stop()
+        rc = gw.stop()
+        proxy.close()
+    assert rc == 0
+
+
+def wait_until(pred, timeout: float) -> bool:
+    """True once ``pred()`` holds, False after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def downlink_retained() -> str:
+    from edge_gateway.downlink import RETAINED
+
+    return RETAINED
