@@ -62,9 +62,10 @@ from .layout import (  # noqa: F401 - re-exported: callers index state tables by
     P_NOV_SEASON_NORM, P_NOV_A_SPREAD, P_NOV_SPREAD_FLOOR, P_NOV_BIN_WARMUP, P_NOV_BYPASS, P_NOV_DECAY0,
     P_NOV_W0, P_GUARD_LEVEL, P_EVENT_THRESHOLD, P_EVENT_CLOSE, P_W0, P_NOV_LONG_MODE, P_NOV_SEASON_MATURE,
     P_NOV_HALF_SEASON, P_NOV_HALF_VOL, P_NOV_SEASON_SMOOTH, P_NOV_REFRACT_INV, P_NOV_REFRACT_DAMP,
-    P_NOV_SEASON_FLOOR, P_NOV_SHIFT_FLOOR, P_NOV_VOL_SEASON, P_NOV_VALUE_GATE, N_PARAMS, P_AFTER_NORM,
+    P_NOV_SEASON_FLOOR, P_NOV_SHIFT_FLOOR, P_NOV_VOL_SEASON, P_NOV_VALUE_GATE, N_PARAMS, P_AFTER_NORM, P_W_NOV,
     SPEC_NOV0, SPEC_NOV1, SPEC_NOV2, SPEC_NOV3, SPEC_NOV4, SPEC_NOV5, SPEC_NORM, SPEC_RANGE, SPEC_FLAT,
-    SPEC_DROP, SPEC_VOL_SEASON, SPEC_VALUE_GATE, N_SPEC, EVENT_WIDTH, EVENT_FIELDS, E_OPEN, E_START, E_END,
+    SPEC_DROP, SPEC_VOL_SEASON, SPEC_VALUE_GATE, SPEC_NOV, SPEC_LONG_MODE, SPEC_MATURE, SPEC_SMOOTH, SPEC_REFRACT,
+    SPEC_SHIFT_FLOOR, N_SPEC, SPEC_RUNTIME, EVENT_WIDTH, EVENT_FIELDS, E_OPEN, E_START, E_END,
     E_PEAK, E_PEAK_VAL, E_DOM, E_BELOW,
 )
 
@@ -99,12 +100,36 @@ if _jit.HAVE_NUMBA and kernel.__module__ == _jit.__name__:
             return builder.call(fn, [args[0], _ir.Constant(i1, 0)])
 
         return _types.boolean(cond), codegen
+
+    @_intrinsic
+    def known(typingctx, on, cond):
+        """Tell LLVM that ``cond`` holds here (``llvm.assume``) when the switch ``on`` is True; else nothing.
+
+        ``on`` is a :func:`spec_of` switch (None, True or a float), so the decision is made at compile
+        time: a parameter's ``> 0`` test inside the loop then folds away with its branch.
+        """
+        if not isinstance(cond, _types.Boolean):
+            return None
+
+        def codegen(context, builder, sig, args):
+            if isinstance(sig.args[0], _types.Boolean):
+                i1 = _ir.IntType(1)
+                fn = _cgutils.get_or_insert_function(builder.module, _ir.FunctionType(_ir.VoidType(), [i1]),
+                                                     "llvm.assume")
+                builder.call(fn, [args[1]])
+            return context.get_dummy_value()
+
+        return _types.none(on, cond), codegen
 else:  # no Numba, or this is the pure-Python twin: the same as ``kernel``
     hot = kernel
 
     def rare(cond):
         """The identity (Numba's version only adds a branch hint)."""
         return cond
+
+    def known(on, cond):
+        """Nothing but a check (Numba's version tells LLVM that ``cond`` holds when ``on`` is True)."""
+        assert on is not True or cond
 
 
 def pure_module():
@@ -118,20 +143,25 @@ def spec_of(p: tuple) -> tuple:
     """The ``spec`` of :func:`detect` for parameters ``p``: None for each part these parameters never use.
 
     A novelty feature, the seasonal normalisation, ``P_NOV_VOL_SEASON`` (also off without the season
-    feature) or ``P_NOV_VALUE_GATE`` is off when its parameter is not > 0 (the only test the kernel
-    applies to it), the range guard when its limits are infinite (it always scores 0), a guard's
-    weighted score when its weight is 0 (it can never beat the running maximum).
+    feature), ``P_NOV_VALUE_GATE``, the novelty detector's weight, ``P_NOV_LONG_MODE``,
+    ``P_NOV_SEASON_MATURE``, ``P_NOV_SEASON_SMOOTH``, ``P_NOV_REFRACT_INV`` or ``P_NOV_SHIFT_FLOOR`` is
+    off when its parameter is not > 0 (the only test the kernel applies to it), the range guard when its
+    limits are infinite (it always scores 0), a guard's weighted score when its weight is 0 (it can never
+    beat the running maximum). A part that is on is True: for those with a parameter, LLVM is told that
+    it is > 0, so the loop does not test it for every reading.
     Each distinct spec is a distinct Numba type, so :func:`detect_spec` is compiled once per spec with
     the parts that are off gone from the loop.
     """
     def on(b):
-        return 0.0 if b else None
+        return True if b else None
 
     nov = tuple(on(p[P_NOV_W0 + k] > 0.0) for k in range(NOV_NF))
     return nov + (on(p[P_NOV_SEASON_NORM] > 0.0),
                   on(not (p[P_RANGE_LO] == -math.inf and p[P_RANGE_HI] == math.inf)),
                   on(p[P_W0 + D_FLAT] != 0.0), on(p[P_W0 + D_DROP] != 0.0),
-                  on(p[P_NOV_VOL_SEASON] > 0.0 and p[P_NOV_W0 + 3] > 0.0), on(p[P_NOV_VALUE_GATE] > 0.0))
+                  on(p[P_NOV_VOL_SEASON] > 0.0 and p[P_NOV_W0 + 3] > 0.0), on(p[P_NOV_VALUE_GATE] > 0.0),
+                  on(p[P_W0 + D_NOV] > 0.0), on(p[P_NOV_LONG_MODE] > 0.0), on(p[P_NOV_SEASON_MATURE] > 0.0),
+                  on(p[P_NOV_SEASON_SMOOTH] > 0.0), on(p[P_NOV_REFRACT_INV] > 0.0), on(p[P_NOV_SHIFT_FLOOR] > 0.0))
 
 
 def new_state(name: str, n_channels: int) -> np.ndarray:
@@ -255,7 +285,7 @@ def range_step(x, lo, hi):
 @hot
 def flat_local(last, run, rate, n, x, eps, min_run, alpha):
     """:func:`flat_step` on state held in scalars: returns ``(score, last, run, rate, n)``."""
-    if n == 0.0:
+    if rare(n == 0.0):
         return 0.0, x, run, rate, 1.0
     if abs(x - last) <= eps:
         run = run + 1.0
@@ -285,12 +315,12 @@ def flat_step(s, c, x, eps, min_run, alpha):
 @hot
 def drop_local(last, typ, n, t, k, eta, clip):
     """:func:`drop_step` on state held in scalars: returns ``(score, last_t, typ, n)``."""
-    if n == 0.0:
+    if rare(n == 0.0):
         return 0.0, t, typ, 1.0
     gap = t - last
-    if gap <= 0.0:
+    if rare(gap <= 0.0):
         return 0.0, last, typ, n
-    if n == 1.0:  # a typical gap kept from before a restart (re-anchored: n = 0) is not relearnt
+    if rare(n == 1.0):  # a typical gap kept from before a restart (re-anchored: n = 0) is not relearnt
         return 0.0, t, gap if typ <= 0.0 else typ, n + 1.0
     score = 0.0
     if rare(gap > k * typ):
@@ -542,7 +572,7 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread, pstep):
     """
     (n, prev, short, hold, nres, vol, lng, b0, blo, bhi, peak,
      f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11) = q
-    if n == 0.0:
+    if rare(n == 0.0):
         n = 1.0
         prev = x
         short = x
@@ -611,7 +641,7 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread, pstep):
             if nb_seen >= p[P_NOV_BIN_WARMUP]:
                 nr = nres
                 nres = nr + 1.0
-                if nr == 0.0:
+                if rare(nr == 0.0):
                     f6 = f
                     f7 = f
                 else:
@@ -655,7 +685,7 @@ def novelty_local(t, x, p, q, s_mean, s_cnt, s_spread, pstep):
         g = 1.0 + hold * p[P_NOV_REFRACT_INV]
         if g > 0.0:
             out = out * (1.0 - p[P_NOV_REFRACT_DAMP] * g)
-    if out >= p[P_NOV_LEVEL]:
+    if rare(out >= p[P_NOV_LEVEL]):
         hold = p[P_NOV_HOLD]
         peak = out
     return out, (n, prev, short, hold, nres, vol, lng, b0, blo, bhi, peak,
@@ -693,20 +723,36 @@ def novelty_score(chan, ts, val, p, state, score):
 
 @hot
 def _switch(v, on):
-    """``v``, or 0.0 when the switch ``on`` is None (then a constant for LLVM)."""
+    """``v``, or 0.0 when the switch ``on`` is None (then a constant for LLVM); known > 0 when ``on`` is True."""
+    known(on, v > 0.0)
     return v if on is not None else 0.0
 
 
 @hot
+def _sign(v, on):
+    """``v``, known > 0 when the switch ``on`` is True, unchanged when off: the parameter is also used as a
+    number, and 0.0 in place of a -0.0 could flip the sign of a zero result."""
+    known(on, v > 0.0)
+    return v
+
+
+@hot
 def spec_params(p, sp):
-    """``p`` with the novelty parameters switched off in ``sp`` (see :func:`spec_of`) replaced by 0.0."""
+    """``p`` with the parameters switched off in ``sp`` (see :func:`spec_of`) replaced by 0.0, those switched
+    on known > 0."""
     return (p[:P_NOV_SEASON_NORM] + (_switch(p[P_NOV_SEASON_NORM], sp[SPEC_NORM]),)
             + p[P_AFTER_NORM:P_NOV_W0]
             + (_switch(p[P_NOV_W0], sp[SPEC_NOV0]), _switch(p[P_NOV_W0 + 1], sp[SPEC_NOV1]),
                _switch(p[P_NOV_W0 + 2], sp[SPEC_NOV2]), _switch(p[P_NOV_W0 + 3], sp[SPEC_NOV3]),
                _switch(p[P_NOV_W0 + 4], sp[SPEC_NOV4]), _switch(p[P_NOV_W0 + 5], sp[SPEC_NOV5]))
-            + p[P_GUARD_LEVEL:P_NOV_VOL_SEASON] + (_switch(p[P_NOV_VOL_SEASON], sp[SPEC_VOL_SEASON]),
-                                                   _switch(p[P_NOV_VALUE_GATE], sp[SPEC_VALUE_GATE])))
+            + p[P_GUARD_LEVEL:P_W_NOV]
+            + (_switch(p[P_W_NOV], sp[SPEC_NOV]), _switch(p[P_NOV_LONG_MODE], sp[SPEC_LONG_MODE]),
+               _switch(p[P_NOV_SEASON_MATURE], sp[SPEC_MATURE]))
+            + p[P_NOV_HALF_SEASON:P_NOV_SEASON_SMOOTH]
+            + (_sign(p[P_NOV_SEASON_SMOOTH], sp[SPEC_SMOOTH]), _switch(p[P_NOV_REFRACT_INV], sp[SPEC_REFRACT]))
+            + p[P_NOV_REFRACT_DAMP:P_NOV_SHIFT_FLOOR]
+            + (_switch(p[P_NOV_SHIFT_FLOOR], sp[SPEC_SHIFT_FLOOR]), _switch(p[P_NOV_VOL_SEASON], sp[SPEC_VOL_SEASON]),
+               _switch(p[P_NOV_VALUE_GATE], sp[SPEC_VALUE_GATE])))
     # (P_NOV_VALUE_GATE is the last parameter: a parameter appended after it must be added here)
 
 
@@ -724,14 +770,14 @@ def detect(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat,
     it also runs the deadband filter on the raw value (``st_db``/``emit`` as in
     :func:`.filters.deadband`), saving the chain a second pass. Returns
     ``(next_row, n_events)``: it stops early when ``events`` is full, so the
-    caller resumes from ``next_row`` with an emptied buffer. Readings are processed in
-    order; only the write-back of state is batched per run of one channel. ``spec``
-    (:func:`spec_of`) compiles out the parts these parameters never use; omitted, all run.
+    caller resumes from ``next_row`` with an emptied buffer (a negative ``start``
+    counts as 0). Readings are processed in order; only the write-back of state is
+    batched per run of one channel. ``spec`` (:func:`spec_of`) compiles out the
+    parts these parameters never use; omitted, all run, with every test at run time.
     """
     if spec is None:
         return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
-                           st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit,
-                           (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0))
+                           st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit, SPEC_RUNTIME)
     return detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_flat, st_drop, st_nov,
                        st_ev, out, dominant, events, db_band, db_heartbeat, st_db, emit, spec)
 
@@ -759,7 +805,7 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
     w_drop = p[P_W0 + D_DROP]
     w_nov = p[P_W0 + D_NOV]
     w_season = p[P_NOV_W0 + 3]
-    i = start
+    i = max(start, 0)  # known >= 0, so no array access pays for negative-index wraparound
     n = chan.shape[0]
     while i < n:
         # one run of readings of channel c: its state stays in locals (registers) over the run
@@ -784,7 +830,7 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
         full = False
         while i < n and chan[i] == c:
             x = val[i]
-            if x != x:
+            if rare(x != x):
                 out[i] = 0.0
                 dominant[i] = -1
                 if emit is not None:
@@ -833,7 +879,7 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
                 if w_season > 0.0:
                     b, q_nov = novelty_bin(q_nov, t, p)
                 pstep = 0.0  # the profile's step from the previous reading's bin (P_NOV_VOL_SEASON)
-                if b != sb:
+                if rare(b != sb):
                     pm = pm0  # the profile's mean in the previous reading's bin
                     if sb >= 0:
                         pm = s_mean
@@ -907,7 +953,7 @@ def detect_spec(chan, ts, val, p, start, st_ewma, st_rob, st_rate, st_cusum, st_
                     e_dom = float(evarg)
             elif e_open != 0.0:
                 e_below += 1.0
-                if e_below >= close_after:
+                if rare(e_below >= close_after):
                     events[m, 0] = c
                     events[m, 1] = e_start
                     events[m, 2] = e_end

@@ -55,6 +55,7 @@ P_GUARD_LEVEL = P_NOV_W0 + NOV_NF
 P_EVENT_THRESHOLD = P_GUARD_LEVEL + 1
 P_EVENT_CLOSE = P_EVENT_THRESHOLD + 1
 P_W0 = P_EVENT_CLOSE + 1
+P_W_NOV = P_W0 + D_NOV
 # novelty parameters added later, appended to keep the layout above
 P_NOV_LONG_MODE = P_W0 + N_DETECTORS
 P_NOV_SEASON_MATURE = P_NOV_LONG_MODE + 1
@@ -70,10 +71,13 @@ P_NOV_VALUE_GATE = P_NOV_LONG_MODE + 10  # > 0: the value feature's score x min(
 N_PARAMS = P_NOV_LONG_MODE + 11
 P_AFTER_NORM = P_NOV_SEASON_NORM + 1
 
-# compile-time switches of detect (``spec``): a float turns a part on, None compiles it out
+# compile-time switches of detect (``spec``): None compiles a part out, True turns it on with its parameter
+# known > 0, a float leaves the test to run time (SPEC_RUNTIME: every part, tested)
 (SPEC_NOV0, SPEC_NOV1, SPEC_NOV2, SPEC_NOV3, SPEC_NOV4, SPEC_NOV5, SPEC_NORM, SPEC_RANGE, SPEC_FLAT,
- SPEC_DROP, SPEC_VOL_SEASON, SPEC_VALUE_GATE) = range(NOV_NF + 6)
-N_SPEC = SPEC_VALUE_GATE + 1
+ SPEC_DROP, SPEC_VOL_SEASON, SPEC_VALUE_GATE, SPEC_NOV, SPEC_LONG_MODE, SPEC_MATURE, SPEC_SMOOTH, SPEC_REFRACT,
+ SPEC_SHIFT_FLOOR) = range(NOV_NF + 12)
+N_SPEC = SPEC_SHIFT_FLOOR + 1
+SPEC_RUNTIME = (0.0,) * N_SPEC
 
 EVENT_WIDTH = 7
 EVENT_FIELDS = ("channel", "start", "end", "peak_score", "peak_value", "detector")
