@@ -23,7 +23,8 @@ chmod-ed explicitly after bind): the service's user and group may connect, no on
 else. At most :data:`MAX_CLIENTS` connections are served at once; more get
 ``{"ok": false, "error": "too many clients ..."}`` and are closed, so clients can
 never use up the daemon's file descriptors (serial ports and the MQTT socket need
-them). A failing ``accept()`` (EMFILE) is retried with backoff and logged once.
+them). A failing ``accept()`` (EMFILE) is retried with backoff and logged once
+(:class:`.acceptor.CappedAcceptor`, shared with the Prometheus endpoint).
 
 :class:`Tap` broadcasts readings and events to ``tail`` clients. Each item is
 encoded once; each client's buffer is bounded in bytes
@@ -46,12 +47,12 @@ import logging
 import os
 import socket
 import stat
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import aio
+from .acceptor import CappedAcceptor
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ LISTEN_BACKLOG = 64
 # About 9,000 readings: 4 rounds at 10,000 readings/s and 0.2 s rounds. Items are shared by all
 # clients; each client holds at most this much that it has not read yet.
 CLIENT_BUFFER_BYTES = 1024 * 1024
-ACCEPT_BACKOFF_S = (0.05, 1.0)  # first and longest pause after a failed accept()
-REFUSED_LOG_EVERY_S = 60.0
 SOCKET_MODE = 0o660
 
 
@@ -173,17 +172,27 @@ class ControlServer:
         self.tap = tap or Tap()
         self.commands = dict(commands or {})
         self.mode = mode
-        self.max_clients = max_clients
-        self.refused = 0  # connections turned away because max_clients were being served
-        self.accept_errors = 0
-        self._listener: socket.socket | None = None
-        self._acceptor: asyncio.Task | None = None
-        self._clients: set[asyncio.Task] = set()
-        self._refused_logged = float("-inf")
+        self._acceptor = CappedAcceptor(
+            "control socket", "control", self._client,
+            _line({"ok": False, "error": f"too many clients (at most {max_clients}); try again later"}),
+            MAX_REQUEST, max_clients, log)
+
+    @property
+    def max_clients(self) -> int:
+        return self._acceptor.max_clients
 
     @property
     def clients(self) -> int:
-        return len(self._clients)
+        return self._acceptor.clients
+
+    @property
+    def refused(self) -> int:
+        """Connections turned away because max_clients were being served."""
+        return self._acceptor.refused
+
+    @property
+    def accept_errors(self) -> int:
+        return self._acceptor.accept_errors
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,62 +206,13 @@ class ControlServer:
         except BaseException:
             sock.close()
             raise
-        self._listener = sock
-        self._acceptor = asyncio.get_running_loop().create_task(self._accept_loop(), name="control-accept")
+        self._acceptor.start(sock)
         log.info("control socket %s", self.path)
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            if self._acceptor is not None:
-                await aio.cancel_and_wait([self._acceptor])
-                self._acceptor = None
-            self._listener.close()
-            self._listener = None
-            await aio.cancel_and_wait(list(self._clients))
+        await self._acceptor.stop()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-
-    async def _accept_loop(self) -> None:
-        """Our own accept loop: asyncio's logs every failed accept() with a traceback and retries
-        them in a burst (11,000 log lines in 10 s once descriptors ran out); this one backs off and
-        logs once per episode."""
-        loop = asyncio.get_running_loop()
-        listener = self._listener
-        assert listener is not None
-        failed, pause = 0, 0.0
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(listener)
-            except OSError as exc:
-                failed += 1
-                self.accept_errors += 1
-                if failed == 1:
-                    log.error("control socket: accept failed (%s); retrying with backoff", exc.strerror or exc)
-                pause = min(ACCEPT_BACKOFF_S[1], max(ACCEPT_BACKOFF_S[0], pause * 2))
-                await asyncio.sleep(pause)
-                continue
-            if failed:
-                log.warning("control socket: accepting again after %d failed accepts", failed)
-                failed, pause = 0, 0.0
-            if len(self._clients) >= self.max_clients:
-                self._refuse(conn)
-                continue
-            task = loop.create_task(self._client(conn), name="control-client")
-            self._clients.add(task)
-            task.add_done_callback(self._clients.discard)
-
-    def _refuse(self, conn: socket.socket) -> None:
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._refused_logged >= REFUSED_LOG_EVERY_S:
-            self._refused_logged = now
-            log.warning("control socket: %d clients connected, refusing more (%d refused so far)",
-                        self.max_clients, self.refused)
-        with conn:
-            with contextlib.suppress(OSError):
-                conn.send(_line({"ok": False, "error": f"too many clients (at most {self.max_clients}); "
-                                                       "try again later"}))
-                conn.recv(MAX_REQUEST)  # an unread request would turn the close into a reset
 
     async def _client(self, conn: socket.socket) -> None:
         try:

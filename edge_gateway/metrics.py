@@ -28,6 +28,8 @@ from typing import Any, Callable
 import msgpack
 import numpy as np
 
+from .acceptor import CappedAcceptor
+
 log = logging.getLogger(__name__)
 
 RECENT_EVENTS = 10
@@ -388,21 +390,29 @@ class PrometheusEndpoint:
         self.port = port
         self.host = host
         self.get_status = get_status
-        self.max_clients = max_clients
-        self.refused = 0  # connections turned away because max_clients were being served
         self.timeouts = 0  # connections closed because the request head did not arrive in time
-        self.accept_errors = 0
         self.served = 0
         self._registry = None
-        self._listener = None
-        self._acceptor: asyncio.Task | None = None
-        self._clients: set[asyncio.Task] = set()
-        self._refused_logged = float("-inf")
         self._cache: tuple[Any, str, bytes] | None = None  # (status document, content type, text)
+        self._acceptor = CappedAcceptor("prometheus", "prometheus", self._client, _BUSY, HTTP_MAX_HEAD,
+                                        max_clients, log)
+
+    @property
+    def max_clients(self) -> int:
+        return self._acceptor.max_clients
 
     @property
     def clients(self) -> int:
-        return len(self._clients)
+        return self._acceptor.clients
+
+    @property
+    def refused(self) -> int:
+        """Connections turned away because max_clients were being served."""
+        return self._acceptor.refused
+
+    @property
+    def accept_errors(self) -> int:
+        return self._acceptor.accept_errors
 
     def stats(self) -> dict:
         return {"port": self.port, "clients": self.clients, "served": self.served, "refused": self.refused,
@@ -416,58 +426,12 @@ class PrometheusEndpoint:
         self._registry = registry
         sock = socket.create_server((self.host, self.port), backlog=HTTP_LISTEN_BACKLOG)
         sock.setblocking(False)
-        self._listener = sock
         self.port = sock.getsockname()[1]
-        self._acceptor = asyncio.get_running_loop().create_task(self._accept_loop(), name="prometheus-accept")
+        self._acceptor.start(sock)
         log.info("prometheus metrics on http://%s:%d/metrics", self.host, self.port)
 
     async def stop(self) -> None:
-        from . import aio
-
-        if self._acceptor is not None:
-            await aio.cancel_and_wait([self._acceptor])
-            self._acceptor = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        await aio.cancel_and_wait(list(self._clients))
-
-    async def _accept_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        listener = self._listener
-        failed, pause = 0, 0.0
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(listener)
-            except OSError as exc:
-                failed += 1
-                self.accept_errors += 1
-                if failed == 1:
-                    log.error("prometheus: accept failed (%s); retrying with backoff", exc.strerror or exc)
-                pause = min(1.0, max(0.05, pause * 2))
-                await asyncio.sleep(pause)
-                continue
-            if failed:
-                log.warning("prometheus: accepting again after %d failed accepts", failed)
-                failed, pause = 0, 0.0
-            if len(self._clients) >= self.max_clients:
-                self._refuse(conn)
-                continue
-            task = loop.create_task(self._client(conn), name="prometheus-client")
-            self._clients.add(task)
-            task.add_done_callback(self._clients.discard)
-
-    def _refuse(self, conn: socket.socket) -> None:
-        self.refused += 1
-        now = time.monotonic()
-        if now - self._refused_logged >= 60.0:
-            self._refused_logged = now
-            log.warning("prometheus: %d clients connected, refusing more (%d refused so far)",
-                        self.max_clients, self.refused)
-        with conn:
-            with contextlib.suppress(OSError):
-                conn.send(_BUSY)
-                conn.recv(HTTP_MAX_HEAD)  # a request already here, unread, would turn the close into a reset
+        await self._acceptor.stop()
 
     async def _client(self, conn: socket.socket) -> None:
         from . import aio
