@@ -166,16 +166,22 @@ def _wrap(line: str, width: int) -> list[str]:
 
 
 def fmt_age(seconds) -> str:
+    """An age for a table cell: "12s", "3m", "5.2h", "2.0d"; "-" for none."""
     if seconds is None:
         return "-"
-    s = float(seconds)
+    return duration(float(seconds), ("s", "m", "h", "d"))
+
+
+def duration(s: float, units: tuple[str, str, str, str]) -> str:
+    """``s`` seconds in the unit that reads best: seconds below 2 min, minutes below 2 h, hours below
+    2 days, then days; ``units`` are the suffixes of those four."""
     if s < 120:
-        return f"{s:.0f}s"
+        return f"{s:.0f}{units[0]}"
     if s < 7200:
-        return f"{s / 60:.0f}m"
+        return f"{s / 60:.0f}{units[1]}"
     if s < 172800:
-        return f"{s / 3600:.1f}h"
-    return f"{s / 86400:.1f}d"
+        return f"{s / 3600:.1f}{units[2]}"
+    return f"{s / 86400:.1f}{units[3]}"
 
 
 _ROLE = re.compile(r":[A-Za-z]+(?::[A-Za-z]+)*:`~?([^`]+)`")  # :func:`x`, :py:class:`~a.b`

@@ -131,14 +131,9 @@ def render(s: dict, now: float | None = None) -> None:
 
 def ago(seconds: float) -> str:
     """A duration for a sentence ("12 s", "3 min", "5.2 h", "2.0 d"): fmt_age's "12s" reads as a unit code."""
-    s = max(0.0, float(seconds))
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    if s < 172800:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} d"
+    from .cmd_common import duration
+
+    return duration(max(0.0, float(seconds)), (" s", " min", " h", " d"))
 
 
 def broker_line(s: dict, now: float) -> str:
