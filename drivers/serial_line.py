@@ -51,6 +51,8 @@ def check_options(fmt: str, columns: tuple[str, ...], delimiter: str, timestamp_
         raise ValueError(f"timestamp_field: {timestamp_field!r} is not one of the columns {list(columns)}")
     if fmt == "csv" and timestamp_field and len(columns) == 1:
         raise ValueError("columns: the timestamp_field is the only column: there is no value to read")
+    if fmt == "json" and delimiter != ",":
+        raise ValueError(f"delimiter: the json format has no delimiter (got {delimiter!r}); remove the key")
     if fmt != "json":
         if not delimiter:
             raise ValueError("delimiter: must not be empty")
@@ -79,7 +81,7 @@ class LineOptions:
     without being counted; a line naming a field twice is dropped whole and counted once; a name longer
     than 128 characters counts as a bad field. ``columns``: the channel name of each CSV column (csv only),
     each name once. ``delimiter``: what separates the pairs
-    (kv) or cells (csv); one empty field after the last delimiter is ignored. It may not be empty nor hold
+    (kv) or cells (csv), not taken with json; one empty field after the last delimiter is ignored. It may not be empty nor hold
     a line end, a digit, ``.``, ``+``, ``-`` or (kv) ``=``. ``timestamp_field``: a field holding the
     reading's time, used instead of the time the line arrived (with csv, one of the ``columns``); a line
     without it, or where it is not a number, is dropped whole and counted as malformed. ``timestamp_unit``:
@@ -132,6 +134,7 @@ class LineDecoder:
         self.timestamp_field = timestamp_field
         self.timestamp_unit = timestamp_unit
         self.max_line = max_line
+        self._plain_kv = fmt == "kv" and not timestamp_field
         self.lines = 0
         self.malformed = 0
         self.problem = ""
@@ -174,13 +177,14 @@ class LineDecoder:
         if len(raw) > self.max_line:
             return [], 1
         try:
+            if self._plain_kv:
+                return self._kv(raw.decode("ascii"))
             fields, bad = self._fields(raw.decode("ascii"))
         except (ValueError, TypeError, RecursionError):  # not ASCII, not JSON (UnicodeDecodeError is a ValueError)
             return [], 1
         if fields is None:
             return [], 1
-        keys = [k for k, _ in fields]
-        if len(set(keys)) != len(keys):
+        if len({k for k, _ in fields}) != len(fields):
             return [], 1
         value_of = _json_value if self.fmt == "json" else _text_value
         ts = None
@@ -204,6 +208,37 @@ class LineDecoder:
                 bad += 1
                 continue
             out.append((key, value, ts))
+        return out, bad
+
+    def _kv(self, text: str) -> tuple[list[Sample], int]:
+        """:meth:`parse` of a kv line without a ``timestamp_field`` in one pass: the common sensor,
+        and the general path's field list, set of keys and second loop cost it about a third."""
+        parts = text.split(self.delimiter)
+        if len(parts) > 1 and not parts[-1].strip():
+            parts.pop()
+        out: list[Sample] = []
+        bad = 0
+        seen = set()
+        for part in parts:
+            key, sep, text = part.partition("=")
+            if not sep or "=" in text:
+                bad += 1
+                continue
+            key = key.strip()
+            if key in seen:
+                return [], 1
+            seen.add(key)
+            try:
+                value = _text_value(text)
+            except ValueError:
+                bad += 1
+                continue
+            if value is None:
+                continue
+            if not key or len(key) > MAX_NAME or not key.isprintable():
+                bad += 1
+                continue
+            out.append((key, value, None))
         return out, bad
 
     def _fields(self, text: str) -> tuple[list[tuple[str, object]] | None, int]:
@@ -246,15 +281,22 @@ class LineDecoder:
 
 
 def _text_value(text: str) -> float | None:
-    """The finite number ``text`` (a kv or CSV field) holds; None for a status word; ValueError else."""
-    text = text.strip()
-    if _WORD.fullmatch(text):
-        return None
+    """The finite number ``text`` (a kv or CSV field) holds; None for a status word; ValueError else.
+
+    ``float`` is tried first, as nearly every field is a number: a word it takes (``nan``, ``inf``)
+    is not finite, and a word it refuses is looked at only then."""
+    try:
+        value = float(text)
+    except ValueError:
+        if _WORD.fullmatch(text.strip()):
+            return None
+        raise
+    if value - value != 0.0:  # not finite: nan, inf (words) or 1e999 (a number out of range)
+        if _WORD.fullmatch(text.strip()):
+            return None
+        raise ValueError("not a finite number")
     if "_" in text:  # Python's digit grouping (1_000), not a sensor's number
         raise ValueError("not a number")
-    value = float(text)
-    if not math.isfinite(value):  # 1e999
-        raise ValueError("not a finite number")
     return value
 
 

@@ -204,6 +204,8 @@ BASE = "gateway:\n  id: gw-1\nsensors:\n  - id: air-1\n    driver: serial_line\n
     ("      format: csv\n      columns: [ts]\n      timestamp_field: ts\n",
      "gw.yaml:9:16: sensors[0].options.columns: the timestamp_field is the only column: there is no value to read"),
     ("      timestamp_unit: ms\n", "gw.yaml:8:23: sensors[0].options.timestamp_unit: only used with a timestamp_field"),
+    ("      format: json\n      delimiter: ';'\n",
+     "gw.yaml:9:18: sensors[0].options.delimiter: the json format has no delimiter (got ';'); remove the key"),
 ])
 def test_config_mistakes_that_made_every_line_malformed_are_refused_at_load(extra, message):
     with pytest.raises(config.ConfigError) as e:
@@ -218,6 +220,8 @@ def test_the_options_the_review_found_refused_still_load_when_right():
     assert (opts.columns, opts.timestamp_field, opts.timestamp_unit, opts.delimiter, opts.max_line) == (
         ("ts", "pm25"), "ts", "ms", ";", 1)
     assert config.loads(BASE + "      format: json\n", "gw.yaml", env={}).sensors[0].options.timestamp_unit == "s"
+    assert config.loads(BASE + "      format: json\n      delimiter: ','\n", "gw.yaml", env={}
+                        ).sensors[0].options.delimiter == ","
 
 
 # ---- properties: the partial-line rule over arbitrary lines
