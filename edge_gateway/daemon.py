@@ -26,7 +26,7 @@ from typing import Callable
 
 import msgpack
 
-from . import aio, kernel_cache, memory, stall
+from . import aio, kernel_cache, memory, private_files, stall
 from .config import GatewayConfig
 from .clockwatch import ClockWatch
 from .statelock import AlreadyRunning, NotOurs, StateDirLock
@@ -494,6 +494,8 @@ class Gateway:
                 "commands_busy": self.router.busy if self.router else 0,
                 "commands_retained": self.router.retained if self.router else 0,
                 "inbound_dropped": getattr(link, "inbound_dropped", 0),
+                "inbound_overflow": getattr(link, "inbound_overflow", 0),
+                "replies_dropped": getattr(link, "replies_dropped", 0),
                 "refused_topics": getattr(link, "refused_topics", 0),
                 "callback_errors": getattr(link, "callback_errors", 0),
                 "thread_restarts": getattr(link, "thread_restarts", 0)}
@@ -822,7 +824,7 @@ class Gateway:
         await self.queue.close()
         if summary is not None:
             path = self.cfg.state_dir / "last-run.json"
-            path.write_text(json.dumps(summary, indent=1, default=str))
+            private_files.write_text(path, json.dumps(summary, indent=1, default=str))
         self.state_lock.release()
         if summary is None:
             log.info("stopped before the gateway was ready")
@@ -898,11 +900,11 @@ def _with_parameter(det, name: str, value):
 def prepare_environment(cfg: GatewayConfig) -> None:
     """Point Numba's cache at the state directory (a folder per code version, see :mod:`.kernel_cache`)
     before any kernel module is imported."""
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    private_files.make_dir(cfg.state_dir, private_files.STATE_DIR_MODE)
     if not os.access(cfg.state_dir, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(cfg.state_dir))
     if "NUMBA_CACHE_DIR" not in os.environ:
-        os.environ["NUMBA_CACHE_DIR"] = str(kernel_cache.cache_dir(cfg.state_dir / CACHE_DIR))
+        os.environ["NUMBA_CACHE_DIR"] = str(kernel_cache.cache_dir(private_files.make_dir(cfg.state_dir / CACHE_DIR)))
     memory.limit_arenas()
 
 

@@ -20,7 +20,9 @@ A request delivered with the MQTT retain flag is never run (:meth:`CommandRouter
 gets an error reply and is counted (``retained``). Both are logged at most once a minute, not per message.
 
 Not here: the MQTT side (``uplink.py`` subscribes, caps inbound size, refuses
-invalid topics) and what the commands do (``daemon.py``).
+invalid topics, drops inbound messages past ``uplink.MAX_INBOUND_PENDING`` waiting for a stalled
+event loop before they reach :meth:`CommandRouter.admit`, and replies past ``uplink.MAX_WAITING``
+waiting for an unreachable broker, oldest first) and what the commands do (``daemon.py``).
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ since paho or the broker may already hold them (an acknowledged row can outlive 
 crash: its delete is deferred). The highest seq handed out is saved with each
 append, so after a restart those rows stay protected: a merge must never put a
 seq the cloud already has on windows it has not.
+
+The file is created 0600 before SQLite opens it, so its -wal and -shm (SQLite gives them the database's
+mode) are private too whatever the umask (private_files.py).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .messages import KIND_AGG, Message, decode, merge_aggregates, merged_seqs
+from .private_files import FILE_MODE, create_file, make_dir, tighten
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +192,7 @@ class DurableQueue:
         await self._call(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path.parent)  # 0700 if the queue creates it (the daemon makes the state directory first)
         disk_time = _newest_mtime(self.path.parent)  # before SQLite opens (and may rewrite or delete) a -wal
         try:
             self._open_file()
@@ -279,6 +283,9 @@ class DurableQueue:
         return len(removed)
 
     def _open_file(self) -> None:
+        for suffix in ("-wal", "-shm"):  # SQLite reuses these as they are; it makes new ones as the database
+            tighten(f"{self.path}{suffix}", FILE_MODE)
+        create_file(self.path)  # 0600 whatever the umask, and so its -wal and -shm
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db = db
         if self.page_size and not db.execute("PRAGMA page_count").fetchone()[0]:

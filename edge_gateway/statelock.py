@@ -2,7 +2,8 @@
 
 Two gateways on one state directory would share the queue and take the MQTT session (one
 client id) from each other. The kernel drops the lock with the process: a crash leaves no
-stale lock behind.
+stale lock behind. A missing state directory is made 0750 and the lock 0600, whatever the umask
+(private_files.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import errno
 import fcntl
 import os
 from pathlib import Path
+
+from .private_files import STATE_DIR_MODE, make_dir, open_fd
 
 LOCK_FILE = "gateway.lock"
 
@@ -33,8 +36,8 @@ class StateDirLock:
 
     def acquire(self) -> None:
         """Take the lock now or raise :class:`AlreadyRunning` (never waits)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        make_dir(self.state_dir, STATE_DIR_MODE)
+        fd = open_fd(self.path, os.O_RDWR | os.O_CLOEXEC)  # 0600 whatever the umask
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

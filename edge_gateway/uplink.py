@@ -58,7 +58,10 @@ cannot carry is refused by :meth:`MqttLink.publish` (:class:`.mqtt_rules.TopicEr
 acknowledged as rejected; an exception in one of our paho callbacks is logged and counted; one that
 escapes a connection cycle ends that connection only; and should the thread itself end, the link
 reports itself down and the event loop starts a new one. Inbound messages are capped at
-:data:`MAX_INBOUND` bytes (MQTT 5: Maximum Packet Size in the CONNECT; 3.1.1: dropped on arrival).
+:data:`MAX_INBOUND` bytes (MQTT 5: Maximum Packet Size in the CONNECT; 3.1.1: dropped on arrival), and
+at :data:`MAX_INBOUND_PENDING` waiting for a stalled event loop (the newest dropped); link-level messages
+(replies, status) at :data:`MAX_WAITING` waiting for a link that cannot take them (the oldest dropped).
+Each drop is counted and logged at most once a minute.
 ``on_message(topic, payload, retain)`` gets the retain flag: the subscriptions are made again at every
 CONNACK, and a broker delivers a retained message at each of them (MQTT 5 subscribes with Retain Handling
 2, so that it does not; 3.1.1 has no such option, and the daemon refuses what arrives flagged).
@@ -107,7 +110,23 @@ RETAIN_FIX = "; this broker keeps no retained messages: set broker.retain_status
 # Largest packet the broker may send us: downlink requests are at most 8 KiB (downlink.MAX_REQUEST),
 # so this leaves room for long topics and properties while a 200 MB message cannot reach the daemon.
 MAX_INBOUND = 64 * 1024
-DROP_LOG_EVERY_S = 60.0
+DROP_LOG_EVERY_S = 60.0  # at most one log line a minute per kind of drop (oversize, overflow, waiting)
+MAX_WAITING = 64
+"""Link-level messages (command replies, status) handed to :meth:`MqttLink.publish` and not yet given to
+paho, at most, while the link cannot take them (down, or the broker's Receive Maximum outstanding): they
+would otherwise grow without bound for as long as the broker is unreachable. Past the cap the *oldest* is
+dropped (counted in ``replies_dropped``): a reply is worth something only to an operator still waiting for
+it, the oldest one's has most likely given up, and a newer status supersedes an older one. A burst handed
+over while the link takes messages is not thinned (it goes out in one pass); the next publish trims what
+is left. Telemetry (:meth:`MqttLink.publish_many`) is not counted: the forwarder's window bounds it and
+the durable queue keeps it."""
+MAX_INBOUND_PENDING = 32
+"""Inbound messages handed to the event loop and not yet run there, at most. paho's network thread keeps
+reading while the loop is stalled (a long compile, a slow disk); past the cap a message is dropped on the
+network thread and counted (``inbound_overflow``). The newest are the ones dropped: those already posted
+cannot be taken back. QoS 1 is acknowledged by paho when ``on_message`` returns, so a dropped command is
+not delivered again; it gets no reply, as a command refused busy (downlink.MAX_IN_FLIGHT, 8 running,
+well under this cap)."""
 
 
 class MqttLink:
@@ -136,6 +155,7 @@ class MqttLink:
         self._tokens = itertools.count(1)
         # handed over by publish(), not yet given to paho: (token, topic, payload, retain); any thread appends
         self._submitted: deque[tuple[int, str, bytes, bool]] = deque()
+        self._waiting: deque[int] = deque()  # tokens of publish() messages in _submitted, oldest first (_lock)
         # given to paho, not acknowledged: token -> (topic, payload, retain), in publish order (network thread)
         self._unacked: dict[int, tuple[str, bytes, bool]] = {}
         self._resend: deque[int] = deque()  # tokens of _unacked not yet sent again on this connection
@@ -180,6 +200,10 @@ class MqttLink:
         self.gave_up = 0  # link-level messages (status, replies) dropped after a second failed connection
         self.refused_topics = 0  # publish() calls refused by topic_problem(), and rejected burst messages
         self.inbound_dropped = 0  # messages larger than MAX_INBOUND (a 3.1.1 broker still sends them)
+        self.inbound_overflow = 0  # messages dropped with MAX_INBOUND_PENDING waiting for the event loop
+        self.replies_dropped = 0  # link-level messages dropped, oldest first, past MAX_WAITING waiting
+        self._in_posted = 0  # inbound messages posted to the event loop (written by the network thread only)
+        self._in_done = 0  # ... and run there (written by the event loop only): no lock, no lost update
         self.callback_errors = 0  # exceptions caught in our paho callbacks
         self.loop_errors = 0  # exceptions that ended a connection cycle
         self.thread_restarts = 0  # network threads that ended unexpectedly and were replaced
@@ -187,6 +211,8 @@ class MqttLink:
         self._died = False  # set by a network thread on its way out after an unexpected exception
         self._abandon = False  # on_connect failed: drop this connection and connect again
         self._drop_logged = float("-inf")
+        self._overflow_logged = float("-inf")
+        self._waiting_logged = float("-inf")
         self._v5 = cfg.protocol == "5"
         self.client = Client(
             CallbackAPIVersion.VERSION2, client_id=client_id,
@@ -441,8 +467,11 @@ class MqttLink:
                 entry = unacked.get(token)
                 if entry is not None and self._send(token, *entry):
                     room -= 1
+            waiting = self._waiting
             while room > 0 and sub:
                 token, topic, payload, retain = sub.popleft()
+                if waiting and waiting[0] == token:  # tokens increase: a link-level one is the oldest waiting
+                    waiting.popleft()
                 if self._send(token, topic, payload, retain):
                     unacked[token] = (topic, payload, retain)
                     room -= 1
@@ -516,8 +545,9 @@ class MqttLink:
 
         Sent in the order of the calls, while the session is up. A link-level message (status, a
         command reply) is sent again at most once after a connection failed with it unacknowledged:
-        it is not worth stalling the link for. Raises :class:`TopicError` for a topic MQTT cannot
-        carry (paho would raise on the network thread)."""
+        it is not worth stalling the link for; at most :data:`MAX_WAITING` wait for a link that cannot
+        take them, the oldest dropped. Raises :class:`TopicError` for a topic MQTT cannot carry (paho
+        would raise on the network thread)."""
         problem = topic_problem(topic)
         if problem:
             self.refused_topics += 1
@@ -527,18 +557,50 @@ class MqttLink:
         with self._lock:
             self._health.watch(token)
             self._submitted.append((token, topic, bytes(payload), retain))
+            self._waiting.append(token)
+            dropped = self._shed_waiting()
         self._wake()
+        self._note_shed(dropped)
         return token
+
+    def _shed_waiting(self) -> str:
+        """Under ``_lock``: past :data:`MAX_WAITING` link-level messages waiting while the link cannot take
+        them (down, or the broker's window full), drop the oldest; return the topic of the last one dropped
+        ("" if none). A burst handed over while the link takes messages is not thinned: it goes in one pass.
+        A dropped message is not acknowledged to ``on_ack``, as one given up after two failed connections."""
+        topic = ""
+        waiting, sub = self._waiting, self._submitted
+        while len(waiting) > MAX_WAITING and not (
+                self._up and self._health.window(self.receive_maximum or 1 << 30) > len(self._mid_token)):
+            token = waiting.popleft()
+            for i, entry in enumerate(sub):
+                if entry[0] == token:
+                    del sub[i]
+                    topic = entry[1]
+                    break
+            self._health.forget(token)
+            self.replies_dropped += 1
+        return topic
+
+    def _note_shed(self, topic: str) -> None:
+        """Log a drop by :meth:`_shed_waiting`, at most once a minute."""
+        now = time.monotonic()
+        if topic and now - self._waiting_logged >= DROP_LOG_EVERY_S:
+            self._waiting_logged = now
+            log.warning("uplink: %d replies/status messages waiting for the broker; dropped the oldest, on %r "
+                        "(%d dropped so far; logged at most once a minute)", MAX_WAITING, topic[:64],
+                        self.replies_dropped)
 
     def publish_many(self, items: list[tuple[str, bytes]]) -> list[int]:
         """:meth:`publish` for a burst (not retained), one wake-up of the network thread; kept and sent
         again on every reconnect until the broker acknowledges or refuses it (or the process ends)."""
         tokens = []
         sub = self._submitted
-        for topic, payload in items:
-            token = next(self._tokens)
-            sub.append((token, topic, payload, False))
-            tokens.append(token)
+        with self._lock:  # publish() may be deleting from _submitted (MAX_WAITING)
+            for topic, payload in items:
+                token = next(self._tokens)
+                sub.append((token, topic, payload, False))
+                tokens.append(token)
         self._wake()
         return tokens
 
@@ -730,8 +792,23 @@ class MqttLink:
                 log.warning("dropped a %d-byte message on %r: larger than %d bytes (%d dropped so far)",
                             size, topic[:64], MAX_INBOUND, self.inbound_dropped)
             return
-        self._post(self._on_message, topic, payload if type(payload) is bytes else bytes(payload),
+        if self._in_posted - self._in_done >= MAX_INBOUND_PENDING:  # the event loop is not keeping up
+            self.inbound_overflow += 1
+            now = time.monotonic()
+            if now - self._overflow_logged >= DROP_LOG_EVERY_S:
+                self._overflow_logged = now
+                log.warning("dropped a message on %r: %d inbound messages already waiting for the event loop "
+                            "(%d dropped so far; logged at most once a minute)", topic[:64], MAX_INBOUND_PENDING,
+                            self.inbound_overflow)
+            return
+        self._in_posted += 1
+        self._post(self._deliver_message, topic, payload if type(payload) is bytes else bytes(payload),
                    bool(msg.retain))
+
+    def _deliver_message(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Event loop: one inbound message, counted as no longer pending (:data:`MAX_INBOUND_PENDING`)."""
+        self._in_done += 1
+        self._on_message(topic, payload, retain)
 
     def _safe(self, fn: Callable[..., None], abandon: bool = False) -> Callable[..., None]:
         def callback(*args) -> None:
