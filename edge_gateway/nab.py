@@ -63,6 +63,9 @@ class SeriesError(ValueError):
     """A data file that cannot be read as ``timestamp,value`` rows; the message names the file (and row)."""
 
 
+# epoch seconds beyond this (the year 5138) are no real reading's: a larger stamp is epoch milliseconds (1e12
+# today) or finer, which read as seconds would put every phase bin, gap and window boundary wrong
+EPOCH_MAX = 1e11
 _EPOCH = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")  # all-numeric: epoch seconds, int or float
 _DATE = re.compile(r"\s*\d{4}-\d\d-\d\d")  # what an ISO date-time starts with (not "NaT", "now", a number)
 
@@ -94,7 +97,8 @@ def read_table(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
-            rows = [(reader.line_num, r) for r in reader if r]
+            # a line of blanks only (spaces, tabs, a lone comma or two) is a blank line, not a row
+            rows = [(reader.line_num, r) for r in reader if any(x.strip() for x in r)]
     except OSError as exc:
         raise SeriesError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -122,7 +126,16 @@ def read_table(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
             raise SeriesError(f"{path}, row {line}: value {r[1]!r} is not a number") from None
         stamps.append(s)
     if epoch:
-        return stamps, np.array([float(s) for s in stamps], dtype=np.float64), val
+        ts = np.array([float(s) for s in stamps], dtype=np.float64)
+        big = np.flatnonzero(~(np.abs(ts) <= EPOCH_MAX))
+        if big.size:
+            line, s = rows[int(big[0])][0], stamps[int(big[0])]
+            unit = next((u for u, f in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9))
+                         if abs(float(s)) / f <= EPOCH_MAX), "")
+            raise SeriesError(f"{path}, row {line}: timestamp {s.strip()} is too large for epoch seconds (above "
+                              f"1e11, the year 5138){f': it looks like epoch {unit}' if unit else ''}; "
+                              "give epoch seconds (milliseconds divided by 1000) or YYYY-MM-DD hh:mm:ss")
+        return stamps, ts, val
     try:
         return stamps, to_epoch(stamps), val
     except ValueError:
@@ -157,38 +170,64 @@ def load_profiles(path: str | Path | None = None) -> dict[str, dict[str, float]]
     }
 
 
+class LabelError(ValueError):
+    """A windows file whose windows cannot be scored as given; the message names the data file and window."""
+
+
 def load_windows(path: str | Path) -> dict[str, list[tuple[float, float]]]:
+    """NAB's windows file as ``{file: [(start, end), ...]}`` in epoch seconds.
+
+    Raises :class:`LabelError` for a window that ends before it starts (it could hold no row).
+    """
     raw = json.loads(Path(path).read_text())
-    return {k: [tuple(to_epoch([a, b])) for a, b in v] for k, v in raw.items()}
+    out = {}
+    for k, v in raw.items():
+        out[k] = [tuple(to_epoch([a, b])) for a, b in v]
+        for i, ((a, b), (ta, tb)) in enumerate(zip(v, out[k])):
+            if tb < ta:
+                raise LabelError(f"{k}: window {i + 1} [{a}, {b}] ends before it starts")
+    return out
 
 
 @dataclass(frozen=True)
 class Labels:
     """Per-row scoring weights of one file, independent of the profile.
 
-    ``window`` is the window index of each row (-1 outside); ``unit`` is S(x)/S(-1)
-    inside a window and the (negative) unweighted false-positive cost outside.
+    ``window`` is the window index of each row (-1 outside), counting only the ``n_windows``
+    windows scored; ``unit`` is S(x)/S(-1) inside a window and the (negative) unweighted
+    false-positive cost outside. ``unscored`` lists ``(index in the windows given, why)`` of the
+    windows not scored: those holding no row, or only rows of the probationary period (which no
+    detection can reach: counted, they would be misses whatever the detector, and a perfect
+    detector could not score 100). NAB's own windows always hold scorable rows.
     """
 
     window: np.ndarray
     unit: np.ndarray
     probation: int
     n_windows: int
+    unscored: tuple = ()
 
 
 def label_rows(ts: np.ndarray, windows: list[tuple[float, float]], probation_percent: float = 0.15) -> Labels:
     n = ts.shape[0]
     win = np.full(n, -1, dtype=np.int64)
     unit = np.full(n, -1.0)
-    bounds = []
-    for k, (a, b) in enumerate(windows):
+    probation = probation_length(n, probation_percent)
+    bounds, unscored = [], []
+    k = 0  # the next scored window's index
+    for j, (a, b) in enumerate(windows):
         idx = np.flatnonzero((ts >= a) & (ts <= b))
         if idx.size == 0:
+            unscored.append((j, "it holds no row of the data"))
             continue
         left, right = int(idx[0]), int(idx[-1])
         width = right - left + 1
-        bounds.append((left, right, width))
+        bounds.append((left, right, width))  # (a detection after it is still weighed by its distance)
+        if right < probation:
+            unscored.append((j, f"it holds only rows of the probationary period (the first {probation} rows)"))
+            continue
         win[left : right + 1] = k
+        k += 1
         s1 = scaled_sigmoid(-1.0)
         for i in range(left, right + 1):
             unit[i] = scaled_sigmoid(-(right - i + 1) / width) / s1
@@ -197,7 +236,7 @@ def label_rows(ts: np.ndarray, windows: list[tuple[float, float]], probation_per
         stop = bounds[j + 1][0] if j + 1 < len(bounds) else n
         for i in range(right + 1, stop):
             unit[i] = scaled_sigmoid(abs(i - right) / (width - 1)) if width > 1 else -1.0
-    return Labels(win, unit, probation_length(n, probation_percent), len(windows))
+    return Labels(win, unit, probation, k, tuple(unscored))
 
 
 @kernel

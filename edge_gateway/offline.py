@@ -27,8 +27,14 @@ ANALYZE_DESCRIPTION = (
     "is scored before it ends), the highest score and the timestamp of its row, and how many rows are at "
     "or above the event threshold (event_threshold, the score at which the gateway opens an event). "
     "A file shorter than the warm-up is warned about on stderr. "
+    "The detector settings are the tuned defaults, or with --config FILE the gateway config's detector "
+    "section (its threshold and params) and, with --sensor ID[/CHANNEL], that sensor's and channel's "
+    "detector.sensors entries on top, exactly as the live gateway builds a channel's detector; --set "
+    "overrides a setting on top of either, and --detector scores with one detector alone. "
+    "Timestamps are YYYY-MM-DD hh:mm:ss or epoch seconds: a file in epoch milliseconds is refused. "
     "Exit statuses: 0 done; 1 an input is not readable (nothing written) or a result cannot be written; "
-    "2 bad usage (a missing PATH, a folder without CSV files, a bad --set)."
+    "2 bad usage (a missing PATH, a folder without CSV files, a bad --set). A bad --config or --sensor is "
+    "bad usage too."
 )
 
 EVALUATE_DESCRIPTION = (
@@ -42,6 +48,10 @@ EVALUATE_DESCRIPTION = (
     "scaled by how early; -fn for a missed window; -fp, scaled, for a detection outside the windows); "
     "score = 100 * (raw - null) / (perfect - null), null being every window missed and perfect every "
     "window found at once. "
+    "A window that holds no row of its file, or only rows of the probationary period (the first 15% of "
+    "the rows, at most 750, which NAB does not score), is not scored, with a warning naming it: no detector "
+    "could find it, so counted as a miss it would only lower every score alike. A window that ends before "
+    "it starts is refused. "
     "Exit statuses: 0 done; 1 a data file is not readable; 2 bad usage (missing or unreadable labels, "
     "profiles or results files, no file selected)."
 )
@@ -77,9 +87,17 @@ def add_to(subparsers) -> None:
 
 
 def _detector_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--detector", default="ensemble", help="ensemble (default) or one detector name")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="take the detector settings from this gateway config's detector section (threshold, "
+                        "params and, with --sensor, its sensors entries), as the live gateway builds them; "
+                        "without it, the tuned defaults")
+    p.add_argument("--sensor", metavar="ID[/CHANNEL]",
+                   help="with --config: score with the settings of this sensor (and channel): the detector "
+                        "section's, then its detector.sensors entries for ID and for ID/CHANNEL on top")
+    p.add_argument("--detector", default="ensemble",
+                   help="ensemble (default) or one detector name: that detector alone (weight 1, the rest 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a DetectorSettings field (repeatable)")
+                   help="override a DetectorSettings field (repeatable), on top of --config; lists as a,b,c")
 
 
 # settings that only open and close events: they never change anomaly_score
@@ -96,7 +114,10 @@ def _settings(args, prog: str):
         if not sep:
             raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
         pairs[key.strip()] = value.strip()
-    settings = DetectorSettings().with_overrides(pairs).only(args.detector)
+    base = DetectorSettings() if args.config is None else _config_settings(args.config, args.sensor)
+    if args.config is None and args.sensor:
+        raise ValueError("--sensor needs --config FILE (the gateway config whose detector settings it selects)")
+    settings = base.with_overrides(pairs).only(args.detector)
     if "weights" in pairs and args.detector != "ensemble":
         raise ValueError(f"--set weights cannot be combined with --detector {args.detector}, which sets "
                          "the weights itself (use --detector ensemble)")
@@ -106,6 +127,25 @@ def _settings(args, prog: str):
             print(f"edge-gateway {prog}: warning: --set {key} has no effect on anomaly_score ({why})",
                   file=sys.stderr)
     return settings
+
+
+def _config_settings(path: Path, sensor: str | None):
+    """The detector settings a channel gets in the live gateway under config ``path`` (the section's, or
+    sensor ``ID[/CHANNEL]``'s); ValueError with a one-line reason (or the config's located errors)."""
+    from . import config
+    from .detector_groups import detector_settings
+
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    if not sensor:
+        return detector_settings(cfg.detector)
+    sid, _, channel = sensor.partition("/")
+    ids = [s.id for s in cfg.sensors]
+    if sid not in ids:
+        raise ValueError(f"{path}: no sensor {sid!r}; sensors: {', '.join(ids) or 'none'}")
+    return detector_settings(cfg.detector, sid, channel)
 
 
 def _detector_of(key: str) -> str | None:
@@ -245,7 +285,8 @@ def cmd_analyze(args) -> int:
         settings = _settings(args, "analyze")
         jobs = _jobs(args.paths, args.out_dir)
     except ValueError as exc:
-        print(f"edge-gateway analyze: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # (a config's errors: one a line)
+            print(f"edge-gateway analyze: {line}", file=sys.stderr)
         return 2
     inputs, bad = [], 0
     for src, dst in jobs:  # every input is read before anything is written
@@ -325,8 +366,12 @@ def corpus_scores(settings, data_dir: Path, keys: list[str],
 
 def _load_json(load, path: Path | None, what: str):
     """``load(path)``, with any failure as a ValueError that names the file."""
+    from . import nab
+
     try:
         return load(path)
+    except nab.LabelError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -363,6 +408,14 @@ def _results_files(results_dir: Path, keys: list[str]) -> dict[str, Path]:
     return out
 
 
+def _stamp(t: float) -> str:
+    """Epoch seconds as NAB writes a time (``2014-04-01 00:00:00``, with fractions when it has any)."""
+    import datetime as dt
+
+    d = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=t)
+    return d.isoformat(" ", "microseconds" if d.microsecond else "seconds")
+
+
 def cmd_evaluate(args) -> int:
     from . import nab
 
@@ -372,7 +425,8 @@ def cmd_evaluate(args) -> int:
                              'a NAB windows file ({"dir/file.csv": [["start", "end"], ...], ...})')
         profiles = _load_json(nab.load_profiles, args.profiles, "a NAB profiles file")
     except ValueError as exc:
-        print(f"edge-gateway evaluate: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # (a config's errors: one a line)
+            print(f"edge-gateway evaluate: {line}", file=sys.stderr)
         return 2
     only = {c for c in args.only.split(",") if c}
     keys = [k for k in sorted(windows)
@@ -424,8 +478,16 @@ def cmd_evaluate(args) -> int:
             print(f"edge-gateway evaluate: {sources[k]}: {scores[k].shape[0]} scores for "
                   f"{labels[k].window.shape[0]} rows of {args.data_dir / k}", file=sys.stderr)
             return 2
+    unscored = 0
+    for k in keys:
+        for j, why in labels[k].unscored:
+            a, b = windows[k][j]
+            print(f"edge-gateway evaluate: warning: {args.windows}: window {j + 1} of {k} "
+                  f"[{_stamp(a)}, {_stamp(b)}] is not scored: {why}", file=sys.stderr)
+            unscored += 1
     result = nab.score_corpus(scores, labels, profiles)
-    print(f"{len(keys)} files, {sum(l.n_windows for l in labels.values())} windows")
+    print(f"{len(keys)} files, {sum(l.n_windows for l in labels.values())} windows"
+          + (f" ({unscored} more not scored: see the warnings)" if unscored else ""))
     for name, r in result.items():
         print(f"{name:20s} {r['score']:7.2f}  (threshold {r['threshold']:.6g}, raw {r['raw']:.3f})")
     return 0

@@ -20,6 +20,60 @@ from .layout import DETECTOR_NAMES, N_DETECTORS, NOV_FEATURES, NOV_MAX_BINS, NOV
 _RENAMED = {"suppress_n": "nov_hold", "suppress_level": "nov_level"}
 
 
+_UNBOUNDED = ("range_lo", "range_hi")  # -inf/inf: no limit (their default)
+# +inf also means something for these: the guards open no events, a novelty hold is never bypassed
+_INF_OK = _UNBOUNDED + ("guard_level", "nov_bypass")
+
+# The domain of every field that is not just "a finite number, 0 or more" (each read from how
+# detectors.py uses it); a value outside it makes a score leave [0, 1], divides by zero, or turns a
+# detector into one that scores every reading. Each is a single-field check on purpose: a config's
+# per-sensor layers are validated one by one, so a rule across fields could pass there and fail on a
+# combined channel in the running pipeline.
+_FRACTION = "an EWMA's weight of the new reading: 0 never learns, above 1 overshoots"
+_CLIP = ("the spread estimate is updated with residuals clipped at clip x spread: at 1 or below it can "
+         "only shrink, toward 0, and every reading then scores as an outlier")
+_WEIGHT = "a score is weight x a detector's score in [0, 1], and the combined score must stay in [0, 1]"
+_DOMAINS: dict[str, tuple[str, str]] = {
+    **{k: ("(0, 1]", _FRACTION) for k in (
+        "ewma_alpha", "robust_eta", "rate_eta", "cusum_eta", "drop_eta", "nov_short_alpha", "nov_season_alpha",
+        "nov_vol_alpha", "nov_long_alpha", "nov_spread_alpha")},
+    **{k: ("(1, inf)", _CLIP) for k in ("robust_clip", "rate_clip", "cusum_clip", "drop_clip")},
+    "weights": ("[0, 1]", _WEIGHT),
+    "nov_weights": ("[0, 1]", _WEIGHT),
+    "flat_alpha": ("[0, 1]", "the guard scores 1 - the repeat rate, an EWMA; 0: it never learns"),
+    "nov_decay": ("[0, 1]", "the share of a range's width it shrinks by per reading: above 1 it turns inside out"),
+    "nov_season_smooth": ("[0, 1]", "a blend of the value (0) and its short EWMA (1)"),
+    "nov_refract_damp": ("[0, 1]", "scores are multiplied by 1 - damp x (0..1): above 1 they go negative"),
+    "cusum_h": ("(0, inf)", "the score is stat / (stat + cusum_h)"),
+    "drop_k": ("[1, inf)", ("a dropout is a gap over drop_k typical intervals: below 1 an ordinary gap scores, "
+                            "at 0 every reading is a dropout")),
+    "event_threshold": ("(0, 1]", "the combined score is in [0, 1]"),
+}
+
+
+def _out_of_domain(name: str, x: float) -> str | None:
+    """What is wrong with ``x`` as (one entry of) field ``name``, or None when it is in its domain."""
+    if name == "ewma_alpha" and not 0.0 < x <= 1.0:
+        return "must be in (0, 1]"  # (its message since the first release)
+    if name == "event_threshold" and not 0.0 < x <= 1.0:
+        return "the combined score is in [0, 1]; give a value in (0, 1]"  # as config's ``threshold``
+    if name == "guard_level" and not x > 0.0:
+        # every reading would be a guard alarm: events would open and never close
+        return "must be positive (above 1: guards open no events)"
+    domain, why = _DOMAINS.get(name, ("[0, inf)", ""))
+    lo_open, lo = domain[0] == "(", float(domain[1:].split(",")[0])
+    hi_text = domain[:-1].split(",")[1].strip()
+    hi = math.inf if hi_text == "inf" else float(hi_text)
+    if not (x > lo if lo_open else x >= lo):
+        if domain == "[0, inf)" or (lo == 0.0 and not lo_open):
+            # a negative half, rate or count has no meaning, and some would divide by zero in a kernel
+            return "must be 0 or more"
+        return f"must be in {domain} ({why})"
+    if not x <= hi:
+        return f"must be in {domain} ({why})"
+    return None
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
     """Every tunable of the detector ensemble. ``weights`` follow ``DETECTOR_NAMES``."""
@@ -111,18 +165,19 @@ class DetectorSettings:
             object.__setattr__(self, key, v)
         if not 1.0 <= self.nov_season_bins <= NOV_MAX_BINS:
             raise ValueError(f"nov_season_bins: must be in [1, {NOV_MAX_BINS}]")
-        if not 0.0 < self.ewma_alpha <= 1.0:
-            raise ValueError("ewma_alpha: must be in (0, 1]")
-        if not self.guard_level > 0.0:
-            # every reading would be a guard alarm: events would open and never close
-            raise ValueError("guard_level: must be positive (above 1: guards open no events)")
         for f in dataclasses.fields(self):
-            if f.name in ("range_lo", "range_hi"):
-                continue
             v = getattr(self, f.name)
-            if any(not float(x) >= 0.0 for x in (v if isinstance(v, tuple) else (v,))):
-                # a negative half, rate or count has no meaning, and some would divide by zero in a kernel
-                raise ValueError(f"{f.name}: must be 0 or more")
+            for x in (v if isinstance(v, tuple) else (v,)):
+                x = float(x)
+                if math.isnan(x) or (math.isinf(x) and f.name not in _INF_OK):
+                    # inf would overflow a warm-up count or divide into NaN; range limits may be +-inf: no limit
+                    raise ValueError(f"{f.name}: " + ("must be a number, not NaN" if f.name in _INF_OK
+                                                       else "must be a finite number"))
+                if f.name in _UNBOUNDED:
+                    continue
+                problem = _out_of_domain(f.name, x)
+                if problem:
+                    raise ValueError(f"{f.name}: {problem}")
 
     def only(self, name: str) -> "DetectorSettings":
         """The same settings with one detector weighted 1 and the rest 0 ("ensemble": unchanged)."""
