@@ -254,17 +254,29 @@ class SensorSection:
             raise ValueError("id: use 1-64 letters, digits, '.', '_' or '-'")
 
 
+MAX_HOP_OVERLAP = 60  # windows.seconds / windows.hop_s: the hopping windows that can hold one instant
+
+
 @dataclass(frozen=True)
 class WindowSection:
     seconds: float = 60.0
     grace_s: float = 2.0
     future_tolerance_s: float = 600.0  # readings stamped further ahead of the gateway clock are dropped
+    hop_s: float | None = None  # a window of ``seconds`` starts every hop_s (hopping); None or ``seconds``: tumbling
 
     def __post_init__(self) -> None:
         if self.seconds <= 0:
             raise ValueError("seconds: must be positive")
         if self.future_tolerance_s <= 0:
             raise ValueError("future_tolerance_s: must be positive")
+        if self.hop_s is not None:
+            if not self.hop_s > 0:
+                raise ValueError("hop_s: must be positive")
+            if self.hop_s > self.seconds:
+                raise ValueError(f"hop_s: must be at most seconds ({self.seconds:g}): windows would leave gaps")
+            if self.seconds / self.hop_s > MAX_HOP_OVERLAP * (1 + 1e-9):  # 21 / 0.35 is 60.00000000000001
+                raise ValueError(f"hop_s: must be at least seconds / {MAX_HOP_OVERLAP} "
+                                 f"({self.seconds / MAX_HOP_OVERLAP:g}): at most {MAX_HOP_OVERLAP} windows may overlap")
 
 
 @dataclass(frozen=True)

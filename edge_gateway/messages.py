@@ -63,13 +63,14 @@ def decode(payload: bytes) -> dict[str, Any]:
 
 
 def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics: Topics,
-               gateway_id: str) -> list[Message]:
+               gateway_id: str, hop_s: float | None = None) -> list[Message]:
     """One message per closed window row (columns :data:`.analytics.engine.ROW_FIELDS`: ``AGG_FIELDS``,
     then ``p50``/``p95``, left out of the message when NaN: a window the quantile state missed part of;
-    ``mean``/``std`` left out when they overflowed, so every float sent is finite)."""
+    ``mean``/``std`` left out when they overflowed, so every float sent is finite). ``hop_s``: the rows
+    are of hopping windows (``end`` is then ``start + window_s``, on the hop grid)."""
     col = _ROW_COL
     out = []
-    for row, end in zip(rows, window_ends(rows[:, _AGG_COL["start"]], window_s)):
+    for row, end in zip(rows, window_ends(rows[:, _AGG_COL["start"]], window_s, hop_s)):
         key = keys[int(row[0])]
         start = float(row[_AGG_COL["start"]])
         fields = {
@@ -79,6 +80,8 @@ def aggregates(rows: np.ndarray, keys: list[ChannelKey], window_s: float, topics
             "mean": float(row[_AGG_COL["mean"]]), "std": float(row[_AGG_COL["std"]]),
             "first": float(row[_AGG_COL["first"]]), "last": float(row[_AGG_COL["last"]]),
         }
+        if hop_s is not None:
+            fields["hop"] = float(hop_s)  # windows overlap: the cloud must not add their counts up
         p50, p95 = float(row[col["p50"]]), float(row[col["p95"]])
         if not (math.isnan(p50) or math.isnan(p95)):
             fields.update(p50=p50, p95=p95)
@@ -102,7 +105,7 @@ def merged_seqs(d: dict[str, Any]) -> list[int]:
     return list(d.get("merged_seqs") or [d["seq"]])
 
 
-def merge_aggregates(members: list[dict[str, Any]], runs_from: int = 256) -> dict[str, Any]:
+def merge_aggregates(members: list[dict[str, Any]], runs_from: int = 256, covered: tuple = ()) -> dict[str, Any]:
     """Roll decoded aggregates of one sensor/channel up into one coarser window (see docs/uplink.md).
 
     ``count``/``min``/``max`` are exact, ``mean`` is the count-weighted mean and ``std`` the pooled
@@ -113,12 +116,16 @@ def merge_aggregates(members: list[dict[str, Any]], runs_from: int = 256) -> dic
     ``range(first, last + 1, step)``) when shorter. A list costs 5-9 bytes a window, so a long outage's
     rollups would stop shrinking; one channel's seqs have a near-constant stride, so runs stay few.
     ``p50``/``p95`` are dropped: quantiles of the union cannot be computed from the members' quantiles.
+    ``covered``: seqs of hopping windows dropped because the members hold every reading they held (see
+    ``queue.py``); listed with the members' own, so the cloud sees no gap, and ``hop`` is dropped (the
+    result overlaps no other window it stands for).
     """
     ms = sorted(members, key=lambda m: (m["start"], m["seq"]))
     full = [m for m in ms if m.get("count", 0) > 0]
     n = sum(int(m["count"]) for m in full)
-    seqs = sorted({s for m in ms for s in merged_seqs(m)})
-    out = {k: v for k, v in ms[0].items() if k not in ("merged_seqs", "merged_runs", "seq_last", "p50", "p95")}
+    seqs = sorted({s for m in ms for s in merged_seqs(m)} | set(covered))
+    out = {k: v for k, v in ms[0].items()
+           if k not in ("merged_seqs", "merged_runs", "seq_last", "p50", "p95", "hop")}
     out.update(start=ms[0]["start"], end=max(m["end"] for m in ms), count=n, seq=seqs[0], seq_last=seqs[-1],
                merged_seqs=seqs)
     if len(seqs) > runs_from:

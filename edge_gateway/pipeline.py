@@ -49,7 +49,8 @@ class Pipeline:
         self.topics = topics
         self.batcher = batcher
         self.wall_clock = wall_clock
-        self.engine = Engine(cfg.windows.seconds, rewind_margin_s=cfg.windows.seconds + cfg.windows.grace_s)
+        self.engine = Engine(cfg.windows.seconds, rewind_margin_s=cfg.windows.seconds + cfg.windows.grace_s,
+                             hop_s=cfg.windows.hop_s)
         self.conditioning = Conditioning(cfg.sensors)
         self.future = FutureFilter(cfg.windows.future_tolerance_s)
         self._last_arrival = np.zeros(0)
@@ -57,7 +58,8 @@ class Pipeline:
         self._orphans: list[dict] = []  # announced events a restore could not keep: closed by the next round
         self._marks = np.full((0, 3), np.nan)  # per channel, what was sent last (the _M_* columns)
         self._marks_dirty = False
-        self._regrid: tuple[np.ndarray, float] | None = None  # windows closed by a restore, and their length
+        # windows closed by a restore, and the length and hop (None: tumbling) they were opened with
+        self._regrid: tuple[np.ndarray, float, float | None] | None = None
         self._numbering = 0  # how many times channels were renumbered (forget_idle): marks and checkpoint agree on it
         self._retired_rewinds: dict[str, int] = {}  # engine.rewinds of forgotten channels, per sensor
         self._retired_drops: dict[str, list[int]] = {}  # [late, future] of forgotten channels, per sensor
@@ -114,10 +116,10 @@ class Pipeline:
         out = [self._anomaly(ev, "closed") for ev in self._orphans]
         self._orphans = []
         if self._regrid is not None:
-            rows, old_s = self._regrid
+            rows, old_s, old_hop = self._regrid
             self._regrid = None
             # not through _aggregates: starts on the old grid must not become marks on the new one
-            out += messages.aggregates(rows, self.batcher.keys, old_s, self.topics, cfg.gateway.id)
+            out += messages.aggregates(rows, self.batcher.keys, old_s, self.topics, cfg.gateway.id, hop_s=old_hop)
         batch = self.future.admit(batch, self.wall_clock())
         if len(batch):
             val = self.conditioning.values(batch.chan, batch.val) if self.conditioning.active else batch.val
@@ -264,7 +266,8 @@ class Pipeline:
             self._marks_dirty = True
             if self.conditioning.active:
                 rows = rows[self.conditioning.reportable(rows)]
-        return messages.aggregates(rows, self.batcher.keys, self.cfg.windows.seconds, self.topics, self.cfg.gateway.id)
+        return messages.aggregates(rows, self.batcher.keys, self.cfg.windows.seconds, self.topics, self.cfg.gateway.id,
+                                   hop_s=self.engine.hop_s)
 
     def _anomaly(self, ev: dict, state: str) -> messages.Message:
         """An ``anomaly`` event message; an ``open`` one has no ``end`` yet."""
@@ -301,8 +304,9 @@ class Pipeline:
         arrays.update({f"future.{k}": v for k, v in self.future.state().items()})
         if self.conditioning.active:  # otherwise tables of zeros: two more pages a minute on the SD card
             arrays.update({f"filters.{k}": v for k, v in self.conditioning.state().items()})
-        return {"window_s": self.cfg.windows.seconds, "numbering": self._numbering,
+        return {"window_s": self.cfg.windows.seconds, "hop_s": self.engine.hop_s, "numbering": self._numbering,
                 "retired": {s: list(d) for s, d in self._retired_drops.items()},
+                "retired_rewinds": dict(self._retired_rewinds),
                 "keys": [[k.sensor, k.channel, k.unit] for k in self.batcher.keys], "arrays": arrays}
 
     def marks_unsaved(self) -> None:
@@ -315,7 +319,7 @@ class Pipeline:
         if not self._marks_dirty:
             return None
         self._marks_dirty = False
-        return pack_marks(self._marks, self.cfg.windows.seconds, self._numbering)
+        return pack_marks(self._marks, self.cfg.windows.seconds, self._numbering, self.engine.hop_s)
 
     def restore(self, blob: bytes | None, marks: bytes | None = None) -> int:
         """Load a checkpoint; returns the number of channels restored (0 when it is unusable).
@@ -332,10 +336,10 @@ class Pipeline:
     def _apply_marks(self, blob: bytes, n: int) -> None:
         """Only the first ``n`` channels: others were numbered after the checkpoint and may be numbered
         differently in this run."""
-        got = unpack_marks(blob)
+        got = _unpack_marks(blob)
         if got is None:
             return
-        marks, window_s, numbering = got
+        marks, window_s, numbering, hop_s = got
         if numbering != self._numbering:
             # channels were renumbered after these marks (forget_idle) and the crash came before the
             # marks of the new numbering were committed: applied, they would name other channels
@@ -343,7 +347,8 @@ class Pipeline:
                         "windows and events sent since the checkpoint may be sent again", numbering, self._numbering)
             return
         marks = marks[:n]
-        if window_s != self.cfg.windows.seconds:  # starts on another grid: they would drop the new windows' readings
+        if (window_s, hop_s) != (self.cfg.windows.seconds, self.engine.hop_s):
+            # starts on another grid: they would drop the new windows' readings
             marks[:, _M_WINDOW] = np.nan
         windows = self.engine.close_through(marks[:, _M_WINDOW])
         sent_closed = marks[:, _M_CLOSED]
@@ -363,6 +368,30 @@ class Pipeline:
             log.info("the checkpoint was older than what was sent: %d window(s) and %d event(s) already sent "
                      "dropped, %d event(s) announced since closed", windows, events, len(self._orphans))
 
+    def _restore_windows(self, state: dict[str, np.ndarray], old_s: float, old_hop: float | None) -> None:
+        """Load the window tables of a checkpoint whose windows were ``old_s`` long, every ``old_hop`` (None:
+        tumbling). When ``windows.seconds`` or ``windows.hop_s`` changed since, the windows open at the restart
+        are closed and sent on their old grid (:attr:`_regrid`) and the tables start afresh, late and rewind
+        counts kept; tables that do not load (another layout) are dropped with a warning."""
+        eng = self.engine
+        old_hop = None if old_hop is None or float(old_hop) == old_s else float(old_hop)
+        same = (old_s, old_hop) == (eng.window_s, eng.hop_s)
+        old = eng if same else Engine(old_s, hop_s=old_hop)
+        try:
+            old.load_state(state)
+        except ValueError as exc:
+            log.warning("window state not restored (%s): the windows open at the restart are lost", exc)
+            return
+        if same:
+            return
+        rows = old.flush_channels(np.arange(old.n_channels))
+        late, rewinds = old.late_counts(), old.rewinds[: old.n_channels]
+        eng.ensure_channels(old.n_channels)
+        eng.load_counts(late, rewinds)
+        self._regrid = (rows, old_s, old_hop)
+        log.info("windows changed from %s to %s: %d window(s) open at the restart closed on the old grid",
+                 _geometry(old_s, old_hop), _geometry(eng.window_s, eng.hop_s), rows.shape[0])
+
     def _restore(self, blob: bytes) -> int:
         data = msgpack.unpackb(blob)
         if not isinstance(data, dict) or data.get("version") not in (2, 3):
@@ -370,16 +399,13 @@ class Pipeline:
         inflate = zlib.decompress if data["version"] == 3 else bytes
         self._numbering = int(data.get("numbering", 0))
         self._retired_drops = {str(s): [int(d[0]), int(d[1])] for s, d in data.get("retired", {}).items()}
+        self._retired_rewinds = {str(s): int(n) for s, n in data.get("retired_rewinds", {}).items()}
         for sensor, channel, unit in data["keys"]:
             self.batcher.index_of(sensor, channel, unit)
         arrays = {name: np.frombuffer(inflate(raw), dtype=np.float64).reshape(shape).copy()
                   for name, (shape, raw) in data["arrays"].items()}
-        self.engine.load_state({k[4:]: v for k, v in arrays.items() if k.startswith("win.")})
-        old_s = data.get("window_s", self.cfg.windows.seconds)
-        if old_s != self.cfg.windows.seconds:  # windows.seconds changed: close the windows open on the old grid
-            self._regrid = (self.engine.restart_grid(), float(old_s))
-            log.info("windows.seconds changed from %g to %g s: %d window(s) open at the restart closed on the old grid",
-                     old_s, self.cfg.windows.seconds, self._regrid[0].shape[0])
+        self._restore_windows({k[4:]: v for k, v in arrays.items() if k.startswith("win.")},
+                              float(data.get("window_s", self.cfg.windows.seconds)), data.get("hop_s"))
         self.detectors.assign(self.batcher.keys)
         n = len(self.batcher.keys)
         announced = _padded(arrays.get("announced", np.zeros(0))[:n], n, np.nan)  # absent in older ones
@@ -405,32 +431,48 @@ def pack_checkpoint(state: dict) -> bytes:
     """:meth:`Pipeline.checkpoint_state`, every table deflated: most of a detector row is zeros (phase bins
     a channel never used), and the blob is rewritten on the SD card every minute: 3.4 KB a channel raw,
     about a tenth deflated (review 16, bounds #1: 98 MB/h of writes at 200 channels)."""
+    hop = {"hop_s": state["hop_s"]} if state.get("hop_s") is not None else {}  # tumbling: as before hop_s existed
     return msgpack.packb({
         "version": 3,
         "window_s": state["window_s"],
+        **hop,
         "numbering": state.get("numbering", 0),
         "retired": state.get("retired", {}),
+        **({"retired_rewinds": state["retired_rewinds"]} if state.get("retired_rewinds") else {}),
         "keys": state["keys"],
         "arrays": {name: [list(a.shape), zlib.compress(a.tobytes(), 1)] for name, a in state["arrays"].items()},
     })
 
 
-def pack_marks(marks: np.ndarray, window_s: float, numbering: int = 0) -> bytes:
+def pack_marks(marks: np.ndarray, window_s: float, numbering: int = 0, hop_s: float | None = None) -> bytes:
     """The marks table, deflated: channels on one window grid share their marks, so 200 channels take
     a few hundred bytes instead of 4,800, and what an append rewrites stays within a page or two.
-    ``window_s``: the window length the window marks are starts of; ``numbering``: which channel
-    numbering the rows follow (see :meth:`Pipeline.forget_idle`)."""
-    return msgpack.packb({"version": 1, "shape": list(marks.shape), "window_s": float(window_s),
+    ``window_s`` and ``hop_s`` (None: tumbling): the windows the window marks are starts of;
+    ``numbering``: which channel numbering the rows follow (see :meth:`Pipeline.forget_idle`)."""
+    hop = {"hop_s": float(hop_s)} if hop_s is not None else {}
+    return msgpack.packb({"version": 1, "shape": list(marks.shape), "window_s": float(window_s), **hop,
                           "numbering": int(numbering), "deflated": zlib.compress(marks.tobytes(), 6)})
 
 
 def unpack_marks(blob: bytes) -> tuple[np.ndarray, float, int] | None:
     """Inverse of :func:`pack_marks`: ``(marks, window_s, numbering)``; None for a blob of another version."""
+    got = _unpack_marks(blob)
+    return None if got is None else got[:3]
+
+
+def _unpack_marks(blob: bytes) -> tuple[np.ndarray, float, int, float | None] | None:
+    """:func:`unpack_marks` and the ``hop_s`` of the marks (None: tumbling windows, or marks from before hop_s)."""
     data = msgpack.unpackb(blob)
     if not isinstance(data, dict) or data.get("version") != 1:
         return None
     marks = np.frombuffer(zlib.decompress(data["deflated"]), dtype=np.float64).reshape(data["shape"]).copy()
-    return marks, float(data["window_s"]), int(data.get("numbering", 0))
+    hop = data.get("hop_s")
+    return marks, float(data["window_s"]), int(data.get("numbering", 0)), None if hop is None else float(hop)
+
+
+def _geometry(window_s: float, hop_s: float | None) -> str:
+    """``10 s windows`` or ``10 s windows every 2 s``, for log lines."""
+    return f"{window_s:g} s windows" + ("" if hop_s is None else f" every {hop_s:g} s")
 
 
 def _kept(a: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -541,16 +541,17 @@ class DurableQueue:
                     continue
                 sizes[key] = sizes.get(key, 0) + n
                 groups.setdefault(key, []).append((seq, len(payload), d))
-            merges = [g for g in groups.values() if len(g) > 1]
+            merges = [plan for plan in map(_rollup_plan, groups.values()) if plan is not None]
             if not merges:
                 continue
             db.execute("BEGIN IMMEDIATE")
             try:
                 freed = 0
-                for g in merges:
-                    merged = merge_aggregates([d for _, _, d in g])
+                for kept, covered in merges:
+                    merged = merge_aggregates([d for _, _, d in kept], covered=tuple(s for s, _, _ in covered))
                     seq0 = merged["seq"]
                     payload = self.encode({k: v for k, v in merged.items() if k != "seq"}, seq0)
+                    g = kept + covered
                     others = [s for s, _, _ in g if s != seq0]
                     db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(others))})", others)
                     db.execute("UPDATE outbox SET payload = ? WHERE seq = ?", (payload, seq0))
@@ -566,8 +567,8 @@ class DurableQueue:
                 _rollback(db)
                 raise
             self._bytes -= freed
-            self._depth -= sum(len(g) - 1 for g in merges)
-            self._rolled_up += sum(len(g) for g in merges)
+            self._depth -= sum(len(k) + len(c) - 1 for k, c in merges)
+            self._rolled_up += sum(len(k) + len(c) for k, c in merges)
 
     def _drop_to(self, target: int, protect: int, reason: str) -> None:
         """Drop oldest-first by priority (aggregates, other events, anomaly/dropped events) to ``target``."""
@@ -993,6 +994,62 @@ def _members(payload: bytes, seq: int) -> list[int]:
     except Exception as exc:  # noqa: BLE001 - a row we cannot read is still dropped and counted
         log.error("queue: aggregate %d unreadable (%s): counted as one message", seq, exc)
         return [seq]
+
+
+def _rollup_plan(group: list) -> tuple[list, list] | None:
+    """What a rollup does with a group of a channel's aggregates in one bucket: ``(kept, covered)``, the
+    members to merge and the rows to drop because the kept ones hold every reading they held; None: leave
+    the group as it is.
+
+    Hopping windows (``hop`` in the message) overlap, so they cannot all be merged. The ones aligned on
+    their own length (start a multiple of ``end - start``) tile time, and hold every reading the others
+    hold: so the others are dropped, their seqs listed in the merged message (``covered``), and the
+    aligned ones merged as tumbling windows would be. Resolution is lost, not readings. A hopping window
+    not wholly inside the aligned windows of the group (a hop that does not divide the length, or an
+    aligned neighbour not in the group) is left as it is."""
+    hop = [m for m in group if "hop" in m[2]]
+    if not hop:
+        return (group, []) if len(group) > 1 and not _overlapping(group) else None
+    aligned = [m for m in hop if _aligned(m[2])]
+    kept = [m for m in group if "hop" not in m[2]] + aligned
+    if not kept or _overlapping(kept):
+        return None
+    cover = _intervals(sorted((float(d["start"]), float(d["end"])) for _, _, d in aligned))
+    covered = [m for m in hop if not _aligned(m[2]) and _inside(float(m[2]["start"]), float(m[2]["end"]), cover)]
+    if len(kept) + len(covered) < 2:
+        return None
+    return kept, covered
+
+
+def _aligned(d: dict) -> bool:
+    """A window whose start is a whole multiple of its length (1e-4 of a length: hops are at least 1/60)."""
+    k = float(d["start"]) / (float(d["end"]) - float(d["start"]))
+    return abs(k - round(k)) < 1e-4
+
+
+def _intervals(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted spans joined where one ends where the next starts (to 1e-6 s)."""
+    out: list[list[float]] = []
+    for start, end in spans:
+        if out and start <= out[-1][1] + 1e-6:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
+def _inside(start: float, end: float, intervals: list[tuple[float, float]]) -> bool:
+    return any(a - 1e-6 <= start and end <= b + 1e-6 for a, b in intervals)
+
+
+def _overlapping(group: list) -> bool:
+    """True when windows of a rollup group overlap in time: hopping windows (``windows.hop_s``), or
+    windows sent again after a clock rewind. Merged, they would count a reading once per window that held
+    it; such a group is left as it is, and the drop policy bounds the backlog instead. Only windows as the
+    pipeline sent them are compared: a rolled-up one's span (its first start to its last end) may enclose
+    windows merged elsewhere, and never holds overlapping ones, since those are never merged."""
+    spans = sorted((float(d["start"]), float(d["end"])) for _, _, d in group if "seq_last" not in d)
+    return any(start < end_before - 1e-6 for (_, end_before), (start, _) in zip(spans, spans[1:]))
 
 
 def _window_count(d: dict) -> int:

@@ -255,3 +255,21 @@ async def test_a_link_that_opens_and_fails_at_once_backs_off_and_one_that_works_
         finally:
             await sup.stop()
         assert attempts[:8] == want, reads
+
+
+def test_a_forgotten_channels_rewinds_survive_a_restart():
+    """The clock_rewinds of channels forgotten to make room (forget_idle) are kept per sensor, and a
+    restart kept only the live channels' (the forgotten ones' were not in the checkpoint)."""
+    pipe = Pipeline(CFG, TOPICS, batcher := Batcher())
+    feed(pipe, batcher, [T0 + k for k in range(35)])
+    feed(pipe, batcher, [T0 - 86400 + 35 + k for k in range(20)])
+    assert pipe.rewind_counts() == {"s1": 1}
+    out = []
+    for _ in range(30):  # idle: the open window closes, then the channel may go
+        feed.now += 10.0
+        out += pipe.process(batcher.drain(), now=feed.now)
+    assert [k.channel for k in pipe.forget_idle({"s1"}, now=feed.now + 3600.0, idle_s=3600.0)] == ["temp"]
+    assert pipe.rewind_counts() == {"s1": 1}
+    resumed = Pipeline(CFG, TOPICS, Batcher())
+    resumed.restore(pipe.checkpoint(), pipe.take_marks())
+    assert resumed.rewind_counts() == {"s1": 1}

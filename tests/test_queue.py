@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_gateway import messages
-from edge_gateway.messages import Message, Topics, decode, encode, merge_aggregates
+from edge_gateway.messages import Message, Topics, decode, encode, merge_aggregates, merged_seqs
 from edge_gateway.queue import DurableQueue, QueueLimits
 from support import Clock
 
@@ -88,6 +88,62 @@ async def test_rollup_merges_oldest_aggregates_exactly(tmp_path):
         assert d["mean"] == sum(vals) / len(vals)
         assert math.isclose(d["std"], float(np.std(vals)), rel_tol=1e-12)
         assert d["first"] == raw[d["channel"], windows[0]][0] and d["last"] == raw[d["channel"], windows[-1]][-1]
+    await q.close()
+
+
+async def test_overlapping_windows_are_never_merged_while_tumbling_ones_are(tmp_path):
+    """Windows that overlap without being marked hopping (sent again after a clock rewind) share readings:
+    merged, a reading would count twice. The tumbling channel beside them still loses resolution rather
+    than data; the overlapping ones are left to the drop policy."""
+    vals = [1.0, 2.0, 3.0, 4.0]
+    hop = [agg("air-1", "hop", 5.0 * k, vals, width=10.0) for k in range(40)]
+    tum = [agg("air-1", "tum", float(k), vals) for k in range(40)]
+    one = len(encode(hop[0].fields, 10))
+    limits = QueueLimits(max_bytes=max(4096, one * 60), high_water=0.5, rollup_factor=10)
+    q = await open_queue(tmp_path / "q.db", limits)
+    await q.append([m for pair in zip(hop, tum) for m in pair])
+    got = rows_of(tmp_path / "q.db")
+    merged = [d for d in got if "merged_seqs" in d]
+    assert merged and {d["channel"] for d in merged} == {"tum"}
+    assert all(d["count"] == 4 * len(d["merged_seqs"]) for d in merged)
+    kept_hop = [d for d in got if d["channel"] == "hop"]
+    assert all(d["count"] == 4 and d["end"] - d["start"] == 10.0 for d in kept_hop)
+    assert len(kept_hop) == 40  # the tumbling channel's rollup made room enough: nothing dropped
+    assert sorted(s for d in got if d["channel"] == "tum" for s in d.get("merged_seqs") or [d["seq"]]) == list(
+        range(2, 81, 2))
+    st_ = await q.stats()
+    assert st_.rolled_up > 0 and st_.dropped_total["count"] == 0
+    await q.close()
+
+
+async def test_hopping_windows_roll_up_to_their_aligned_ones_and_no_reading_counts_twice(tmp_path):
+    """10 s windows every 5 s (``hop`` in the message), readings every 2.5 s (value = time): past the high
+    water mark the windows starting on a multiple of 10 s are merged and the others, whose readings they
+    all hold, are dropped with their seqs listed in the merged message. Before, they were never merged and a
+    long outage dropped the oldest whole (and scanned the whole backlog at four levels each check)."""
+    readings = np.arange(0.0, 2000.0, 2.5)
+
+    def window(start):
+        vals = [float(v) for v in readings[(readings >= start) & (readings < start + 10.0)]]
+        return Message(messages.KIND_AGG, TOPICS.agg("air-1"), dict(
+            agg("air-1", "pm", start, vals, width=10.0).fields, hop=5.0))
+
+    msgs = [window(5.0 * k) for k in range(0, 398)]  # [0, 10) .. [1985, 1995)
+    one = len(encode(msgs[0].fields, 10))
+    limits = QueueLimits(max_bytes=max(4096, one * 200), high_water=0.5, rollup_factor=10)
+    q = await open_queue(tmp_path / "q.db", limits)
+    seqs = await q.append(msgs)
+    st_ = await q.stats()
+    got = rows_of(tmp_path / "q.db")
+    assert st_.dropped_total["count"] == 0 and st_.rolled_up > 0 and len(got) < len(msgs)
+    assert sorted(s for d in got for s in merged_seqs(d)) == seqs  # every seq accounted for, once
+    rolled = [d for d in got if "seq_last" in d]
+    assert rolled and all("hop" not in d for d in rolled)
+    for d in rolled:  # the stats of exactly the readings in its span: none counted twice
+        vals = readings[(readings >= d["start"]) & (readings < d["end"])]
+        assert (d["count"], d["min"], d["max"], d["mean"]) == (vals.size, vals.min(), vals.max(), vals.mean())
+        assert d["start"] % 10.0 == 0.0 and d["end"] % 10.0 == 0.0
+    assert all(d["hop"] == 5.0 and d["count"] == 4 for d in got if "seq_last" not in d)
     await q.close()
 
 

@@ -1,4 +1,4 @@
-"""Tumbling-window state for any number of channels, grown as channels appear.
+"""Tumbling- or hopping-window state for any number of channels, grown as channels appear.
 
 An :class:`Engine` owns the window state tables indexed by a dense channel
 number, so one kernel call serves a whole batch. It does no I/O; the pipeline
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import quantiles, windows
+from . import hopping, quantiles, windows
 from .tables import keep_rows
 
 ROW_FIELDS = windows.AGG_FIELDS + ("p50", "p95")
@@ -21,27 +21,33 @@ class Engine:
     """Window aggregates (count, min, max, mean, std, first, last, p50, p95) per channel.
 
     The quantile windows are a second table run with the same boundaries on the
-    same readings; their rows are joined to the tumbling rows on (channel, start)
+    same readings; their rows are joined to the aggregate rows on (channel, start)
     and must hold as many readings, so p50/p95 are NaN for a window the quantile
     table saw none or only part of (restored from a checkpoint from before it existed).
+
+    Tumbling windows by default; with ``hop_s`` below ``window_s``, hopping windows: one of length
+    ``window_s`` starting every ``hop_s`` (``hop_s == window_s`` is tumbling, with its tables).
     """
 
-    def __init__(self, window_s: float, capacity: int = 16, rewind_margin_s: float | None = None) -> None:
+    def __init__(self, window_s: float, capacity: int = 16, rewind_margin_s: float | None = None,
+                 hop_s: float | None = None) -> None:
         self.window_s = float(window_s)
+        self.hop_s = None if hop_s is None or float(hop_s) == self.window_s else float(hop_s)
         self.rewind_margin_s = self.window_s if rewind_margin_s is None else float(rewind_margin_s)
         self.n_channels = 0
-        self._win = windows.new_state(capacity)
-        self._q = quantiles.new_window_state(capacity)
+        if self.hop_s is None:
+            self._t: _Tumbling | _Hopping = _Tumbling(self.window_s, capacity)
+        else:
+            self._t = _Hopping(self.window_s, self.hop_s, capacity)
         self._behind = np.zeros(capacity)  # late readings in a row, each far behind the channel's windows
         self.rewinds = np.zeros(capacity, dtype=np.int64)
         self.rewound = np.empty(0, dtype=np.int64)  # the channels the last process() rewound
 
     def ensure_channels(self, n: int) -> None:
         """Make room for channel numbers below ``n``."""
-        self._win = _grown(self._win, n, windows.new_state)
-        self._q = _grown(self._q, n, quantiles.new_window_state)
+        self._t.grow(n)
         if n > self._behind.shape[0]:
-            size = self._win.shape[0]
+            size = self._t.capacity
             self._behind = np.concatenate([self._behind, np.zeros(size - self._behind.shape[0])])
             self.rewinds = np.concatenate([self.rewinds, np.zeros(size - self.rewinds.shape[0], dtype=np.int64)])
         self.n_channels = max(self.n_channels, n)
@@ -53,17 +59,13 @@ class Engine:
         ahead was corrected) would otherwise drop every reading as late until real time passed the
         wrong one, days or a year later, and keep doing so across restarts, since the window state
         is checkpointed. So after ``REWIND_AFTER`` late readings in a row, each more than
-        ``rewind_margin_s`` before the channel's window, its open window is closed and its windows
+        ``rewind_margin_s`` before the channel's window, its open windows are closed and its windows
         start afresh at the new time (see :attr:`rewound`); the readings dropped until then stay lost.
         """
         n = self.n_channels
-        late_before = self._win[:n, windows.S_LATE].copy()
-        out = np.empty((chan.shape[0], windows.AGG_WIDTH), dtype=np.float64)
-        m = windows.tumbling_update(chan, ts, val, self.window_s, self._win, out)
-        qout = np.empty((chan.shape[0], len(quantiles.WINDOW_FIELDS)), dtype=np.float64)
-        k = quantiles.window_update(chan, ts, val, self.window_s, self._q, qout)
-        rows = _join(out[:m], qout[:k])
-        new_late = self._win[:n, windows.S_LATE] - late_before
+        late_before = self._t.late(n)
+        rows = self._t.update(chan, ts, val)
+        new_late = self._t.late(n) - late_before
         self.rewound = np.empty(0, dtype=np.int64)
         if chan.shape[0] and (new_late.any() or self._behind[:n].any()):
             rows = np.concatenate([rows, self._rewind(chan, ts, val, new_late)])
@@ -75,17 +77,14 @@ class Engine:
         rev = chan[::-1]
         seen, first = np.unique(rev, return_index=True)
         newest = ts[::-1][first]
-        far = newest < self._win[seen, windows.S_START] - self.rewind_margin_s
+        far = newest < self._t.newest_start(seen) - self.rewind_margin_s
         self._behind[seen] = np.where(far, self._behind[seen] + new_late[seen], 0.0)
         due = seen[self._behind[seen] >= REWIND_AFTER]
         self.rewound = due
         if not due.size:
             return np.empty((0, ROW_WIDTH), dtype=np.float64)
         rows = self.flush_channels(due)
-        late = self._win[due, windows.S_LATE]
-        self._win[due] = windows.new_state(due.size)
-        self._win[due, windows.S_LATE] = late
-        self._q[due] = quantiles.new_window_state(due.size)
+        self._t.reset(due)
         self._behind[due] = 0.0
         self.rewinds[due] += 1
         return rows
@@ -94,6 +93,101 @@ class Engine:
         """Close the open windows of channels ``idx`` whatever their end (an idle sensor)."""
         if idx.size == 0:
             return np.empty((0, ROW_WIDTH), dtype=np.float64)
+        return self._t.flush(idx)
+
+    def close_through(self, marks: np.ndarray) -> int:
+        """Treat every window of channel ``c`` starting at or before ``marks[c]`` as closed and sent (NaN:
+        no mark): its open one is dropped without a row, and its readings now count as late. After a
+        crash the restored state can be older than what was already committed. Returns how many
+        open windows were dropped."""
+        n = min(marks.shape[0], self.n_channels)
+        m = marks[:n]
+        has = np.nonzero(~np.isnan(m))[0]
+        return self._t.close_through(has, m[has])
+
+    def keep_channels(self, keep: np.ndarray) -> None:
+        """Keep only channels ``keep`` (ascending), renumbered 0, 1, ... (see :meth:`.Pipeline.forget_idle`)."""
+        self._t.keep(keep)
+        self._behind = keep_rows(self._behind, keep)
+        self.rewinds = keep_rows(self.rewinds, keep)
+        self.n_channels = int(np.count_nonzero(keep < self.n_channels))
+
+    def late_counts(self) -> np.ndarray:
+        """Readings each channel dropped as late (the aggregate table's count; the quantile table drops the same)."""
+        return self._t.late(self.n_channels)
+
+    def open_mask(self) -> np.ndarray:
+        """Which channels have a window open."""
+        return self._t.open_mask(self.n_channels)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The window tables (``win``/``q`` tumbling, ``hop``/``hopq`` hopping), and per channel the late
+        readings in a row toward a rewind (``behind``) and the rewinds so far (``rewinds``)."""
+        n = self.n_channels
+        out = self._t.state(n)
+        out["behind"] = self._behind[:n].copy()
+        out["rewinds"] = self.rewinds[:n].astype(np.float64)  # a checkpoint holds float64 tables
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state`. Without a ``q`` table (older checkpoints) the quantile windows start
+        empty, each channel's open tumbling window counting as closed for them: p50/p95 of a window
+        that saw only part of its readings would be wrong, so that window gets none. Without
+        ``behind``/``rewinds`` (older checkpoints) both start at zero. ValueError for tables of another
+        kind or shape (another window length or hop) than this engine's."""
+        n = self._t.rows_in(state)
+        self.ensure_channels(n)
+        self._t.load_state(state, n)
+        for name, table, kind in (("behind", self._behind, np.float64), ("rewinds", self.rewinds, np.int64)):
+            got = state.get(name)
+            if got is not None and got.ndim == 1:
+                k = min(n, got.shape[0])
+                table[:k] = got[:k].astype(kind)
+
+    def load_counts(self, late: np.ndarray, rewinds: np.ndarray) -> None:
+        """Set the late and rewind counts of the first channels (carried over from an :class:`Engine` of
+        another window length or hop across a restart: counters never go down)."""
+        n = late.shape[0]
+        self.ensure_channels(n)
+        self._t.set_late(late)
+        self.rewinds[:n] = rewinds
+
+    def warm(self) -> None:
+        """Compile (or load from the cache) the window kernels before the daemon reports ready."""
+        probe = Engine(self.window_s, capacity=1, hop_s=self.hop_s)
+        probe.ensure_channels(1)
+        probe.process(np.zeros(2, dtype=np.int64), np.array([0.0, self.window_s]), np.ones(2))
+        probe.flush_channels(np.zeros(1, dtype=np.int64))
+
+
+class _Tumbling:
+    """The tumbling aggregate table (:mod:`.windows`) and its quantile table (:mod:`.quantiles`)."""
+
+    def __init__(self, window_s: float, capacity: int) -> None:
+        self.window_s = window_s
+        self._win = windows.new_state(capacity)
+        self._q = quantiles.new_window_state(capacity)
+
+    @property
+    def capacity(self) -> int:
+        return self._win.shape[0]
+
+    def grow(self, n: int) -> None:
+        self._win = _grown(self._win, n, windows.new_state)
+        self._q = _grown(self._q, n, quantiles.new_window_state)
+
+    def update(self, chan: np.ndarray, ts: np.ndarray, val: np.ndarray) -> np.ndarray:
+        out = np.empty((chan.shape[0], windows.AGG_WIDTH), dtype=np.float64)
+        m = windows.tumbling_update(chan, ts, val, self.window_s, self._win, out)
+        qout = np.empty((chan.shape[0], len(quantiles.WINDOW_FIELDS)), dtype=np.float64)
+        k = quantiles.window_update(chan, ts, val, self.window_s, self._q, qout)
+        return _join(out[:m], qout[:k])
+
+    def newest_start(self, idx: np.ndarray) -> np.ndarray:
+        """The start of each channel's open (or last closed) window; NaN: none yet."""
+        return self._win[idx, windows.S_START]
+
+    def flush(self, idx: np.ndarray) -> np.ndarray:
         sub = self._win[idx]
         out = np.empty((idx.size, windows.AGG_WIDTH), dtype=np.float64)
         m = windows.tumbling_flush(np.inf, self.window_s, sub, out)
@@ -107,57 +201,46 @@ class Engine:
         qrows[:, 0] = idx[qrows[:, 0].astype(np.int64)]
         return _join(rows, qrows)
 
-    def close_through(self, marks: np.ndarray) -> int:
-        """Treat every window of channel ``c`` starting at or before ``marks[c]`` as closed and sent (NaN:
-        no mark): its open one is dropped without a row, and its readings now count as late. After a
-        crash the restored state can be older than what was already committed. Returns how many
-        open windows were dropped."""
-        n = min(marks.shape[0], self.n_channels)
-        m = marks[:n]
-        has = np.nonzero(~np.isnan(m))[0]
+    def reset(self, idx: np.ndarray) -> None:
+        """No window of channels ``idx`` open or closed any more (their late counts kept)."""
+        late = self._win[idx, windows.S_LATE]
+        self._win[idx] = windows.new_state(idx.size)
+        self._win[idx, windows.S_LATE] = late
+        self._q[idx] = quantiles.new_window_state(idx.size)
+
+    def close_through(self, has: np.ndarray, marks: np.ndarray) -> int:
         win = self._win
-        sent = has[(win[has, windows.S_COUNT] > 0) & (win[has, windows.S_START] <= m[has])]
-        self.flush_channels(sent)
-        win[has, windows.S_START] = np.fmax(win[has, windows.S_START], m[has])
-        self._q[has, 0] = np.fmax(self._q[has, 0], m[has])
+        sent = has[(win[has, windows.S_COUNT] > 0) & (win[has, windows.S_START] <= marks)]
+        if sent.size:
+            self.flush(sent)
+        win[has, windows.S_START] = np.fmax(win[has, windows.S_START], marks)
+        self._q[has, 0] = np.fmax(self._q[has, 0], marks)
         return int(sent.size)
 
-    def restart_grid(self) -> np.ndarray:
-        """Close every open window whatever its end and start the tables afresh (the late counts kept):
-        for a window length changed across a restart. Returns the closed windows' rows."""
-        rows = self.flush_channels(np.arange(self.n_channels))
-        late = self._win[:, windows.S_LATE].copy()
-        self._win[:] = windows.new_state(self._win.shape[0])
-        self._win[:, windows.S_LATE] = late
-        self._q[:] = quantiles.new_window_state(self._q.shape[0])
-        self._behind[:] = 0.0
-        return rows
-
-    def keep_channels(self, keep: np.ndarray) -> None:
-        """Keep only channels ``keep`` (ascending), renumbered 0, 1, ... (see :meth:`.Pipeline.forget_idle`)."""
+    def keep(self, keep: np.ndarray) -> None:
         self._win = keep_rows(self._win, keep, windows.new_state)
         self._q = keep_rows(self._q, keep, quantiles.new_window_state)
-        self._behind = keep_rows(self._behind, keep)
-        self.rewinds = keep_rows(self.rewinds, keep)
-        self.n_channels = int(np.count_nonzero(keep < self.n_channels))
 
-    def late_counts(self) -> np.ndarray:
-        """Readings each channel dropped as late (the tumbling table's count; the quantile table drops the same)."""
-        return self._win[: self.n_channels, windows.S_LATE].copy()
+    def late(self, n: int) -> np.ndarray:
+        return self._win[:n, windows.S_LATE].copy()
 
-    def open_mask(self) -> np.ndarray:
-        """Which channels have a window open."""
-        return self._win[: self.n_channels, windows.S_COUNT] > 0
+    def set_late(self, late: np.ndarray) -> None:
+        self._win[: late.shape[0], windows.S_LATE] = late
 
-    def state(self) -> dict[str, np.ndarray]:
-        return {"win": self._win[: self.n_channels].copy(), "q": self._q[: self.n_channels].copy()}
+    def open_mask(self, n: int) -> np.ndarray:
+        return self._win[:n, windows.S_COUNT] > 0
 
-    def load_state(self, state: dict[str, np.ndarray]) -> None:
-        """Restore :meth:`state`. Without a ``q`` table (older checkpoints) the quantile windows start
-        empty, each channel's open tumbling window counting as closed for them: p50/p95 of a window
-        that saw only part of its readings would be wrong, so that window gets none."""
-        n = state["win"].shape[0]
-        self.ensure_channels(n)
+    def state(self, n: int) -> dict[str, np.ndarray]:
+        return {"win": self._win[:n].copy(), "q": self._q[:n].copy()}
+
+    @staticmethod
+    def rows_in(state: dict[str, np.ndarray]) -> int:
+        win = state.get("win")
+        if win is None or win.ndim != 2 or win.shape[1] != windows.STATE_WIDTH:
+            raise ValueError("no tumbling window table")
+        return win.shape[0]
+
+    def load_state(self, state: dict[str, np.ndarray], n: int) -> None:
         self._win[:n] = state["win"]
         q = state.get("q")
         fresh = quantiles.new_window_state(n)
@@ -167,12 +250,117 @@ class Engine:
             fresh[:, 0] = self._win[:n, windows.S_START]
         self._q[:n] = fresh
 
-    def warm(self) -> None:
-        """Compile (or load from the cache) the window kernels before the daemon reports ready."""
-        probe = Engine(self.window_s, capacity=1)
-        probe.ensure_channels(1)
-        probe.process(np.zeros(2, dtype=np.int64), np.array([0.0, self.window_s]), np.ones(2))
-        probe.flush_channels(np.zeros(1, dtype=np.int64))
+
+class _Hopping:
+    """The hopping aggregate table (:func:`.windows.hopping_update`) and its quantile table (:mod:`.hopping`).
+
+    Both keep ``windows.hopping_slots`` windows per channel and the newest time seen or closed in their
+    last column; the aggregate table's late count is in slot 0.
+    """
+
+    def __init__(self, window_s: float, hop_s: float, capacity: int) -> None:
+        self.window_s, self.hop_s = window_s, hop_s
+        self.k = windows.hopping_slots(window_s, hop_s)
+        self._h = self._new_h(capacity)
+        self._q = self._new_q(capacity)
+
+    def _new_h(self, n: int) -> np.ndarray:
+        return windows.new_hopping_state(n, self.window_s, self.hop_s)
+
+    def _new_q(self, n: int) -> np.ndarray:
+        return hopping.new_state(n, self.window_s, self.hop_s)
+
+    @property
+    def capacity(self) -> int:
+        return self._h.shape[0]
+
+    def grow(self, n: int) -> None:
+        self._h = _grown(self._h, n, self._new_h)
+        self._q = _grown(self._q, n, self._new_q)
+
+    def update(self, chan: np.ndarray, ts: np.ndarray, val: np.ndarray) -> np.ndarray:
+        size = chan.shape[0] * self.k
+        out = np.empty((size, windows.AGG_WIDTH), dtype=np.float64)
+        m = windows.hopping_update(chan, ts, val, self.window_s, self.hop_s, self._h, out)
+        qout = np.empty((size, len(quantiles.WINDOW_FIELDS)), dtype=np.float64)
+        k = hopping.window_update(chan, ts, val, self.window_s, self.hop_s, self._q, qout)
+        return _join(out[:m], qout[:k])
+
+    def _starts(self, rows) -> np.ndarray:
+        return rows[:, windows.S_START: self.k * windows.HOP_SLOT: windows.HOP_SLOT]
+
+    def newest_start(self, idx: np.ndarray) -> np.ndarray:
+        """The start of each channel's newest window, open or closed, or of the newest closed by a mark
+        (:meth:`close_through`); NaN: none yet."""
+        h = self._h[idx]
+        starts = np.fmax.reduce(self._starts(h), axis=1)
+        return np.fmax(starts, np.where(np.isfinite(h[:, -1]), h[:, -1] - self.window_s, np.nan))
+
+    def flush(self, idx: np.ndarray) -> np.ndarray:
+        sub = self._h[idx]
+        out = np.empty((idx.size * self.k, windows.AGG_WIDTH), dtype=np.float64)
+        m = windows.hopping_flush(np.inf, self.window_s, sub, out)
+        self._h[idx] = sub
+        qsub = self._q[idx]
+        qout = np.empty((idx.size * self.k, len(quantiles.WINDOW_FIELDS)), dtype=np.float64)
+        k = hopping.window_flush(np.inf, qsub, qout)
+        self._q[idx] = qsub
+        rows, qrows = out[:m], qout[:k]
+        rows[:, 0] = idx[rows[:, 0].astype(np.int64)]
+        qrows[:, 0] = idx[qrows[:, 0].astype(np.int64)]
+        return _join(rows, qrows)
+
+    def reset(self, idx: np.ndarray) -> None:
+        late = self._h[idx, windows.S_LATE]
+        self._h[idx] = self._new_h(idx.size)
+        self._h[idx, windows.S_LATE] = late
+        self._q[idx] = self._new_q(idx.size)
+
+    def close_through(self, has: np.ndarray, marks: np.ndarray) -> int:
+        """Drop the open windows of channels ``has`` starting at or before their mark, and make every such
+        window count as closed: the newest-time column moves to the end of the window starting at the mark."""
+        dropped = 0
+        h, q = self._h, self._q
+        for j in range(self.k):
+            o = j * windows.HOP_SLOT
+            sent = has[(h[has, o + windows.S_COUNT] > 0) & (h[has, o + windows.S_START] <= marks)]
+            h[sent, o + windows.S_COUNT] = 0.0
+            dropped += sent.size
+            o = j * hopping.Q_SLOT
+            sent = has[(q[has, o + hopping.Q_SKETCH] > 0) & (q[has, o + hopping.Q_START] <= marks)]
+            q[sent, o + hopping.Q_SKETCH: o + hopping.Q_SLOT] = 0.0
+        ends = np.array(windows.window_ends(marks, self.window_s, self.hop_s), dtype=np.float64)
+        h[has, -1] = np.fmax(h[has, -1], ends)
+        q[has, -1] = np.fmax(q[has, -1], ends)
+        return int(dropped)
+
+    def keep(self, keep: np.ndarray) -> None:
+        self._h = keep_rows(self._h, keep, self._new_h)
+        self._q = keep_rows(self._q, keep, self._new_q)
+
+    def late(self, n: int) -> np.ndarray:
+        return self._h[:n, windows.S_LATE].copy()
+
+    def set_late(self, late: np.ndarray) -> None:
+        self._h[: late.shape[0], windows.S_LATE] = late
+
+    def open_mask(self, n: int) -> np.ndarray:
+        return (self._h[:n, windows.S_COUNT: self.k * windows.HOP_SLOT: windows.HOP_SLOT] > 0).any(axis=1)
+
+    def state(self, n: int) -> dict[str, np.ndarray]:
+        return {"hop": self._h[:n].copy(), "hopq": self._q[:n].copy()}
+
+    def rows_in(self, state: dict[str, np.ndarray]) -> int:
+        h, q = state.get("hop"), state.get("hopq")
+        if h is None or q is None or h.ndim != 2 or q.ndim != 2 or h.shape[0] != q.shape[0]:
+            raise ValueError("no hopping window tables")
+        if h.shape[1] != self._h.shape[1] or q.shape[1] != self._q.shape[1]:
+            raise ValueError(f"hopping tables of {(h.shape[1] - 1) // windows.HOP_SLOT} slots, not {self.k}")
+        return h.shape[0]
+
+    def load_state(self, state: dict[str, np.ndarray], n: int) -> None:
+        self._h[:n] = state["hop"]
+        self._q[:n] = state["hopq"]
 
 
 def _grown(table: np.ndarray, n: int, new_table) -> np.ndarray:

@@ -45,7 +45,10 @@ def _emit(c, s, out, m):
     out[m, 3] = s[S_MIN]
     out[m, 4] = s[S_MAX]
     out[m, 5] = s[S_MEAN]
-    out[m, 6] = math.sqrt(s[S_M2] / n) if n > 0 else 0.0
+    # M2 overflows to -inf (or NaN) on finite but extreme readings (1e308, -1e308): std NaN, as Numba's
+    # sqrt gives it, where Python's math.sqrt would raise (review 4, M1)
+    v = s[S_M2] / n if n > 0 else 0.0
+    out[m, 6] = math.sqrt(v) if v >= 0.0 else math.nan
     out[m, 7] = s[S_FIRST]
     out[m, 8] = s[S_LAST]
     s[S_COUNT] = 0.0
@@ -133,12 +136,16 @@ def _window_end(start, scale, n):
     return b * n if scale == 1.0 else b * n / scale
 
 
-def window_ends(starts, window_s: float) -> list[float]:
+def window_ends(starts, window_s: float, hop_s: float | None = None) -> list[float]:
     """The ends of the tumbling windows starting at ``starts``: each the next one's start, exactly as the
     kernels place it (``0.2 + 0.1`` is 0.30000000000000004, the boundary 0.3). Plain Python, for messages;
-    the grid is worked out once per call."""
-    scale, n, _ = _grid.py_func(window_s, window_s)
-    return [_window_end.py_func(float(s), scale, n) for s in starts]
+    the grid is worked out once per call. With ``hop_s`` (below ``window_s``): of the hopping windows, each
+    ``start + window_s`` as :func:`hopping_update` places it."""
+    if hop_s is None or hop_s == window_s:
+        scale, n, _ = _grid.py_func(window_s, window_s)
+        return [_window_end.py_func(float(s), scale, n) for s in starts]
+    scale, nw, nh = _grid.py_func(float(window_s), float(hop_s))
+    return [_end.py_func(math.floor(float(s) * scale / nh + 0.5), nh, nw, scale) for s in starts]
 
 
 @kernel
