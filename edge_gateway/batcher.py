@@ -5,6 +5,12 @@ the pipeline calls :meth:`Batcher.drain` once per batch interval and gets
 parallel ``chan``/``ts``/``val`` arrays that one kernel call can consume.
 An infinite value becomes NaN (missing) there, whichever driver let it through:
 the kernels take only finite or NaN readings (see :mod:`.analytics.chain`).
+A reading whose timestamp is not a time in epoch seconds (NaN, infinite, 0 or
+before, from the year 5138 on: :data:`EPOCH_RANGE_S`) is dropped in :meth:`Batcher.add`,
+logged once per sensor and counted per sensor in :attr:`Batcher.bad_time`: the
+window and phase-of-day kernels floor timestamps to integers, which wrap in Numba
+and not in Python beyond about 5e20 s and fail on NaN, so such a stamp would give
+garbage windows and scores, or no two paths alike.
 :class:`FutureFilter` keeps readings stamped far ahead of the gateway's clock
 out of the window kernels.
 """
@@ -38,6 +44,10 @@ class Batch:
         return int(self.chan.shape[0])
 
 
+# the times a reading may be stamped with, in epoch seconds, both ends excluded: up to the year 5138, as
+# drivers.serial_line's LATEST_EPOCH_S (a later stamp is milliseconds read as seconds)
+EPOCH_RANGE_S = (0.0, 1e11)
+_T_LO, _T_HI = EPOCH_RANGE_S
 MAX_CHANNELS_PER_SENSOR = 1024  # a device names its channels (SenML): one must not grow memory without end
 CHANNEL_IDLE_S = 3600.0  # a sensor at the cap gets room by forgetting its channels silent this long
 ROOM_CHECK_S = 60.0  # and looks for them at most this often while it refuses (each time frees: a checkpoint write)
@@ -58,6 +68,7 @@ class Batcher:
         self.max_channels_per_sensor = max_channels_per_sensor
         self._per_sensor: dict[str, int] = {}
         self.refused: dict[str, int] = {}  # readings of channels over the cap, per sensor
+        self.bad_time: dict[str, int] = {}  # readings dropped for a timestamp outside EPOCH_RANGE_S, per sensor
         self._chan: list[int] = []
         self._ts: list[float] = []
         self._val: list[float] = []
@@ -85,6 +96,9 @@ class Batcher:
             self._per_sensor[k.sensor] = self._per_sensor.get(k.sensor, 0) + 1
 
     def add(self, r: Reading) -> None:
+        if not _T_LO < r.ts < _T_HI:  # NaN too
+            self._bad_time(r)
+            return
         idx = self._index.get((r.sensor, r.channel, r.unit))
         if idx is None:
             if self._per_sensor.get(r.sensor, 0) >= self.max_channels_per_sensor:
@@ -98,6 +112,12 @@ class Batcher:
         self._chan.append(idx)
         self._ts.append(r.ts)
         self._val.append(r.value)
+
+    def _bad_time(self, r: Reading) -> None:
+        if r.sensor not in self.bad_time:
+            log.warning("sensor %s: reading of %r stamped %r, not a time in epoch seconds (%g to %g); such "
+                        "readings are dropped and counted as bad_time", r.sensor, r.channel, r.ts, *EPOCH_RANGE_S)
+        self.bad_time[r.sensor] = self.bad_time.get(r.sensor, 0) + 1
 
     def pending(self) -> int:
         return len(self._chan)

@@ -196,6 +196,10 @@ def sensor_notes(st: dict) -> list[str]:
     notes = []
     if st.get("last_error"):
         notes.append(f"last error: {printable(st['last_error'])}")
+    if st.get("bad_time"):
+        n = st["bad_time"]
+        notes.append(f"warning: {n} reading{'s' * (n != 1)} dropped, stamped outside epoch seconds 0 to 1e11 "
+                     "(the sensor's clock not set, or milliseconds)")
     quiet, limit = st.get("no_data_s"), st.get("no_data_after_s")
     if quiet is not None and limit is not None and quiet >= limit:
         since_connect = (st.get("last_reading_ts") or 0) < (st.get("last_connect_ts") or 0)

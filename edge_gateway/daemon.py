@@ -108,6 +108,8 @@ class Gateway:
             out.setdefault(sid, {})["clock_rewinds"] = n
         for sid, n in self.batcher.refused.items():
             out.setdefault(sid, {})["channels_refused"] = n
+        for sid, n in self.batcher.bad_time.items():
+            out.setdefault(sid, {})["bad_time"] = n
         for sid, n in self.channels_forgotten.items():
             out.setdefault(sid, {})["channels_forgotten"] = n
         return out
@@ -134,7 +136,7 @@ class Gateway:
             c = self.telemetry.cached
             doc.update({k: c[k] for k in ("uptime_s", "counts", "published", "queue", "link") if k in c})
             doc["sensors"] = {sid: {k: v[k] for k in ("rate_per_s", "readings", "malformed", "link_errors",
-                                                      "late", "future") if k in v}
+                                                      "late", "future", "bad_time") if k in v}
                               for sid, v in c.get("sensors", {}).items()}
         return msgpack.packb(doc)
 

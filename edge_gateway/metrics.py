@@ -339,7 +339,7 @@ def _collector(get_status: Callable[[], dict]):
                 readings.add_metric([gw, sid], float(st.get("readings", 0)))
                 errors.add_metric([gw, sid, "malformed"], float(st.get("malformed", 0)))
                 errors.add_metric([gw, sid, "link"], float(st.get("link_errors", 0)))
-                for kind in ("late", "future"):
+                for kind in ("late", "future", "bad_time"):
                     if kind in st:
                         errors.add_metric([gw, sid, kind], float(st[kind]))
                 for kind in ("despiked", "deadband_held"):
