@@ -86,7 +86,8 @@ class LineOptions:
     reading's time, used instead of the time the line arrived (with csv, one of the ``columns``); a line
     without it, or where it is not a number, is dropped whole and counted as malformed. ``timestamp_unit``:
     ``s`` (epoch seconds) or ``ms`` (epoch milliseconds, 13 digits); a time past the year 5000 (milliseconds
-    read as seconds) drops the line, counted as malformed and shown as the sensor's last error.
+    read as seconds), or at or before 1970 (a clock not set), drops the line, counted as malformed and shown
+    as the sensor's last error.
     ``units``: the unit of each channel, by channel name (e.g. ``pm25: ug/m3``); a channel not listed has
     none. ``max_line``: bytes a line may have, not counting its end (CR, LF or CRLF); a longer one is
     dropped whole and counted as malformed.
@@ -271,6 +272,10 @@ class LineDecoder:
         if value is None:
             return None
         ts = value / _PER_SECOND[self.timestamp_unit]
+        if ts <= 0.0:
+            self.problem = (f"{self.timestamp_field} {value:g} is not a time in {self.timestamp_unit} (at or before "
+                            "1970): the sensor's clock is not set")
+            return None
         if ts >= LATEST_EPOCH_S:
             hint = ": milliseconds? set timestamp_unit: ms" if self.timestamp_unit == "s" else ""
             shown = str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)

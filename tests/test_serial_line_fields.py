@@ -183,6 +183,16 @@ def test_the_driver_shows_a_refused_time_as_its_last_error():
     assert (drv.stats.readings, drv.stats.malformed, drv.stats.last_error_ts) == (2, 2, TS)
 
 
+def test_a_time_at_or_before_1970_is_refused_as_a_clock_not_set():
+    out = []
+    drv = SerialLineDriver("air-1", LineOptions(port="/dev/null", timestamp_field="ts"), out.append, clock=lambda: TS)
+    drv.on_open()
+    drv.on_bytes(b"ts=0,pm25=3\nts=-5,pm25=4\nts=1700000000,pm25=5\n", TS)
+    assert [(r.value, r.ts) for r in out] == [(5.0, 1700000000.0)]
+    assert drv.stats.malformed == 2
+    assert drv.stats.last_error == "ts -5 is not a time in s (at or before 1970): the sensor's clock is not set"
+
+
 # ---- config mistakes refused at load, where they are
 
 BASE = "gateway:\n  id: gw-1\nsensors:\n  - id: air-1\n    driver: serial_line\n    options:\n      port: /dev/ttyUSB0\n"
