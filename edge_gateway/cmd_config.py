@@ -285,6 +285,11 @@ def set_value(args) -> int:
         return 1
     was = "" if old is None else f" (was {old!s})"
     print(f"{path}: {args.key} = {value!s}{was}")
+    from .reload import RESTART_FIELDS, RESTART_HOW
+
+    if any(args.key == f or args.key.startswith(f + ".") for f in RESTART_FIELDS) and old != value:
+        print(f"note: {args.key} takes effect only when the gateway restarts: {RESTART_HOW}; until then "
+              "`edge-gateway reload` refuses the whole file", file=sys.stderr)
     if isinstance(old, str) and "${" in old:
         print(f"note: this replaced the environment reference {old}", file=sys.stderr)
     return 0

@@ -105,6 +105,10 @@ def render(s: dict, now: float | None = None) -> None:
     c = s.get("counts", {})
     print(f"produced  {c.get('readings', 0)} readings, {c.get('aggregates', 0)} aggregates, "
           f"{c.get('events', 0)} events; {published_text(s.get('published') or {})}")
+    win = s.get("windows")
+    if win:
+        every = "tumbling" if win.get("hop_s") is None else f"hopping, one every {win['hop_s']:g} s"
+        print(f"windows   {win['seconds']:g} s, {every} (grace {win['grace_s']:g} s)")
     clk = s.get("clock") or {}
     if clk.get("steps"):
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clk["last_step_at"])) if clk.get("last_step_at") else "?"

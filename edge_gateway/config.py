@@ -291,30 +291,49 @@ class DetectorOverride:
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        problems = []
         if self.threshold is not None and not _in_score_range(self.threshold):
-            raise ValueError(f"threshold: {_THRESHOLD_RANGE}")
+            problems.append(f"threshold: {_THRESHOLD_RANGE}")
         if self.params:
             from .analytics.settings import DetectorSettings  # no Numba: its cache is not placed yet
 
-            try:
-                settings = DetectorSettings().with_overrides(self.overrides())
-            except ValueError as exc:
-                raise ValueError(f"params: {exc}") from None
-            if "event_threshold" in self.params and not _in_score_range(settings.event_threshold):
-                # the same setting as ``threshold``: above 1 no event could ever open, near 0 noise opens them
-                raise ValueError(f"params: event_threshold: {_THRESHOLD_RANGE}")
+            # each key alone first, so that every mistake of the map is reported, not only the first
+            base = DetectorSettings()
+            for k, v in self.params.items():
+                try:
+                    settings = base.with_overrides(self._override(k, v))
+                except ValueError as exc:
+                    problems.append(f"params: {exc}")
+                    continue
+                if k == "event_threshold" and not _in_score_range(settings.event_threshold):
+                    # the same setting as ``threshold``: above 1 no event could ever open, near 0 noise opens them
+                    problems.append(f"params: event_threshold: {_THRESHOLD_RANGE}")
+            if not problems:
+                try:
+                    base.with_overrides(self.overrides())
+                except ValueError as exc:
+                    problems.append(f"params: {exc}")
+        if len(problems) == 1:
+            raise ValueError(problems[0])
+        if problems:
+            raise Problems(problems)
 
     def overrides(self) -> dict[str, str]:
         """``params`` as the ``key=value`` strings ``DetectorSettings.with_overrides`` takes."""
         out = {}
         for k, v in self.params.items():
-            items = v if isinstance(v, (list, tuple)) else (v,)
-            if not items or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
-                raise ValueError(f"{k}: expected a number or a list of numbers, got {v!r}")
-            if not all(math.isfinite(x) or (x == x and k in _UNBOUNDED) for x in items):
-                raise ValueError(f"{k}: expected finite numbers, got {v!r}")
-            out[k] = ",".join(repr(float(x)) for x in items)
+            out.update(self._override(k, v))
         return out
+
+    @staticmethod
+    def _override(k: str, v: Any) -> dict[str, str]:
+        items = v if isinstance(v, (list, tuple)) else (v,)
+        if not items or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
+            raise ValueError(f"{k}: expected a number or a list of numbers, got {v!r}")
+        if not all(math.isfinite(x) or (x == x and k in _UNBOUNDED) for x in items):
+            what = "finite numbers" if isinstance(v, (list, tuple)) else "a finite number"
+            raise ValueError(f"{k}: expected {what}, got {v!r}")
+        return {k: ",".join(repr(float(x)) for x in items)}
 
 
 _THRESHOLD_RANGE = "the combined score is in [0, 1]; give a value in (0, 1]"

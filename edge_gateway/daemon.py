@@ -400,6 +400,8 @@ class Gateway:
             "gateway": self.cfg.gateway.id,
             "uptime_s": round(self.clockwatch.steady() - self.started_steady, 1),
             "clock": self.clockwatch.status(),
+            "windows": {"seconds": self.cfg.windows.seconds, "hop_s": self.cfg.windows.hop_s,
+                        "grace_s": self.cfg.windows.grace_s},
             "counts": dict(self.counts),
             "published": dict(fw.stats.acked_by_kind) if fw else {},
             "queue_depth": self.queue.depth,

@@ -214,7 +214,7 @@ class Telemetry:
                 **{k: v for k, v in vars(st).items() if k not in _NOT_SHOWN},
                 "driver": getattr(d, "name", type(d).__name__),
                 "rate_per_s": round(self.rates.rate(d.sensor_id, now, st.readings, started), 3),
-                "readings": st.readings, "malformed": st.malformed, "link_errors": st.link_errors,
+                "readings": st.readings, "malformed": st.malformed, "link_errors": st.link_errors, "bad_time": 0,
                 "connects": st.connects, "last_error": st.last_error,
                 "last_reading_age_s": round(now - st.last_reading_ts, 1) if st.last_reading_ts else None,
                 "last_values": values,

@@ -113,6 +113,17 @@ def test_set_keeps_comments_and_layout_and_changes_one_line(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gw.yaml.")], "no temporary file left"
 
 
+def test_set_says_when_a_key_needs_a_restart(tmp_path):
+    """windows.hop_s and the other restart-only keys: a reload refuses the whole file until a restart."""
+    cfg = setup(tmp_path)
+    r = cli("config", "set", cfg, "windows.hop_s", "5")
+    assert r.returncode == 0 and r.stderr == (
+        "note: windows.hop_s takes effect only when the gateway restarts: restart the service (systemctl restart "
+        "edge-gateway); until then `edge-gateway reload` refuses the whole file\n")
+    r = cli("config", "set", cfg, "log_level", "debug")  # applied by a reload
+    assert r.returncode == 0 and r.stderr == ""
+
+
 def test_set_refuses_an_invalid_result_and_leaves_the_file_alone(tmp_path):
     cfg = setup(tmp_path)
     before = cfg.read_bytes()

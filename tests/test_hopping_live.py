@@ -443,3 +443,10 @@ def test_the_hopping_quantile_kernel_and_its_pure_twin_agree_with_the_window_con
     assert [tuple(r) for r in outs[0].tolist()] == want
     assert eng.late_counts().tolist() == [float(naive.late.get(c, 0)) for c in range(3)]
     assert REWIND_AFTER == 3
+
+
+def test_the_daemons_status_says_which_windows_it_runs(tmp_path):
+    from edge_gateway.daemon import Gateway
+
+    conf = config.loads(f"gateway: {{id: gw, state_dir: {tmp_path}}}\nwindows: {{seconds: 10, hop_s: 5}}\n")
+    assert Gateway(conf).snapshot()["windows"] == {"seconds": 10.0, "hop_s": 5.0, "grace_s": 2.0}

@@ -301,3 +301,13 @@ async def test_a_lost_broker_is_dated_and_said_plainly(tmp_path, caplog):
     finally:
         await link.stop()
         broker.close()
+
+
+def test_the_window_settings_running_are_shown(capsys):
+    """hop_s needs a restart: a technician must see what the daemon runs, not what the file says."""
+    base = {"gateway": "gw", "pid": 7, "uptime_s": 3, "link": "up", "inflight": 0, "queue": {"depth": 0},
+            "sensors": {}}
+    render(dict(base, windows={"seconds": 10.0, "hop_s": 2.5, "grace_s": 2.0}), now=T0)
+    render(dict(base, windows={"seconds": 60.0, "hop_s": None, "grace_s": 2.0}), now=T0)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("windows")]
+    assert lines == ["windows   10 s, hopping, one every 2.5 s (grace 2 s)", "windows   60 s, tumbling (grace 2 s)"]

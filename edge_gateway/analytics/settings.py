@@ -167,17 +167,19 @@ class DetectorSettings:
             raise ValueError(f"nov_season_bins: must be in [1, {NOV_MAX_BINS}]")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            for x in (v if isinstance(v, tuple) else (v,)):
+            labels = DETECTOR_NAMES if f.name == "weights" else NOV_FEATURES
+            for i, x in enumerate(v if isinstance(v, tuple) else (v,)):
                 x = float(x)
+                which = f"; the {labels[i]} entry is {x:g}" if isinstance(v, tuple) else ""  # which entry of a list
                 if math.isnan(x) or (math.isinf(x) and f.name not in _INF_OK):
                     # inf would overflow a warm-up count or divide into NaN; range limits may be +-inf: no limit
                     raise ValueError(f"{f.name}: " + ("must be a number, not NaN" if f.name in _INF_OK
-                                                       else "must be a finite number"))
+                                                       else "must be a finite number") + which)
                 if f.name in _UNBOUNDED:
                     continue
                 problem = _out_of_domain(f.name, x)
                 if problem:
-                    raise ValueError(f"{f.name}: {problem}")
+                    raise ValueError(f"{f.name}: {problem}{which}")
 
     def only(self, name: str) -> "DetectorSettings":
         """The same settings with one detector weighted 1 and the rest 0 ("ensemble": unchanged)."""
