@@ -140,12 +140,26 @@ def _config_settings(path: Path, sensor: str | None):
     except config.ConfigError as exc:
         raise ValueError(str(exc)) from None
     if not sensor:
+        _say_settings(path, ["the detector section"], detector_settings(cfg.detector))
         return detector_settings(cfg.detector)
-    sid, _, channel = sensor.partition("/")
+    sid, slash, channel = sensor.partition("/")
     ids = [s.id for s in cfg.sensors]
     if sid not in ids:
         raise ValueError(f"{path}: no sensor {sid!r}; sensors: {', '.join(ids) or 'none'}")
-    return detector_settings(cfg.detector, sid, channel)
+    if slash and not channel:
+        raise ValueError(f"--sensor {sensor!r}: the channel after '/' is empty (give ID or ID/CHANNEL)")
+    used = ["the detector section"] + [f"detector.sensors.{key}" for key in (sid, f"{sid}/{channel}")
+                                       if key in cfg.detector.sensors]
+    settings = detector_settings(cfg.detector, sid, channel)
+    _say_settings(path, used, settings)
+    return settings
+
+
+def _say_settings(path: Path, used: list[str], settings) -> None:
+    """One line on stderr: which entries of the config the scores come from (a channel without an entry of
+    its own silently takes its sensor's, or the section's)."""
+    print(f"settings: {path}: {', then '.join(used)} (event threshold {settings.event_threshold:g})",
+          file=sys.stderr)
 
 
 def _detector_of(key: str) -> str | None:

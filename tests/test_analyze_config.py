@@ -100,6 +100,7 @@ def test_evaluate_takes_the_config_too(tmp_path, capsys, files):
     (["--sensor", "noise-1"], "--sensor needs --config FILE"),
     (["--config", "CFG", "--sensor", "nope"], "CFG: no sensor 'nope'; sensors: noise-1, air-1"),
     (["--config", "MISSING"], "cannot read"),
+    (["--config", "CFG", "--sensor", "noise-1/"], "--sensor 'noise-1/': the channel after '/' is empty"),
 ])
 def test_bad_config_or_sensor_is_one_line_exit_2(tmp_path, capsys, files, extra, message):
     cfg, src = files
@@ -124,3 +125,18 @@ def test_help_documents_config_and_sensor(capsys):
         main(["analyze", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "--config FILE" in out and "--sensor ID[/CHANNEL]" in out and "as the live gateway builds" in out
+
+
+@pytest.mark.parametrize("sensor, used", [
+    (None, "the detector section (event threshold 0.4)"),
+    ("noise-1/db", "the detector section, then detector.sensors.noise-1, then detector.sensors.noise-1/db "
+                   "(event threshold 0.3)"),
+    ("noise-1/other", "the detector section, then detector.sensors.noise-1 (event threshold 0.4)"),
+    ("air-1", "the detector section (event threshold 0.4)"),
+])
+def test_it_says_which_entries_of_the_config_it_scored_with(tmp_path, capsys, files, sensor, used):
+    """A channel without an entry of its own takes its sensor's, or the section's: said, not silent."""
+    cfg, src = files
+    argv = ["analyze", src, "--out-dir", tmp_path / "out", "--config", cfg] + (["--sensor", sensor] if sensor else [])
+    rc, _, err = run(capsys, *argv)
+    assert rc == 0 and err.splitlines()[0] == f"settings: {cfg}: {used}"
