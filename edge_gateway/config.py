@@ -179,6 +179,11 @@ def warnings_of(cfg: "GatewayConfig") -> list[tuple[str, str]]:
     if cfg.broker.protocol == "3.1.1":
         out.append(("broker.protocol", "MQTT 3.1.1 cannot report a refused message: the broker acknowledges it "
                     "(ACL deny, size limit) and it is lost without a trace; use \"5\" unless the broker lacks it"))
+    hop, seconds = cfg.windows.hop_s, cfg.windows.seconds
+    if hop is not None and hop < seconds and abs(seconds / hop - round(seconds / hop)) > 1e-9:
+        out.append(("windows.hop_s", f"{hop:g} does not divide seconds ({seconds:g}): in a long broker outage the "
+                    "queue cannot thin these windows to ones that tile time, so it drops the oldest instead of "
+                    "rolling them up (docs/uplink.md)"))
     if not cfg.sensors:
         out.append(("sensors", NO_SENSORS))
     return out
@@ -271,7 +276,7 @@ class WindowSection:
             raise ValueError("future_tolerance_s: must be positive")
         if self.hop_s is not None:
             if not self.hop_s > 0:
-                raise ValueError("hop_s: must be positive")
+                raise ValueError("hop_s: must be positive (leave it out, or set it to seconds, for tumbling windows)")
             if self.hop_s > self.seconds:
                 raise ValueError(f"hop_s: must be at most seconds ({self.seconds:g}): windows would leave gaps")
             if self.seconds / self.hop_s > MAX_HOP_OVERLAP * (1 + 1e-9):  # 21 / 0.35 is 60.00000000000001

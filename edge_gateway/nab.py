@@ -180,12 +180,25 @@ def load_windows(path: str | Path) -> dict[str, list[tuple[float, float]]]:
     Raises :class:`LabelError` for a window that ends before it starts (it could hold no row).
     """
     raw = json.loads(Path(path).read_text())
-    out = {}
+    out, problems = {}, []
     for k, v in raw.items():
-        out[k] = [tuple(to_epoch([a, b])) for a, b in v]
-        for i, ((a, b), (ta, tb)) in enumerate(zip(v, out[k])):
+        out[k] = []
+        for i, pair in enumerate(v):
+            where = f"{k}: window {i + 1}"
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                problems.append(f"{where}: expected [start, end], got {pair!r}")
+                continue
+            a, b = pair
+            try:
+                ta, tb = to_epoch([a, b])
+            except (ValueError, TypeError):
+                problems.append(f"{where} [{a}, {b}]: not two times (write 2014-04-01 00:00:00)")
+                continue
             if tb < ta:
-                raise LabelError(f"{k}: window {i + 1} [{a}, {b}] ends before it starts")
+                problems.append(f"{where} [{a}, {b}] ends before it starts (start and end swapped?)")
+            out[k].append((float(ta), float(tb)))
+    if problems:
+        raise LabelError("\n".join(problems))
     return out
 
 

@@ -384,8 +384,8 @@ def _load_json(load, path: Path | None, what: str):
 
     try:
         return load(path)
-    except nab.LabelError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except nab.LabelError as exc:  # one mistake a line, each naming the file
+        raise ValueError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -53,7 +53,23 @@ def test_reversed_window_is_refused_naming_file_and_window(tmp_path, capsys, cor
     rc, out, err = run(capsys, "evaluate", corpus, w)
     assert (rc, out) == (2, "")
     assert err == (f"edge-gateway evaluate: {w}: cat/f1.csv: window 2 [{iso(700)}, {iso(690)}] "
-                   "ends before it starts\n")
+                   "ends before it starts (start and end swapped?)\n")
+
+
+def test_every_bad_window_is_named_at_once(tmp_path, capsys, corpus):
+    """A walkthrough found the first reversed window only, and a bad date as a bare numpy ValueError."""
+    w = windows(tmp_path, {"cat/f1.csv": [[iso(700), iso(690)], ["yesterday", "today"], [iso(800), iso(790)]],
+                           "cat/f2.csv": [[iso(5)]]})
+    rc, out, err = run(capsys, "evaluate", corpus, w)
+    assert (rc, out) == (2, "")
+    assert err.splitlines() == [
+        f"edge-gateway evaluate: {w}: cat/f1.csv: window 1 [{iso(700)}, {iso(690)}] ends before it starts "
+        "(start and end swapped?)",
+        f"edge-gateway evaluate: {w}: cat/f1.csv: window 2 [yesterday, today]: not two times "
+        "(write 2014-04-01 00:00:00)",
+        f"edge-gateway evaluate: {w}: cat/f1.csv: window 3 [{iso(800)}, {iso(790)}] ends before it starts "
+        "(start and end swapped?)",
+        f"edge-gateway evaluate: {w}: cat/f2.csv: window 1: expected [start, end], got ['{iso(5)}']"]
 
 
 @pytest.mark.parametrize("window, why", [

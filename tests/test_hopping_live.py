@@ -59,8 +59,8 @@ def test_hopping_aggregates_say_their_hop_and_tumbling_ones_do_not():
 
 
 @pytest.mark.parametrize("hop,why", [
-    ("0", "must be positive"),
-    ("-2", "must be positive"),
+    ("0", "must be positive (leave it out, or set it to seconds, for tumbling windows)"),
+    ("-2", "must be positive (leave it out, or set it to seconds, for tumbling windows)"),
     ("12", "must be at most seconds (10): windows would leave gaps"),
     ("0.1", "must be at least seconds / 60 (0.166667): at most 60 windows may overlap"),
     ("'2'", "expected a number, got a string '2'"),
@@ -70,6 +70,17 @@ def test_a_bad_hop_s_is_an_error_at_its_line(hop, why):
     with pytest.raises(config.ConfigError) as exc:
         config.loads(f"gateway: {{id: g}}\nwindows:\n  seconds: 10\n  hop_s: {hop}\n", "site.yaml")
     assert str(exc.value) == f"site.yaml:4:10: windows.hop_s: {why}"
+
+
+def test_a_hop_that_does_not_divide_seconds_is_a_warning():
+    """Its windows have no subset that tiles time, so the queue cannot roll them up in an outage."""
+    def warned(seconds, hop):
+        return [text for key, text in config.warnings_of(cfg(seconds, hop)) if key == "windows.hop_s"]
+
+    assert warned(10, 3) == ["3 does not divide seconds (10): in a long broker outage the queue cannot thin these "
+                             "windows to ones that tile time, so it drops the oldest instead of rolling them up "
+                             "(docs/uplink.md)"]
+    assert warned(10, 2.5) == warned(10, 10) == warned(0.3, 0.1) == warned(21, 0.35) == []
 
 
 def test_changing_hop_s_needs_a_restart():
