@@ -270,8 +270,7 @@ def set_value(args) -> int:
         print(f"edge-gateway: refused, {args.key} cannot be written so that it reads back as {value!r} "
               "(file unchanged)", file=sys.stderr)
         return 2
-    if parts == ["gateway", "id"]:
-        _warn_state_dir_taken(new_cfg)
+    warned = parts == ["gateway", "id"] and _warn_state_dir_taken(new_cfg)
     if rewritten:
         print(f"note: {args.key} could not be changed in place (an anchor, alias or tag?), so the whole file "
               "was re-written: its layout may differ, check with diff", file=sys.stderr)
@@ -287,7 +286,7 @@ def set_value(args) -> int:
     print(f"{path}: {args.key} = {value!s}{was}")
     from .reload import RESTART_FIELDS, RESTART_HOW
 
-    if any(args.key == f or args.key.startswith(f + ".") for f in RESTART_FIELDS) and old != value:
+    if any(args.key == f or args.key.startswith(f + ".") for f in RESTART_FIELDS) and old != value and not warned:
         print(f"note: {args.key} takes effect only when the gateway restarts: {RESTART_HOW}; until then "
               "`edge-gateway reload` refuses the whole file", file=sys.stderr)
     if isinstance(old, str) and "${" in old:
@@ -306,9 +305,10 @@ def _diff(old: str, new: str, name: str) -> str:
     return "".join(out)
 
 
-def _warn_state_dir_taken(cfg) -> None:
+def _warn_state_dir_taken(cfg) -> bool:
     """A warning (the file is still written) when ``cfg``'s state directory holds another gateway's queue:
-    with the new ``gateway.id`` the gateway would not start there (exit 2, which systemd does not restart)."""
+    with the new ``gateway.id`` the gateway would not start there (exit 2, which systemd does not restart).
+    True if it warned (its advice says how to restart)."""
     import sqlite3
 
     from .queue import read_owner
@@ -317,11 +317,12 @@ def _warn_state_dir_taken(cfg) -> None:
     try:
         found = read_owner(cfg.queue_path)
     except (sqlite3.Error, OSError):
-        return  # unreadable here: `edge-gateway doctor` says so
+        return False  # unreadable here: `edge-gateway doctor` says so
     if found is None or found[0] is None or found[0] == cfg.gateway.id:
-        return
+        return False
     print(f"edge-gateway: warning: {state_dir_taken(cfg.state_dir, found[0], cfg.gateway.id)}: "
           f"{new_id_advice(cfg.state_dir, found[0])}; or set gateway.id back to {found[0]!r}", file=sys.stderr)
+    return True
 
 
 def _new_value(raw: str, old, force_string: bool):

@@ -171,6 +171,8 @@ def test_cli_set_fills_an_empty_section_keeping_its_comment(tmp_path):
     cfg = tmp_path / "gw.yaml"
     cfg.write_text(BARE + "metrics:\n  # prometheus_port: 9100\n")
     r = cli("config", "set", cfg, "metrics.prometheus_port", "9100")
-    assert (r.returncode, r.stdout, r.stderr) == (0, f"{cfg}: metrics.prometheus_port = 9100\n", "")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{cfg}: metrics.prometheus_port = 9100\n", (
+        "note: metrics.prometheus_port takes effect only when the gateway restarts: restart the service "
+        "(systemctl restart edge-gateway); until then `edge-gateway reload` refuses the whole file\n"))
     assert cfg.read_text() == BARE + "metrics:\n  prometheus_port: 9100\n  # prometheus_port: 9100\n"
     assert config.load(cfg).metrics == MetricsSection(prometheus_port=9100)

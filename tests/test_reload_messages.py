@@ -113,11 +113,15 @@ async def test_doctor_fails_a_gateway_id_that_is_not_the_state_dirs_with_the_sam
                                                 "2 unsent messages", "fix": ""}
 
 
+RESTART_NOTE = ("note: gateway.id takes effect only when the gateway restarts: restart the service (systemctl restart "
+                "edge-gateway); until then `edge-gateway reload` refuses the whole file\n")
+
+
 async def test_config_set_gateway_id_warns_when_the_state_dir_is_another_gateways_and_still_writes(tmp_path):
     state = tmp_path / "state"
     cfg = write_config(tmp_path, gw_id="demo-01")
     r = cli("config", "set", cfg, "gateway.id", "cab-9")
-    assert (r.returncode, r.stderr) == (0, "")  # no queue yet: nothing to warn about
+    assert (r.returncode, r.stderr) == (0, RESTART_NOTE)  # no queue yet: only that a restart applies it
     cli("config", "set", cfg, "gateway.id", "demo-01")
     await _queue_of(state, "demo-01", 1)
     r = cli("config", "set", cfg, "gateway.id", "cabinet-air-01")
@@ -130,7 +134,7 @@ async def test_config_set_gateway_id_warns_when_the_state_dir_is_another_gateway
         "back to 'demo-01'\n")
     assert config.load(cfg).gateway.id == "cabinet-air-01"  # written all the same
     r = cli("config", "set", cfg, "gateway.id", "demo-01")  # back to the queue's own id: no warning
-    assert (r.returncode, r.stderr) == (0, "")
+    assert (r.returncode, r.stderr) == (0, RESTART_NOTE)
 
 
 async def test_doctor_names_the_coap_url_it_requested_when_the_uri_has_a_path():
