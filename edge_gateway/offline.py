@@ -333,10 +333,11 @@ def cmd_analyze(args) -> int:
             print(f"edge-gateway analyze: cannot write {exc.filename or dst}: {exc.strerror or exc}",
                   file=sys.stderr)
             return 1
-        summary.append(_summary(src, stamps, val, score, learn, settings.event_threshold))
-    for line, warning in summary:
+        summary.append(_summary(src, stamps, val, score, learn, settings.event_threshold)
+                       + (_backwards(src, stamps, ts),))
+    for line, *warnings in summary:
         print(line)
-        if warning:
+        for warning in filter(None, warnings):
             print(f"edge-gateway analyze: warning: {warning}", file=sys.stderr)
     print(f"analyzed {len(jobs)} file(s) into {args.out_dir}")
     return 0
@@ -357,6 +358,18 @@ def _summary(src: Path, stamps: list[str], val: np.ndarray, score: np.ndarray, l
     if n < learn:
         warning = (f"{src}: only {n} rows: the detectors learn for {learn} before they score; record longer")
     return line, warning
+
+
+def _backwards(src: Path, stamps: list[str], ts: np.ndarray) -> str | None:
+    """A warning for rows stamped before the row above: scored here in file order, but the live gateway
+    would count a reading older than a window it already sent as late and leave it out of the aggregates."""
+    back = np.flatnonzero(np.diff(ts) < 0.0) + 1
+    if not back.size:
+        return None
+    first = int(back[0])
+    return (f"{src}: {back.size} row(s) stamped before the row above them, the first at line {first + 2} "
+            f"({stamps[first]} after {stamps[first - 1]}): scored in file order; the live gateway leaves such a "
+            "reading out of its aggregates when its window was already sent (sort the file by time?)")
 
 
 def corpus_scores(settings, data_dir: Path, keys: list[str],
