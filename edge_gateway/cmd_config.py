@@ -4,7 +4,8 @@
 * ``show FILE``: the effective config (``${ENV}`` expanded, defaults filled,
   paths resolved, ``queue.path`` too) as YAML, or ``--json``. An unset
   ``detector.threshold`` shows the detectors' event threshold it stands for,
-  marked ``# default`` (``get`` prints the bare value and says so on stderr). Secrets are masked: values of keys
+  marked ``# default`` (``get`` prints the bare value, and says on stderr when a value is not written in the
+  file but the code's default). Secrets are masked: values of keys
   named like password/secret/token/psk are printed as ``********``, and for
   secret files (``broker.secrets_file``, ``*key_file``) only the path is shown,
   never the file's contents (this command never opens them).
@@ -193,9 +194,21 @@ def get(args) -> int:
         print("true" if value else "false")
     else:
         print("" if value is None else str(value))  # the bare value: scripts read it
-        if tuple(parts) in filled(cfg):
+        if tuple(parts) in filled(cfg) or not _in_file(args.file, parts):
             print(f"note: {args.key} is not set in the file; this is its default", file=sys.stderr)
     return 0
+
+
+def _in_file(path, parts) -> bool:
+    """Whether the key path is written in the file itself (a value ``get`` shows may be the code's default)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        lookup(raw, parts)
+    except (KeyError, TypeError, ValueError, OSError, yaml.YAMLError):
+        return False
+    return True
 
 
 # --- set --------------------------------------------------------------------------------------

@@ -161,6 +161,20 @@ def test_a_mapping_where_a_number_belongs_is_still_refused_with_the_mapping_name
                         "gateway.batch_interval_s: expected a single value, got a mapping\n")
 
 
+def test_get_says_when_any_value_is_the_default_not_the_files(tmp_path):
+    """A walkthrough found the note for detector.threshold only: broker.keepalive_s, queue.max_bytes and a
+    sensor's unset option printed their defaults as if the file held them."""
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text("gateway: {id: gw}\nsensors:\n  - {id: a, driver: serial_line, options: {port: /dev/null}}\n"
+                   "windows: {seconds: 10}\n")
+    for key, value, default in (("windows.seconds", "10.0", False), ("windows.grace_s", "2.0", True),
+                                ("broker.keepalive_s", "30", True), ("sensors.a.options.port", "/dev/null", False),
+                                ("sensors[0].options.baudrate", "9600", True)):
+        r = cli("config", "get", cfg, key, timeout=30)
+        assert (r.returncode, r.stdout) == (0, value + "\n"), key
+        assert r.stderr == (f"note: {key} is not set in the file; this is its default\n" if default else ""), key
+
+
 def test_unset_detector_threshold_shows_its_default_and_says_so(tmp_path):
     cfg = _config(tmp_path)
     default = DetectorSettings().event_threshold
