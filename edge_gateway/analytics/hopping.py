@@ -2,7 +2,7 @@
 
 The engine runs this table beside the hopping aggregate table on the same readings and joins their
 rows on ``(channel, start)``, as it joins :func:`.quantiles.window_update` to the tumbling table. So
-the slot bookkeeping here copies :func:`.windows.hopping_update` line for line: window ``b`` spans
+the slot bookkeeping here follows :func:`.windows.hopping_update` (the same ``windows._hop_range``): window ``b`` spans
 ``[b * hop, b * hop + window)`` on the decimal grid of :func:`.windows._grid`, lives in slot
 ``b % k``, closes when a reading at or past its end arrives (event time), and a reading whose window
 was already closed is dropped for that window. Each slot holds one constant-size sketch of
@@ -12,8 +12,6 @@ own: every boundary comes from the helpers of :mod:`.windows`.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -28,6 +26,7 @@ Q_SLOT = 2 + _q.SKETCH_WIDTH
 _grid = _windows._grid
 _edge = _windows._edge
 _end = _windows._end
+_hop_range = _windows._hop_range
 _add = _q._add
 _value = _q._value
 _P50 = _q.P50
@@ -86,16 +85,7 @@ def window_update(chan, ts, val, window_s, hop_s, state, out):
         m = _close_due(c, row, t, out, m)
         newest = max(row[-1], t)
         row[-1] = newest
-        first = math.floor((t - window_s) / hop_s) + 1
-        if _end(first, nh, nw, scale) <= t:
-            first += 1
-        elif _end(first - 1, nh, nw, scale) > t:
-            first -= 1
-        last = math.floor(t / hop_s)
-        if _edge(last, nh, scale) > t:
-            last -= 1
-        elif _edge(last + 1, nh, scale) <= t:
-            last += 1
+        first, last = _hop_range(t, window_s, hop_s, scale, nw, nh)
         for b in range(first, last + 1):
             end = _end(b, nh, nw, scale)
             if end <= newest:

@@ -116,6 +116,23 @@ def _end(b, n, length, scale):
 
 
 @kernel
+def _hop_range(t, window_s, hop_s, scale, nw, nh):
+    """``(first, last)``: the hopping windows ``b`` holding ``t`` (``start <= t < end``), on the grid of
+    :func:`_grid`. The floor divisions only guess; rounding can make each one off either way."""
+    first = math.floor((t - window_s) / hop_s) + 1
+    if _end(first, nh, nw, scale) <= t:
+        first += 1
+    elif _end(first - 1, nh, nw, scale) > t:
+        first -= 1
+    last = math.floor(t / hop_s)
+    if _edge(last, nh, scale) > t:
+        last -= 1
+    elif _edge(last + 1, nh, scale) <= t:
+        last += 1
+    return first, last
+
+
+@kernel
 def _window_start(t, window_s, scale, n):
     """Start of the tumbling window holding ``t``: the last boundary (:func:`_edge`) at or below it. The
     floor division only guesses the index; rounding can make it one off either way. Calls no other
@@ -263,16 +280,7 @@ def hopping_update(chan, ts, val, window_s, hop_s, state, out):
         m = _emit_due(c, row, t, out, m)
         newest = max(row[-1], t)
         row[-1] = newest
-        first = math.floor((t - window_s) / hop_s) + 1
-        if _end(first, nh, nw, scale) <= t:
-            first += 1
-        elif _end(first - 1, nh, nw, scale) > t:
-            first -= 1
-        last = math.floor(t / hop_s)
-        if _edge(last, nh, scale) > t:
-            last -= 1
-        elif _edge(last + 1, nh, scale) <= t:
-            last += 1
+        first, last = _hop_range(t, window_s, hop_s, scale, nw, nh)
         late = False
         for b in range(first, last + 1):
             end = _end(b, nh, nw, scale)
