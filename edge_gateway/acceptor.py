@@ -103,3 +103,27 @@ class CappedAcceptor:
             with contextlib.suppress(OSError):
                 conn.send(self.busy)
                 conn.recv(self.drain)
+
+
+class AcceptorCounters:
+    """The counters of a server's :class:`CappedAcceptor` (``self._acceptor``), as its own attributes: the
+    control socket and the Prometheus endpoint report them in status."""
+
+    _acceptor: CappedAcceptor
+
+    @property
+    def max_clients(self) -> int:
+        return self._acceptor.max_clients
+
+    @property
+    def clients(self) -> int:
+        return self._acceptor.clients
+
+    @property
+    def refused(self) -> int:
+        """Connections turned away because max_clients were being served."""
+        return self._acceptor.refused
+
+    @property
+    def accept_errors(self) -> int:
+        return self._acceptor.accept_errors

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from . import aio
-from .acceptor import CappedAcceptor
+from .acceptor import AcceptorCounters, CappedAcceptor
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class Tap:
 Handler = Callable[[dict], Any]
 
 
-class ControlServer:
+class ControlServer(AcceptorCounters):
     """Serves ``status``/``tail``/``reload`` on a Unix socket owned by the daemon."""
 
     def __init__(self, path: str | os.PathLike, snapshot: Callable[[], Any], tap: Tap | None = None,
@@ -176,23 +176,6 @@ class ControlServer:
             "control socket", "control", self._client,
             _line({"ok": False, "error": f"too many clients (at most {max_clients}); try again later"}),
             MAX_REQUEST, max_clients, log)
-
-    @property
-    def max_clients(self) -> int:
-        return self._acceptor.max_clients
-
-    @property
-    def clients(self) -> int:
-        return self._acceptor.clients
-
-    @property
-    def refused(self) -> int:
-        """Connections turned away because max_clients were being served."""
-        return self._acceptor.refused
-
-    @property
-    def accept_errors(self) -> int:
-        return self._acceptor.accept_errors
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

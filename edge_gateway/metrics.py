@@ -28,7 +28,7 @@ from typing import Any, Callable
 import msgpack
 import numpy as np
 
-from .acceptor import CappedAcceptor
+from .acceptor import AcceptorCounters, CappedAcceptor
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ _BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain; charset
          b"Retry-After: 1\r\nContent-Length: 18\r\nConnection: close\r\n\r\ntoo many clients\r\n")
 
 
-class PrometheusEndpoint:
+class PrometheusEndpoint(AcceptorCounters):
     """``/metrics`` on 127.0.0.1:port, served on the daemon's event loop (like the control socket).
 
     The text is what prometheus_client's own server made (the same registry and encoder: ``Accept``
@@ -396,23 +396,6 @@ class PrometheusEndpoint:
         self._cache: tuple[Any, str, bytes] | None = None  # (status document, content type, text)
         self._acceptor = CappedAcceptor("prometheus", "prometheus", self._client, _BUSY, HTTP_MAX_HEAD,
                                         max_clients, log)
-
-    @property
-    def max_clients(self) -> int:
-        return self._acceptor.max_clients
-
-    @property
-    def clients(self) -> int:
-        return self._acceptor.clients
-
-    @property
-    def refused(self) -> int:
-        """Connections turned away because max_clients were being served."""
-        return self._acceptor.refused
-
-    @property
-    def accept_errors(self) -> int:
-        return self._acceptor.accept_errors
 
     def stats(self) -> dict:
         return {"port": self.port, "clients": self.clients, "served": self.served, "refused": self.refused,
