@@ -188,18 +188,9 @@ class _Tumbling:
         return self._win[idx, windows.S_START]
 
     def flush(self, idx: np.ndarray) -> np.ndarray:
-        sub = self._win[idx]
-        out = np.empty((idx.size, windows.AGG_WIDTH), dtype=np.float64)
-        m = windows.tumbling_flush(np.inf, self.window_s, sub, out)
-        self._win[idx] = sub
-        qsub = self._q[idx]
-        qout = np.empty((idx.size, len(quantiles.WINDOW_FIELDS)), dtype=np.float64)
-        k = quantiles.window_flush(np.inf, self.window_s, qsub, qout)
-        self._q[idx] = qsub
-        rows, qrows = out[:m], qout[:k]
-        rows[:, 0] = idx[rows[:, 0].astype(np.int64)]
-        qrows[:, 0] = idx[qrows[:, 0].astype(np.int64)]
-        return _join(rows, qrows)
+        return _flush(idx, idx.size, self._win,
+                      lambda sub, out: windows.tumbling_flush(np.inf, self.window_s, sub, out),
+                      self._q, lambda sub, out: quantiles.window_flush(np.inf, self.window_s, sub, out))
 
     def reset(self, idx: np.ndarray) -> None:
         """No window of channels ``idx`` open or closed any more (their late counts kept)."""
@@ -297,18 +288,9 @@ class _Hopping:
         return np.fmax(starts, np.where(np.isfinite(h[:, -1]), h[:, -1] - self.window_s, np.nan))
 
     def flush(self, idx: np.ndarray) -> np.ndarray:
-        sub = self._h[idx]
-        out = np.empty((idx.size * self.k, windows.AGG_WIDTH), dtype=np.float64)
-        m = windows.hopping_flush(np.inf, self.window_s, sub, out)
-        self._h[idx] = sub
-        qsub = self._q[idx]
-        qout = np.empty((idx.size * self.k, len(quantiles.WINDOW_FIELDS)), dtype=np.float64)
-        k = hopping.window_flush(np.inf, qsub, qout)
-        self._q[idx] = qsub
-        rows, qrows = out[:m], qout[:k]
-        rows[:, 0] = idx[rows[:, 0].astype(np.int64)]
-        qrows[:, 0] = idx[qrows[:, 0].astype(np.int64)]
-        return _join(rows, qrows)
+        return _flush(idx, idx.size * self.k, self._h,
+                      lambda sub, out: windows.hopping_flush(np.inf, self.window_s, sub, out),
+                      self._q, lambda sub, out: hopping.window_flush(np.inf, sub, out))
 
     def reset(self, idx: np.ndarray) -> None:
         late = self._h[idx, windows.S_LATE]
@@ -370,6 +352,21 @@ def _grown(table: np.ndarray, n: int, new_table) -> np.ndarray:
     grown = new_table(max(n, 2 * table.shape[0]))
     grown[: table.shape[0]] = table
     return grown
+
+
+def _flush(idx: np.ndarray, size: int, table: np.ndarray, flush, qtable: np.ndarray, qflush) -> np.ndarray:
+    """Close every open window of channels ``idx`` in an aggregate table and its quantile table (``flush``
+    and ``qflush`` run the kernels on the rows of ``idx``, at most ``size`` windows), joined, numbered
+    by channel again."""
+    joined = []
+    for tab, fn, width in ((table, flush, windows.AGG_WIDTH), (qtable, qflush, len(quantiles.WINDOW_FIELDS))):
+        sub = tab[idx]
+        out = np.empty((size, width), dtype=np.float64)
+        rows = out[: fn(sub, out)]
+        tab[idx] = sub
+        rows[:, 0] = idx[rows[:, 0].astype(np.int64)]
+        joined.append(rows)
+    return _join(*joined)
 
 
 def _join(rows: np.ndarray, qrows: np.ndarray) -> np.ndarray:
