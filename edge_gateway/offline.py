@@ -139,27 +139,21 @@ def _config_settings(path: Path, sensor: str | None):
         cfg = config.load(path)
     except config.ConfigError as exc:
         raise ValueError(str(exc)) from None
-    if not sensor:
-        _say_settings(path, ["the detector section"], detector_settings(cfg.detector))
-        return detector_settings(cfg.detector)
-    sid, slash, channel = sensor.partition("/")
-    ids = [s.id for s in cfg.sensors]
-    if sid not in ids:
-        raise ValueError(f"{path}: no sensor {sid!r}; sensors: {', '.join(ids) or 'none'}")
-    if slash and not channel:
-        raise ValueError(f"--sensor {sensor!r}: the channel after '/' is empty (give ID or ID/CHANNEL)")
-    used = ["the detector section"] + [f"detector.sensors.{key}" for key in (sid, f"{sid}/{channel}")
-                                       if key in cfg.detector.sensors]
+    sid, slash, channel = (sensor or "").partition("/")
+    if sensor:
+        ids = [s.id for s in cfg.sensors]
+        if sid not in ids:
+            raise ValueError(f"{path}: no sensor {sid!r}; sensors: {', '.join(ids) or 'none'}")
+        if slash and not channel:
+            raise ValueError(f"--sensor {sensor!r}: the channel after '/' is empty (give ID or ID/CHANNEL)")
     settings = detector_settings(cfg.detector, sid, channel)
-    _say_settings(path, used, settings)
-    return settings
-
-
-def _say_settings(path: Path, used: list[str], settings) -> None:
-    """One line on stderr: which entries of the config the scores come from (a channel without an entry of
-    its own silently takes its sensor's, or the section's)."""
+    # which entries the scores come from: a channel without an entry of its own silently takes its sensor's,
+    # or the section's
+    used = ["the detector section"] + [f"detector.sensors.{key}" for key in (sid, f"{sid}/{channel}")
+                                       if sensor and key in cfg.detector.sensors]
     print(f"settings: {path}: {', then '.join(used)} (event threshold {settings.event_threshold:g})",
           file=sys.stderr)
+    return settings
 
 
 def _detector_of(key: str) -> str | None:
