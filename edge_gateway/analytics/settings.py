@@ -33,21 +33,24 @@ _FRACTION = "an EWMA's weight of the new reading: 0 never learns, above 1 oversh
 _CLIP = ("the spread estimate is updated with residuals clipped at clip x spread: at 1 or below it can "
          "only shrink, toward 0, and every reading then scores as an outlier")
 _WEIGHT = "a score is weight x a detector's score in [0, 1], and the combined score must stay in [0, 1]"
-_DOMAINS: dict[str, tuple[str, str]] = {
-    **{k: ("(0, 1]", _FRACTION) for k in (
+_INF = math.inf
+# name -> (lowest, whether the lowest itself is refused, highest (allowed), why)
+_DOMAINS: dict[str, tuple[float, bool, float, str]] = {
+    **{k: (0.0, True, 1.0, _FRACTION) for k in (
         "ewma_alpha", "robust_eta", "rate_eta", "cusum_eta", "drop_eta", "nov_short_alpha", "nov_season_alpha",
         "nov_vol_alpha", "nov_long_alpha", "nov_spread_alpha")},
-    **{k: ("(1, inf)", _CLIP) for k in ("robust_clip", "rate_clip", "cusum_clip", "drop_clip")},
-    "weights": ("[0, 1]", _WEIGHT),
-    "nov_weights": ("[0, 1]", _WEIGHT),
-    "flat_alpha": ("[0, 1]", "the guard scores 1 - the repeat rate, an EWMA; 0: it never learns"),
-    "nov_decay": ("[0, 1]", "the share of a range's width it shrinks by per reading: above 1 it turns inside out"),
-    "nov_season_smooth": ("[0, 1]", "a blend of the value (0) and its short EWMA (1)"),
-    "nov_refract_damp": ("[0, 1]", "scores are multiplied by 1 - damp x (0..1): above 1 they go negative"),
-    "cusum_h": ("(0, inf)", "the score is stat / (stat + cusum_h)"),
-    "drop_k": ("[1, inf)", ("a dropout is a gap over drop_k typical intervals: below 1 an ordinary gap scores, "
-                            "at 0 every reading is a dropout")),
-    "event_threshold": ("(0, 1]", "the combined score is in [0, 1]"),
+    **{k: (1.0, True, _INF, _CLIP) for k in ("robust_clip", "rate_clip", "cusum_clip", "drop_clip")},
+    "weights": (0.0, False, 1.0, _WEIGHT),
+    "nov_weights": (0.0, False, 1.0, _WEIGHT),
+    "flat_alpha": (0.0, False, 1.0, "the guard scores 1 - the repeat rate, an EWMA; 0: it never learns"),
+    "nov_decay": (0.0, False, 1.0,
+                  "the share of a range's width it shrinks by per reading: above 1 it turns inside out"),
+    "nov_season_smooth": (0.0, False, 1.0, "a blend of the value (0) and its short EWMA (1)"),
+    "nov_refract_damp": (0.0, False, 1.0, "scores are multiplied by 1 - damp x (0..1): above 1 they go negative"),
+    "cusum_h": (0.0, True, _INF, "the score is stat / (stat + cusum_h)"),
+    "drop_k": (1.0, False, _INF, ("a dropout is a gap over drop_k typical intervals: below 1 an ordinary gap scores, "
+                                  "at 0 every reading is a dropout")),
+    "event_threshold": (0.0, True, 1.0, "the combined score is in [0, 1]"),
 }
 
 
@@ -60,18 +63,14 @@ def _out_of_domain(name: str, x: float) -> str | None:
     if name == "guard_level" and not x > 0.0:
         # every reading would be a guard alarm: events would open and never close
         return "must be positive (above 1: guards open no events)"
-    domain, why = _DOMAINS.get(name, ("[0, inf)", ""))
-    lo_open, lo = domain[0] == "(", float(domain[1:].split(",")[0])
-    hi_text = domain[:-1].split(",")[1].strip()
-    hi = math.inf if hi_text == "inf" else float(hi_text)
-    if not (x > lo if lo_open else x >= lo):
-        if domain == "[0, inf)" or (lo == 0.0 and not lo_open):
-            # a negative half, rate or count has no meaning, and some would divide by zero in a kernel
-            return "must be 0 or more"
-        return f"must be in {domain} ({why})"
-    if not x <= hi:
-        return f"must be in {domain} ({why})"
-    return None
+    lo, lo_open, hi, why = _DOMAINS.get(name, (0.0, False, _INF, ""))
+    if (x > lo if lo_open else x >= lo) and x <= hi:
+        return None
+    if lo == 0.0 and not lo_open and not x >= lo:
+        # a negative half, rate or count has no meaning, and some would divide by zero in a kernel
+        return "must be 0 or more"
+    domain = f"{'(' if lo_open else '['}{lo:g}, " + ("inf)" if hi == _INF else f"{hi:g}]")
+    return f"must be in {domain} ({why})"
 
 
 @dataclass(frozen=True)
