@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edge_gateway.readings import MAX_NAME, Reading
+from edge_gateway.readings import LATEST_EPOCH_S, MAX_NAME, Reading
 
 from .serial_port import StreamDriver
 
@@ -30,7 +30,6 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 # a status word, not a reading: ok, ERR, warming up, N/A, nan, -inf (letters, spaces, / _ . -; no digit)
 _WORD = re.compile(r"[+-]?[A-Za-z][A-Za-z /_.-]*")
 _NOT_IN_DELIMITER = "\r\n0123456789.+-"
-LATEST_EPOCH_S = 1e11  # the year 5138: a later time is not one (milliseconds read as seconds)
 _PER_SECOND = {"s": 1, "ms": 1000}
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .analytics.tables import keep_rows
-from .readings import Reading
+from .readings import LATEST_EPOCH_S, Reading
 
 
 @dataclass(frozen=True)
@@ -44,9 +44,8 @@ class Batch:
         return int(self.chan.shape[0])
 
 
-# the times a reading may be stamped with, in epoch seconds, both ends excluded: up to the year 5138, as
-# drivers.serial_line's LATEST_EPOCH_S (a later stamp is milliseconds read as seconds)
-EPOCH_RANGE_S = (0.0, 1e11)
+# the times a reading may be stamped with, in epoch seconds, both ends excluded (readings.LATEST_EPOCH_S)
+EPOCH_RANGE_S = (0.0, LATEST_EPOCH_S)
 _T_LO, _T_HI = EPOCH_RANGE_S
 MAX_CHANNELS_PER_SENSOR = 1024  # a device names its channels (SenML): one must not grow memory without end
 CHANNEL_IDLE_S = 3600.0  # a sensor at the cap gets room by forgetting its channels silent this long

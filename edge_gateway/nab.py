@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .analytics._jit import kernel
+from .readings import LATEST_EPOCH_S
 
 PROFILES_DEFAULT = {
     "standard": {"tp": 1.0, "fp": 0.11, "fn": 1.0},
@@ -64,8 +65,9 @@ class SeriesError(ValueError):
 
 
 # epoch seconds beyond this (the year 5138) are no real reading's: a larger stamp is epoch milliseconds (1e12
-# today) or finer, which read as seconds would put every phase bin, gap and window boundary wrong
-EPOCH_MAX = 1e11
+# today) or finer, which read as seconds would put every phase bin, gap and window boundary wrong (as the
+# gateway's batcher and serial_line refuse it)
+EPOCH_MAX = LATEST_EPOCH_S
 _EPOCH = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")  # all-numeric: epoch seconds, int or float
 _DATE = re.compile(r"\s*\d{4}-\d\d-\d\d")  # what an ISO date-time starts with (not "NaT", "now", a number)
 

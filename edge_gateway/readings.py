@@ -10,6 +10,9 @@ from enum import IntEnum
 # key, a text line's key): they reach a technician's terminal, Prometheus labels and the status document
 MAX_NAME = 128  # characters: ``urn:dev:mac:0024befffe804ff1:temperature`` is 41
 MAX_UNIT = 32  # characters: RFC 8428 / 8798 units are a few (``Cel``, ``%RH``, ``ug/m3``, ``count/min``)
+# The latest time a reading may carry, in epoch seconds: the year 5138. A later stamp is not a time, most
+# likely epoch milliseconds (1.7e12 today) read as seconds; the batcher, serial_line and analyze refuse it.
+LATEST_EPOCH_S = 1e11
 
 
 class Quality(IntEnum):
