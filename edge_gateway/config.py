@@ -305,14 +305,10 @@ class DetectorOverride:
             # each key alone first, so that every mistake of the map is reported, not only the first
             base = DetectorSettings()
             for k, v in self.params.items():
-                try:
-                    settings = base.with_overrides(self._override(k, v))
+                try:  # (event_threshold, the same setting as ``threshold``, gets threshold's range and words there)
+                    base.with_overrides(self._override(k, v))
                 except ValueError as exc:
                     problems.append(f"params: {exc}")
-                    continue
-                if k == "event_threshold" and not _in_score_range(settings.event_threshold):
-                    # the same setting as ``threshold``: above 1 no event could ever open, near 0 noise opens them
-                    problems.append(f"params: event_threshold: {_THRESHOLD_RANGE}")
             if not problems:
                 try:
                     base.with_overrides(self.overrides())
