@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import textwrap
 
 import numpy as np
 import pytest
 from support import REPO
+from test_config_errors import GOOD, error_of
 
 from edge_gateway import config
 from edge_gateway.analytics.chain import Detector, DetectorSettings
@@ -133,23 +133,6 @@ def test_accepted_extremes_keep_every_score_in_0_1(pure):
     for s in (EXTREME, dataclasses.replace(EXTREME, nov_long_mode=0.0, nov_season_norm=0.0, drop_k=1e6)):
         score, _ = Detector(s, pure=pure).process(chan, ts, val)
         assert np.all((score >= 0.0) & (score <= 1.0)), score[~((score >= 0.0) & (score <= 1.0))]
-
-
-GOOD = textwrap.dedent("""\
-    gateway:
-      id: gw-1
-    sensors:
-      - id: air-1
-        driver: serial_line
-        options:
-          port: /dev/ttyUSB0
-    """)
-
-
-def error_of(text: str) -> config.ConfigError:
-    with pytest.raises(config.ConfigError) as info:
-        config.loads(text, "site.yaml")
-    return info.value
 
 
 def test_config_names_the_key_file_line_and_column():
