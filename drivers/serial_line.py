@@ -84,7 +84,7 @@ class LineOptions:
     a line end, a digit, ``.``, ``+``, ``-`` or (kv) ``=``. ``timestamp_field``: a field holding the
     reading's time, used instead of the time the line arrived (with csv, one of the ``columns``); a line
     without it, or where it is not a number, is dropped whole and counted as malformed. ``timestamp_unit``:
-    ``s`` (epoch seconds) or ``ms`` (epoch milliseconds, 13 digits); a time past the year 5000 (milliseconds
+    ``s`` (epoch seconds) or ``ms`` (epoch milliseconds, 13 digits); a time past the year 5138 (milliseconds
     read as seconds), or at or before 1970 (a clock not set), drops the line, counted as malformed and shown
     as the sensor's last error.
     ``units``: the unit of each channel, by channel name (e.g. ``pm25: ug/m3``); a channel not listed has
@@ -279,7 +279,7 @@ class LineDecoder:
             hint = ": milliseconds? set timestamp_unit: ms" if self.timestamp_unit == "s" else ""
             shown = str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
             self.problem = (f"{self.timestamp_field} {shown} is not a time in {self.timestamp_unit} "
-                            f"(past the year 5000){hint}")
+                            f"(past the year 5138){hint}")
             return None
         return ts
 

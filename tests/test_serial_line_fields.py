@@ -161,12 +161,12 @@ def test_milliseconds_read_as_seconds_are_refused_and_said():
     assert d.feed(b'{"ts": 1700000000123, "a": 1}\n{"ts": 100000000000, "a": 2}\n{"ts": 99999999999, "a": 3}\n') \
         == [[("a", 3.0, 99999999999.0)]]
     assert d.malformed == 2
-    assert d.problem == "ts 100000000000 is not a time in s (past the year 5000): milliseconds? set timestamp_unit: ms"
+    assert d.problem == "ts 100000000000 is not a time in s (past the year 5138): milliseconds? set timestamp_unit: ms"
     d = LineDecoder("kv", timestamp_field="t", timestamp_unit="ms")
     assert d.feed(b"t=1700000000123456,a=1\nt=1.5e20,a=2\n") == [] and d.malformed == 2
-    assert d.problem == "t 150000000000000000000 is not a time in ms (past the year 5000)"
+    assert d.problem == "t 150000000000000000000 is not a time in ms (past the year 5138)"
     d.feed(b"t=1700000000123456,a=1\n")
-    assert d.problem == "t 1700000000123456 is not a time in ms (past the year 5000)"
+    assert d.problem == "t 1700000000123456 is not a time in ms (past the year 5138)"
 
 
 def test_the_driver_shows_a_refused_time_as_its_last_error():
@@ -175,7 +175,7 @@ def test_the_driver_shows_a_refused_time_as_its_last_error():
     drv.on_open()
     drv.on_bytes(b"ts=1700000000123,pm25=3\n", TS)
     assert out == [] and drv.stats.malformed == 1 and drv.stats.last_error_ts == TS
-    assert drv.stats.last_error == ("ts 1700000000123 is not a time in s (past the year 5000): milliseconds? "
+    assert drv.stats.last_error == ("ts 1700000000123 is not a time in s (past the year 5138): milliseconds? "
                                     "set timestamp_unit: ms")
     assert not drv.stats.last_error_link
     drv.on_bytes(b"ts=1700000000,pm25=3\r\nts=1700000001,pm25=4,pm10=1.2.3\r\n", TS + 1)
