@@ -31,10 +31,11 @@
   neither fits is taken as the string it is. Missing mapping keys along the path are created.
   ``--dry-run`` prints the edit as a unified diff (``--full``: the whole new file) and writes nothing. Reload the daemon
   afterwards (``edge-gateway reload`` or ``systemctl reload edge-gateway``).
-* ``options [DRIVER]``: every driver with a one-line summary, or one driver's options (dotted
-  for nested ones, ``blocks[].fields[].type``) with type, default and the text the code documents
-  them with (field metadata ``doc``, or the options class docstring's part about the field);
-  ``--markdown`` is docs/drivers.md.
+* ``options [DRIVER|SECTION]``: every driver with a one-line summary and the names of the config's
+  sections, or one driver's options (dotted for nested ones, ``blocks[].fields[].type``), or one
+  section's keys (``windows``: ``hop_s`` ...), with type, default and the text the code documents them
+  with (field metadata ``doc``, the class docstring's part about the field, or for a section the comment
+  on the field's line); ``--markdown`` is docs/drivers.md.
 
 Exit statuses: 0 ok; 2 invalid config (nothing written by ``set``), unknown
 key, or bad usage; 1 the file could not be written.
@@ -48,7 +49,7 @@ import sys
 from pathlib import Path
 
 from .cmd_common import error
-from .config_docs import options_text
+from .config_docs import options_text, sections
 from .config_keys import locate, located_warnings, lookup, split_key
 from .plain_config import plain
 from .yaml_edit import Unspliceable, atomic_write, only_change, round_trip_set, splice
@@ -84,11 +85,17 @@ def add_to(sub) -> None:
                    help="print what would change (a unified diff) instead of writing the file")
     t.add_argument("--full", action="store_true", help="with --dry-run, print the whole new file instead of the diff")
     t.set_defaults(func=set_value)
-    o = csub.add_parser("options", help="list the drivers, or the options of one: type, default, meaning")
-    o.add_argument("driver", metavar="DRIVER", nargs="?",
-                   help="the driver whose options to list (serial_line, pms5003, modbus_rtu, coap); "
-                        "without it, every driver with a one-line summary")
-    o.add_argument("--markdown", action="store_true", help="Markdown, as in docs/drivers.md")
+    o = csub.add_parser("options", help="the options of a driver, or the keys of a config section: type, default, "
+                                        "meaning",
+                        description="List the options of a driver (the keys under a sensor's options:) or the keys "
+                                    "of one section of the config (gateway, broker, windows, ...), each with its "
+                                    "type, default and meaning; without one, every driver with a one-line "
+                                    "summary, and the sections there are.")
+    o.add_argument("name", metavar="DRIVER|SECTION", nargs="?",
+                   help="a driver (serial_line, pms5003, modbus_rtu, coap) or a section of the config "
+                        "(gateway, broker, tls, sensors, filters, windows, detector, queue, metrics)")
+    o.add_argument("--markdown", action="store_true",
+                   help="Markdown; without a driver or section, docs/drivers.md")
     o.set_defaults(func=options)
 
 
@@ -367,12 +374,12 @@ def options(args) -> int:
     import drivers
 
     try:
-        sys.stdout.write(options_text(args.driver, markdown=args.markdown))
+        sys.stdout.write(options_text(args.name, markdown=args.markdown))
     except KeyError:
-        known = drivers.names()
-        near = difflib.get_close_matches(args.driver, known, n=1)
+        known, names = drivers.names(), list(sections())
+        near = difflib.get_close_matches(args.name, known + names, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        print(f"edge-gateway: unknown driver {args.driver!r}{hint} (known drivers: {', '.join(known)})",
-              file=sys.stderr)
+        print(f"edge-gateway: unknown driver or section {args.name!r}{hint} (drivers: {', '.join(known)}; "
+              f"sections: {', '.join(names)})", file=sys.stderr)
         return 2
     return 0

@@ -29,6 +29,15 @@ __all__ = ["ConfigError", "DetectorOverride", "GatewayConfig", "load", "loads", 
 
 @dataclass(frozen=True)
 class GatewaySection:
+    """This gateway: its name on MQTT, and where it keeps its state.
+
+    ``id``: the gateway's name in every topic, ``<topic_prefix>/<id>/...`` (1-64 letters, digits, '.',
+    '_' or '-'). ``topic_prefix``: the topic root before the id. ``state_dir``: the folder of the queue
+    database, the analytics checkpoint, the Numba cache and the control socket (a relative path is taken
+    from the config file's folder). ``batch_interval_s``: how often readings go through the detectors
+    and are committed to the queue.
+    """
+
     id: str
     topic_prefix: str = "city"
     state_dir: str = "/var/lib/edge-gateway"
@@ -79,6 +88,13 @@ def topic_prefix_problem(prefix: str, gateway_id: str = "") -> str:
 
 @dataclass(frozen=True)
 class TlsSection:
+    """TLS to the broker.
+
+    ``ca_file``: the CA certificate the broker's certificate must be signed by. ``cert_file`` and
+    ``key_file``: this gateway's client certificate and key (mutual TLS), both or neither.
+    ``check_hostname``: the broker's certificate must name ``broker.host``.
+    """
+
     ca_file: str
     cert_file: str = ""
     key_file: str = ""
@@ -97,6 +113,17 @@ COMMANDS = ("ping", "status", "set", "reload")
 
 @dataclass(frozen=True)
 class BrokerSection:
+    """The MQTT broker the gateway sends to (docs/uplink.md).
+
+    ``host``: the broker's host name or IP address (no URL, no port). ``port``: its TCP port (8883 for
+    TLS, usually). ``protocol``: the MQTT version; only "5" can report a message the broker refuses.
+    ``keepalive_s``: a dead link is noticed after about 1.5 to 2 keepalives. ``session_expiry_s``: how long
+    the broker keeps the gateway's session while it is away (MQTT 5). ``max_inflight``: messages sent and
+    not yet acknowledged, at most. ``tls``: connect with TLS (absent: plain TCP). ``secrets_file``: the file
+    with the broker's username and password (never printed). ``reconnect_max_s``: the longest wait between
+    two connection attempts.
+    """
+
     host: str = "127.0.0.1"
     port: int = 1883
     protocol: Literal["5", "3.1.1"] = "5"
@@ -184,8 +211,37 @@ def warnings_of(cfg: "GatewayConfig") -> list[tuple[str, str]]:
         out.append(("windows.hop_s", f"{hop:g} does not divide seconds ({seconds:g}): in a long broker outage the "
                     "queue cannot thin these windows to ones that tile time, so it drops the oldest instead of "
                     "rolling them up (docs/uplink.md)"))
+    out.extend(no_effect_warnings(cfg.detector, [s.id for s in cfg.sensors]))
     if not cfg.sensors:
         out.append(("sensors", NO_SENSORS))
+    return out
+
+
+def no_effect_warnings(det: "DetectorSection", sensors: list[str]) -> list[tuple[str, str]]:
+    """(key path, text) of each ``params`` setting that changes nothing the gateway sends on any channel it
+    applies to, such as ``cusum_h`` while the cusum detector has weight 0 there: it loads, yet a technician
+    tuning it would wait for a change that cannot come (``analyze --set`` warns the same way)."""
+    from .analytics.settings import why_no_effect
+
+    def split(key: str) -> tuple[str, str]:
+        sensor, _, channel = key.partition("/")
+        return sensor, channel
+
+    channels = [split(k) for k in det.sensors if "/" in k]
+    layers = [("detector.params", det, [("", "")] + [(s, "") for s in sensors] + channels)]
+    for key, entry in det.sensors.items():
+        sensor, channel = split(key)
+        reach = [(sensor, channel)] if channel else [(sensor, "")] + [c for c in channels if c[0] == sensor]
+        layers.append((f"detector.sensors.{key}.params", entry, reach))
+    out = []
+    for prefix, layer, reach in layers:
+        if not layer.params:
+            continue
+        variants = list(dict.fromkeys(det.settings_for(s, c) for s, c in reach))
+        for name in layer.params:
+            whys = [why_no_effect(v, name, live=True) for v in variants]
+            if all(whys):
+                out.append((f"{prefix}.{name}", f"has no effect on any channel it applies to: {whys[0]}"))
     return out
 
 
@@ -219,13 +275,14 @@ def transport_warnings(broker: "BrokerSection") -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class FilterSection:
-    """Conditioning of one sensor's values (:mod:`.conditioning`); everything off by default.
+    """Conditioning of one sensor's values (edge_gateway/conditioning.py); everything off by default.
 
-    ``despike_window`` readings of rolling median/MAD (Hampel; 0: off) replace a reading more than
-    ``despike_sigma`` scaled MADs away, and ``lowpass_alpha`` < 1 smooths (EMA): both change only the
-    values the windows aggregate, never what the detectors score. ``deadband`` > 0: a channel's
-    aggregate is sent only when its mean moved more than that since the last one sent, or
-    ``heartbeat_s`` after it.
+    Despiking and smoothing change only the values the windows aggregate, never what the detectors score.
+    ``despike_window``: readings of rolling median/MAD (Hampel; 0: off) that a reading is compared with.
+    ``despike_sigma``: a reading more than this many scaled MADs from the median is replaced by it.
+    ``lowpass_alpha``: below 1, each value is smoothed (EMA) with this weight of the new reading.
+    ``deadband``: above 0, a channel's aggregate is sent only when its mean moved more than this since
+    the last one sent, or ``heartbeat_s`` after it. ``heartbeat_s``: see ``deadband``.
     """
 
     despike_window: int = 0
@@ -249,6 +306,14 @@ class FilterSection:
 
 @dataclass(frozen=True)
 class SensorSection:
+    """One sensor: a driver reading one device or node.
+
+    ``id``: the sensor's name in topics and ``status`` (1-64 letters, digits, '.', '_' or '-').
+    ``driver``: serial_line, pms5003, modbus_rtu or coap. ``options``: the driver's settings
+    (``edge-gateway config options DRIVER`` lists them). ``filters``: conditioning of the values
+    its windows aggregate (``edge-gateway config options filters``).
+    """
+
     id: str
     driver: str
     options: Any = field(default=None, metadata={"options_of": "driver"})
@@ -264,6 +329,13 @@ MAX_HOP_OVERLAP = 60  # windows.seconds / windows.hop_s: the hopping windows tha
 
 @dataclass(frozen=True)
 class WindowSection:
+    """The windows each channel's readings are aggregated in (docs/windows.md).
+
+    ``seconds``: the length of a window. ``grace_s``: an idle channel's window closes ``seconds + grace_s``
+    after its last reading. ``hop_s``: below ``seconds``, hopping windows: a window of ``seconds`` starts
+    every ``hop_s`` (at least ``seconds / 60``); left out, or equal to ``seconds``, tumbling windows.
+    """
+
     seconds: float = 60.0
     grace_s: float = 2.0
     future_tolerance_s: float = 600.0  # readings stamped further ahead of the gateway clock are dropped
@@ -331,9 +403,17 @@ class DetectorOverride:
         items = v if isinstance(v, (list, tuple)) else (v,)
         if not items or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in items):
             raise ValueError(f"{k}: expected a number or a list of numbers, got {v!r}")
-        if not all(math.isfinite(x) or (x == x and k in _UNBOUNDED) for x in items):
-            what = "finite numbers" if isinstance(v, (list, tuple)) else "a finite number"
-            raise ValueError(f"{k}: expected {what}, got {v!r}")
+        bad = [i for i, x in enumerate(items) if not (math.isfinite(x) or (x == x and k in _UNBOUNDED))]
+        if bad and k in _UNBOUNDED:
+            raise ValueError(f"{k}: expected a number, or -.inf/.inf for no limit, got {v!r}")
+        if bad and isinstance(v, (list, tuple)):
+            from .analytics.layout import DETECTOR_NAMES, NOV_FEATURES
+
+            labels = {"weights": DETECTOR_NAMES, "nov_decay": NOV_FEATURES, "nov_weights": NOV_FEATURES}.get(k, ())
+            which = f" ({labels[bad[0]]})" if bad[0] < len(labels) else ""
+            raise ValueError(f"{k}: expected finite numbers; {k}[{bad[0]}]{which} is {items[bad[0]]}")
+        if bad:
+            raise ValueError(f"{k}: expected a finite number, got {v!r}")
         return {k: ",".join(repr(float(x)) for x in items)}
 
 
@@ -352,10 +432,10 @@ _OVERRIDE_KEY = re.compile(r"([A-Za-z0-9_.-]{1,64})(?:/(.+))?")
 class DetectorSection(DetectorOverride):
     """Anomaly events from the detector ensemble (``edge_gateway/analytics/chain.py``).
 
-    ``threshold`` is the event threshold on the combined score in [0, 1] (default:
-    the NAB-tuned one); ``params`` overrides any ``DetectorSettings`` field by name
-    (e.g. ``range_hi``, ``flat_min_run``, ``nov_hold``). ``sensors`` maps a
-    sensor id, or ``sensor/channel``, to a :class:`DetectorOverride` applied on top
+    ``threshold``: the event threshold on the combined score in [0, 1] (default:
+    the NAB-tuned one). ``params``: overrides any ``DetectorSettings`` field by name
+    (e.g. ``range_hi``, ``flat_min_run``, ``nov_hold``). ``sensors``: maps a
+    sensor id, or ``sensor/channel``, to its own ``threshold`` and ``params``, applied on top
     (a channel's over its sensor's), e.g. a level-change detector on one noise meter.
     """
 
@@ -371,6 +451,22 @@ class DetectorSection(DetectorOverride):
         """``(key, sensor id)`` of every entry of ``sensors``, for checking the ids against the sensors."""
         return [(key, _OVERRIDE_KEY.fullmatch(key).group(1)) for key in self.sensors]
 
+    def settings_for(self, sensor: str = "", channel: str = ""):
+        """The ensemble's settings (a ``DetectorSettings``) for one channel: the tuned defaults, then this
+        section's threshold and params, then its ``sensors`` entries for the sensor and for ``sensor/channel``
+        (the most specific wins). Here, not beside the detectors, because it needs no Numba."""
+        import dataclasses
+
+        from .analytics.settings import DetectorSettings
+
+        base = DetectorSettings()
+        for layer in self.for_channel(sensor, channel):
+            if layer.params:
+                base = base.with_overrides(layer.overrides())
+            if layer.threshold is not None:
+                base = dataclasses.replace(base, event_threshold=layer.threshold)
+        return base
+
     def for_channel(self, sensor: str, channel: str) -> tuple[DetectorOverride, ...]:
         """The layers of settings for one channel, least specific first: this section, then its sensor's
         and its channel's entries of ``sensors`` where given."""
@@ -383,6 +479,12 @@ class DetectorSection(DetectorOverride):
 
 @dataclass(frozen=True)
 class QueueSection:
+    """The on-disk queue of messages not yet acknowledged by the broker (docs/uplink.md).
+
+    ``path``: the queue database, relative to ``gateway.state_dir``. ``synchronous``: full survives a
+    power loss; normal may lose the last commits then (and reuse their seqs).
+    """
+
     path: str = "queue.db"
     max_bytes: int = 64 * 1024 * 1024  # backlog bound (sum of payload bytes); see docs/uplink.md
     max_age_s: float = 7 * 24 * 3600.0  # older unsent messages are dropped (counted); 0 = no limit
@@ -651,20 +753,29 @@ def _yaml_mistake(exc: yaml.MarkedYAMLError, text: str) -> tuple[int, int, str] 
         q = line(cm.line + 1)[cm.column:cm.column + 1] or '"'
         return cm.line + 1, cm.column + 1, (f"the quote {q} opened at line {cm.line + 1}, column {cm.column + 1} "
                                             f"is never closed: end the value with {q}")
-    m = re.search(r"flow (sequence|mapping)", context)
+    if "flow node" in context:  # an item or value missing inside [...] or {...}: its context is the gap
+        cm = _open_bracket(text, pm.index) or cm
+        context = "flow collection"
+    m = re.search(r"flow (sequence|mapping|collection)", context)
     b = line(cm.line + 1)[cm.column:cm.column + 1] if m and cm is not None else ""
     close, kind = ("]", "list") if b == "[" else ("}", "mapping")
     opened = f"the {b!r} at line {cm.line + 1}, column {cm.column + 1}" if b else ""
-    got = re.search(r"but got '(.)'", problem)
+    got = re.search(r"but (?:got|found) '(.)'", problem)
     if b in ("[", "{") and got and got.group(1) in "]}" and got.group(1) != close:
         return ln, col, f"line {ln}, column {col}: {got.group(1)!r} cannot close {opened}: end the {kind} with {close!r}"
-    if b in ("[", "{") and pm.line > cm.line:
-        indent = len(line(ln)) - len(line(ln).lstrip(" "))
-        if "<stream end>" in problem or indent <= len(line(cm.line + 1)) - len(line(cm.line + 1).lstrip(" ")):
+    if b in ("[", "{") and (pm.line > cm.line or "<stream end>" in problem):
+        def indent(n: int) -> int:
+            return len(line(n)) - len(line(n).lstrip(" "))
+
+        # a key back at the bracket's own indentation (``broker:`` after ``sensors: [``) starts the next
+        # setting: the collection was never closed, though the parser stumbles only further down
+        at_key = any(indent(n) <= indent(cm.line + 1) and re.match(r"\s*[^\s:#,\[\]{}'\"][^:#]*:(\s|$)", line(n))
+                     for n in range(cm.line + 2, ln + 1))
+        if "<stream end>" in problem or indent(ln) <= indent(cm.line + 1) or at_key:
             return cm.line + 1, cm.column + 1, f"{opened} is never closed: end the {kind} with {close!r}"
         # still indented inside the collection: the items go on, one ',' between two of them is missing
-        return ln, indent + 1, (f"line {ln}: a ',' is missing before this line? The items of {opened} are "
-                                f"separated by commas (or end the {kind} with {close!r})")
+        return ln, indent(ln) + 1, (f"line {ln}: a ',' is missing before this line? The items of {opened} are "
+                                    f"separated by commas (or end the {kind} with {close!r})")
     if problem == "could not find expected ':'" and cm is not None:
         n = cm.line + 1
         word = line(n)[cm.column:].split(" #")[0].rstrip()
@@ -733,6 +844,22 @@ def _indent_mistake(n: int, text: str, n_above: int, above: str) -> tuple[int, i
     what = "key" if re.match(r"\s*(?:-\s+)*[^\s:#][^:]*:(\s|$)", text) else "line"
     return n, col, (f"line {n}: this {what} is indented differently from the keys above it (it starts at column "
                     f"{col}, the key on line {n_above} at column {col_above})")
+
+
+def _open_bracket(text: str, index: int) -> yaml.Mark | None:
+    """Where the innermost ``[`` or ``{`` still open before ``index`` was opened (None if none is)."""
+    stack: list[yaml.Mark] = []
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if token.start_mark.index >= index:
+                break
+            if isinstance(token, (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken)):
+                stack.append(token.start_mark)
+            elif isinstance(token, (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken)) and stack:
+                stack.pop()
+    except yaml.YAMLError:
+        pass
+    return stack[-1] if stack else None
 
 
 def _quote_start(text: str, index: int) -> yaml.Mark | None:

@@ -1,5 +1,6 @@
-"""The reference of every driver's options (``config options``, docs/drivers.md), built from the options
-dataclasses and the text their code documents them with, so that it cannot drift from the code."""
+"""The reference of every driver's options (``config options``, docs/drivers.md) and of the keys of the
+config's sections (``config options windows``), built from the dataclasses of the schema and the text their
+code documents them with, so that it cannot drift from the code."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from .plain_config import plain
 from .yaml_edit import dump
 
 _OPTIONS_HINT = "edge-gateway config options DRIVER: the options of one driver (the keys under a sensor's options:)"
+_SECTIONS_HINT = "edge-gateway config options SECTION: the keys of one section of the config: "
 _FIELD_LEAD = re.compile(r"``\w+``(?:(?:/|, | and | or )``\w+``)*(:?)(?= |$)")
 _DESC_WIDTH = 100  # descriptions are wrapped here, whatever the terminal: the output is the same everywhere
 
@@ -69,11 +71,40 @@ def _segments(paragraph: str, names: set[str]):
     return out, (starts[0][0] if starts else None)
 
 
+def _own_doc(cls) -> str | None:
+    """The class's docstring; None for the one ``dataclass`` makes up (``WindowSection(seconds: float = ...)``)."""
+    doc = cls.__doc__
+    return None if doc is None or doc.startswith(cls.__name__ + "(") else doc
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The comment at the end of each field's line in the class's source (``hop_s: float = 1.0  # why``)."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = inspect.getsource(cls)
+        comments = {t.start[0]: t.string.lstrip("#").strip()
+                    for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    except (OSError, TypeError, tokenize.TokenError, SyntaxError):  # no source (a frozen build): no comments
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, str] = {}
+    for n, line in enumerate(source.splitlines(), 1):
+        if re.match(r"\s+def ", line):
+            break
+        m = re.match(r"\s+(\w+)\s*:", line)
+        if m and m.group(1) in names and n in comments and not comments[n].startswith("noqa"):
+            out.setdefault(m.group(1), comments[n])
+    return out
+
+
 def _field_texts(cls) -> dict[str, str]:
     """The text the class docstring gives each field (see :func:`_segments`)."""
     names = {f.name for f in dataclasses.fields(cls)}
     texts: dict[str, list[str]] = {}
-    for paragraph in _doc_paragraphs(cls.__doc__):
+    for paragraph in _doc_paragraphs(_own_doc(cls)):
         for found, text in _segments(paragraph, names)[0]:
             for name in found:
                 texts.setdefault(name, []).append(text)
@@ -82,7 +113,7 @@ def _field_texts(cls) -> dict[str, str]:
 
 def _class_summary(cls) -> str:
     """What one item of a nested class is: its docstring's first paragraph up to any part about a field."""
-    paragraphs = _doc_paragraphs(cls.__doc__)
+    paragraphs = _doc_paragraphs(_own_doc(cls))
     if not paragraphs:
         return ""
     first = paragraphs[0]
@@ -115,18 +146,23 @@ def _yaml_type(tp) -> tuple[str, type | None]:
     return {str: "string", int: "integer", float: "number", bool: "boolean"}.get(tp, "any value"), None
 
 
-def option_docs(cls, prefix: str = "") -> list[OptionDoc]:
-    """Every option of the options dataclass ``cls``, nested ones dotted (``blocks[].fields[].type``)."""
+def option_docs(cls, prefix: str = "", *, comments: bool = False) -> list[OptionDoc]:
+    """Every option of the options dataclass ``cls``, nested ones dotted (``blocks[].fields[].type``).
+
+    ``comments``: a field the docstring says nothing about takes the comment at the end of its line (the
+    config's sections are documented so; the drivers' reference, docs/drivers.md, keeps to docstrings)."""
     import typing
 
     hints = typing.get_type_hints(cls)
-    texts = _field_texts(cls)
+    texts = {**_field_comments(cls), **_field_texts(cls)} if comments else _field_texts(cls)
     out = []
     for f in dataclasses.fields(cls):
         if not f.init or f.metadata.get("internal"):
             continue
         words, inner = _yaml_type(hints[f.name])
-        if f.default is not dataclasses.MISSING:
+        if inner is not None and dataclasses.is_dataclass(f.default):
+            default = "{}"  # its own keys' defaults, listed below it
+        elif f.default is not dataclasses.MISSING:
             default = dump(plain(f.default, f.name), None)
         elif f.default_factory is not dataclasses.MISSING:
             default = dump(plain(f.default_factory(), f.name), None)
@@ -137,8 +173,80 @@ def option_docs(cls, prefix: str = "") -> list[OptionDoc]:
         out.append(OptionDoc(prefix + f.name, words, default, text))
         if inner is not None:
             nested = "[]." if words.startswith("list of") else "."
-            out += option_docs(inner, f"{prefix}{f.name}{nested}")
+            out += option_docs(inner, f"{prefix}{f.name}{nested}", comments=comments)
     return out
+
+
+def sections() -> dict[str, tuple[str, type]]:
+    """``{name: (key path in the file, dataclass)}`` of every section of the config (``GatewayConfig``'s
+    keys that hold settings), in the file's order, each followed by the sections nested in it, which go by
+    their own name too (``filters``: ``sensors[].filters``) when no other section or driver has it."""
+    import typing
+
+    import drivers
+
+    from .config import GatewayConfig
+
+    found: list[tuple[str, str, type, list]] = []
+    for f in dataclasses.fields(GatewayConfig):
+        words, inner = _yaml_type(typing.get_type_hints(GatewayConfig)[f.name])
+        if inner is None:
+            continue
+        path = f.name + ("[]" if words.startswith("list of") else "")
+        nested = [(g.name, f"{path}.{g.name}", deeper) for g in dataclasses.fields(inner)
+                  if (deeper := _yaml_type(typing.get_type_hints(inner)[g.name])[1]) is not None]
+        found.append((f.name, path, inner, nested))
+    taken = {name for name, *_ in found} | set(drivers.names())
+    out: dict[str, tuple[str, type]] = {}
+    for name, path, cls, nested in found:
+        out[name] = (path, cls)
+        out.update((n, (p, c)) for n, p, c in nested if n not in taken)
+    return out
+
+
+def _where(path: str) -> str:
+    """Where the keys of the section at ``path`` are written, as the header of their list says it."""
+    parent, _, child = path.partition("[]")
+    if child:
+        return f"under {child[1:]}: in each item of {parent}:"
+    return f"of each item of {parent}:" if parent != path else f"under {path}: in the config"
+
+
+def _restarts(path: str) -> bool:
+    """Whether a change of the key at ``path`` takes a restart (``reload`` refuses it)."""
+    from .reload import RESTART_FIELDS
+
+    return any(path == f or path.startswith(f + ".") for f in RESTART_FIELDS)
+
+
+def section_text(name: str, *, markdown: bool = False) -> str:
+    """The keys of config section ``name`` (see :func:`sections`): type, default, text, and whether a change
+    takes a restart. KeyError: no such section."""
+    import textwrap
+
+    from .cmd_common import plain_text
+
+    path, cls = sections()[name]
+    where = path.removesuffix("[]")
+    docs = option_docs(cls, comments=True)
+    summary = _class_summary(cls)
+    notes = {d.key: "needs a restart" for d in docs if _restarts(f"{where}.{d.key}")}
+    if markdown:
+        rows = [f"| `{d.key}` | {_md(d.type)} | {'required' if d.default == 'required' else _md(f'`{d.default}`')} "
+                f"| {_md(' '.join(filter(None, (d.text, notes.get(d.key, '') and '(needs a restart)'))))} |"
+                .replace("|  |", "| |") for d in docs]
+        return (f"## {where}\n\n" + (f"{_md(summary)}\n\n" if summary else "")
+                + "| key | type | default | description |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    width = max(len(d.key) for d in docs)
+    lines = [f"{where}: {plain_text(summary)}" if summary else f"{where}:", f"keys ({_where(path)}):"]
+    for d in docs:
+        default = "required" if d.default == "required" else f"default {d.default}"
+        restart = f", {notes[d.key]}" if d.key in notes else ""
+        lines.append(f"  {d.key:<{width}}  {d.type}, {default}{restart}")
+        if d.text:
+            lines += textwrap.wrap(plain_text(d.text), _DESC_WIDTH, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6, break_on_hyphens=False)
+    return "\n".join(lines) + "\n"
 
 
 def driver_summary(name: str) -> str:
@@ -159,8 +267,9 @@ def _md(text: str) -> str:
 
 
 def options_text(name: str | None = None, *, markdown: bool = False) -> str:
-    """The options reference: every driver with its summary (no ``name``), or one driver's options;
-    ``markdown``: docs/drivers.md (all drivers), or one driver's section of it. KeyError: no such driver."""
+    """The options reference: every driver with its summary (no ``name``), or one driver's options, or the
+    keys of one section of the config (:func:`section_text`); ``markdown``: docs/drivers.md (all drivers),
+    or one driver's or section's part of it. KeyError: no such driver or section."""
     import textwrap
 
     import drivers
@@ -168,7 +277,7 @@ def options_text(name: str | None = None, *, markdown: bool = False) -> str:
     from .cmd_common import plain_text
 
     if name is not None and name not in drivers.names():
-        raise KeyError(name)
+        return section_text(name, markdown=markdown)
     if markdown:
         if name is not None:
             return _options_markdown(name)
@@ -184,7 +293,7 @@ def options_text(name: str | None = None, *, markdown: bool = False) -> str:
     if name is None:
         width = max(map(len, drivers.names()))
         lines = [f"{n:<{width}}  {plain_text(driver_summary(n))}" for n in drivers.names()]
-        return "\n".join(lines + ["", _OPTIONS_HINT]) + "\n"
+        return "\n".join(lines + ["", _OPTIONS_HINT, _SECTIONS_HINT + ", ".join(sections())]) + "\n"
     docs = option_docs(drivers.get(name).Options)
     width = max(len(d.key) for d in docs)
     lines = [f"{name}: {plain_text(driver_summary(name))}", "options (the keys under the sensor's options:):"]

@@ -151,17 +151,26 @@ def located_warnings(cfg, path: str) -> list[tuple[str, str, str]]:
     warnings = config.warnings_of(cfg)
     if not warnings:
         return []
+    wheres = where_written(path, [key for key, _ in warnings])
+    return [(where, key, text) for where, (key, text) in zip(wheres, warnings)]
+
+
+def where_written(path: str, keys: list[str]) -> list[str]:
+    """``file:line:column`` of the value of each dotted key in the config file ``path``, or just the file
+    for a key not written there (or a file that no longer parses). The file is read and composed once."""
+    from . import config
+
+    if not keys:
+        return []
     try:
         root = config.compose(config.read_text(path), path)
     except config.ConfigError:
         root = None  # as an empty file: every key is "not written there"
     out = []
-    for key, text in warnings:
+    for key in keys:
         try:
             node = locate(root, split_key(key)).node
-        except KeyError:
+        except (KeyError, ValueError):
             node = None
-        out.append((path if node is None else f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}",
-                    key, text))
+        out.append(path if node is None else f"{path}:{node.start_mark.line + 1}:{node.start_mark.column + 1}")
     return out
-

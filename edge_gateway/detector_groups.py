@@ -10,7 +10,6 @@ channel, whatever the grouping, so a changed grouping restores the same state.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Iterable
 
 import numpy as np
@@ -20,16 +19,8 @@ from .config import DetectorSection
 
 
 def detector_settings(section: DetectorSection, sensor: str = "", channel: str = "") -> DetectorSettings:
-    """The ensemble's settings for one channel: the tuned defaults, then the section's threshold and
-    params, then its ``sensors`` entries for the sensor and for ``sensor/channel`` (the most specific wins).
-    """
-    base = DetectorSettings()
-    for layer in section.for_channel(sensor, channel):
-        if layer.params:
-            base = base.with_overrides(layer.overrides())
-        if layer.threshold is not None:
-            base = dataclasses.replace(base, event_threshold=layer.threshold)
-    return base
+    """The ensemble's settings for one channel: :meth:`.DetectorSection.settings_for`."""
+    return section.settings_for(sensor, channel)
 
 
 def detector_variants(section: DetectorSection, sensors: Iterable[str]) -> list[DetectorSettings]:

@@ -32,7 +32,8 @@ ANALYZE_DESCRIPTION = (
     "detector.sensors entries on top, exactly as the live gateway builds a channel's detector; --set "
     "overrides a setting on top of either, and --detector scores with one detector alone. "
     "Timestamps are YYYY-MM-DD hh:mm:ss or epoch seconds: a file in epoch milliseconds is refused. "
-    "Exit statuses: 0 done; 1 an input is not readable (nothing written) or a result cannot be written; "
+    "Exit statuses: 0 done; 1 an input is not readable or its content is refused (nothing written), or a result "
+    "cannot be written; "
     "2 bad usage (a missing PATH, a folder without CSV files, a bad --set). A bad --config or --sensor is "
     "bad usage too."
 )
@@ -52,8 +53,8 @@ EVALUATE_DESCRIPTION = (
     "the rows, at most 750, which NAB does not score), is not scored, with a warning naming it: no detector "
     "could find it, so counted as a miss it would only lower every score alike. A window that ends before "
     "it starts is refused. "
-    "Exit statuses: 0 done; 1 a data file is not readable; 2 bad usage (missing or unreadable labels, "
-    "profiles or results files, no file selected)."
+    "Exit statuses: 0 done; 1 a data file is not readable or its content is refused (nothing scored); "
+    "2 bad usage (missing or unreadable labels, profiles or results files, no file selected)."
 )
 
 
@@ -100,13 +101,9 @@ def _detector_args(p: argparse.ArgumentParser) -> None:
                    help="override a DetectorSettings field (repeatable), on top of --config; lists as a,b,c")
 
 
-# settings that only open and close events: they never change anomaly_score
-_EVENT_ONLY_PREFIXES = ("event_", "guard_")
-
-
 def _settings(args, prog: str):
     """The settings of ``--detector``/``--set``; warns on stderr about a key that cannot change the score."""
-    from .analytics.chain import DetectorSettings
+    from .analytics.settings import DetectorSettings, why_no_effect
 
     pairs = {}
     for item in args.set:
@@ -114,26 +111,35 @@ def _settings(args, prog: str):
         if not sep:
             raise ValueError(f"--set needs KEY=VALUE, got {item!r}")
         pairs[key.strip()] = value.strip()
-    base = DetectorSettings() if args.config is None else _config_settings(args.config, args.sensor)
     if args.config is None and args.sensor:
         raise ValueError("--sensor needs --config FILE (the gateway config whose detector settings it selects)")
+    base, params = (DetectorSettings(), []) if args.config is None else _config_settings(args.config, args.sensor)
     settings = base.with_overrides(pairs).only(args.detector)
     if "weights" in pairs and args.detector != "ensemble":
         raise ValueError(f"--set weights cannot be combined with --detector {args.detector}, which sets "
                          "the weights itself (use --detector ensemble)")
     for key in pairs:
-        why = _why_scoreless(settings, key)
+        why = why_no_effect(settings, key)
         if why:
             print(f"edge-gateway {prog}: warning: --set {key} has no effect on anomaly_score ({why})",
+                  file=sys.stderr)
+    # the config's own settings as `config validate` judges them (live: a guard's settings open events), but
+    # against the settings scored here
+    scoreless = [(key, why) for key, name in params if (why := why_no_effect(settings, name, live=True))]
+    if scoreless:
+        from .config_keys import where_written
+
+        for where, (key, why) in zip(where_written(str(args.config), [k for k, _ in scoreless]), scoreless):
+            print(f"edge-gateway {prog}: {where}: {key}: warning: has no effect on anomaly_score ({why})",
                   file=sys.stderr)
     return settings
 
 
 def _config_settings(path: Path, sensor: str | None):
     """The detector settings a channel gets in the live gateway under config ``path`` (the section's, or
-    sensor ``ID[/CHANNEL]``'s); ValueError with a one-line reason (or the config's located errors)."""
+    sensor ``ID[/CHANNEL]``'s), and (key path, setting name) of the config's params they take; ValueError
+    with a one-line reason (or the config's located errors)."""
     from . import config
-    from .detector_groups import detector_settings
 
     try:
         cfg = config.load(path)
@@ -146,36 +152,16 @@ def _config_settings(path: Path, sensor: str | None):
             raise ValueError(f"{path}: no sensor {sid!r}; sensors: {', '.join(ids) or 'none'}")
         if slash and not channel:
             raise ValueError(f"--sensor {sensor!r}: the channel after '/' is empty (give ID or ID/CHANNEL)")
-    settings = detector_settings(cfg.detector, sid, channel)
+    settings = cfg.detector.settings_for(sid, channel)
     # which entries the scores come from: a channel without an entry of its own silently takes its sensor's,
     # or the section's
-    used = ["the detector section"] + [f"detector.sensors.{key}" for key in (sid, f"{sid}/{channel}")
-                                       if sensor and key in cfg.detector.sensors]
+    entries = [key for key in (sid, f"{sid}/{channel}") if sensor and key in cfg.detector.sensors]
+    used = ["the detector section"] + [f"detector.sensors.{key}" for key in entries]
     print(f"settings: {path}: {', then '.join(used)} (event threshold {settings.event_threshold:g})",
           file=sys.stderr)
-    return settings
-
-
-def _detector_of(key: str) -> str | None:
-    """The detector a setting belongs to, by its prefix (``flat_eps`` -> flatline), if exactly one."""
-    from .analytics.chain import DETECTOR_NAMES
-
-    prefix = key.split("_", 1)[0]
-    owners = [d for d in DETECTOR_NAMES if d.startswith(prefix)]
-    return owners[0] if "_" in key and len(owners) == 1 else None
-
-
-def _why_scoreless(settings, key: str) -> str | None:
-    """Why ``--set key=...`` cannot change the anomaly score under ``settings``' weights (None: it can)."""
-    from .analytics.chain import _RENAMED, DETECTOR_NAMES
-
-    key = _RENAMED.get(key, key)
-    if key.startswith(_EVENT_ONLY_PREFIXES):
-        return "it only opens and closes events"
-    owner = _detector_of(key)
-    if owner is not None and settings.weights[DETECTOR_NAMES.index(owner)] == 0.0:
-        return f"the {owner} detector has weight 0"
-    return None
+    layers = [("detector.params", cfg.detector)] + [(f"detector.sensors.{key}.params", cfg.detector.sensors[key])
+                                                    for key in entries]
+    return settings, [(f"{prefix}.{name}", name) for prefix, layer in layers for name in layer.params]
 
 
 # the warm-up setting of each detector that has one (readings it learns from before it scores)
@@ -296,16 +282,15 @@ def cmd_analyze(args) -> int:
         for line in str(exc).splitlines():  # (a config's errors: one a line)
             print(f"edge-gateway analyze: {line}", file=sys.stderr)
         return 2
-    inputs, bad = [], 0
+    inputs, failed = [], []
     for src, dst in jobs:  # every input is read before anything is written
         try:
             inputs.append((src, dst, *read_table(src)))
         except nab.SeriesError as exc:
             print(f"edge-gateway analyze: {exc}", file=sys.stderr)
-            bad += 1
-    if bad:
-        print(f"edge-gateway analyze: {bad} of {len(jobs)} file(s) not readable; nothing written",
-              file=sys.stderr)
+            failed.append(exc)
+    if failed:
+        print(f"edge-gateway analyze: {_failed_files(failed, len(jobs))}; nothing written", file=sys.stderr)
         return 1
     learn = warmup(settings)
     summary = []
@@ -335,6 +320,19 @@ def cmd_analyze(args) -> int:
             print(f"edge-gateway analyze: warning: {warning}", file=sys.stderr)
     print(f"analyzed {len(jobs)} file(s) into {args.out_dir}")
     return 0
+
+
+def _failed_files(failed: list[Exception], n: int) -> str:
+    """``2 of 4 file(s) refused`` / ``not readable``: a file that could not be opened or read apart from one
+    read whose content (a row, the encoding, a raw capture) was refused: the one needs permissions or a path,
+    the other an edit of the file."""
+    unreadable = sum(isinstance(exc.__context__, OSError) for exc in failed)  # nab raises it ``from None``
+    refused = len(failed) - unreadable
+    if not unreadable:
+        return f"{refused} of {n} file(s) refused"
+    if not refused:
+        return f"{unreadable} of {n} file(s) not readable"
+    return f"{refused} of {n} file(s) refused and {unreadable} not readable"
 
 
 def _summary(src: Path, stamps: list[str], val: np.ndarray, score: np.ndarray, learn: int,
@@ -466,10 +464,15 @@ def cmd_evaluate(args) -> int:
     if not keys:
         print("edge-gateway evaluate: no labelled files selected", file=sys.stderr)
         return 2
-    try:  # every data file is read (once) before anything is scored
-        series = {k: read_series(args.data_dir / k) for k in keys}
-    except nab.SeriesError as exc:
-        print(f"edge-gateway evaluate: {exc}", file=sys.stderr)
+    series, failed = {}, []
+    for k in keys:  # every data file is read (once) before anything is scored
+        try:
+            series[k] = read_series(args.data_dir / k)
+        except nab.SeriesError as exc:
+            print(f"edge-gateway evaluate: {exc}", file=sys.stderr)
+            failed.append(exc)
+    if failed:
+        print(f"edge-gateway evaluate: {_failed_files(failed, len(keys))}; nothing scored", file=sys.stderr)
         return 1
     if args.results_dir:
         scores = {}

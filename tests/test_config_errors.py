@@ -142,7 +142,7 @@ def test_a_negative_detector_param_is_refused_at_its_key():
     e = error_of(GOOD + "detector:\n  params: {flat_min_run: 20, nov_half: -0.5}\n")
     assert str(e) == "site.yaml:9:30: detector.params.nov_half: must be 0 or more"
     e = error_of(GOOD + "detector:\n  params: {nov_decay: [0, 0, 0, -0.001, 0, 0]}\n")
-    assert str(e).endswith("detector.params.nov_decay: must be 0 or more; the season entry is -0.001")
+    assert str(e).endswith("detector.params.nov_decay: must be 0 or more; nov_decay[3] (season) is -0.001")
     assert config.loads(GOOD + "detector:\n  params: {range_lo: -40, range_hi: 85}\n").detector is not None
 
 
@@ -337,4 +337,4 @@ def test_every_bad_detector_param_is_reported_at_once_in_file_order(tmp_path):
         (["8", "5"], "detector.params.weights"), (["9", "5"], "detector.params.cusum_h"),
         (["10", "5"], "detector.params.nov_warmup"), (["13", "16"], "detector.sensors.air-1.params.flat_alpha"),
         (["13", "31"], "detector.sensors.air-1.params.robust_eta")]
-    assert str(e.value).splitlines()[0].endswith("; the robust entry is 1.5")
+    assert str(e.value).splitlines()[0].endswith("; weights[1] (robust) is 1.5")

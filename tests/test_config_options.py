@@ -25,7 +25,9 @@ def test_options_without_a_driver_lists_every_driver_with_its_summary():
         "modbus_rtu   Modbus RTU energy and water meters on one RS-485 port, polled block by block.\n"
         "pms5003      Plantower PMS5003 particulate sensor: 32-byte binary frames on a 9600-baud UART.\n"
         "serial_line  Text-line sensors on a serial port: key=value pairs, CSV with known columns, JSON lines.\n"
-        "\n" + HINT + "\n")
+        "\n" + HINT + "\n"
+        "edge-gateway config options SECTION: the keys of one section of the config: gateway, broker, tls, "
+        "sensors, filters, windows, detector, queue, metrics\n")
 
 
 def test_pms5003_options_in_full():
@@ -101,14 +103,17 @@ def test_serial_line_options():
     assert "  baudrate         integer, default 9600" in out
 
 
+KNOWN = ("(drivers: coap, modbus_rtu, pms5003, serial_line; "
+         "sections: gateway, broker, tls, sensors, filters, windows, detector, queue, metrics)")
+
+
 def test_an_unknown_driver_exits_2_naming_the_known_ones():
     r = cli("config", "options", "modbus", timeout=30)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == ("edge-gateway: unknown driver 'modbus'; did you mean 'modbus_rtu'? "
-                        "(known drivers: coap, modbus_rtu, pms5003, serial_line)\n")
+    assert r.stderr == f"edge-gateway: unknown driver or section 'modbus'; did you mean 'modbus_rtu'? {KNOWN}\n"
     r = cli("config", "options", "zigbee", timeout=30)
     assert r.returncode == 2 and r.stdout == ""
-    assert r.stderr == "edge-gateway: unknown driver 'zigbee' (known drivers: coap, modbus_rtu, pms5003, serial_line)\n"
+    assert r.stderr == f"edge-gateway: unknown driver or section 'zigbee' {KNOWN}\n"
 
 
 def test_docs_drivers_md_is_current_and_linked_from_the_readme():

@@ -136,7 +136,7 @@ def test_epoch_milliseconds_are_refused_naming_file_and_row(tmp_path, capsys):
     assert err == (f"edge-gateway analyze: {src}, row 3: timestamp 1577836800000 is too large for epoch seconds "
                    "(above 1e11, the year 5138): it looks like epoch milliseconds; give epoch seconds "
                    "(milliseconds divided by 1000) or YYYY-MM-DD hh:mm:ss\n"
-                   "edge-gateway analyze: 1 of 1 file(s) not readable; nothing written\n")
+                   "edge-gateway analyze: 1 of 1 file(s) refused; nothing written\n")
     src.write_text("1577836800000000,1\n")
     with pytest.raises(nab.SeriesError, match="it looks like epoch microseconds"):
         nab.read_table(src)

@@ -114,7 +114,7 @@ def test_bad_timestamps_are_refused_with_the_row(tmp_path, capsys, stamp, messag
     rc, out, err = run(capsys, "analyze", src, "--out-dir", tmp_path / "out")
     assert (rc, out) == (1, "")
     assert err == (f"edge-gateway analyze: {src}, {message}\n"
-                   "edge-gateway analyze: 1 of 1 file(s) not readable; nothing written\n")
+                   "edge-gateway analyze: 1 of 1 file(s) refused; nothing written\n")
 
 
 def test_epoch_file_must_stay_epoch(tmp_path, capsys):
@@ -175,7 +175,8 @@ def test_evaluate_malformed_data_file_is_one_line(corpus, capsys):
     f1.write_text("\n".join(lines) + "\n")
     rc, out, err = run(capsys, "evaluate", data, windows)
     assert (rc, out) == (1, "")
-    assert err == f"edge-gateway evaluate: {f1}, row 100: value 'n/a' is not a number\n"
+    assert err == (f"edge-gateway evaluate: {f1}, row 100: value 'n/a' is not a number\n"
+                   "edge-gateway evaluate: 1 of 2 file(s) refused; nothing scored\n")
     # analyze reads the same file the same way
     rc, _, err = run(capsys, "analyze", f1, "--out-dir", data.parent / "out")
     assert rc == 1 and err.splitlines()[0] == f"edge-gateway analyze: {f1}, row 100: value 'n/a' is not a number"
@@ -214,7 +215,7 @@ def test_analyze_bad_file_writes_nothing(tmp_path, capsys):
     assert err == (f"edge-gateway analyze: {data / 'short.csv'}, row 2: "
                    "expected two fields (timestamp,value), got 1\n"
                    f"edge-gateway analyze: {data / 'sub' / 'c.csv'}, row 3: value 'n/a' is not a number\n"
-                   "edge-gateway analyze: 2 of 4 file(s) not readable; nothing written\n")
+                   "edge-gateway analyze: 2 of 4 file(s) refused; nothing written\n")
     assert not (tmp_path / "out").exists()
 
 

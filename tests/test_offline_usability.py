@@ -164,7 +164,7 @@ def test_analyze_refuses_a_capture_with_what_to_do(tmp_path, capsys, monkeypatch
     assert err == ("edge-gateway analyze: cap.csv: this is a raw capture from `edge-gateway record`, not a "
                    "timestamp,value CSV; decode it first: `edge-gateway replay cap.csv --csv OUT_DIR --config "
                    "CONFIG --sensor ID` writes one CSV per channel, which analyze reads\n"
-                   "edge-gateway analyze: 1 of 1 file(s) not readable; nothing written\n")
+                   "edge-gateway analyze: 1 of 1 file(s) refused; nothing written\n")
 
 
 def test_replay_csv_decodes_a_serial_line_capture_for_analyze(tmp_path, capsys, monkeypatch):
@@ -209,12 +209,13 @@ def test_help_describes_analyze_and_evaluate(capsys):
         texts[cmd] = " ".join(capsys.readouterr().out.split())
     assert ("Writes one CSV (timestamp,value,anomaly_score) per input below --out-dir and prints one line per "
             "input") in texts["analyze"]
-    assert ("Exit statuses: 0 done; 1 an input is not readable (nothing written) or a result cannot be "
-            "written; 2 bad usage (a missing PATH, a folder without CSV files, a bad --set).") in texts["analyze"]
+    assert ("Exit statuses: 0 done; 1 an input is not readable or its content is refused (nothing written), "
+            "or a result cannot be written; 2 bad usage (a missing PATH, a folder without CSV files, a bad --set).") in texts["analyze"]
     assert ("The threshold is the one that gives the profile its best corpus total, chosen per profile as NAB "
             "does: it is not the gateway's event threshold (event_threshold). raw is that best total before "
             "normalising") in texts["evaluate"]
-    assert "Exit statuses: 0 done; 1 a data file is not readable;" in texts["evaluate"]
+    assert ("Exit statuses: 0 done; 1 a data file is not readable or its content is refused (nothing scored); "
+            "2 bad usage") in texts["evaluate"]
     assert "at FILE.csv when the selected files are of one category" in texts["evaluate"]
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import layout as _L
-from .layout import DETECTOR_NAMES, N_DETECTORS, NOV_FEATURES, NOV_MAX_BINS, NOV_NF
+from .layout import DETECTOR_NAMES, GUARDS, N_DETECTORS, NOV_FEATURES, NOV_MAX_BINS, NOV_NF
 
 # fields of the previous ensemble with a direct successor (the mute after an alarm)
 _RENAMED = {"suppress_n": "nov_hold", "suppress_level": "nov_level"}
@@ -56,8 +56,6 @@ _DOMAINS: dict[str, tuple[float, bool, float, str]] = {
 
 def _out_of_domain(name: str, x: float) -> str | None:
     """What is wrong with ``x`` as (one entry of) field ``name``, or None when it is in its domain."""
-    if name == "ewma_alpha" and not 0.0 < x <= 1.0:
-        return "must be in (0, 1]"  # (its message since the first release)
     if name == "event_threshold" and not 0.0 < x <= 1.0:
         return "the combined score is in [0, 1]; give a value in (0, 1]"  # as config's ``threshold``
     if name == "guard_level" and not x > 0.0:
@@ -169,7 +167,7 @@ class DetectorSettings:
             labels = DETECTOR_NAMES if f.name == "weights" else NOV_FEATURES
             for i, x in enumerate(v if isinstance(v, tuple) else (v,)):
                 x = float(x)
-                which = f"; the {labels[i]} entry is {x:g}" if isinstance(v, tuple) else ""  # which entry of a list
+                which = f"; {f.name}[{i}] ({labels[i]}) is {x:g}" if isinstance(v, tuple) else ""
                 if math.isnan(x) or (math.isinf(x) and f.name not in _INF_OK):
                     # inf would overflow a warm-up count or divide into NaN; range limits may be +-inf: no limit
                     raise ValueError(f"{f.name}: " + ("must be a number, not NaN" if f.name in _INF_OK
@@ -240,3 +238,34 @@ class DetectorSettings:
                                    self.nov_refract_damp, self.nov_season_floor, self.nov_shift_floor,
                                    self.nov_vol_season, self.nov_value_gate]
         return tuple(p.tolist())
+
+
+# settings that only open and close events: they never change anomaly_score
+EVENT_ONLY_PREFIXES = ("event_", "guard_")
+
+
+def detector_of(key: str) -> str | None:
+    """The detector a setting belongs to, by its prefix (``flat_eps`` -> flatline), if exactly one."""
+    prefix = key.split("_", 1)[0]
+    owners = [d for d in DETECTOR_NAMES if d.startswith(prefix)]
+    return owners[0] if "_" in key and len(owners) == 1 else None
+
+
+def why_no_effect(settings: DetectorSettings, key: str, *, live: bool = False) -> str | None:
+    """Why setting ``key`` changes nothing under ``settings`` (None: it can change something).
+
+    Without ``live``, what counts is the anomaly score (``analyze``/``evaluate --set``). With ``live``,
+    the events of the running gateway count too: the event settings and the guards (range, flatline,
+    dropout) open events whatever their weight, unless ``guard_level`` is above 1 (a guard's score never is).
+    """
+    key = _RENAMED.get(key, key)
+    if key.startswith(EVENT_ONLY_PREFIXES):
+        return None if live else "it only opens and closes events"
+    owner = detector_of(key)
+    if owner is None or settings.weights[DETECTOR_NAMES.index(owner)] != 0.0:
+        return None
+    if not live or DETECTOR_NAMES.index(owner) not in GUARDS:
+        return f"the {owner} detector has weight 0"
+    if settings.guard_level <= 1.0:
+        return None
+    return f"the {owner} detector has weight 0, and guard_level {settings.guard_level:g} (above 1) lets it open no events"
