@@ -60,6 +60,9 @@ class Pipeline:
         self._marks_dirty = False
         # windows closed by a restore, and the length and hop (None: tumbling) they were opened with
         self._regrid: tuple[np.ndarray, float, float | None] | None = None
+        # the restore changed the window geometry: until a checkpoint of the new one is stored, a crash
+        # restores the old checkpoint again, whose closed-on-the-old-grid windows the marks do not cover
+        self.regridded = False
         self._numbering = 0  # how many times channels were renumbered (forget_idle): marks and checkpoint agree on it
         self._retired_rewinds: dict[str, int] = {}  # engine.rewinds of forgotten channels, per sensor
         self._retired_drops: dict[str, list[int]] = {}  # [late, future] of forgotten channels, per sensor
@@ -328,14 +331,15 @@ class Pipeline:
         older than what was committed. ``marks`` (:meth:`take_marks`, committed with the messages)
         then says which windows and events the cloud already has, and they are not sent again.
         """
-        n = self._restore(blob) if blob else 0
+        n = self._restore(blob, marks) if blob else 0
         if marks and n:
             self._apply_marks(marks, n)
         return n
 
     def _apply_marks(self, blob: bytes, n: int) -> None:
         """Only the first ``n`` channels: others were numbered after the checkpoint and may be numbered
-        differently in this run."""
+        differently in this run. Window marks of another geometry than this run's are not applied here
+        (those of the checkpoint's were, to its windows, by :meth:`_restore_windows`)."""
         got = _unpack_marks(blob)
         if got is None:
             return
@@ -368,11 +372,15 @@ class Pipeline:
             log.info("the checkpoint was older than what was sent: %d window(s) and %d event(s) already sent "
                      "dropped, %d event(s) announced since closed", windows, events, len(self._orphans))
 
-    def _restore_windows(self, state: dict[str, np.ndarray], old_s: float, old_hop: float | None) -> None:
+    def _restore_windows(self, state: dict[str, np.ndarray], old_s: float, old_hop: float | None,
+                         marks: bytes | None = None) -> None:
         """Load the window tables of a checkpoint whose windows were ``old_s`` long, every ``old_hop`` (None:
         tumbling). When ``windows.seconds`` or ``windows.hop_s`` changed since, the windows open at the restart
-        are closed and sent on their old grid (:attr:`_regrid`) and the tables start afresh, late and rewind
-        counts kept; tables that do not load (another layout) are dropped with a warning."""
+        that are windows of the new grid too go on in the new tables (:meth:`.Engine.adopt`: one aggregate
+        each, with all its readings), the others are closed and sent on their old grid (:attr:`_regrid`).
+        ``marks`` (:meth:`take_marks`) of this checkpoint's numbering and grid say which of its windows were
+        sent after it, before a crash: those are dropped first, as on an unchanged grid. Tables that do not
+        load (another layout) are dropped with a warning."""
         eng = self.engine
         old_hop = None if old_hop is None or float(old_hop) == old_s else float(old_hop)
         same = (old_s, old_hop) == (eng.window_s, eng.hop_s)
@@ -384,15 +392,18 @@ class Pipeline:
             return
         if same:
             return
-        rows = old.flush_channels(np.arange(old.n_channels))
-        late, rewinds = old.late_counts(), old.rewinds[: old.n_channels]
-        eng.ensure_channels(old.n_channels)
-        eng.load_counts(late, rewinds)
+        sent = 0
+        got = _unpack_marks(marks) if marks else None
+        if got is not None and got[2] == self._numbering and (got[1], got[3]) == (old_s, old_hop):
+            sent = old.close_through(got[0][:, _M_WINDOW])  # sent after the checkpoint, on its grid
+        rows, adopted = eng.adopt(old)
         self._regrid = (rows, old_s, old_hop)
-        log.info("windows changed from %s to %s: %d window(s) open at the restart closed on the old grid",
-                 _geometry(old_s, old_hop), _geometry(eng.window_s, eng.hop_s), rows.shape[0])
+        self.regridded = True
+        log.info("windows changed from %s to %s: of the windows open at the restart, %d go on on the new grid, "
+                 "%d closed on the old grid, %d already sent dropped", _geometry(old_s, old_hop),
+                 _geometry(eng.window_s, eng.hop_s), adopted, rows.shape[0], sent)
 
-    def _restore(self, blob: bytes) -> int:
+    def _restore(self, blob: bytes, marks: bytes | None = None) -> int:
         data = msgpack.unpackb(blob)
         if not isinstance(data, dict) or data.get("version") not in (2, 3):
             return 0
@@ -405,7 +416,7 @@ class Pipeline:
         arrays = {name: np.frombuffer(inflate(raw), dtype=np.float64).reshape(shape).copy()
                   for name, (shape, raw) in data["arrays"].items()}
         self._restore_windows({k[4:]: v for k, v in arrays.items() if k.startswith("win.")},
-                              float(data.get("window_s", self.cfg.windows.seconds)), data.get("hop_s"))
+                              float(data.get("window_s", self.cfg.windows.seconds)), data.get("hop_s"), marks)
         self.detectors.assign(self.batcher.keys)
         n = len(self.batcher.keys)
         announced = _padded(arrays.get("announced", np.zeros(0))[:n], n, np.nan)  # absent in older ones

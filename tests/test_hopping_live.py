@@ -327,29 +327,30 @@ def resume(conf, blob, marks, first: int, last: int):
     return p, [(m.fields["start"], m.fields["end"], m.fields["count"]) for m in out if m.kind == messages.KIND_AGG]
 
 
-def test_tumbling_to_hopping_closes_the_old_window_on_its_grid_and_counts_nothing_late(caplog):
+def test_tumbling_to_hopping_carries_the_open_window_over_and_counts_nothing_late(caplog):
     _, _, blob, marks = checkpoint_after(cfg(10), 1061)
     with caplog.at_level("INFO"):
         p, aggs = resume(cfg(10, 5), blob, marks, 1062, 1080)
-    assert aggs[0] == (1060.0, 1070.0, 2)  # the tumbling window open at the restart, its old end
-    assert aggs[1:] == [(1055.0, 1065.0, 3), (1060.0, 1070.0, 8), (1065.0, 1075.0, 10), (1070.0, 1080.0, 10)]
+    # the tumbling window [1060, 1070) open at the restart is a window of the new grid too: it goes on there,
+    # sent once with all 10 readings; [1055, 1065), new, holds the readings from the restart on
+    assert aggs == [(1055.0, 1065.0, 3), (1060.0, 1070.0, 10), (1065.0, 1075.0, 10), (1070.0, 1080.0, 10)]
     assert p.engine.late_counts().tolist() == [0.0]
-    assert "windows changed from 10 s windows to 10 s windows every 5 s: 1 window(s)" in caplog.text
+    assert ("windows changed from 10 s windows to 10 s windows every 5 s: of the windows open at the restart, "
+            "1 go on on the new grid, 0 closed on the old grid, 0 already sent dropped") in caplog.text
 
 
 def test_hopping_to_another_hop_and_back_to_tumbling():
     hp, _, blob, marks = checkpoint_after(cfg(10, 5), 1061)
     assert hp.engine.open_mask().tolist() == [True]
     p, aggs = resume(cfg(10, 2), blob, marks, 1062, 1072)
-    # open at the restart: [1055, 1065) and [1060, 1070), closed with their 5 s hop grid ends
-    assert aggs[:2] == [(1055.0, 1065.0, 7), (1060.0, 1070.0, 2)]
-    assert aggs[2:] == [(1054.0, 1064.0, 2), (1056.0, 1066.0, 4), (1058.0, 1068.0, 6), (1060.0, 1070.0, 8),
+    # open at the restart: [1055, 1065), not on the 2 s grid, closed with its 5 s grid end; [1060, 1070) goes on
+    assert aggs[0] == (1055.0, 1065.0, 7)
+    assert aggs[1:] == [(1054.0, 1064.0, 2), (1056.0, 1066.0, 4), (1058.0, 1068.0, 6), (1060.0, 1070.0, 10),
                         (1062.0, 1072.0, 10)]
     blob, marks = p.checkpoint(), p.take_marks()
     p, aggs = resume(cfg(10), blob, marks, 1073, 1090)
-    assert aggs[:5] == [(1064.0, 1074.0, 9), (1066.0, 1076.0, 7), (1068.0, 1078.0, 5), (1070.0, 1080.0, 3),
-                        (1072.0, 1082.0, 1)]
-    assert aggs[5:] == [(1070.0, 1080.0, 7), (1080.0, 1090.0, 10)] and p.engine.late_counts().tolist() == [0.0]
+    assert aggs[:4] == [(1064.0, 1074.0, 9), (1066.0, 1076.0, 7), (1068.0, 1078.0, 5), (1072.0, 1082.0, 1)]
+    assert aggs[4:] == [(1070.0, 1080.0, 10), (1080.0, 1090.0, 10)] and p.engine.late_counts().tolist() == [0.0]
 
 
 def test_a_checkpoint_from_before_behind_and_rewinds_still_loads():

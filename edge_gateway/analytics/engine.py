@@ -152,6 +152,29 @@ class Engine:
         self._t.set_late(late)
         self.rewinds[:n] = rewinds
 
+    def adopt(self, old: Engine) -> tuple[np.ndarray, int]:
+        """Take over the channels of ``old``, restored from a checkpoint of another window length or hop.
+
+        Its open windows that are windows of this grid too (the same start and end) go on here, so each is
+        sent once, with all its readings, and not a second time in part by this grid. The others are closed
+        on the old grid: returned as ``ROW_FIELDS`` rows (starts on the old grid), with how many windows
+        carried over. Late and rewind counts carry over, and so does each channel's time: a window of this
+        grid ending at or before the newest time of the old one counts as closed, so a late reading cannot
+        open a window the old grid already sent."""
+        n = old.n_channels
+        self.ensure_channels(n)
+        self.load_counts(old.late_counts(), old.rewinds[:n])
+        newest = old._t.newest_time(n)
+        adopted = 0
+        for table, c, where, start, end in old._t.windows_open(n):
+            slot = self._t.fits(table, c, start, end)
+            if slot is not None:
+                self._t.put(table, c, slot, start, end, old._t.take(table, c, where))
+                adopted += int(table == 0)
+        rows = old.flush_channels(np.arange(n))
+        self._t.hold(newest)
+        return rows, adopted
+
     def warm(self) -> None:
         """Compile (or load from the cache) the window kernels before the daemon reports ready."""
         probe = Engine(self.window_s, capacity=1, hop_s=self.hop_s)
@@ -207,6 +230,59 @@ class _Tumbling:
         win[has, windows.S_START] = np.fmax(win[has, windows.S_START], marks)
         self._q[has, 0] = np.fmax(self._q[has, 0], marks)
         return int(sent.size)
+
+    def newest_time(self, n: int) -> np.ndarray:
+        """A time up to which every window of each channel is closed: its open window's start, or the end
+        of the last one closed; NaN: none yet."""
+        win = self._win[:n]
+        starts = win[:, windows.S_START]
+        ends = np.array(windows.window_ends(np.nan_to_num(starts), self.window_s), dtype=np.float64)
+        return np.where(win[:, windows.S_COUNT] > 0, starts, np.where(np.isnan(starts), np.nan, ends))
+
+    def windows_open(self, n: int) -> list[tuple[int, int, None, float, float]]:
+        """Each open window as ``(table, channel, where, start, end)``; table 0 the aggregates, 1 the quantiles."""
+        out = []
+        for table, count, start in ((0, self._win[:n, windows.S_COUNT], self._win[:n, windows.S_START]),
+                                    (1, self._q[:n, 1], self._q[:n, 0])):
+            for c in np.nonzero(count > 0)[0].tolist():
+                s = float(start[c])
+                out.append((table, c, None, s, windows.window_ends([s], self.window_s)[0]))
+        return out
+
+    def fits(self, table: int, c: int, start: float, end: float) -> int | None:
+        """Where window ``[start, end)`` of channel ``c`` would go in this table (0: its row), None when it
+        is no window of this grid or the row has another open."""
+        if windows.grid_index(start, end, self.window_s) is None:
+            return None
+        busy = self._win[c, windows.S_COUNT] > 0 if table == 0 else self._q[c, 1] > 0
+        return None if busy else 0
+
+    def take(self, table: int, c: int, where: None) -> np.ndarray:
+        """Remove the open window of channel ``c`` (see :meth:`windows_open`) and return its state."""
+        if table == 0:
+            got = self._win[c, windows.S_START: windows.S_LATE].copy()
+            self._win[c, windows.S_COUNT] = 0.0
+            return got
+        got = self._q[c, 1:].copy()
+        self._q[c, 1:] = 0.0
+        return got
+
+    def put(self, table: int, c: int, slot: int, start: float, end: float, got: np.ndarray) -> None:
+        """Open the window :meth:`take` gave (of another table) in the place :meth:`fits` found."""
+        if table == 0:
+            self._win[c, windows.S_START: windows.S_LATE] = got  # the late count is not the window's
+        else:
+            self._q[c, 0] = start
+            self._q[c, 1:] = got
+
+    def hold(self, newest: np.ndarray) -> None:
+        """Count every window ending at or before ``newest[c]`` as closed on channel ``c`` (NaN: none)."""
+        n = newest.shape[0]
+        closed = np.array([windows.closed_before(t, self.window_s) for t in newest.tolist()], dtype=np.float64)
+        for count, start in ((self._win[:n, windows.S_COUNT], self._win[:n, windows.S_START]),
+                             (self._q[:n, 1], self._q[:n, 0])):
+            free = count == 0
+            start[free] = np.fmax(start[free], closed[free])
 
     def keep(self, keep: np.ndarray) -> None:
         self._win = keep_rows(self._win, keep, windows.new_state)
@@ -315,6 +391,64 @@ class _Hopping:
         h[has, -1] = np.fmax(h[has, -1], ends)
         q[has, -1] = np.fmax(q[has, -1], ends)
         return int(dropped)
+
+    def newest_time(self, n: int) -> np.ndarray:
+        """Each channel's newest time (reading, or end of a window closed); ``-inf``: none yet."""
+        return self._h[:n, -1].copy()
+
+    def windows_open(self, n: int) -> list[tuple[int, int, int, float, float]]:
+        """Each open window as ``(table, channel, slot, start, end)``; table 0 the aggregates, 1 the quantiles."""
+        out = []
+        for j in range(self.k):
+            o, qo = j * windows.HOP_SLOT, j * hopping.Q_SLOT
+            for table, tab, count, start, end in ((0, self._h, o + windows.S_COUNT, o + windows.S_START,
+                                                   o + windows.H_END),
+                                                  (1, self._q, qo + hopping.Q_SKETCH, qo + hopping.Q_START,
+                                                   qo + hopping.Q_END)):
+                for c in np.nonzero(tab[:n, count] > 0)[0].tolist():
+                    out.append((table, c, j, float(tab[c, start]), float(tab[c, end])))
+        return out
+
+    def fits(self, table: int, c: int, start: float, end: float) -> int | None:
+        """The slot window ``[start, end)`` of channel ``c`` would take in this table, None when it is no
+        window of this grid or the slot holds another."""
+        b = windows.grid_index(start, end, self.window_s, self.hop_s)
+        if b is None:
+            return None
+        j = b % self.k
+        busy = (self._h[c, j * windows.HOP_SLOT + windows.S_COUNT] > 0 if table == 0
+                else self._q[c, j * hopping.Q_SLOT + hopping.Q_SKETCH] > 0)
+        return None if busy else j
+
+    def take(self, table: int, c: int, j: int) -> np.ndarray:
+        """Remove the open window in slot ``j`` of channel ``c`` (see :meth:`windows_open`); return its state."""
+        if table == 0:
+            o = j * windows.HOP_SLOT
+            got = self._h[c, o + windows.S_START: o + windows.S_LATE].copy()
+            self._h[c, o + windows.S_COUNT] = 0.0
+            return got
+        o = j * hopping.Q_SLOT
+        got = self._q[c, o + hopping.Q_SKETCH: o + hopping.Q_SLOT].copy()
+        self._q[c, o + hopping.Q_SKETCH: o + hopping.Q_SLOT] = 0.0
+        return got
+
+    def put(self, table: int, c: int, j: int, start: float, end: float, got: np.ndarray) -> None:
+        """Open the window :meth:`take` gave (of another table) in slot ``j``, the one :meth:`fits` found."""
+        if table == 0:
+            o = j * windows.HOP_SLOT
+            self._h[c, o + windows.S_START: o + windows.S_LATE] = got  # slot 0's late count is the channel's
+            self._h[c, o + windows.H_END] = end
+        else:
+            o = j * hopping.Q_SLOT
+            self._q[c, o + hopping.Q_START] = start
+            self._q[c, o + hopping.Q_END] = end
+            self._q[c, o + hopping.Q_SKETCH: o + hopping.Q_SLOT] = got
+
+    def hold(self, newest: np.ndarray) -> None:
+        """Count every window ending at or before ``newest[c]`` as closed on channel ``c`` (NaN: none)."""
+        n = newest.shape[0]
+        for tab in (self._h, self._q):
+            tab[:n, -1] = np.fmax(tab[:n, -1], newest)
 
     def keep(self, keep: np.ndarray) -> None:
         self._h = keep_rows(self._h, keep, self._new_h)

@@ -165,6 +165,34 @@ def window_ends(starts, window_s: float, hop_s: float | None = None) -> list[flo
     return [_end.py_func(math.floor(float(s) * scale / nh + 0.5), nh, nw, scale) for s in starts]
 
 
+def grid_index(start: float, end: float, window_s: float, hop_s: float | None = None) -> int | None:
+    """The number ``b`` of the window ``[start, end)`` on the grid of ``window_s`` (tumbling) or ``window_s``
+    every ``hop_s``, exactly as the kernels place its boundaries; None when that grid has no window with
+    this start and end. Plain Python: a restart with another window geometry asks it of each open window
+    to carry over the ones both grids share (see :meth:`.Engine.adopt`)."""
+    if not (math.isfinite(start) and math.isfinite(end)):
+        return None
+    if hop_s is None or hop_s == window_s:
+        scale, n, _ = _grid.py_func(float(window_s), float(window_s))
+        b = math.floor(start * scale / n + 0.5)
+        ok = _edge.py_func(b, n, scale) == start and _edge.py_func(b + 1, n, scale) == end
+    else:
+        scale, nw, nh = _grid.py_func(float(window_s), float(hop_s))
+        b = math.floor(start * scale / nh + 0.5)
+        ok = _edge.py_func(b, nh, scale) == start and _end.py_func(b, nh, nw, scale) == end
+    return int(b) if ok else None
+
+
+def closed_before(t: float, window_s: float) -> float:
+    """The start of the newest tumbling window that ends at or before ``t`` (NaN for a ``t`` that is not
+    finite): a table whose start column holds it counts every window up to ``t`` as closed."""
+    if not math.isfinite(t):
+        return math.nan
+    scale, n, _ = _grid.py_func(float(window_s), float(window_s))
+    b = math.floor(_window_start.py_func(t, float(window_s), scale, n) * scale / n + 0.5)
+    return _edge.py_func(b - 1, n, scale)
+
+
 @kernel
 def tumbling_update(chan, ts, val, window_s, state, out):
     """Fold a batch into the open windows; write each window it closes to ``out``.
