@@ -79,7 +79,7 @@ class Gateway:
         self._pending: list = []
         self._refused_seen: dict[str, int] = {}  # batcher.refused when _make_room last looked
         self._room_checked = -math.inf
-        self._numbering_owed = False  # renumbered, and no checkpoint of the new numbering stored yet
+        self._numbering_owed = False  # renumbered or regridded, and no checkpoint of the new one stored yet
         self.channels_forgotten: dict[str, int] = {}  # per sensor, by _make_room
         self._stop = asyncio.Event()
         self.link = None
@@ -376,6 +376,11 @@ class Gateway:
         if blob:
             n = self.pipeline.restore(blob, await self.queue.load_note("marks"))
             log.info("restored analytics state of %d channels", n)
+            if self.pipeline.regridded:
+                # another window geometry: a crash before a checkpoint of the new grid is stored would restore
+                # this one again, whose old-grid windows closed at this start the marks of the new grid cannot
+                # drop; the first round's transaction stores one, as after a renumbering
+                self._numbering_owed = True
 
     async def _restore_events(self) -> None:
         """``status``'s recent events of the runs before this one, marked as from before this restart

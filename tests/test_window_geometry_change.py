@@ -266,3 +266,45 @@ async def test_the_daemon_sends_each_window_once_across_a_crash_and_a_changed_ho
                    # after the restart: [1060, 1070) holds the readings from 1065 on, those of 1060..1064 died
                    (1060.0, 1070.0, 5), (1065.0, 1075.0, 10), (1070.0, 1080.0, 10), (1075.0, 1085.0, 10),
                    (1080.0, 1090.0, 10)]
+
+
+async def test_a_second_crash_before_the_first_checkpoint_on_the_new_grid_sends_nothing_twice(tmp_path):
+    """The first round with messages after a restart on another grid stores a checkpoint of the new grid with
+    them: a crash soon after (before the minute's checkpoint) restores that one, not the old grid's again,
+    which the new grid's marks do not fit."""
+    from edge_gateway.daemon import Gateway
+
+    async def rounds(gw: Gateway, first: int, last: int, ckpt_after: int | None = None) -> None:
+        for k0 in range(first, last + 1, 5):
+            for k in range(k0, k0 + 5):
+                gw.batcher.add(reading(k))
+            await gw.tick()
+            if k0 == ckpt_after:
+                await gw._save_checkpoint()
+
+    async def start(conf) -> Gateway:
+        gw = Gateway(conf)
+        await gw.queue.open()
+        await gw._restore_checkpoint()
+        return gw
+
+    state = f"{tmp_path}/state"
+    gw = await start(cfg(10, state_dir=state))
+    await rounds(gw, 1000, 1060, ckpt_after=1055)
+    await gw.queue.close()  # crash 1: tumbling checkpoint after 1059, rounds up to 1064 committed
+    gw = await start(cfg(10, 5, state_dir=state))
+    await rounds(gw, 1065, 1075)
+    await gw.queue.close()  # crash 2: no checkpoint saved by the minute yet
+    gw = await start(cfg(10, 5, state_dir=state))
+    await rounds(gw, 1080, 1090)
+    rows = await gw.queue.peek(0, 1000)
+    await gw.queue.close()
+    got = [(f["start"], f["end"], f["count"]) for f in map(messages.decode, (r.payload for r in rows))
+           if "type" not in f]
+    assert got == [(1000.0, 1010.0, 10), (1010.0, 1020.0, 10), (1020.0, 1030.0, 10), (1030.0, 1040.0, 10),
+                   (1040.0, 1050.0, 10), (1050.0, 1060.0, 10),
+                   (1060.0, 1070.0, 5), (1065.0, 1075.0, 10),
+                   # the first round with messages after restart 1 (1070..1074) stored a checkpoint of the hop-5
+                   # grid; after crash 2 [1070, 1080) holds its 5 readings (1075..1079 died with the crash).
+                   # Restoring the tumbling checkpoint again instead, [1070, 1080) was never sent at all
+                   (1070.0, 1080.0, 5), (1075.0, 1085.0, 5), (1080.0, 1090.0, 10)]
