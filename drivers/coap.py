@@ -235,17 +235,23 @@ def no_answer(uri: str, exc: BaseException | None = None) -> str:
 
 
 def decode_payload(payload: bytes, content_format: int | None, res: CoapResource,
-                   now: float, max_records: int | None = None) -> tuple[list[Sample], int]:
+                   now: float, max_records: int | None = None,
+                   stamped_here: list[bool] | None = None) -> tuple[list[Sample], int]:
     """(channel, value, ts, unit) samples of one response, and how many parts were rejected.
 
+    ``stamped_here``, if given, gets one entry per sample: whether its time is ``now``, the gateway's
+    clock (a plain number, JSON, or a SenML time relative to now), not the node's (SenML absolute time).
     Raises :class:`senml.TooLarge` for a pack or object of more than ``max_records`` entries, if given.
     """
     if content_format in (senml.CT_SENML_JSON, senml.CT_SENML_CBOR):
-        records, errors = senml.decode(payload, content_format, now, max_records)
+        relative: list[bool] = []
+        records, errors = senml.decode(payload, content_format, now, max_records, relative)
         strip = res.strip_prefix
         out = [(r.name[len(strip):] if strip and r.name.startswith(strip) else r.name, r.value, r.ts, r.unit)
                for r in records]
         kept = [s for s in out if s[0]]
+        if stamped_here is not None:
+            stamped_here += [rel for s, rel in zip(out, relative) if s[0]]
         return kept, errors + len(out) - len(kept)
     try:
         if content_format == senml.CT_JSON:
@@ -269,10 +275,14 @@ def decode_payload(payload: bytes, content_format: int | None, res: CoapResource
                 errors += 1
             else:
                 out.append((key, v, now, res.units.get(key, "")))
+        if stamped_here is not None:
+            stamped_here += [True] * len(out)
         return out, errors
     v = _finite(obj)
     if v is None:
         return [], 1
+    if stamped_here is not None:
+        stamped_here.append(True)
     return [(res.default_channel, v, now, res.unit)], 0
 
 
@@ -630,22 +640,27 @@ class CoapDriver(Driver):
             st.stats.duplicates += last.count
             return
         now = self.clock()
+        here: list[bool] = []
         try:
-            samples, errors = decode_payload(payload, content_format, res, now, self.options.max_records)
+            samples, errors = decode_payload(payload, content_format, res, now, self.options.max_records, here)
         except senml.TooLarge as exc:
             self._oversize(res, str(exc))
             return
         self.stats.malformed += errors
         st.last = _Last(content_format, payload, len(samples))
-        samples = self._unseen(res, samples, now)
-        for channel, value, ts, unit in samples:
-            self.sink(Reading(self.sensor_id, channel, value, ts, unit))
-        if samples:
-            self.stats.readings += len(samples)
+        fresh = self._unseen(res, samples, now)
+        n = 0
+        for (channel, value, ts, unit), new, stamped_here in zip(samples, fresh, here):
+            if new:
+                self.sink(Reading(self.sensor_id, channel, value, ts, unit, gateway_stamped=stamped_here))
+                n += 1
+        if n:
+            self.stats.readings += n
             self.stats.last_reading_ts = now
 
-    def _unseen(self, res: CoapResource, samples: list[Sample], now: float) -> list[Sample]:
-        """The samples not published before, and the record of times updated with this pack.
+    def _unseen(self, res: CoapResource, samples: list[Sample], now: float) -> list[bool]:
+        """Which of the samples were not published before (one flag each), and the record of times
+        updated with this pack.
 
         A sample stamped by the node is published once: a poll of an unchanged SenML pack, a
         re-notification or a registration repeats it, and only a time in the channel's previous pack is
@@ -664,8 +679,8 @@ class CoapDriver(Driver):
                         self.sensor_id, self._uri(res), min(behind))
             recent.clear()
             newest.clear()
-        fresh = [s for s in samples if s[2] == now or s[2] not in recent.get(s[0], ())]
-        st.stats.duplicates += len(samples) - len(fresh)
+        fresh = [s[2] == now or s[2] not in recent.get(s[0], ()) for s in samples]
+        st.stats.duplicates += len(samples) - sum(fresh)
         times: dict[str, set[float]] = {}
         for c, ts in stamped:
             times.setdefault(c, set()).add(ts)

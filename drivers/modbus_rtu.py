@@ -253,7 +253,7 @@ class ModbusRtuDriver(Driver):
         for name, value, unit in values:
             lo, hi = limits[name]
             bad = (lo is not None and value < lo) or (hi is not None and value > hi)
-            self.sink(Reading(self.sensor_id, name, value, now, unit, Quality.BAD if bad else Quality.GOOD))
+            self.sink(Reading(self.sensor_id, name, value, now, unit, Quality.BAD if bad else Quality.GOOD, True))
         self.stats.readings += len(values)
         self.stats.last_reading_ts = now
         return True

@@ -193,7 +193,7 @@ class Pms5003Driver(StreamDriver):
                 value = frame[index]
                 bad = unit == MASS_UNIT and value > MAX_MASS
                 self.sink(Reading(self.sensor_id, channel, float(value), ts, unit,
-                                  Quality.BAD if bad else Quality.GOOD))
+                                  Quality.BAD if bad else Quality.GOOD, True))
             self.stats.readings += len(channels)
         self.stats.last_reading_ts = times[-1]
 

@@ -136,11 +136,14 @@ def _refuses(rec: dict, K: _Keys) -> bool:
     return any(k.__class__ is str and k.endswith("_") for k in rec if k not in K.known)
 
 
-def resolve(pack, now: float, keys: _Keys = JSON_KEYS, max_records: int | None = None) -> tuple[list[Record], int]:
+def resolve(pack, now: float, keys: _Keys = JSON_KEYS, max_records: int | None = None,
+            relative: list[bool] | None = None) -> tuple[list[Record], int]:
     """Resolve parsed records (dicts keyed by JSON names, or by CBOR labels with ``CBOR_KEYS``).
 
     A base field that fails validation becomes None, so a later record that relies on it fails
-    (TypeError) and is counted, until a record sets that field again.
+    (TypeError) and is counted, until a record sets that field again. ``relative``, if given, gets one
+    entry per record returned: whether its time is relative to ``now`` (the receiver's clock, which a
+    step of that clock moves), not the node's own absolute time.
     """
     if pack.__class__ is not list:
         return [], 1
@@ -213,7 +216,8 @@ def resolve(pack, now: float, keys: _Keys = JSON_KEYS, max_records: int | None =
                 continue
             t = rec.get(K.t)
             ts = bt if t is None else bt + _num(t)
-            if ts < RELATIVE_LIMIT:
+            rel = ts < RELATIVE_LIMIT
+            if rel:
                 ts += now
             unit = rec.get(K.u, bu)
             full = bn + name
@@ -223,33 +227,38 @@ def resolve(pack, now: float, keys: _Keys = JSON_KEYS, max_records: int | None =
                 errors += 1
                 continue
             append(new(Record, (full, value, ts, unit)))
+            if relative is not None:
+                relative.append(rel)
         except (TypeError, ValueError, OverflowError):
             errors += 1
     return out, errors
 
 
-def decode_json(payload: bytes, now: float, max_records: int | None = None) -> tuple[list[Record], int]:
+def decode_json(payload: bytes, now: float, max_records: int | None = None,
+                relative: list[bool] | None = None) -> tuple[list[Record], int]:
     try:
         pack = json.loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return [], 1
-    return resolve(pack, now, JSON_KEYS, max_records)
+    return resolve(pack, now, JSON_KEYS, max_records, relative)
 
 
-def decode_cbor(payload: bytes, now: float, max_records: int | None = None) -> tuple[list[Record], int]:
+def decode_cbor(payload: bytes, now: float, max_records: int | None = None,
+                relative: list[bool] | None = None) -> tuple[list[Record], int]:
     try:
         pack = cbor2.loads(payload)
     except Exception:  # noqa: BLE001 - cbor2 raises many types on hostile input
         return [], 1
-    return resolve(pack, now, CBOR_KEYS, max_records)
+    return resolve(pack, now, CBOR_KEYS, max_records, relative)
 
 
 def decode(payload: bytes, content_format: int | None, now: float,
-           max_records: int | None = None) -> tuple[list[Record], int]:
-    """Decode a SenML payload of either content format; :class:`TooLarge` past ``max_records`` records."""
+           max_records: int | None = None, relative: list[bool] | None = None) -> tuple[list[Record], int]:
+    """Decode a SenML payload of either content format; :class:`TooLarge` past ``max_records`` records.
+    ``relative``: see :func:`resolve`."""
     if content_format == CT_SENML_CBOR:
-        return decode_cbor(payload, now, max_records)
-    return decode_json(payload, now, max_records)
+        return decode_cbor(payload, now, max_records, relative)
+    return decode_json(payload, now, max_records, relative)
 
 
 def encode_json(records: list[dict]) -> bytes:

@@ -337,7 +337,9 @@ class SerialLineDriver(StreamDriver):
         before = decoder.malformed
         for samples in decoder.feed(data):
             for channel, value, ts in samples:
-                self.sink(Reading(self.sensor_id, channel, value, now if ts is None else ts, units.get(channel, "")))
+                # without a timestamp_field, stamped here on the gateway's clock
+                self.sink(Reading(self.sensor_id, channel, value, now if ts is None else ts, units.get(channel, ""),
+                                  gateway_stamped=ts is None))
                 self.stats.readings += 1
             self.stats.last_reading_ts = now
         self.stats.malformed += decoder.malformed - before

@@ -94,8 +94,10 @@ class Batcher:
         for k in self.keys:
             self._per_sensor[k.sensor] = self._per_sensor.get(k.sensor, 0) + 1
 
-    def add(self, r: Reading) -> None:
-        if not _T_LO < r.ts < _T_HI:  # NaN too
+    def add(self, r: Reading, shift: float = 0.0) -> None:
+        """Buffer ``r``, its time moved by ``shift`` seconds (a reading re-dated by :mod:`.clockhold`)."""
+        ts = r.ts + shift if shift else r.ts
+        if not _T_LO < ts < _T_HI:  # NaN too
             self._bad_time(r)
             return
         idx = self._index.get((r.sensor, r.channel, r.unit))
@@ -109,7 +111,7 @@ class Batcher:
                 return
             idx = self.index_of(r.sensor, r.channel, r.unit)
         self._chan.append(idx)
-        self._ts.append(r.ts)
+        self._ts.append(ts)
         self._val.append(r.value)
 
     def _bad_time(self, r: Reading) -> None:

@@ -89,6 +89,25 @@ def status(args) -> int:
     return 0
 
 
+_HOLD_ENDS = {"synced": "until the clock was synchronised without a step; released as stamped",
+              "waited_out": "and it was still not synchronised (clock_sync_wait_s); released as stamped",
+              "cap": "until the cap on held readings; released as stamped",
+              "stopped": "until the stop; released as stamped"}
+
+
+def hold_text(hold: dict) -> str:
+    """The clock hold (gateway.clock_sync_wait_s) in words: while it lasts, or how it ended; "" if none was needed."""
+    if hold.get("state") == "waiting":
+        return (f"waiting for sync: {hold.get('waited_s', 0):g} s of {hold.get('wait_s', 0):g} s, "
+                f"{hold.get('held', 0)} readings held")
+    if hold.get("state") != "ended":
+        return ""
+    head = f"held {hold.get('released', 0)} readings {hold.get('waited_s', 0):g} s "
+    if hold.get("reason") == "step":
+        return head + f"until NTP stepped the clock by {hold.get('step_s') or 0:+g} s; {hold.get('redated', 0)} re-dated"
+    return head + _HOLD_ENDS.get(str(hold.get("reason")), f"({hold.get('reason')})")
+
+
 def render(s: dict, now: float | None = None) -> None:
     """The human view of a status document; ``now`` (wall time, default the clock) dates "down since".
 
@@ -113,6 +132,9 @@ def render(s: dict, now: float | None = None) -> None:
     if clk.get("steps"):
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(clk["last_step_at"])) if clk.get("last_step_at") else "?"
         print(f"clock     stepped {clk['steps']} time(s), last by {clk['last_step_s']:+g} s at {at}")
+    held = hold_text(clk.get("hold") or {})
+    if held:
+        print(("          " if clk.get("steps") else "clock     ") + held)
     r = s.get("reload", {})
     if r.get("count"):
         when = _dt.datetime.fromtimestamp(r["last_ts"]).strftime("%H:%M:%S") if r.get("last_ts") else "?"

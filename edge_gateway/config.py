@@ -35,7 +35,9 @@ class GatewaySection:
     '_' or '-'). ``topic_prefix``: the topic root before the id. ``state_dir``: the folder of the queue
     database, the analytics checkpoint, the Numba cache and the control socket (a relative path is taken
     from the config file's folder). ``batch_interval_s``: how often readings go through the detectors
-    and are committed to the queue.
+    and are committed to the queue. ``clock_sync_wait_s``: at start, while the system clock is not
+    synchronised (a Pi without an RTC, before NTP's first sync), hold readings in memory up to this many
+    seconds and re-date the ones the gateway stamped by the step NTP makes (0: off; docs/uplink.md).
     """
 
     id: str
@@ -43,6 +45,7 @@ class GatewaySection:
     state_dir: str = "/var/lib/edge-gateway"
     batch_interval_s: float = 0.2
     status_interval_s: float = 60.0  # retained status message on MQTT; 0 = only birth/will
+    clock_sync_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", self.id):
@@ -54,6 +57,9 @@ class GatewaySection:
             raise ValueError("batch_interval_s: must be positive")
         if self.status_interval_s < 0:
             raise ValueError("status_interval_s: must be 0 (off) or positive")
+        if not 0 <= self.clock_sync_wait_s <= 86400:
+            raise ValueError("clock_sync_wait_s: must be 0 (off) or positive, at most 86400 (a day): readings "
+                             "wait in memory")
 
 
 # After ``<prefix>/<id>``, the longest topic the gateway uses: ``/cmd-res/`` and a 64-character command name

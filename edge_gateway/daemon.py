@@ -28,6 +28,7 @@ import msgpack
 
 from . import aio, kernel_cache, memory, private_files, stall
 from .config import GatewayConfig
+from .clockhold import ClockHold
 from .clockwatch import ClockWatch
 from .statelock import AlreadyRunning, NotOurs, StateDirLock
 
@@ -69,12 +70,17 @@ class Gateway:
                                   seed_seq=True)
         self.router = None  # downlink commands (see _start_uplink, docs/uplink.md)
         self.supervisor = Supervisor(self._on_gap, clock=clock)
+        # gateway.clock_sync_wait_s: the drivers' readings wait for the clock's sync there (see start, tick)
+        self.hold = ClockHold(self.batcher.add, cfg.gateway.clock_sync_wait_s,
+                              steady=lambda: self.clockwatch.steady()) if cfg.gateway.clock_sync_wait_s > 0 else None
+        self._sink = self.hold.add if self.hold is not None else self.batcher.add
         self.drivers = [
-            drivers.get(s.driver)(s.id, s.options, self.batcher.add, clock=clock) for s in cfg.sensors
+            drivers.get(s.driver)(s.id, s.options, self._sink, clock=clock) for s in cfg.sensors
         ]
         # messages for the next round: link gaps go before what its readings make (the gap ended before
         # the new link's first reading); a clock step after (its since_seq..seq are the rows stamped on the
-        # clock before the step, and that round's output closes windows of the old clock)
+        # clock before the step, and that round's output closes windows of the old clock), unless the
+        # step ended a clock hold: then before, as that round's readings were all re-dated or stamped after it
         self._gaps_pending: list = []
         self._pending: list = []
         self._refused_seen: dict[str, int] = {}  # batcher.refused when _make_room last looked
@@ -123,7 +129,8 @@ class Gateway:
         round every batch_interval_s, 0.2 s by default; the first retry waits at least 0.25 s)."""
         from . import messages
 
-        self.pipeline.resume_sensor(gap.sensor)
+        if self.hold is None or not self.hold.link_back(gap.sensor):  # held: re-anchored at their release
+            self.pipeline.resume_sensor(gap.sensor)
         self._gaps_pending.append(messages.event(self.topics, self.cfg.gateway.id, gap.sensor, "link_gap",
                                             start=gap.start, end=gap.end, reason=gap.reason))
 
@@ -166,6 +173,8 @@ class Gateway:
                         time.perf_counter() - t0)
             return False
         log.info("kernels ready in %.2f s", time.perf_counter() - t0)
+        if self.hold is not None:
+            self.hold.begin()  # after the warm-up (minutes, the first time), in which NTP may have synced
         for d in self.drivers:
             self.supervisor.start(d)
         self.forwarder.notify()
@@ -281,11 +290,12 @@ class Gateway:
         from . import messages
 
         step = self.clockwatch.check()
+        released, ended = self._release_held(step) if self.hold is not None else ([], None)
         if step is not None:
-            await self._clock_stepped(step)
+            await self._clock_stepped(step, ended.redated if ended is not None else None)
         batch = self.batcher.drain()
         self.counts["readings"] += len(batch)
-        out = self._gaps_pending + self.pipeline.process(batch, self.clockwatch.steady()) + self._pending
+        out = self._gaps_pending + released + self.pipeline.process(batch, self.clockwatch.steady()) + self._pending
         self._gaps_pending, self._pending = [], []
         self._observe(batch, out)
         if self.batcher.refused and self._make_room():
@@ -339,23 +349,51 @@ class Gateway:
                         len(mine), CHANNEL_IDLE_S, mine[0])
         return True
 
-    async def _clock_stepped(self, step) -> None:
+    def _release_held(self, step) -> tuple[list, object]:
+        """Poll the clock hold with this round's clock check; if it ends, its readings go to the batcher in
+        arrival order, and the messages of the ones before a link that came back meanwhile are returned:
+        those are processed first, then the sensor's dropout clocks re-anchored, as :meth:`_on_gap` does
+        for readings not held. No await in here: a driver must not add a reading before the held ones."""
+        ended = self.hold.poll(step)
+        out: list = []
+        add = self.batcher.add
+        for readings, shifts, resumed in self.hold.take():
+            if shifts is None:
+                for r in readings:
+                    add(r)
+            else:
+                for r, shift in zip(readings, shifts):
+                    add(r, shift)
+            if resumed:
+                batch = self.batcher.drain()
+                self.counts["readings"] += len(batch)
+                done = self.pipeline.process(batch, self.clockwatch.steady())
+                self._observe(batch, [])  # the events: with the round's (tick)
+                out += done
+                for sensor in resumed:
+                    self.pipeline.resume_sensor(sensor)
+        return out, ended
+
+    async def _clock_stepped(self, step, redated: int | None = None) -> None:
         """NTP's first sync on a gateway without an RTC, usually: readings and queued messages were stamped
         with a clock ``step.step_s`` off. The detectors must not take the jump for a dropout, the queue's
         ``max_age_s`` must not expire what it holds by the jump, and the cloud is told, so it can re-date
-        what came before."""
+        what came before. ``redated``: the step ended a clock hold (:mod:`.clockhold`), which re-dated that
+        many readings itself: none this process processed was stamped on the clock before the step."""
         from . import messages
 
         self.pipeline.clock_stepped()
         # every row this process queued is on the clock before the step (earlier steps' rows were shifted)
         after = self._epoch_seq if self._epoch_seq is not None else self.queue.last_seq
         shifted = await self.queue.shift_created(step.step_s, after)
-        log.warning("the wall clock stepped by %+.3f s (%s -> %s; NTP's first sync?): readings stamped before "
-                    "it are off by that much; %d queued message(s) re-aged", step.step_s,
-                    _iso(step.before), _iso(step.at), shifted)
-        self._pending.append(messages.event(self.topics, self.cfg.gateway.id, "_gateway", "clock_step",
-                                            step_s=step.step_s, before=step.before, at=step.at,
-                                            since_seq=after + 1))
+        stamped = ("readings stamped before it are off by that much" if redated is None else
+                   f"the {redated} reading(s) held for it were re-dated by it")
+        log.warning("the wall clock stepped by %+.3f s (%s -> %s; NTP's first sync?): %s; %d queued message(s) "
+                    "re-aged", step.step_s, _iso(step.before), _iso(step.at), stamped, shifted)
+        extra = {} if redated is None else {"redated": redated}
+        ev = messages.event(self.topics, self.cfg.gateway.id, "_gateway", "clock_step", step_s=step.step_s,
+                            before=step.before, at=step.at, since_seq=after + 1, **extra)
+        (self._pending if redated is None else self._gaps_pending).append(ev)
 
     # --- state -------------------------------------------------------------------------------
 
@@ -404,7 +442,8 @@ class Gateway:
         return {
             "gateway": self.cfg.gateway.id,
             "uptime_s": round(self.clockwatch.steady() - self.started_steady, 1),
-            "clock": self.clockwatch.status(),
+            "clock": self.clockwatch.status() if self.hold is None else {**self.clockwatch.status(),
+                                                                            "hold": self.hold.status()},
             "windows": {"seconds": self.cfg.windows.seconds, "hop_s": self.cfg.windows.hop_s,
                         "grace_s": self.cfg.windows.grace_s},
             "counts": dict(self.counts),
@@ -739,7 +778,7 @@ class Gateway:
         self.drivers = [d for d in self.drivers if d.sensor_id not in plan.stop]
         for sid in plan.start:
             s = new_sensors[sid]
-            d = drivers.get(s.driver)(s.id, s.options, self.batcher.add, clock=self.clock)
+            d = drivers.get(s.driver)(s.id, s.options, self._sink, clock=self.clock)
             self.drivers.append(d)
             self.supervisor.start(d)
         order = {s.id: i for i, s in enumerate(new_cfg.sensors)}
@@ -747,6 +786,8 @@ class Gateway:
         if plan.detector_changed:
             self.pipeline.set_detector(new_cfg.detector)
         self.pipeline.set_filters(new_cfg.sensors)
+        if self.hold is not None:  # a wait in progress takes the new length; a hold begins only at a start
+            self.hold.wait_s = new_cfg.gateway.clock_sync_wait_s
         if new_cfg.log_level != self.cfg.log_level:
             logging.getLogger().setLevel(new_cfg.log_level.upper())
         old_cfg, self.cfg = self.cfg, new_cfg
@@ -820,6 +861,8 @@ class Gateway:
         await self._cancel_background()
         await self._stop_operations()
         await self.supervisor.stop()
+        if self.hold is not None:
+            self.hold.stop()  # what it holds goes out with the last round, as stamped
         if started or self.batcher.pending():
             await self.tick()
             await self._save_checkpoint()

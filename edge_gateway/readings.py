@@ -25,7 +25,11 @@ class Quality(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One value of one channel of one sensor at one wall-clock time (seconds since epoch)."""
+    """One value of one channel of one sensor at one wall-clock time (seconds since epoch).
+
+    ``gateway_stamped``: the time is the gateway's clock at receipt (not the node's own), so a step of
+    that clock moves it (:mod:`.clockhold` re-dates such readings held until NTP's sync).
+    """
 
     sensor: str
     channel: str
@@ -33,3 +37,4 @@ class Reading:
     ts: float
     unit: str = ""
     quality: Quality = Quality.GOOD
+    gateway_stamped: bool = False

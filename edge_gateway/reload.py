@@ -16,6 +16,8 @@ What a reload can change while the gateway runs:
   what was in flight is sent again (same ``seq``: a duplicate, never a gap).
 * ``detector``: thresholds and EWMA settings apply from the next batch.
 * ``log_level``, ``gateway.batch_interval_s``, ``gateway.status_interval_s``.
+* ``gateway.clock_sync_wait_s``: a wait for the clock's sync in progress takes the new length (0 ends
+  it); a wait begins only at a start.
 
 What needs a restart (the reload is refused, the old config keeps running):
 ``gateway.id``, ``gateway.topic_prefix``, ``gateway.state_dir``, ``queue``,
