@@ -18,7 +18,7 @@ import time
 
 from edge_gateway.uplink import MAX_INBOUND_PENDING, MAX_WAITING
 from support import Broker, Subscriber
-from test_downlink_limits import TOPICS, Publisher, make_link
+from test_downlink_limits import TOPICS, Publisher, make_link, until_subscribed
 from uplink_support import TcpProxy, until
 
 
@@ -69,6 +69,8 @@ async def test_inbound_messages_past_the_cap_are_dropped_while_the_event_loop_st
     try:
         await until(lambda: link.connected, 5, "connected")
         pub = Publisher(broker.port)
+        await until_subscribed(pub, inbox)
+        seen.clear()
         t = publish_in_thread(pub, n)
         stall_until(lambda: len(seen) == n, 20)  # the loop is stalled: nothing the link posts runs
         during = (len(seen), len(inbox))

@@ -59,6 +59,22 @@ def make_link(port: int, protocol: str = "5", *, birth=lambda: b"online", acks=N
                         (topic, payload)))
 
 
+async def until_subscribed(pub: Publisher, inbox: list) -> None:
+    """The link subscribes in its CONNACK callback, where ``connected`` turns true: a command published before
+    the broker has the subscription is dropped. Probes until one gets through, then empties ``inbox`` (a probe
+    lost before the subscription is never delivered later; one delivered came in order before the last)."""
+    topic = TOPICS.cmd("probe")
+    for i in range(50):
+        await asyncio.to_thread(pub.send, topic, b"probe %d" % i)
+        try:
+            await until(lambda: (topic, b"probe %d" % i) in inbox, 0.3, "the probe")
+        except AssertionError:
+            continue
+        inbox.clear()
+        return
+    raise AssertionError("the link never got a message on its command topic")
+
+
 async def test_publish_refuses_topics_mqtt_cannot_carry_and_the_link_keeps_working(broker):
     """#1: paho raises on an over-long or wildcard topic; on the network thread that ended it for good."""
     sub = Subscriber(broker.port, "city/lim-gw/agg/#", client_id="lim-sub").start()
@@ -103,6 +119,7 @@ async def test_an_exception_in_a_paho_callback_is_counted_and_the_session_still_
     try:
         await until(lambda: link.connected, 5, "connected")
         pub = Publisher(broker.port)
+        await until_subscribed(pub, inbox)
         await asyncio.to_thread(pub.send, TOPICS.cmd("ping"), b'{"id": 1}')
         await until(lambda: len(inbox) == 1, 3, "the command delivered")
         token = link.publish(TOPICS.agg("a"), b"x")
@@ -150,6 +167,7 @@ async def test_oversize_inbound_messages_never_reach_the_daemon(broker, protocol
     try:
         await until(lambda: link.connected, 5, "connected")
         pub = Publisher(broker.port)
+        await until_subscribed(pub, inbox)
         sizes = [200 * 1024, 50, 60 * 1024, 64 * 1024, 7]  # uplink.MAX_INBOUND is 64 KiB
         for i, n in enumerate(sizes):
             await asyncio.to_thread(pub.send, TOPICS.cmd("ping"), bytes([i]) * n)
@@ -188,6 +206,11 @@ async def test_a_30_mb_command_is_never_held_in_the_gateways_memory(broker, prot
     link.start()
     try:
         await until(lambda: link.connected, 5, "connected")
+        pub = Publisher(broker.port)
+        try:
+            await until_subscribed(pub, inbox)
+        finally:
+            pub.stop()
         tracemalloc.start()
         try:
             args = [sys.executable, "-c", PUBLISH_BIG, str(broker.port), TOPICS.cmd("ping"), str(30 << 20)]
