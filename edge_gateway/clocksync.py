@@ -42,8 +42,9 @@ class _Timex(ctypes.Structure):
 _libc = None
 
 
-def read_adjtimex() -> int:
-    """The clock state ``adjtimex(2)`` returns with ``modes = 0`` (nothing set); OSError when refused."""
+def read_timex() -> tuple[int, int, int]:
+    """``adjtimex(2)`` with ``modes = 0`` (nothing set): the clock state it returns, ``status`` and
+    ``maxerror`` (us); OSError when refused. ``edge-gateway doctor`` shows the same call's answer."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)  # on first use, not at import
@@ -52,7 +53,12 @@ def read_adjtimex() -> int:
     if state < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
-    return int(state)
+    return int(state), int(tx.status), int(tx.maxerror)
+
+
+def read_adjtimex() -> int:
+    """The clock state ``adjtimex(2)`` returns with ``modes = 0``; OSError when refused."""
+    return read_timex()[0]
 
 
 class ClockSync:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import ctypes
 import errno
 import grp
 import json
@@ -760,26 +759,18 @@ def _chronyc() -> Check | None:
     return Check("clock", "fail", f"chrony leap status {status or 'unknown'}", "check `chronyc sources -v`")
 
 
-class _Timex(ctypes.Structure):  # struct timex, enough of it to read status and maxerror; padded
-    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
-                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
-                ("_rest", ctypes.c_byte * 256)]
-
-
 def _adjtimex() -> Check | None:
+    from .clocksync import TIME_ERROR, read_timex
+
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        tx = _Timex()
-        state = libc.adjtimex(ctypes.byref(tx))
+        state, status, maxerror = read_timex()
     except (OSError, AttributeError):
         return None
-    if state < 0:
-        return None
     sta_unsync = 0x0040
-    if state == 5 or tx.status & sta_unsync:  # TIME_ERROR
+    if state == TIME_ERROR or status & sta_unsync:
         return Check("clock", "fail", "kernel clock not synchronised (adjtimex: TIME_ERROR/STA_UNSYNC)",
                      "enable systemd-timesyncd or chrony; a gateway without RTC needs network time at boot")
-    return Check("clock", "ok", f"kernel clock synchronised (adjtimex, max error {tx.maxerror / 1000:.0f} ms)")
+    return Check("clock", "ok", f"kernel clock synchronised (adjtimex, max error {maxerror / 1000:.0f} ms)")
 
 
 # --- daemon -----------------------------------------------------------------------------------
