@@ -59,7 +59,7 @@ import socket
 import ssl
 import stat
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .cmd_service import (CLOSED_POLICY_GROUPS, CLOSED_POLICY_NODES, DEFAULTS, DEVICE_GROUPS, STATE_DIR, hidden_dir,
@@ -141,7 +141,7 @@ def handle(args) -> int:
         if coap:
             checks.extend(check_coap(coap, args.timeout))
     if wanted("clock"):
-        checks.append(check_clock())
+        checks.append(clock_wait_note(check_clock(), None if cfg is None else cfg.gateway.clock_sync_wait_s))
     if cfg is not None and wanted("daemon"):
         checks.append(check_daemon(cfg.state_dir / "control.sock"))
     checks = [c for c in checks if wanted(c.name)]
@@ -727,6 +727,18 @@ def check_clock() -> Check:
             return result
     return Check("clock", "unknown", "no way to tell whether the clock is synchronised here",
                  "install and enable systemd-timesyncd or chrony")
+
+
+def clock_wait_note(check: Check, wait_s: float | None) -> Check:
+    """A clock not synchronised, told with what the config does about it at start: readings are held for up to
+    ``gateway.clock_sync_wait_s``, or (0) go out stamped with this clock. ``wait_s`` None: no config."""
+    if check.status != "fail" or wait_s is None:
+        return check
+    if wait_s > 0:
+        return replace(check, detail=f"{check.detail}; at start the gateway holds readings until it is, at most "
+                                     f"{wait_s:g} s (gateway.clock_sync_wait_s)")
+    return replace(check, fix=f"{check.fix}; and set gateway.clock_sync_wait_s "
+                              "(e.g. 900) so that readings wait for the sync instead of going out wrong-dated")
 
 
 def _run(cmd: list[str]) -> str | None:

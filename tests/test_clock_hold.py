@@ -500,3 +500,19 @@ def test_clock_sync_wait_s_default_and_reload():
     new = config.loads("gateway: {id: g, clock_sync_wait_s: 900}\n")
     plan = reload.plan(old, new)
     assert plan.ok and plan.other_changed == ("gateway.clock_sync_wait_s",)
+
+
+def test_doctor_tells_an_unsynchronised_clock_with_what_the_config_does_about_it():
+    from edge_gateway.cmd_doctor import Check, clock_wait_note
+
+    bad = Check("clock", "fail", "not synchronised (timedatectl)", "timedatectl set-ntp true")
+    assert clock_wait_note(bad, 900.0) == Check(
+        "clock", "fail", "not synchronised (timedatectl); at start the gateway holds readings until it is, at most "
+        "900 s (gateway.clock_sync_wait_s)", "timedatectl set-ntp true")
+    assert clock_wait_note(bad, 0.0) == Check(
+        "clock", "fail", "not synchronised (timedatectl)", "timedatectl set-ntp true; and set "
+        "gateway.clock_sync_wait_s (e.g. 900) so that readings wait for the sync instead of going out "
+        "wrong-dated")
+    assert clock_wait_note(bad, None) == bad  # no config loaded
+    good = Check("clock", "ok", "synchronised (timedatectl)")
+    assert clock_wait_note(good, 0.0) == good and clock_wait_note(good, 900.0) == good
