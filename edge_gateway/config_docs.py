@@ -246,7 +246,26 @@ def section_text(name: str, *, markdown: bool = False) -> str:
         if d.text:
             lines += textwrap.wrap(plain_text(d.text), _DESC_WIDTH, initial_indent=" " * 6,
                                    subsequent_indent=" " * 6, break_on_hyphens=False)
+    if name == "detector":
+        lines += _params_lines()
     return "\n".join(lines) + "\n"
+
+
+def _params_lines() -> list[str]:
+    """What ``detector.params`` (and each ``detector.sensors`` entry's) takes: a technician tuning a channel on a
+    gateway finds the names, defaults and ranges here, without the source."""
+    import textwrap
+
+    from .analytics.settings import param_docs
+
+    docs = param_docs()
+    width = max(len(n) for n, _, _ in docs)
+    lines = ["params (under detector.params: or a detector.sensors entry's params:, any of):"]
+    for name, default, values in docs:
+        lines.append(f"  {name:<{width}}  default {default}")
+        lines += textwrap.wrap(values, _DESC_WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                               break_on_hyphens=False)
+    return lines
 
 
 def driver_summary(name: str) -> str:

@@ -70,6 +70,31 @@ def test_an_unknown_name_gets_a_did_you_mean_over_drivers_and_sections(capsys):
                    "sections: gateway, broker, tls, sensors, filters, windows, detector, queue, metrics)\n")
 
 
+def test_the_detector_section_lists_every_param_with_its_default_and_the_values_it_takes(capsys):
+    """`config options windows` worked and `detector` named only `params`: a technician tuning a channel on a
+    gateway had no list of the names, defaults or ranges without the source."""
+    import dataclasses
+
+    from edge_gateway.analytics.settings import DetectorSettings
+
+    rc, out, err = run(capsys, "config", "options", "detector")
+    assert (rc, err) == (0, "")
+    head, params = out.split("params (under detector.params: or a detector.sensors entry's params:, any of):\n")
+    assert "  threshold  number or null, default null" in head
+    names = [ln.split()[0] for ln in params.splitlines() if not ln.startswith("      ")]
+    assert names == [f.name for f in dataclasses.fields(DetectorSettings)]
+    lines = params.splitlines()
+    at = {ln.split()[0]: i for i, ln in enumerate(lines) if not ln.startswith("      ")}
+    assert lines[at["ewma_alpha"]:at["ewma_alpha"] + 2] == [
+        "  ewma_alpha         default 0.01",
+        "      in (0, 1] (an EWMA's weight of the new reading: 0 never learns, above 1 overshoots)"]
+    assert lines[at["range_hi"]:at["range_hi"] + 2] == ["  range_hi           default .inf",
+                                                         "      any number; -.inf / .inf: no limit"]
+    assert lines[at["weights"]] == ("  weights            default [0 (ewma), 0 (robust), 0 (rate), 0 (cusum), "
+                                    "1 (range), 0 (flatline), 0 (dropout), 1 (novelty)]")
+    assert lines[at["guard_level"] + 1] == "      positive; above 1 (or .inf) guards open no events"
+
+
 def test_a_section_in_markdown(capsys):
     rc, out, _ = run(capsys, "config", "options", "metrics", "--markdown")
     assert rc == 0 and out == (

@@ -71,6 +71,38 @@ def _out_of_domain(name: str, x: float) -> str | None:
     return f"must be in {domain} ({why})"
 
 
+def domain_text(name: str) -> str:
+    """The values field ``name`` takes, in the words its refusal uses (``config options detector``)."""
+    if name in _UNBOUNDED:
+        return "any number; -.inf / .inf: no limit"
+    if name == "event_threshold":
+        return "in (0, 1] (the combined score is in [0, 1])"
+    if name == "guard_level":
+        return "positive; above 1 (or .inf) guards open no events"
+    if name == "nov_season_bins":
+        return f"in [1, {NOV_MAX_BINS}]"
+    lo, lo_open, hi, why = _DOMAINS.get(name, (0.0, False, _INF, ""))
+    domain = f"{'(' if lo_open else '['}{lo:g}, " + ("inf)" if hi == _INF else f"{hi:g}]")
+    if name == "nov_bypass":
+        domain += ", or .inf"
+    return f"in {domain} ({why})" if why else f"in {domain}"
+
+
+def param_docs() -> list[tuple[str, str, str]]:
+    """``(name, default, values)`` of every field ``detector.params`` takes, in declaration order; a list's
+    default names its entries (``weights`` follow :data:`DETECTOR_NAMES`, ``nov_*`` :data:`NOV_FEATURES`)."""
+    out = []
+    for f in dataclasses.fields(DetectorSettings):
+        v = f.default
+        if isinstance(v, tuple):
+            labels = DETECTOR_NAMES if f.name == "weights" else NOV_FEATURES
+            default = "[" + ", ".join(f"{x:g} ({n})" for x, n in zip(v, labels)) + "]"
+        else:
+            default = {math.inf: ".inf", -math.inf: "-.inf"}.get(v, f"{v:g}")
+        out.append((f.name, default, domain_text(f.name)))
+    return out
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
     """Every tunable of the detector ensemble. ``weights`` follow ``DETECTOR_NAMES``."""
