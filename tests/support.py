@@ -182,7 +182,10 @@ class GatewayProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Until the daemon logs "running:". A bound, not a speed check: a worker's first daemon may compile
+        the kernels while the other workers' do the same into the shared cache (a clean clone on a slow VM
+        took over 60 s)."""
         wait_for(lambda: "running:" in self.log_text() or self._dead(), timeout, 0.05, "gateway ready")
         assert self.proc is not None and self.proc.poll() is None, self.log_text()
 
