@@ -227,3 +227,14 @@ class Process:
                 self.proc.wait()
         for f in (self.proc.stdout, self.proc.stderr):
             f.close()
+
+
+async def daemon_rounds(gw, make, first: int, last: int, ckpt_after: int | None = None) -> None:
+    """Rounds of ``Gateway.tick`` on readings ``make(k)`` for k = first..last + 4, five a round; after the round
+    starting at ``ckpt_after`` the analytics checkpoint is stored, as the daemon's minute does."""
+    for k0 in range(first, last + 1, 5):
+        for k in range(k0, k0 + 5):
+            gw.batcher.add(make(k))
+        await gw.tick()
+        if k0 == ckpt_after:
+            await gw._save_checkpoint()

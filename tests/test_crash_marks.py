@@ -15,6 +15,7 @@ from edge_gateway.batcher import Batcher
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.queue import DurableQueue
 from edge_gateway.readings import Reading
+from support import daemon_rounds
 
 CFG_TEXT = """
 gateway: {id: gw}
@@ -130,22 +131,14 @@ windows: {{seconds: 10, grace_s: 2}}
 detector: {{threshold: 0.5, params: {{weights: [0, 0, 0, 0, 1, 0, 0, 0], range_hi: 50}}}}
 """)
 
-    async def rounds(gw: Gateway, first: int, last: int, ckpt_after: int | None = None) -> None:
-        for k0 in range(first, last + 1, 5):
-            for k in range(k0, k0 + 5):
-                gw.batcher.add(reading(k))
-            await gw.tick()
-            if k0 == ckpt_after:
-                await gw._save_checkpoint()
-
     gw = Gateway(cfg)
     await gw.queue.open()
-    await rounds(gw, 1000, 1065, ckpt_after=1040)
+    await daemon_rounds(gw, reading, 1000, 1065, ckpt_after=1040)
     await gw.queue.close()  # what a crash leaves: the committed rows, the checkpoint, the marks
     gw = Gateway(cfg)
     await gw.queue.open()
     await gw._restore_checkpoint()
-    await rounds(gw, 1070, 1115)
+    await daemon_rounds(gw, reading, 1070, 1115)
     rows = await gw.queue.peek(0, 1000)
     await gw.queue.close()
     sent = [messages.decode(r.payload) for r in rows]

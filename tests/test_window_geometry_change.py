@@ -19,6 +19,7 @@ from edge_gateway import config, messages
 from edge_gateway.batcher import Batcher
 from edge_gateway.pipeline import Pipeline
 from edge_gateway.readings import Reading
+from support import daemon_rounds
 
 TOPICS = messages.Topics("city", "gw")
 BASE = """
@@ -241,22 +242,14 @@ async def test_the_daemon_sends_each_window_once_across_a_crash_and_a_changed_ho
     windows, a checkpoint after reading 1059, a crash after 1064, then a gateway with ``hop_s: 5``."""
     from edge_gateway.daemon import Gateway
 
-    async def rounds(gw: Gateway, first: int, last: int, ckpt_after: int | None = None) -> None:
-        for k0 in range(first, last + 1, 5):
-            for k in range(k0, k0 + 5):
-                gw.batcher.add(reading(k))
-            await gw.tick()
-            if k0 == ckpt_after:
-                await gw._save_checkpoint()
-
     gw = Gateway(cfg(10, state_dir=f"{tmp_path}/state"))
     await gw.queue.open()
-    await rounds(gw, 1000, 1060, ckpt_after=1055)
+    await daemon_rounds(gw, reading, 1000, 1060, ckpt_after=1055)
     await gw.queue.close()  # what a crash leaves: the committed rows, the checkpoint, the marks
     gw = Gateway(cfg(10, 5, state_dir=f"{tmp_path}/state"))
     await gw.queue.open()
     await gw._restore_checkpoint()
-    await rounds(gw, 1065, 1090)
+    await daemon_rounds(gw, reading, 1065, 1090)
     rows = await gw.queue.peek(0, 1000)
     await gw.queue.close()
     sent = [messages.decode(r.payload) for r in rows]
@@ -274,14 +267,6 @@ async def test_a_second_crash_before_the_first_checkpoint_on_the_new_grid_sends_
     which the new grid's marks do not fit."""
     from edge_gateway.daemon import Gateway
 
-    async def rounds(gw: Gateway, first: int, last: int, ckpt_after: int | None = None) -> None:
-        for k0 in range(first, last + 1, 5):
-            for k in range(k0, k0 + 5):
-                gw.batcher.add(reading(k))
-            await gw.tick()
-            if k0 == ckpt_after:
-                await gw._save_checkpoint()
-
     async def start(conf) -> Gateway:
         gw = Gateway(conf)
         await gw.queue.open()
@@ -290,13 +275,13 @@ async def test_a_second_crash_before_the_first_checkpoint_on_the_new_grid_sends_
 
     state = f"{tmp_path}/state"
     gw = await start(cfg(10, state_dir=state))
-    await rounds(gw, 1000, 1060, ckpt_after=1055)
+    await daemon_rounds(gw, reading, 1000, 1060, ckpt_after=1055)
     await gw.queue.close()  # crash 1: tumbling checkpoint after 1059, rounds up to 1064 committed
     gw = await start(cfg(10, 5, state_dir=state))
-    await rounds(gw, 1065, 1075)
+    await daemon_rounds(gw, reading, 1065, 1075)
     await gw.queue.close()  # crash 2: no checkpoint saved by the minute yet
     gw = await start(cfg(10, 5, state_dir=state))
-    await rounds(gw, 1080, 1090)
+    await daemon_rounds(gw, reading, 1080, 1090)
     rows = await gw.queue.peek(0, 1000)
     await gw.queue.close()
     got = [(f["start"], f["end"], f["count"]) for f in map(messages.decode, (r.payload for r in rows))

@@ -54,6 +54,11 @@ _DOMAINS: dict[str, tuple[float, bool, float, str]] = {
 }
 
 
+def _interval(lo: float, lo_open: bool, hi: float) -> str:
+    """``(lo, hi]``, ``[lo, inf)``...: a domain of :data:`_DOMAINS` as its messages write it."""
+    return f"{'(' if lo_open else '['}{lo:g}, " + ("inf)" if hi == _INF else f"{hi:g}]")
+
+
 def _out_of_domain(name: str, x: float) -> str | None:
     """What is wrong with ``x`` as (one entry of) field ``name``, or None when it is in its domain."""
     if name == "event_threshold" and not 0.0 < x <= 1.0:
@@ -67,8 +72,7 @@ def _out_of_domain(name: str, x: float) -> str | None:
     if lo == 0.0 and not lo_open and not x >= lo:
         # a negative half, rate or count has no meaning, and some would divide by zero in a kernel
         return "must be 0 or more"
-    domain = f"{'(' if lo_open else '['}{lo:g}, " + ("inf)" if hi == _INF else f"{hi:g}]")
-    return f"must be in {domain} ({why})"
+    return f"must be in {_interval(lo, lo_open, hi)} ({why})"
 
 
 def domain_text(name: str) -> str:
@@ -82,7 +86,7 @@ def domain_text(name: str) -> str:
     if name == "nov_season_bins":
         return f"in [1, {NOV_MAX_BINS}]"
     lo, lo_open, hi, why = _DOMAINS.get(name, (0.0, False, _INF, ""))
-    domain = f"{'(' if lo_open else '['}{lo:g}, " + ("inf)" if hi == _INF else f"{hi:g}]")
+    domain = _interval(lo, lo_open, hi)
     if name == "nov_bypass":
         domain += ", or .inf"
     return f"in {domain} ({why})" if why else f"in {domain}"
