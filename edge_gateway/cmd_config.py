@@ -11,7 +11,8 @@
   never the file's contents (this command never opens them).
 * ``get FILE KEY``: one value of the effective config. ``KEY`` is a dotted
   path; list items by index or by ``id``: ``sensors[0].options.port`` or
-  ``sensors.air-1.options.port``. Scalars print bare, the rest as JSON.
+  ``sensors.air-1.options.port``; a part with a dot in quotes: ``sensors["aq.1"].options.port``.
+  Scalars print bare, the rest as JSON.
 * ``set FILE KEY VALUE``: change one value in place. Only the text of that value
   (or the line(s) of an added key, below the last item of its mapping) changes:
   the composed YAML says where it is, the new text is spliced into the file, and
@@ -57,7 +58,7 @@ from .yaml_edit import Unspliceable, atomic_write, only_change, round_trip_set, 
 
 def add_to(sub) -> None:
     key_help = ("dotted path of the value, list items by index or id, e.g. gateway.id, "
-                "sensors[0].options.port or sensors.air-1.options.port")
+                "sensors[0].options.port or sensors.air-1.options.port (an id with a dot: sensors[\"aq.1\"])")
     p = sub.add_parser("config", help="check, show, get and set values of the YAML config",
                        description="Check, inspect and safely change the YAML config.")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")

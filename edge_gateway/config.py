@@ -228,6 +228,7 @@ def no_effect_warnings(det: "DetectorSection", sensors: list[str]) -> list[tuple
     applies to, such as ``cusum_h`` while the cusum detector has weight 0 there: it loads, yet a technician
     tuning it would wait for a change that cannot come (``analyze --set`` warns the same way)."""
     from .analytics.settings import why_no_effect
+    from .config_keys import key_part
 
     def split(key: str) -> tuple[str, str]:
         sensor, _, channel = key.partition("/")
@@ -238,7 +239,7 @@ def no_effect_warnings(det: "DetectorSection", sensors: list[str]) -> list[tuple
     for key, entry in det.sensors.items():
         sensor, channel = split(key)
         reach = [(sensor, channel)] if channel else [(sensor, "")] + [c for c in channels if c[0] == sensor]
-        layers.append((f"detector.sensors.{key}.params", entry, reach))
+        layers.append((f"detector.sensors{key_part(key)}.params", entry, reach))
     out = []
     for prefix, layer, reach in layers:
         if not layer.params:
@@ -532,7 +533,7 @@ class GatewayConfig:
     detector: DetectorSection = DetectorSection()
     queue: QueueSection = QueueSection()
     metrics: MetricsSection = MetricsSection()
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # a reload applies it; ``run --log-level`` wins
     source: str = field(default="<string>", metadata={"internal": True})
 
     def __post_init__(self) -> None:

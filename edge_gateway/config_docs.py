@@ -312,7 +312,7 @@ def options_text(name: str | None = None, *, markdown: bool = False) -> str:
     if name is None:
         width = max(map(len, drivers.names()))
         lines = [f"{n:<{width}}  {plain_text(driver_summary(n))}" for n in drivers.names()]
-        return "\n".join(lines + ["", _OPTIONS_HINT, _SECTIONS_HINT + ", ".join(sections())]) + "\n"
+        return "\n".join(lines + ["", _OPTIONS_HINT, _SECTIONS_HINT + ", ".join(sections())] + _top_lines()) + "\n"
     docs = option_docs(drivers.get(name).Options)
     width = max(len(d.key) for d in docs)
     lines = [f"{name}: {plain_text(driver_summary(name))}", "options (the keys under the sensor's options:):"]
@@ -323,6 +323,24 @@ def options_text(name: str | None = None, *, markdown: bool = False) -> str:
             lines += textwrap.wrap(plain_text(d.text), _DESC_WIDTH, initial_indent=" " * 6,
                                    subsequent_indent=" " * 6, break_on_hyphens=False)
     return "\n".join(lines) + "\n"
+
+
+def _top_lines() -> list[str]:
+    """The config's own keys outside every section (``log_level``), which no ``config options SECTION`` shows."""
+    import textwrap
+
+    from .cmd_common import plain_text
+    from .config import GatewayConfig
+
+    lines = []
+    for d in option_docs(GatewayConfig, comments=True):
+        if d.key in sections() or "." in d.key or "[" in d.key:
+            continue
+        lines.append(f"top-level key {d.key}: {d.type}, default {d.default}")
+        if d.text:
+            lines += textwrap.wrap(plain_text(d.text), _DESC_WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                   break_on_hyphens=False)
+    return lines
 
 
 def _options_markdown(name: str) -> str:

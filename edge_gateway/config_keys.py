@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses
 import re
 
-_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_TOKEN = re.compile(r'([^.\[\]]+)|\[(\d+)\]|\["([^"\]]+)"\]')
 
 
 def split_key(key: str) -> list[str | int]:
-    """``sensors[0].options.port`` -> ['sensors', 0, 'options', 'port']; ValueError if malformed."""
+    """``sensors[0].options.port`` -> ['sensors', 0, 'options', 'port']; ValueError if malformed. A part with a
+    dot in it (a sensor id ``aq.1``) is written in quotes: ``sensors["aq.1"].options.port``."""
     parts: list[str | int] = []
     pos = 0
     while pos < len(key):
@@ -21,11 +22,16 @@ def split_key(key: str) -> list[str | int]:
         m = _TOKEN.match(key, pos)
         if not m:
             raise ValueError(f"cannot read key {key!r} at {key[pos:]!r}")
-        parts.append(int(m.group(2)) if m.group(2) is not None else m.group(1))
+        parts.append(int(m.group(2)) if m.group(2) is not None else m.group(3) or m.group(1))
         pos = m.end()
     if not parts:
         raise ValueError("empty key")
     return parts
+
+
+def key_part(name: str) -> str:
+    """``name`` as one part of a dotted key: quoted when it holds a dot (see :func:`split_key`)."""
+    return f'["{name}"]' if "." in name else f".{name}"
 
 
 def lookup(data, parts: list[str | int]):

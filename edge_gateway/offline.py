@@ -140,6 +140,7 @@ def _config_settings(path: Path, sensor: str | None):
     sensor ``ID[/CHANNEL]``'s), and (key path, setting name) of the config's params they take; ValueError
     with a one-line reason (or the config's located errors)."""
     from . import config
+    from .config_keys import key_part
 
     try:
         cfg = config.load(path)
@@ -156,11 +157,11 @@ def _config_settings(path: Path, sensor: str | None):
     # which entries the scores come from: a channel without an entry of its own silently takes its sensor's,
     # or the section's
     entries = [key for key in (sid, f"{sid}/{channel}") if sensor and key in cfg.detector.sensors]
-    used = ["the detector section"] + [f"detector.sensors.{key}" for key in entries]
+    used = ["the detector section"] + [f"detector.sensors{key_part(key)}" for key in entries]
     print(f"settings: {path}: {', then '.join(used)} (event threshold {settings.event_threshold:g})",
           file=sys.stderr)
-    layers = [("detector.params", cfg.detector)] + [(f"detector.sensors.{key}.params", cfg.detector.sensors[key])
-                                                    for key in entries]
+    layers = [("detector.params", cfg.detector)] + [(f"detector.sensors{key_part(key)}.params",
+                                                     cfg.detector.sensors[key]) for key in entries]
     return settings, [(f"{prefix}.{name}", name) for prefix, layer in layers for name in layer.params]
 
 

@@ -271,3 +271,22 @@ def test_refused_params_say_why_and_name_the_entry(param, message):
     with pytest.raises(config.ConfigError) as e:
         config.loads(f"gateway: {{id: g}}\ndetector:\n  params: {{{param}}}\n", "p.yaml", env={})
     assert str(e.value) == f"p.yaml:3:12: {message}"
+
+
+def test_a_warning_on_a_dotted_sensor_id_names_its_line_and_the_key_reads_back(tmp_path, capsys, monkeypatch):
+    """A sensor id may hold a dot: the warning's key quotes it, so it is located in the file and `config get`
+    reads the same key."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.yaml").write_text(
+        "gateway: {id: gw-1, state_dir: st}\n"
+        "sensors:\n"
+        "  - {id: aq.1, driver: serial_line, options: {port: /dev/null}}\n"
+        "detector:\n"
+        "  sensors:\n"
+        "    aq.1:\n"
+        "      params: {cusum_h: 3}\n")
+    assert run(capsys, "config", "validate", "d.yaml") == (0, "d.yaml: valid (1 sensor, gateway gw-1)\n", (
+        'edge-gateway: d.yaml:7:25: detector.sensors["aq.1"].params.cusum_h: warning: has no effect on any channel '
+        "it applies to: the cusum detector has weight 0\n"))
+    assert run(capsys, "config", "get", "d.yaml", 'detector.sensors["aq.1"].params.cusum_h') == (0, "3\n", "")
+    assert run(capsys, "config", "get", "d.yaml", 'sensors["aq.1"].options.port') == (0, "/dev/null\n", "")

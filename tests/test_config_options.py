@@ -27,7 +27,9 @@ def test_options_without_a_driver_lists_every_driver_with_its_summary():
         "serial_line  Text-line sensors on a serial port: key=value pairs, CSV with known columns, JSON lines.\n"
         "\n" + HINT + "\n"
         "edge-gateway config options SECTION: the keys of one section of the config: gateway, broker, tls, "
-        "sensors, filters, windows, detector, queue, metrics\n")
+        "sensors, filters, windows, detector, queue, metrics\n"
+        "top-level key log_level: one of debug|info|warning|error, default info\n"
+        "      a reload applies it; run --log-level wins\n")
 
 
 def test_pms5003_options_in_full():

@@ -224,3 +224,16 @@ def test_setting_one_key_changes_one_line_and_reads_back(case):
         assert after[line_no].endswith(b"\r\n" if text.endswith("\r\n") else b"\n")
         got = getattr(getattr(config.load(path), section), key)
         assert got == value and type(got) is type(value), (raw, got)
+
+
+_PART = st.text(st.characters(blacklist_characters='[]"', blacklist_categories=("Cs",)), min_size=1, max_size=8)
+
+
+@given(st.lists(st.one_of(_PART, st.integers(0, 999)), min_size=1, max_size=6))
+def test_a_key_written_part_by_part_splits_back_into_its_parts(parts):
+    """``key_part`` quotes a part with a dot; ``split_key`` reads every part back, indices as ints (a part of
+    digits alone reads as a name, not an index: only ``[n]`` is one)."""
+    from edge_gateway.config_keys import key_part, split_key
+
+    key = "".join(f"[{p}]" if isinstance(p, int) else key_part(p) for p in parts).removeprefix(".")
+    assert split_key(key) == parts
