@@ -56,6 +56,18 @@ def status_json(sock: Path) -> dict:
     return json.loads(r.stdout)
 
 
+def polled_status(sock: Path) -> dict:
+    """The document :func:`status_json` reads, asked over the control socket from this process (the request
+    ``edge-gateway status --json`` makes, its JSON as that prints it): for the conditions a test polls, which
+    spawned a CLI, a Python start-up of about a second on a loaded runner, at every try. What the test then
+    asserts is read with :func:`status_json`, through the CLI."""
+    from edge_gateway import control
+
+    reply = control.request(sock, {"cmd": "status"}, timeout=30)
+    assert reply.get("ok"), reply
+    return json.loads(json.dumps(reply["status"], default=str))
+
+
 class NotifyReceiver:
     """A stand-in for systemd's notify socket: every datagram with its arrival time (monotonic), in a thread."""
 
@@ -98,12 +110,12 @@ class Commands:
         self.replies: list[dict] = []
         self.ready = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-commands", protocol=mqtt.MQTTv5)
-        self.c.on_connect = lambda c, u, f, rc, p: (c.subscribe(f"{self.base}/cmd-res/#", qos=1), self.ready.set())
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{self.base}/cmd-res/#", qos=1)
+        self.c.on_subscribe = lambda *a: self.ready.set()  # the SUBACK: replies reach us from now on
         self.c.on_message = lambda c, u, m: self.replies.append(msgpack.unpackb(m.payload))
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        wait_for(self.ready.is_set, 10, what="command client connected")
-        time.sleep(0.2)
+        wait_for(self.ready.is_set, 10, what="command client subscribed (SUBACK)")
 
     def send(self, command: str, rid: int, **args) -> None:
         self.c.publish(f"{self.base}/cmd/{command}", msgpack.packb({"id": rid, "args": args}),

@@ -7,6 +7,7 @@ ended here, by PID.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -68,7 +69,9 @@ class Broker:
         lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
                  f"persistence {'true' if persistence else 'false'}",
                  f"persistence_location {workdir}/", "max_queued_messages 1000000",
-                 "max_inflight_messages 0"]
+                 "max_inflight_messages 0",
+                 # Mosquitto's default log types, and each subscription once it is in place (wait_subscribed)
+                 *(f"log_type {t}" for t in ("error", "warning", "notice", "information", "subscribe"))]
         if os.geteuid() == 0:  # else Mosquitto drops to user `mosquitto`, which cannot save persistence here
             lines.append("user root")
         if extra:
@@ -90,6 +93,18 @@ class Broker:
             return True
         except OSError:
             return False
+
+    def subscriptions(self, client_id: str, topic: str) -> int:
+        """How many times ``client_id`` has subscribed to ``topic`` (a filter, as given) on this broker."""
+        log = (self.workdir / "mosquitto.log").read_text(errors="replace")
+        return len(re.findall(rf"^\d+: {re.escape(client_id)} \d+ {re.escape(topic)}$", log, re.MULTILINE))
+
+    def wait_subscribed(self, client_id: str, topic: str, n: int = 1, timeout: float = 30) -> None:
+        """Until the ``n``-th subscription of ``client_id`` to ``topic`` is in place. Mosquitto logs it once it
+        has added it (handle__subscribe, single-threaded), so whatever is published after this returns is
+        delivered to it. For a subscriber the test does not own, such as the gateway's on cmd/+."""
+        wait_for(lambda: self.subscriptions(client_id, topic) >= n, timeout, 0.02,
+                 f"{client_id} subscribed to {topic} ({n})")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -126,8 +141,10 @@ class Subscriber:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the SUBACK: the broker has the subscription
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.reconnect_delay_set(0.1, 0.5)
@@ -146,8 +163,7 @@ class Subscriber:
         props.SessionExpiryInterval = 0xFFFFFFFF
         self.client.connect("127.0.0.1", self.port, keepalive=5, clean_start=False, properties=props)
         self.client.loop_start()
-        wait_for(self.connected.is_set, 10, what="subscriber connected")
-        time.sleep(0.2)
+        wait_for(self.subscribed.is_set, 10, what="subscriber subscribed (SUBACK)")
         return self
 
     def snapshot(self) -> list[Received]:

@@ -113,8 +113,8 @@ async def test_a_stalled_gateway_runs_only_what_it_kept_and_counts_the_rest(brok
     pub = None
     try:
         await until(lambda: gw.link.connected, 10, "connected")
+        await asyncio.to_thread(broker.wait_subscribed, "edge-gateway-lim-gw", "city/lim-gw/cmd/+")
         pub = Publisher(broker.port, listen="city/lim-gw/cmd-res/#")
-        await asyncio.sleep(0.2)  # the publisher's subscription is in place
         t = publish_in_thread(pub, n)
         stall_until(lambda: len(seen) == n, 20)
         t.join(10)
@@ -204,6 +204,8 @@ async def test_replies_past_the_cap_are_dropped_while_the_brokers_window_is_full
     try:
         await until(lambda: link.connected, 5, "connected")
         assert link.receive_maximum == 5
+        # the birth message acknowledged: else it holds one of the 5 and one of `first` waits (37 dropped)
+        await until(lambda: not link._mid_token, 5, "the birth message acknowledged")
         proxy.blackhole()
         first = [link.publish(TOPICS.cmd_res("ping"), b"%d" % i) for i in range(5)]
         await until(lambda: len(link._mid_token) == 5, 5, "the window full")  # given to paho, unanswered

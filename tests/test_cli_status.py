@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from ops_support import cli, serial_sensor, status_json, write_config
+from ops_support import cli, polled_status, serial_sensor, status_json, write_config
 from support import REPO, GatewayProcess, Process, free_port, wait_for
 
 
@@ -74,7 +74,7 @@ def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
     sock = tmp_path / "state" / "control.sock"
     try:
         gw.wait_ready()
-        wait_for(lambda: status_json(sock)["sensors"]["air-1"]["readings"] > 20, 20, 0.2, "readings")
+        wait_for(lambda: polled_status(sock)["sensors"]["air-1"]["readings"] > 20, 20, 0.2, "readings")
         s = status_json(sock)
         assert s["gateway"] == "ops-gw" and s["link"] == "down" and s["pid"] == gw.proc.pid
         air = s["sensors"]["air-1"]
@@ -125,7 +125,7 @@ def test_status_tail_reload_prometheus_and_journal_lines(tmp_path):
         tail = subprocess.Popen([sys.executable, "-m", "edge_gateway", "tail", "--socket", str(sock)], cwd=REPO,
                                 text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        wait_for(lambda: status_json(sock)["control"]["clients"] >= 2, timeout=10)  # the tail and this ask
+        wait_for(lambda: polled_status(sock)["control"]["clients"] >= 2, timeout=10)  # the tail and this ask
     finally:
         sim.stop()
         rc = gw.stop()

@@ -7,7 +7,7 @@ import argparse
 import re
 
 import pytest
-from ops_support import cli, serial_sensor, status_json, write_config
+from ops_support import cli, polled_status, serial_sensor, status_json, write_config
 from support import REPO, Broker, GatewayProcess, Process, wait_for
 
 from edge_gateway import cli as eg_cli
@@ -32,7 +32,7 @@ def test_commands_reach_the_running_gateway_while_its_config_file_is_broken(tmp_
         sim = Process(["-m", "simulators.serial_line", "--rate", "50", "--link", str(link), "--wait-open"])
         gw = GatewayProcess(cfg, tmp_path / "gw.log", env=env).start()
         gw.wait_ready()
-        wait_for(lambda: (s := status_json(sock))["link"] == "up" and s["sensors"]["air-1"]["readings"] > 5,
+        wait_for(lambda: (s := polled_status(sock))["link"] == "up" and s["sensors"]["air-1"]["readings"] > 5,
                  20, 0.1, "link up and readings")
 
         # #4: a valid config: exactly as before (nothing on stderr)

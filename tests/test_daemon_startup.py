@@ -23,7 +23,7 @@ from pathlib import Path
 import drivers
 from edge_gateway import config
 from edge_gateway.supervisor import Supervisor
-from ops_support import NotifyReceiver, cli, serial_sensor, status_json, write_config
+from ops_support import NotifyReceiver, cli, polled_status, serial_sensor, status_json, write_config
 from support import REPO, GatewayProcess, Process, wait_for
 
 DETECTOR_KERNEL = "detect_spec"  # the Numba kernel specialized per detector settings
@@ -92,7 +92,7 @@ def test_every_detector_variant_is_compiled_before_ready(tmp_path):
         assert len(extend) == 5 and max(extend) < sent.index("READY=1"), sent
         wait_for(lambda: all(status_json(sock)["sensors"][s]["readings"] >= 20 for s in ("air-1", "air-2")),
                  20, 0.1, "readings of both sensors")
-        wait_for(lambda: status_json(sock)["counts"]["aggregates"] >= 6, 20, 0.1, "aggregates")
+        wait_for(lambda: polled_status(sock)["counts"]["aggregates"] >= 6, 20, 0.1, "aggregates")
     finally:
         for sim in sims:
             sim.stop()
@@ -148,7 +148,7 @@ def test_a_second_gateway_on_the_same_state_directory_exits_at_once(tmp_path, br
     try:
         gw.wait_ready()
         assert not other_version.exists(), "the lock holder removes other code versions' kernels"
-        wait_for(lambda: status_json(sock)["link"] == "up", 20, 0.1, "link up")
+        wait_for(lambda: polled_status(sock)["link"] == "up", 20, 0.1, "link up")
         connects = status_json(sock)["uplink"]["connects"]
         other_version.mkdir()  # e.g. the live gateway is the older version, the second run an upgrade
         env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}

@@ -94,11 +94,12 @@ class Commander:
         self.replies: list[tuple[str, bytes]] = []
         self.ready = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="commander", protocol=mqtt.MQTTv5)
-        self.c.on_connect = lambda c, u, f, rc, p: (c.subscribe(f"{self.base}/cmd-res/#", qos=1), self.ready.set())
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{self.base}/cmd-res/#", qos=1)
+        self.c.on_subscribe = lambda *a: self.ready.set()  # the SUBACK: replies reach us from now on
         self.c.on_message = lambda c, u, m: self.replies.append((m.topic, bytes(m.payload)))
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        wait_for(self.ready.is_set, 10, what="commander connected")
+        wait_for(self.ready.is_set, 10, what="commander subscribed (SUBACK)")
 
     def call(self, name: str, payload: bytes, decode=msgpack.unpackb, timeout: float = 10) -> dict:
         n = len(self.replies)
@@ -120,7 +121,7 @@ def test_commands_through_the_broker(broker, tmp_path):
     cmd = None
     try:
         gw.wait_ready()
-        wait_for(lambda: "connected to" in gw.log_text(), 10, what="gateway connected")
+        broker.wait_subscribed("edge-gateway-cmd-gw", "city/cmd-gw/cmd/+")  # else the first command is lost
         cmd = Commander(broker.port, "cmd-gw")
         rep = cmd.call("ping", json.dumps({"id": "p1"}).encode(), json.loads)
         assert rep["id"] == "p1" and rep["ok"] and "pong" in rep["result"]

@@ -33,11 +33,13 @@ class Publisher:
         self.got: list[tuple[str, bytes]] = []
         self.ready = threading.Event()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lim-publisher", protocol=mqtt.MQTTv311)
-        self.c.on_connect = lambda c, u, f, rc, p: (listen and c.subscribe(listen, qos=1), self.ready.set())
+        # ready at the CONNACK, or with ``listen`` at the SUBACK: what arrives on it reaches us from then on
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(listen, qos=1) if listen else self.ready.set()
+        self.c.on_subscribe = lambda *a: self.ready.set()
         self.c.on_message = lambda c, u, m: self.got.append((m.topic, bytes(m.payload)))
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
-        wait_for(self.ready.is_set, 10, what="publisher connected")
+        wait_for(self.ready.is_set, 10, what="publisher connected" + (" and subscribed" if listen else ""))
 
     def send(self, topic: str, payload: bytes) -> None:
         self.c.publish(topic, payload, qos=1).wait_for_publish(10)
@@ -247,7 +249,7 @@ def test_a_command_on_a_65535_byte_topic_leaves_the_gateway_uplink_working(broke
     pub = None
     try:
         gw.wait_ready()
-        wait_for(lambda: "connected to" in gw.log_text(), 5, what="gateway connected")
+        broker.wait_subscribed("edge-gateway-lim-gw", TOPICS.cmd("+"))  # else the commands are lost
         pub = Publisher(broker.port, listen="city/lim-gw/cmd-res/#")
         long_topic = TOPICS.cmd("x" * (65_535 - len(TOPICS.cmd(""))))
         assert len(long_topic.encode()) == 65_535
@@ -297,8 +299,8 @@ async def test_commands_over_the_cap_are_refused_without_a_task_counted_and_logg
     pub = None
     try:
         await until(lambda: gw.link.connected, 10, "connected")
+        await asyncio.to_thread(broker.wait_subscribed, "edge-gateway-lim-gw", TOPICS.cmd("+"))
         pub = Publisher(broker.port, listen="city/lim-gw/cmd-res/#")
-        await asyncio.sleep(0.2)  # the subscription of the publisher is in place
         for i in range(cap + over):
             await asyncio.to_thread(pub.send, TOPICS.cmd("ping"), json.dumps({"id": i}).encode())
         await until(lambda: gw.router.busy == over, 10, "the excess refused")

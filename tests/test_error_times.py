@@ -21,7 +21,7 @@ from edge_gateway import config
 from edge_gateway.daemon import log_config_warnings
 from edge_gateway.metrics import Telemetry
 from edge_gateway.supervisor import Backoff, LinkGap, Supervisor
-from ops_support import cli, status_json
+from ops_support import cli, polled_status, status_json
 from simulators.modbus_slave import ModbusSlaveSim, RegisterBank
 from simulators.pty_port import PtyPort
 from support import Clock, GatewayProcess, free_port, wait_for
@@ -235,13 +235,13 @@ def test_the_daemon_logs_config_warnings_at_start_and_after_a_successful_reload_
         cfg.write_text(_gateway_yaml(tmp_path, port, "", "/dev/ttyUSB0").replace("host: 127.0.0.1",
                                                                                  "host: 127.0.0.1:1883"))
         gw.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: status_json(sock)["reload"]["count"] == 1, 20, 0.1, "reload done")
+        wait_for(lambda: polled_status(sock)["reload"]["count"] == 1, 20, 0.1, "reload done")
         after_reload = _daemon_warnings(gw)
         # a refused reload: the running config stays, nothing about the refused file's settings
         cfg.write_text(_gateway_yaml(tmp_path, port, "  protocol: '3.1.1'\n", "ttyUSB0").replace("id: warn-gw",
                                                                                                  "id: other-gw"))
         gw.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: status_json(sock)["reload"]["count"] == 2, 20, 0.1, "reload refused")
+        wait_for(lambda: polled_status(sock)["reload"]["count"] == 2, 20, 0.1, "reload refused")
         after_refusal = _daemon_warnings(gw)
         reload_state = status_json(sock)["reload"]
     finally:

@@ -20,7 +20,7 @@ import time
 import cbor2
 import pytest
 from driver_fixtures import by_channel, running, wait_until
-from ops_support import cli, status_json, write_config
+from ops_support import cli, polled_status, status_json, write_config
 from support import REPO, GatewayProcess, wait_for
 
 from drivers import senml
@@ -276,11 +276,11 @@ def test_status_and_tail_of_a_real_daemon_reading_a_rogue_node(tmp_path):
     tail = None
     try:
         gw.wait_ready(300)
-        wait_for(lambda: status_json(sock)["sensors"]["rogue"]["malformed"] == 8, 20, 0.2, "first round")
+        wait_for(lambda: polled_status(sock)["sensors"]["rogue"]["malformed"] == 8, 20, 0.2, "first round")
         tail = subprocess.Popen([sys.executable, "-m", "edge_gateway", "tail", "rogue", "--socket", str(sock),
                                  "--count", "4"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        wait_for(lambda: status_json(sock)["control"]["clients"] >= 2, 10, 0.1, "tail connected")
+        wait_for(lambda: polled_status(sock)["control"]["clients"] >= 2, 10, 0.1, "tail connected")
         loop.call_soon_threadsafe(publish, 1)
         tout, terr = tail.communicate(timeout=30)
         assert (tail.returncode, terr) == (0, b"")

@@ -280,8 +280,11 @@ def _sensor_at(link: Path, baud: int | None, **kw):
 
 
 def _start_probe(sensor: _Sensor, *args) -> subprocess.Popen:
+    """The probe with Ctrl-C as at a terminal: a suite started in the background by a non-interactive shell (bash
+    ignores SIGINT in its ``&`` jobs) passes SIGINT down ignored, and Python then installs no KeyboardInterrupt."""
     p = subprocess.Popen([sys.executable, "-m", "edge_gateway", "probe", *map(str, args)], cwd=REPO, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     sensor.watch(p.pid)
     return p
 

@@ -6,7 +6,7 @@ import dataclasses
 import signal
 
 from edge_gateway import config, reload
-from ops_support import serial_sensor, status_json, write_config
+from ops_support import polled_status, serial_sensor, status_json, write_config
 from support import GatewayProcess, Process, Subscriber, free_port, wait_for
 from uplink_support import committed_first_seq
 
@@ -69,26 +69,26 @@ def test_sighup_valid_then_invalid_config(tmp_path, broker):
     try:
         gw.wait_ready()
         # broker unreachable: aggregates pile up in the durable queue
-        wait_for(lambda: status_json(sock)["queue"]["depth"] >= 6, 30, 0.2, "queued aggregates")
+        wait_for(lambda: polled_status(sock)["queue"]["depth"] >= 6, 30, 0.2, "queued aggregates")
         before = status_json(sock)
         assert before["link"] == "down" and before["sensors"]["air-1"]["connects"] == 1
 
         # a valid change: the right broker, one more sensor, another threshold
         cfg.write_text(_add_sensor(cfg.read_text(), dead_port, broker.port, links[1]))
         gw.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: status_json(sock)["reload"]["count"] == 1, 20, 0.1, "reload done")
+        wait_for(lambda: polled_status(sock)["reload"]["count"] == 1, 20, 0.1, "reload done")
         s = status_json(sock)
         assert s["reload"]["last_ok"] and s["last_reload_error"] == "", s["reload"]
         plan = s["reload"]["last_plan"]
         assert plan["keep"] == ["air-1"] and plan["start"] == ["air-2"] and plan["broker_changed"]
         assert plan["detector_changed"]
-        wait_for(lambda: status_json(sock)["link"] == "up", 20, 0.2, "link up on the new broker")
-        wait_for(lambda: status_json(sock)["sensors"].get("air-2", {}).get("readings", 0) > 0, 20, 0.2, "air-2")
+        wait_for(lambda: polled_status(sock)["link"] == "up", 20, 0.2, "link up on the new broker")
+        wait_for(lambda: polled_status(sock)["sensors"].get("air-2", {}).get("readings", 0) > 0, 20, 0.2, "air-2")
         s = status_json(sock)
         assert s["sensors"]["air-1"]["connects"] == 1, "an unchanged sensor is not restarted"
         assert s["sensors"]["air-1"]["readings"] >= before["sensors"]["air-1"]["readings"]
         # nothing queued while the broker was unreachable is lost: every seq up to now arrives
-        wait_for(lambda: status_json(sock)["queue"]["depth"] == 0, 30, 0.2, "queue drained")
+        wait_for(lambda: polled_status(sock)["queue"]["depth"] == 0, 30, 0.2, "queue drained")
         last = status_json(sock)["last_seq"]
         first = committed_first_seq(tmp_path / "state" / "queue.db")
         wait_for(lambda: _seqs(sub) >= set(range(first, last + 1)), 20, 0.1, f"seqs {first}..{last} at the subscriber")
@@ -97,7 +97,7 @@ def test_sighup_valid_then_invalid_config(tmp_path, broker):
         good_text = cfg.read_text()
         cfg.write_text(good_text.replace("detector: {threshold: 0.65}", "detector: {treshold: 0.65}"))
         gw.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: status_json(sock)["reload"]["failed"] == 1, 20, 0.1, "reload refused")
+        wait_for(lambda: polled_status(sock)["reload"]["failed"] == 1, 20, 0.1, "reload refused")
         s = status_json(sock)
         assert "unknown key; did you mean 'threshold'?" in s["last_reload_error"]
         assert s["reload"]["count"] == 2 and not s["reload"]["last_ok"]
@@ -105,7 +105,7 @@ def test_sighup_valid_then_invalid_config(tmp_path, broker):
                              for m in sub.snapshot() if m.topic == "city/ops-gw/status"), 10, 0.1,
                  "reload error on the status topic")
         n = s["sensors"]["air-2"]["readings"]
-        wait_for(lambda: status_json(sock)["sensors"]["air-2"]["readings"] > n, 10, 0.2, "still running")
+        wait_for(lambda: polled_status(sock)["sensors"]["air-2"]["readings"] > n, 10, 0.2, "still running")
         assert "reload refused, the running config stays" in gw.log_text()
     finally:
         for sim in sims:

@@ -14,7 +14,7 @@ import threading
 import time
 
 
-from ops_support import Commands, cli, status_json
+from ops_support import Commands, cli, polled_status, status_json
 from support import GatewayProcess, free_port, wait_for
 from uplink_support import gateway_config
 
@@ -27,7 +27,7 @@ def _gateway(tmp_path, port: int, commands: str = "[ping, status]"):
     gw = GatewayProcess(cfg, tmp_path / "gw.log").start()
     gw.wait_ready()
     sock = tmp_path / "state" / "control.sock"
-    wait_for(lambda: status_json(sock)["link"] == "up", 20, 0.1, "link up")
+    wait_for(lambda: polled_status(sock)["link"] == "up", 20, 0.1, "link up")
     return cfg, gw, sock
 
 
@@ -110,6 +110,7 @@ def test_a_reload_to_a_live_broker_says_connected_to(tmp_path, broker):
 def test_a_reload_over_mqtt_to_a_dead_broker_puts_the_old_broker_back_and_says_so(tmp_path, broker):
     cfg, gw, sock = _gateway(tmp_path, broker.port, "[ping, status, reload]")
     dead = free_port()
+    broker.wait_subscribed("edge-gateway-rb-gw", "city/rb-gw/cmd/+")
     cmd = Commands(broker.port, "rb-gw")
     try:
         _set_port(cfg, broker.port, dead)
@@ -121,7 +122,7 @@ def test_a_reload_over_mqtt_to_a_dead_broker_puts_the_old_broker_back_and_says_s
             "broker_link": {"host": "127.0.0.1", "port": dead, "connected": False, "waited_s": 5.0,
                             "error": f"connect to 127.0.0.1:{dead} failed: [Errno 111] Connection refused",
                             "rolled_back": True}}}
-        wait_for(lambda: status_json(sock)["link"] == "up", 20, 0.1, "link up on the old broker")
+        wait_for(lambda: polled_status(sock)["link"] == "up", 20, 0.1, "link up on the old broker")
         cmd.send("ping", 8)
         assert cmd.reply(8, 10)["ok"] is True
         assert "putting the previous broker 127.0.0.1:%d back" % broker.port in gw.log_text()

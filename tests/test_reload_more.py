@@ -16,7 +16,7 @@ from edge_gateway import config
 from edge_gateway.analytics.chain import Detector
 from edge_gateway.analytics.engine import Engine
 from edge_gateway.detector_groups import detector_settings
-from ops_support import Commands, cli, status_json
+from ops_support import Commands, cli, polled_status, status_json
 from support import GatewayProcess, Subscriber, wait_for
 from test_daemon_startup import DETECTOR_KERNEL, Notifications, detector_lookups, numba_cache_copy, simulator
 
@@ -50,7 +50,7 @@ def test_a_reload_during_the_start_up_starts_a_new_sensor_once(tmp_path, broker)
     gw = GatewayProcess(cfg, tmp_path / "gw-1.log").start()  # its session subscribes to cmd/+
     try:
         gw.wait_ready()
-        wait_for(lambda: "connected to" in gw.log_text(), 10, what="gateway connected")
+        broker.wait_subscribed("edge-gateway-ops-gw", "city/ops-gw/cmd/+")  # in its session from now on
     finally:
         assert gw.stop() == 0, gw.log_text()[-3000:]
     cmd = Commands(broker.port)
@@ -64,15 +64,15 @@ def test_a_reload_during_the_start_up_starts_a_new_sensor_once(tmp_path, broker)
         assert "READY=1" not in rx.messages(), "the warm-up was too short"
         gw.wait_ready()
         assert cmd.reply(1)["ok"]
-        wait_for(lambda: status_json(sock)["reload"]["count"] == 2, 20, 0.1, "both reloads applied")
-        wait_for(lambda: status_json(sock)["sensors"].get("air-2", {}).get("readings", 0) >= 10, 20, 0.1, "air-2")
+        wait_for(lambda: polled_status(sock)["reload"]["count"] == 2, 20, 0.1, "both reloads applied")
+        wait_for(lambda: polled_status(sock)["sensors"].get("air-2", {}).get("readings", 0) >= 10, 20, 0.1, "air-2")
         s = status_json(sock)
         assert s["reload"]["ok"] == 2 and s["sensors"]["air-2"]["connects"] == 1, s["sensors"]["air-2"]
         assert s["sensors"]["air-2"]["link_errors"] == 0, s["sensors"]["air-2"]
 
         gateway_yaml(tmp_path, broker.port, ["air-1"], commands="[reload]")
         gw.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: status_json(sock)["reload"]["count"] == 3, 20, 0.1, "air-2 removed")
+        wait_for(lambda: polled_status(sock)["reload"]["count"] == 3, 20, 0.1, "air-2 removed")
         assert list(status_json(sock)["sensors"]) == ["air-1"]
         time.sleep(0.8)  # its last windows close (0.5 s + 0.2 s grace)
         n = len(aggregates(sub, "air-2"))
@@ -139,9 +139,9 @@ def test_a_reload_compiles_new_detector_settings_before_they_apply(tmp_path):
                 air-1: {params: {weights: [0, 0, 0, 0.5, 1, 0, 0, 1], cusum_k: 1.5}}
             """)
         gw.proc.send_signal(signal.SIGHUP)  # `edge-gateway reload` gives up after 10 s: a cold compile may take more
-        wait_for(lambda: status_json(sock)["reload"]["ok"] == 1, 120, 0.1, "the reload applied")
+        wait_for(lambda: polled_status(sock)["reload"]["ok"] == 1, 120, 0.1, "the reload applied")
         n = status_json(sock)["counts"]["readings"]
-        wait_for(lambda: status_json(sock)["counts"]["readings"] >= n + 30, 20, 0.1, "readings scored after it")
+        wait_for(lambda: polled_status(sock)["counts"]["readings"] >= n + 30, 20, 0.1, "readings scored after it")
     finally:
         sim.stop()
         rc = gw.stop()
@@ -169,6 +169,7 @@ def test_set_compiles_new_detector_settings_off_the_event_loop(tmp_path, broker)
     try:
         gw.wait_ready()
         wait_for(lambda: len(aggregates(sub, "air-1")) >= 3, 20, 0.1, "aggregates")
+        broker.wait_subscribed("edge-gateway-ops-gw", "city/ops-gw/cmd/+")
         cmd = Commands(broker.port)
         cmd.send("set", 1, name="event_threshold", value=5.0)
         refused = cmd.reply(1)

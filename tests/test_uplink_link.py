@@ -49,7 +49,7 @@ async def test_paho_resends_unacked_qos1_after_reconnect(tmp_path, protocol, bro
     link.start()
     try:
         await until(lambda: link.connected, 10, "connected")
-        await asyncio.sleep(0.2)
+        await until(lambda: not link._mid_token, 10, "the birth message acknowledged")  # nothing in flight
         acks.clear()
         proxy.blackhole()  # published below, never acknowledged: paho holds them as in flight
         mids = [link.publish(TOPICS.agg("s"), messages.encode({"i": i}, i + 1)) for i in range(20)]
