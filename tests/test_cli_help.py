@@ -16,7 +16,7 @@ MARKUP = re.compile(r"``|:(?:func|class|mod|meth|attr|data|exc|obj|ref|doc|py:[a
 # arguments without a help string: none left, and none to come
 UNEXPLAINED: set[tuple[str, ...]] = set()
 KEY_HELP = ("dotted path of the value, list items by index or id, e.g. gateway.id, sensors[0].options.port or "
-            "sensors.air-1.options.port")
+            "sensors.air-1.options.port (an id with a dot: sensors[\"aq.1\"])")
 
 
 def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
