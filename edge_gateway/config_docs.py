@@ -219,11 +219,16 @@ def _restarts(path: str) -> bool:
     return any(path == f or path.startswith(f + ".") for f in RESTART_FIELDS)
 
 
+def _described(text: str) -> list[str]:
+    """A key's description under its line: indented 6, wrapped at :data:`_DESC_WIDTH`."""
+    import textwrap
+
+    return textwrap.wrap(text, _DESC_WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6, break_on_hyphens=False)
+
+
 def section_text(name: str, *, markdown: bool = False) -> str:
     """The keys of config section ``name`` (see :func:`sections`): type, default, text, and whether a change
     takes a restart. KeyError: no such section."""
-    import textwrap
-
     from .cmd_common import plain_text
 
     path, cls = sections()[name]
@@ -244,8 +249,7 @@ def section_text(name: str, *, markdown: bool = False) -> str:
         restart = f", {notes[d.key]}" if d.key in notes else ""
         lines.append(f"  {d.key:<{width}}  {d.type}, {default}{restart}")
         if d.text:
-            lines += textwrap.wrap(plain_text(d.text), _DESC_WIDTH, initial_indent=" " * 6,
-                                   subsequent_indent=" " * 6, break_on_hyphens=False)
+            lines += _described(plain_text(d.text))
     if name == "detector":
         lines += _params_lines()
     return "\n".join(lines) + "\n"
@@ -254,8 +258,6 @@ def section_text(name: str, *, markdown: bool = False) -> str:
 def _params_lines() -> list[str]:
     """What ``detector.params`` (and each ``detector.sensors`` entry's) takes: a technician tuning a channel on a
     gateway finds the names, defaults and ranges here, without the source."""
-    import textwrap
-
     from .analytics.settings import param_docs
 
     docs = param_docs()
@@ -263,8 +265,7 @@ def _params_lines() -> list[str]:
     lines = ["params (under detector.params: or a detector.sensors entry's params:, any of):"]
     for name, default, values in docs:
         lines.append(f"  {name:<{width}}  default {default}")
-        lines += textwrap.wrap(values, _DESC_WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6,
-                               break_on_hyphens=False)
+        lines += _described(values)
     return lines
 
 
@@ -289,8 +290,6 @@ def options_text(name: str | None = None, *, markdown: bool = False) -> str:
     """The options reference: every driver with its summary (no ``name``), or one driver's options, or the
     keys of one section of the config (:func:`section_text`); ``markdown``: docs/drivers.md (all drivers),
     or one driver's or section's part of it. KeyError: no such driver or section."""
-    import textwrap
-
     import drivers
 
     from .cmd_common import plain_text
@@ -320,26 +319,22 @@ def options_text(name: str | None = None, *, markdown: bool = False) -> str:
         default = "required" if d.default == "required" else f"default {d.default}"
         lines.append(f"  {d.key:<{width}}  {d.type}, {default}")
         if d.text:
-            lines += textwrap.wrap(plain_text(d.text), _DESC_WIDTH, initial_indent=" " * 6,
-                                   subsequent_indent=" " * 6, break_on_hyphens=False)
+            lines += _described(plain_text(d.text))
     return "\n".join(lines) + "\n"
 
 
 def _top_lines() -> list[str]:
     """The config's own keys outside every section (``log_level``), which no ``config options SECTION`` shows."""
-    import textwrap
-
     from .cmd_common import plain_text
     from .config import GatewayConfig
 
-    lines = []
+    lines, named = [], sections()
     for d in option_docs(GatewayConfig, comments=True):
-        if d.key in sections() or "." in d.key or "[" in d.key:
+        if d.key in named or "." in d.key or "[" in d.key:
             continue
         lines.append(f"top-level key {d.key}: {d.type}, default {d.default}")
         if d.text:
-            lines += textwrap.wrap(plain_text(d.text), _DESC_WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6,
-                                   break_on_hyphens=False)
+            lines += _described(plain_text(d.text))
     return lines
 
 
